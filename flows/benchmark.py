@@ -1,0 +1,144 @@
+"""``cloudmask benchmark model``: parameters, GMAC and speed of a model per tile, batch size and precision.
+
+On a GPU it follows the paper's latency protocol (batch 8, 10 warm-up and 40 timed batches, each
+synchronised) unless told otherwise, and names the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.config import InferSpec
+from pipeline.errors import ConfigError
+from pipeline.infer import resolve_device, resolve_precision
+from pipeline.model import create_model, list_models
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("benchmark", help="measure model speed (and, later, pipeline throughput)",
+                       description="Benchmarks that print figures.")
+    bsub = p.add_subparsers(dest="benchmark_command", metavar="WHAT", required=True)
+    m = bsub.add_parser(
+        "model", help="params, GMAC and seconds per 512x512 tile for batch sizes and precisions",
+        description="Times the model's forward pass on random tiles. CPU defaults: batch 1 and 8, fp32 and "
+                    "bf16, 1 warm-up and 3 timed batches. GPU defaults: the paper's protocol, batch 8, 10 "
+                    "warm-up and 40 timed batches, synchronised around each.",
+        epilog="examples:\n  cloudmask benchmark model\n  cloudmask benchmark model --batch-sizes 8 "
+               "--precisions bf16 --repeats 5\n  cloudmask benchmark model --device cuda --json gpu.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("--model", default="mscloudcam", help=f"one of {', '.join(list_models())} (default: %(default)s)")
+    m.add_argument("--bands", type=int, default=13, help="input bands (default: %(default)s)")
+    m.add_argument("--cam-bypass", action="store_true", help="time the authors' variant (CAM computed nowhere)")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    m.add_argument("--batch-sizes", help="comma-separated (default: 1,8 on CPU, 8 on GPU)")
+    m.add_argument("--precisions", default="fp32,bf16", help="comma-separated from fp32, bf16, fp16 (default: %(default)s)")
+    m.add_argument("--warmup", type=int, help="warm-up batches (default: 1 on CPU, 10 on GPU)")
+    m.add_argument("--repeats", type=int, help="timed batches (default: 3 on CPU, 40 on GPU)")
+    m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    m.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    m.set_defaults(func=run_model)
+
+
+def _csv(text: str, cast, name: str) -> list:
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name} {text!r} is not a comma-separated list") from None
+    if not values:
+        raise ConfigError(f"--{name} is empty")
+    return values
+
+
+def count_gmac(model: torch.nn.Module, bands: int, size: int) -> float:
+    """Multiply-accumulates (1e9) of one eval forward at ``1 x bands x size x size`` (torch's flop counter)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, bands, size, size))
+    return counter.get_total_flops() / 2e9
+
+
+def time_batches(model, x: torch.Tensor, dtype: torch.dtype, warmup: int, repeats: int) -> list[float]:
+    """Seconds per batch for ``repeats`` timed forward passes after ``warmup`` untimed ones."""
+    cuda = x.device.type == "cuda"
+    ctx = (lambda: torch.autocast(x.device.type, dtype=dtype)) if dtype != torch.float32 else None
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            if ctx:
+                with ctx():
+                    model(x)
+            else:
+                model(x)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def run_model(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    batch_sizes = _csv(args.batch_sizes or ("8" if gpu else "1,8"), int, "batch-sizes")
+    precisions = _csv(args.precisions, str, "precisions")
+    for p in precisions:
+        InferSpec(precision=p)  # validates the name
+    warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
+    repeats = args.repeats if args.repeats is not None else (40 if gpu else 3)
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"--repeats {repeats} must be >= 1 and --warmup {warmup} >= 0")
+
+    model = create_model(args.model, in_chans=args.bands, cam_bypass=args.cam_bypass).eval()
+    size = model.img_size
+    params = sum(p.numel() for p in model.parameters())
+    gmac = count_gmac(model, args.bands, size)
+    model = model.to(device)
+    if gpu:
+        model = model.to(memory_format=torch.channels_last)
+    print(f"model {args.model}{' (cam_bypass)' if args.cam_bypass else ''}: {params:,} parameters, "
+          f"{gmac:.2f} GMAC per {args.bands}x{size}x{size} tile")
+    print(f"device: {device.type} -- {machine_name(device)}; torch {torch.__version__}; "
+          f"{warmup} warm-up + {repeats} timed batches{', synchronised' if gpu else ''}")
+    header = f"{'batch':>5} {'precision':>9} {'s/batch':>9} {'ms/tile':>9} {'tiles/s':>8} {'Mpx/s':>7} {'GMAC/s':>7}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for bs in batch_sizes:
+        x = torch.rand(bs, args.bands, size, size, device=device) * 2.0  # DN/3000 of 0..6000 DN
+        if gpu:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for prec in precisions:
+            dtype = resolve_precision(prec, device)
+            times = time_batches(model, x, dtype, warmup, repeats)
+            per_batch = sum(times) / len(times)
+            per_tile = per_batch / bs
+            row = dict(batch=bs, precision=prec, s_per_batch=per_batch, ms_per_tile=per_tile * 1e3,
+                       tiles_per_s=1 / per_tile, mpx_per_s=size * size / per_tile / 1e6,
+                       gmac_per_s=gmac / per_tile, min_s_per_batch=min(times))
+            rows.append(row)
+            print(f"{bs:>5} {prec:>9} {per_batch:>9.3f} {row['ms_per_tile']:>9.1f} {row['tiles_per_s']:>8.2f} "
+                  f"{row['mpx_per_s']:>7.3f} {row['gmac_per_s']:>7.1f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(model=args.model, cam_bypass=args.cam_bypass, bands=args.bands, tile=size,
+                           params=params, gmac=gmac, device=device.type, machine=machine_name(device),
+                           torch=torch.__version__, warmup=warmup, repeats=repeats, rows=rows), f, indent=2)
+        print(f"figures written to {args.json}")
+    return 0

@@ -1,0 +1,99 @@
+"""``cloudmask weights``: inspect weights files and convert trusted PyTorch checkpoints to safetensors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.errors import WeightsError
+from pipeline.model.weights import WeightsMeta, load_weights, save_weights
+from pipeline.sensors import CLASS_CODES, CLASS_NAMES, get_sensor
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("weights", help="inspect or convert model weights files",
+                       description="Inspect weights files or convert a trusted PyTorch checkpoint to the "
+                                   "project's safetensors format.")
+    wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+
+    info = wsub.add_parser("info", help="print a weights file's contract (bands, classes, normalisation, sha256)")
+    info.add_argument("source", help="local path or fsspec URL of a .safetensors weights file")
+    info.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    info.set_defaults(func=run_info)
+
+    conv = wsub.add_parser(
+        "convert", help="convert a trusted .pth/.pt checkpoint into a safetensors weights file",
+        description="Reads a PyTorch checkpoint with torch.load(weights_only=True) -- tensors only, no code -- "
+                    "and writes a .safetensors file with the metadata the pipeline needs. Only convert files "
+                    "you trust.",
+        epilog="example: cloudmask weights convert ms_cloudcam_cloudsen12_l1c.pth l1c.safetensors "
+               "--sensor sentinel-2-l1c --cam-bypass --provenance '{\"data\": \"CloudSEN12+ L1C\"}'",
+    )
+    conv.add_argument("checkpoint", help="the .pth/.pt file (a state dict, or a dict holding one under 'state_dict' or 'model')")
+    conv.add_argument("output", help="the .safetensors file to write")
+    conv.add_argument("--model", default="mscloudcam", help="registered model name (default: %(default)s)")
+    conv.add_argument("--sensor", default="sentinel-2-l1c", help="band catalogue: sentinel-2-l1c or landsat-8-l1 (default: %(default)s)")
+    conv.add_argument("--bands", help="comma-separated band names in the model's input order (default: the sensor's catalogue)")
+    conv.add_argument("--cam-bypass", action="store_true", help="the checkpoint comes from the authors' code, which bypasses the CAM")
+    conv.add_argument("--divisor", type=float, default=3000.0, help="input normalisation: DN / divisor (default: %(default)s)")
+    conv.add_argument("--tile-size", type=int, default=512, help="tile side the model takes (default: %(default)s)")
+    conv.add_argument("--provenance", default="{}", help="JSON object: data, recipe, metrics")
+    conv.add_argument("--fp16", action="store_true", help="store tensors as float16 (half the size)")
+    conv.set_defaults(func=run_convert)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    w = load_weights(args.source)
+    meta = json.loads(w.meta.to_json())
+    if args.json:
+        print(json.dumps(dict(meta, sha256=w.sha256, source=w.source), indent=2))
+        return 0
+    params = sum(t.numel() for t in w.state.values() if t.is_floating_point())
+    print(f"source         {w.source}")
+    print(f"sha256         {w.sha256}")
+    print(f"model          {meta['model']} {meta['model_kwargs'] or ''}".rstrip())
+    print(f"tensor values  {params:,} (parameters and normalisation statistics)")
+    print(f"sensor/level   {meta['sensor']} {meta['level']}")
+    print(f"bands          {', '.join(meta['bands'])}")
+    print(f"normalisation  DN / {meta['normalisation']['divisor']:g}")
+    print(f"classes        {', '.join(f'{c}={n}' for c, n in zip(meta['class_codes'], meta['classes']))}")
+    print(f"tile size      {meta['tile_size']}")
+    print(f"provenance     {json.dumps(meta['provenance'])}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    sensor = get_sensor(args.sensor)
+    bands = tuple(args.bands.split(",")) if args.bands else sensor.bands
+    try:
+        provenance = json.loads(args.provenance)
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"--provenance is not valid JSON ({exc}): {args.provenance!r}") from exc
+    try:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"checkpoint {args.checkpoint!r} does not exist") from None
+    except Exception as exc:
+        raise WeightsError(f"{args.checkpoint} could not be read as a tensors-only checkpoint: {exc}") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+    state = {k.removeprefix("module."): v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+    meta = WeightsMeta(
+        model=args.model, bands=bands, classes=CLASS_NAMES, class_codes=CLASS_CODES,
+        model_kwargs={"cam_bypass": True} if args.cam_bypass else {},
+        sensor=sensor.name, level=sensor.level, normalisation={"kind": "scale", "divisor": args.divisor},
+        tile_size=args.tile_size, provenance=provenance,
+    )
+    sha = save_weights(args.output, state, meta, dtype=torch.float16 if args.fp16 else None)
+    try:
+        load_weights(args.output).build_model()
+    except WeightsError:
+        import os
+
+        os.remove(args.output)
+        raise
+    print(f"wrote {args.output} (sha256 {sha})")
+    return 0

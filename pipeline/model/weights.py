@@ -1,0 +1,192 @@
+"""The project's weights format: safetensors tensors plus a JSON contract in the file's metadata.
+
+A weights file says what it needs and what it produces: model name and options, band names in order,
+sensor and level, normalisation, class codes and names, tile size and provenance. Files are identified by
+their sha256. Pickle checkpoints are never loaded by the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import fsspec
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import WeightsError, WeightsMismatchError
+from .registry import create_model
+
+METADATA_KEY = "cloudmask"
+FORMAT_VERSION = 1
+_PICKLE_SUFFIXES = {".pth", ".pt", ".ckpt", ".pkl", ".pickle", ".bin", ".tar"}
+
+
+@dataclass(frozen=True)
+class WeightsMeta:
+    """The contract a weights file carries.
+
+    ``normalisation``: ``{"kind": "scale", "divisor": 3000.0}`` means model input = DN / 3000.
+    ``class_codes[i]`` is the mask value written for model output channel ``i``.
+    """
+
+    model: str
+    bands: tuple[str, ...]
+    classes: tuple[str, ...]
+    class_codes: tuple[int, ...]
+    model_kwargs: dict = field(default_factory=dict)
+    sensor: str = "sentinel-2"
+    level: str = "L1C"
+    normalisation: dict = field(default_factory=lambda: {"kind": "scale", "divisor": 3000.0})
+    tile_size: int = 512
+    provenance: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if len(self.classes) != len(self.class_codes):
+            raise WeightsError(f"weights list {len(self.classes)} classes but {len(self.class_codes)} class codes")
+        if self.normalisation.get("kind") != "scale" or float(self.normalisation.get("divisor", 0)) <= 0:
+            raise WeightsError(f"unsupported normalisation {self.normalisation!r}; expected kind 'scale' with divisor > 0")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "WeightsMeta":
+        d = json.loads(text)
+        for key in ("bands", "classes", "class_codes"):
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+    def model_args(self) -> dict:
+        return dict(self.model_kwargs, in_chans=len(self.bands), num_classes=len(self.classes))
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Loaded weights: ``state`` tensors, their ``meta`` contract, the file's ``sha256`` and ``source``."""
+
+    meta: WeightsMeta
+    state: dict[str, torch.Tensor]
+    sha256: str
+    source: str
+
+    def build_model(self) -> nn.Module:
+        """A fresh model in eval mode with these weights, in float32 on the CPU."""
+        model = create_model(self.meta.model, **self.meta.model_args())
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state.items()}
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise WeightsError(f"{self.source}: tensors do not fit model {self.meta.model!r}: {exc}") from None
+        if missing or unexpected:
+            raise WeightsError(
+                f"{self.source}: tensors do not fit model {self.meta.model!r}: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        return model.eval()
+
+    def check(self, bands: list[str] | tuple[str, ...] | None = None,
+              classes: list[str] | tuple[str, ...] | None = None) -> None:
+        """Refuse weights whose bands or classes differ from what the caller has or needs."""
+        for what, have, want in (("bands", self.meta.bands, bands), ("classes", self.meta.classes, classes)):
+            if want is not None and tuple(want) != tuple(have):
+                raise WeightsMismatchError(
+                    f"{self.source}: the weights' {what} do not match: the weights have {list(have)}, "
+                    f"the data/request has {list(want)}; use weights trained for these {what} "
+                    f"(cloudmask weights info FILE shows a file's contract)"
+                )
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_weights(path: str | Path, state: dict[str, torch.Tensor] | nn.Module, meta: WeightsMeta,
+                 dtype: torch.dtype | None = None) -> str:
+    """Write ``state`` (or a model's state dict) and ``meta`` to ``path``; return the file's sha256.
+
+    ``dtype`` (e.g. ``torch.float16``) casts floating tensors to keep files small; loading casts back.
+    """
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in state.items()
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", METADATA_KEY: meta.to_json()})
+    os.replace(tmp, path)  # never leave a half-written weights file under the real name
+    return file_sha256(path)
+
+
+def _local_copy(source: str, cache_dir: str | Path | None) -> Path:
+    if "://" not in source or source.startswith("file://"):
+        path = Path(source.removeprefix("file://")).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file {source!r} does not exist; give a local path or an fsspec URL of a .safetensors file")
+        return path
+    cache = Path(cache_dir or Path.home() / ".cache" / "cloudmask" / "weights")
+    try:
+        local = fsspec.open_local(f"filecache::{source}", filecache={"cache_storage": str(cache)})
+    except Exception as exc:  # fsspec raises many types: HTTP, auth, unknown protocol
+        raise WeightsError(f"could not fetch weights from {source!r}: {exc}") from exc
+    return Path(local)
+
+
+def _refuse_pickle(path: Path, source: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # a safetensors file opens with its header's length (u64, little-endian) and then the JSON header's "{"
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{"
+    looks_pickle = head[:2] == b"PK" or head[:1] == b"\x80"  # torch.save's zip, or a bare pickle stream
+    if path.suffix.lower() in _PICKLE_SUFFIXES or (looks_pickle and not looks_safetensors):
+        raise WeightsError(
+            f"{source} looks like a PyTorch pickle checkpoint; cloudmask never unpickles files because "
+            f"unpickling can run arbitrary code. Convert it once, in an environment you trust, with "
+            f"'cloudmask weights convert {path.name} OUT.safetensors --model mscloudcam --bands B01,B02,...' "
+            f"and pass OUT.safetensors"
+        )
+
+
+def load_weights(source: str | Path, *, bands=None, classes=None, cache_dir=None,
+                 expected_sha256: str | None = None) -> Weights:
+    """Load a weights file from a local path or an fsspec URL (``http://``, ``s3://``, ``file://``, ...).
+
+    ``bands``/``classes``, when given, must equal the file's lists (in order) or the file is refused.
+    """
+    source = str(source)
+    path = _local_copy(source, cache_dir)
+    _refuse_pickle(path, source)
+    sha = file_sha256(path)
+    if expected_sha256 and sha != expected_sha256.lower():
+        raise WeightsError(f"{source}: sha256 {sha} differs from the expected {expected_sha256}; the file is corrupt or another version")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{source} is not a readable safetensors file ({exc}); the file may be truncated or corrupt") from exc
+    if raw is None:
+        raise WeightsError(
+            f"{source} has no '{METADATA_KEY}' metadata (bands, classes, normalisation); re-save it with "
+            f"'cloudmask weights convert' or pipeline.model.weights.save_weights"
+        )
+    try:
+        meta = WeightsMeta.from_json(raw)
+    except (TypeError, KeyError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{source}: malformed '{METADATA_KEY}' metadata: {exc}") from exc
+    weights = Weights(meta=meta, state=state, sha256=sha, source=source)
+    weights.check(bands=bands, classes=classes)
+    return weights

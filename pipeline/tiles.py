@@ -1,0 +1,90 @@
+"""Tile geometry on a scene's global pixel grid (numpy only).
+
+Tiles of side ``tile`` start at multiples of ``stride = tile - overlap`` counted from the scene's pixel
+origin, wherever the array being predicted starts. Their probabilities are blended with a fixed trapezoid
+window whose ramps over the overlap sum to one, so the result in a pixel depends only on the tiles covering
+it, never on where an array or Dask block begins. A block whose edges sit on multiples of the stride needs a
+halo of ``overlap`` pixels for every tile that touches its interior to lie inside block + halo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A global tile grid: ``tile`` pixels square, neighbours sharing ``overlap`` pixels."""
+
+    tile: int
+    overlap: int
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    def starts(self, lo: int, hi: int) -> np.ndarray:
+        """Global starts (int64, ascending) of the tiles that intersect the 1-D global range ``[lo, hi)``."""
+        if hi <= lo:
+            return np.zeros(0, dtype=np.int64)
+        k0 = max(0, (lo - self.tile) // self.stride + 1)
+        k1 = (hi - 1) // self.stride
+        return np.arange(k0, k1 + 1, dtype=np.int64) * self.stride
+
+    def origins(self, y: tuple[int, int], x: tuple[int, int]) -> list[tuple[int, int]]:
+        """Global ``(y0, x0)`` of every tile intersecting the window ``y=[y0, y1), x=[x0, x1)``, row-major."""
+        return [(int(a), int(b)) for a in self.starts(*y) for b in self.starts(*x)]
+
+    def window(self) -> np.ndarray:
+        """Blend weights ``(tile, tile)`` float32: 1 inside, linear ramps of ``overlap`` pixels at the edges.
+
+        Ramps of neighbouring tiles add up to exactly one; every weight is > 0.
+        """
+        i = np.arange(self.tile, dtype=np.float64) + 0.5
+        ramp = np.minimum(1.0, np.minimum(i, self.tile - i) / self.overlap) if self.overlap else np.ones(self.tile)
+        return np.outer(ramp, ramp).astype(np.float32)
+
+
+def read_tile(image: np.ndarray, offset: tuple[int, int], origin: tuple[int, int], tile: int,
+              fill: float = 0) -> np.ndarray:
+    """Cut the global window ``origin + (tile, tile)`` out of ``image (C, H, W)`` whose pixel [0, 0] lies at
+    global ``offset``; parts outside the image are ``fill``. Returns ``(C, tile, tile)`` of image's dtype."""
+    c, h, w = image.shape
+    out = np.full((c, tile, tile), fill, dtype=image.dtype)
+    y0, x0 = origin[0] - offset[0], origin[1] - offset[1]
+    sy0, sx0 = max(0, y0), max(0, x0)
+    sy1, sx1 = min(h, y0 + tile), min(w, x0 + tile)
+    if sy1 > sy0 and sx1 > sx0:
+        out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[:, sy0:sy1, sx0:sx1]
+    return out
+
+
+class Blender:
+    """Accumulates weighted tile probabilities on a canvas ``(K, H, W)`` whose [0, 0] is at global ``offset``."""
+
+    def __init__(self, classes: int, shape: tuple[int, int], offset: tuple[int, int], grid: TileGrid) -> None:
+        self.offset = offset
+        self.window = grid.window()
+        self.tile = grid.tile
+        self.acc = np.zeros((classes, *shape), dtype=np.float32)
+        self.weight = np.zeros(shape, dtype=np.float32)
+
+    def add(self, probs: np.ndarray, origin: tuple[int, int]) -> None:
+        """Add one tile's probabilities ``(K, tile, tile)`` at global ``origin``; parts off the canvas drop."""
+        h, w = self.weight.shape
+        y0, x0 = origin[0] - self.offset[0], origin[1] - self.offset[1]
+        cy0, cx0 = max(0, y0), max(0, x0)
+        cy1, cx1 = min(h, y0 + self.tile), min(w, x0 + self.tile)
+        if cy1 <= cy0 or cx1 <= cx0:
+            return
+        ty, tx = slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0)
+        win = self.window[ty, tx]
+        self.acc[:, cy0:cy1, cx0:cx1] += probs[:, ty, tx] * win
+        self.weight[cy0:cy1, cx0:cx1] += win
+
+    def result(self) -> np.ndarray:
+        """Blended probabilities ``(K, H, W)`` float32; pixels no tile covered are NaN."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.acc / self.weight

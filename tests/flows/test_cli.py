@@ -1,0 +1,88 @@
+"""The ``cloudmask`` console script: help, benchmark figures, weights tools and error messages."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.model import create_model
+from pipeline.model.weights import load_weights
+
+CLOUDMASK = str(Path(sys.executable).with_name("cloudmask"))
+
+
+def run(*args, check=True):
+    proc = subprocess.run([CLOUDMASK, *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_the_subcommands():
+    out = run("--help").stdout
+    for word in ("benchmark", "weights"):
+        assert word in out
+    assert "benchmark model" in run("benchmark", "model", "--help").stdout  # examples in the epilog
+
+
+def test_benchmark_model_prints_and_writes_figures(tmp_path):
+    out = run("benchmark", "model", "--model", "mscloudcam_tiny", "--batch-sizes", "1,2", "--precisions", "fp32,bf16",
+              "--repeats", "1", "--json", str(tmp_path / "b.json")).stdout
+    assert "406,327 parameters" in out and "GMAC" in out and "ms/tile" in out and "Mpx/s" in out
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert [(r["batch"], r["precision"]) for r in figures["rows"]] == [(1, "fp32"), (1, "bf16"), (2, "fp32"), (2, "bf16")]
+    assert all(r["ms_per_tile"] > 0 and r["mpx_per_s"] > 0 for r in figures["rows"])
+    assert figures["params"] == 406_327 and figures["device"] == "cpu"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-sizes", "a,b"], "--batch-sizes 'a,b' is not a comma-separated list"),
+    (["--precisions", "fp8"], "precision='fp8'"),
+    (["--model", "unet"], "unknown model 'unet'"),
+    (["--repeats", "0"], "--repeats 0 must be >= 1"),
+])
+def test_benchmark_bad_arguments_say_what_to_fix(args, message):
+    proc = run("benchmark", "model", "--model", "mscloudcam_tiny", *args, check=False) if "--model" not in args \
+        else run("benchmark", "model", *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_benchmark_on_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run("benchmark", "model", "--model", "mscloudcam_tiny", "--device", "cuda", check=False)
+    assert proc.returncode == 2 and "torch sees no CUDA GPU" in proc.stderr
+
+
+def test_weights_info(tiny_weights_file):
+    out = run("weights", "info", str(tiny_weights_file)).stdout
+    assert "mscloudcam_tiny" in out and "B8A" in out and "DN / 3000" in out and "3=cloud_shadow" in out
+    meta = json.loads(run("weights", "info", str(tiny_weights_file), "--json").stdout)
+    assert meta["sha256"] == load_weights(tiny_weights_file).sha256
+
+
+def test_weights_convert_a_trusted_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mscloudcam_tiny")
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "m.pth")
+    out = tmp_path / "m.safetensors"
+    run("weights", "convert", str(tmp_path / "m.pth"), str(out), "--model", "mscloudcam_tiny", "--tile-size", "64",
+        "--fp16", "--provenance", '{"data": "test"}')
+    w = load_weights(out)
+    assert w.meta.provenance == {"data": "test"} and w.meta.tile_size == 64
+    torch.testing.assert_close(w.build_model().state_dict()["decoder.head.weight"],
+                               model.state_dict()["decoder.head.weight"], atol=1e-3, rtol=1e-3)
+    bad = run("weights", "convert", str(tmp_path / "m.pth"), str(tmp_path / "x.safetensors"), "--provenance", "{oops", check=False)
+    assert bad.returncode == 2 and "--provenance is not valid JSON" in bad.stderr
+    wrong = run("weights", "convert", str(tmp_path / "m.pth"), str(tmp_path / "y.safetensors"), check=False)
+    assert wrong.returncode == 2 and "do not fit model 'mscloudcam'" in wrong.stderr
+    assert not (tmp_path / "y.safetensors").exists()  # nothing half-usable left behind
+
+
+def test_weights_info_on_missing_file():
+    proc = run("weights", "info", "/nonexistent/w.safetensors", check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr

@@ -1,0 +1,125 @@
+"""The safetensors weights format: round trip, URLs, refusal of pickles, corrupt files and mismatches."""
+
+import functools
+import hashlib
+import http.server
+import json
+import threading
+
+import pytest
+import torch
+
+from pipeline.errors import WeightsError, WeightsMismatchError
+from pipeline.model import create_model
+from pipeline.model.weights import WeightsMeta, load_weights, save_weights
+from pipeline.sensors import CLASS_NAMES, SENTINEL2_L1C
+
+
+def test_round_trip_keeps_tensors_metadata_and_sha(tiny_weights_file):
+    w = load_weights(tiny_weights_file)
+    assert w.sha256 == hashlib.sha256(tiny_weights_file.read_bytes()).hexdigest()
+    assert w.meta.model == "mscloudcam_tiny"
+    assert w.meta.bands == SENTINEL2_L1C.bands
+    assert w.meta.classes == CLASS_NAMES and w.meta.class_codes == (0, 1, 2, 3)
+    assert w.meta.normalisation == {"kind": "scale", "divisor": 3000.0}
+    assert w.meta.tile_size == 64 and w.meta.provenance["recipe"].startswith("random init")
+    torch.manual_seed(0)
+    reference = create_model("mscloudcam_tiny").state_dict()
+    model = w.build_model()
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+
+
+def test_fp16_file_is_half_the_size_and_predicts_the_same(tmp_path):
+    torch.manual_seed(1)
+    model = create_model("mscloudcam_tiny").eval()
+    meta = WeightsMeta(model="mscloudcam_tiny", bands=SENTINEL2_L1C.bands, classes=CLASS_NAMES,
+                       class_codes=(0, 1, 2, 3), tile_size=64)
+    save_weights(tmp_path / "a.safetensors", model, meta)
+    save_weights(tmp_path / "h.safetensors", model, meta, dtype=torch.float16)
+    full, half = (tmp_path / "a.safetensors").stat().st_size, (tmp_path / "h.safetensors").stat().st_size
+    assert half < 0.6 * full
+    x = torch.rand(2, 13, 64, 64)
+    with torch.inference_mode():
+        ref = model(x).argmax(1)
+        got = load_weights(tmp_path / "h.safetensors").build_model()(x).argmax(1)
+    assert (ref == got).float().mean() > 0.99
+
+
+def test_load_from_file_url(tiny_weights_file):
+    w = load_weights(tiny_weights_file.as_uri())
+    assert w.meta.model == "mscloudcam_tiny"
+
+
+def test_load_from_http_url_through_fsspec_cache(tiny_weights_file, tmp_path):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tiny_weights_file.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{tiny_weights_file.name}"
+        w = load_weights(url, cache_dir=tmp_path / "cache", expected_sha256=load_weights(tiny_weights_file).sha256)
+        assert w.source == url
+        assert any((tmp_path / "cache").iterdir())
+        with pytest.raises(WeightsError, match="could not fetch weights"):
+            load_weights(url + ".missing", cache_dir=tmp_path / "cache")
+    finally:
+        server.shutdown()
+
+
+def test_pickle_checkpoints_are_refused_with_conversion_advice(tmp_path):
+    state = create_model("mscloudcam_tiny").state_dict()
+    torch.save(state, tmp_path / "model.pth")
+    with pytest.raises(WeightsError, match="never unpickles.*cloudmask weights convert"):
+        load_weights(tmp_path / "model.pth")
+    # renaming a pickle does not sneak it past the check
+    (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.pth").read_bytes())
+    with pytest.raises(WeightsError, match="pickle"):
+        load_weights(tmp_path / "model.safetensors")
+
+
+def test_corrupt_and_truncated_files_are_refused(tiny_weights_file, tmp_path):
+    data = tiny_weights_file.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="truncated or corrupt"):
+        load_weights(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        load_weights(tmp_path / "junk.safetensors")
+    with pytest.raises(WeightsError, match="sha256"):
+        load_weights(tiny_weights_file, expected_sha256="0" * 64)
+
+
+def test_file_without_contract_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(WeightsError, match="no 'cloudmask' metadata"):
+        load_weights(tmp_path / "bare.safetensors")
+
+
+def test_band_and_class_mismatch_name_both_lists(tiny_weights_file):
+    l8 = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"]
+    with pytest.raises(WeightsMismatchError) as err:
+        load_weights(tiny_weights_file, bands=l8)
+    msg = str(err.value)
+    assert "'B8A'" in msg and "'B9'" in msg and "bands" in msg
+    with pytest.raises(WeightsMismatchError, match=r"classes.*'cloud_shadow'.*\['clear', 'cloud'\]"):
+        load_weights(tiny_weights_file, classes=["clear", "cloud"])
+    load_weights(tiny_weights_file, bands=list(SENTINEL2_L1C.bands), classes=list(CLASS_NAMES))
+
+
+def test_tensors_that_do_not_fit_the_model_are_refused(tmp_path):
+    meta = WeightsMeta(model="mscloudcam_tiny", bands=SENTINEL2_L1C.bands[:3], classes=CLASS_NAMES,
+                       class_codes=(0, 1, 2, 3), tile_size=64)
+    save_weights(tmp_path / "w.safetensors", create_model("mscloudcam_tiny"), meta)  # 13-band tensors, 3 bands
+    with pytest.raises(WeightsError, match=r"(?s)do not fit model .*size mismatch"):
+        load_weights(tmp_path / "w.safetensors").build_model()
+
+
+def test_metadata_is_plain_json_in_the_safetensors_header(tiny_weights_file):
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_weights_file), "pt") as f:
+        meta = json.loads(f.metadata()["cloudmask"])
+    assert meta["bands"][10] == "B10" and meta["tile_size"] == 64

@@ -1,0 +1,57 @@
+"""Project glue: environment.yml matches pyproject.toml; .ci/run runs exactly the README's test command."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"pyyaml": "pyyaml"}  # PyPI name -> conda-forge name where they differ
+
+
+def pins(requirements):
+    out = {}
+    for req in requirements:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?\s*(==|>=)\s*([^\s;]+)", req.strip())
+        assert m, f"unpinned requirement {req!r}"
+        out[m.group(1).lower()] = (m.group(3), m.group(4))
+    return out
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = pins(project["dependencies"] + project["optional-dependencies"]["test"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda, pip = {}, {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for item in dep["pip"]:
+                if not item.startswith("-"):
+                    name, version = item.split("==")
+                    pip[name.lower()] = version
+        elif "=" in dep:
+            name, version = dep.split("=")
+            conda[name.lower()] = version
+    assert all(op == "==" for op, _ in wanted.values()), "runtime pins are exact"
+    for name, (_, version) in wanted.items():
+        found = pip.get(name) or conda.get(CONDA_NAMES.get(name, name))
+        assert found == version, f"{name}: pyproject pins {version}, environment.yml has {found}"
+    extra = (set(pip) | set(conda)) - set(wanted) - {"python", "pip"}
+    assert not extra, f"environment.yml has packages pyproject.toml lacks: {extra}"
+    assert conda["python"] == project["requires-python"].removeprefix(">=")
+
+
+def test_gpu_extra_pins_dask_cuda():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert pins(project["optional-dependencies"]["gpu"])["dask-cuda"] == (">=", "26.10")
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"Run the tests:\s*```(?:sh|bash)?\n(.+?)\n```", readme, re.S)
+    assert m, "README states the test command under 'Run the tests:'"
+    command = m.group(1).strip()
+    steps = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
+    assert steps == [command]

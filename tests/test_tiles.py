@@ -1,0 +1,58 @@
+"""Tile geometry on the global grid: coverage, blend window, read/stitch round trip."""
+
+import numpy as np
+import pytest
+
+from pipeline.tiles import Blender, TileGrid, read_tile
+
+
+@pytest.mark.parametrize("tile,overlap", [(512, 64), (64, 16), (32, 0)])
+def test_starts_cover_the_range_and_touch_it(tile, overlap):
+    grid = TileGrid(tile, overlap)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lo = int(rng.integers(0, 3000))
+        hi = lo + int(rng.integers(1, 3000))
+        starts = grid.starts(lo, hi)
+        assert np.all(starts % grid.stride == 0) and np.all(starts >= 0)
+        assert np.all(starts < hi) and np.all(starts + tile > lo)  # each tile touches [lo, hi)
+        covered = np.zeros(hi - lo, bool)
+        for s in starts:
+            covered[max(s, lo) - lo:min(s + tile, hi) - lo] = True
+        assert covered.all()
+        # no tile of the grid touching the range is missing
+        k = np.arange(0, hi // grid.stride + 2) * grid.stride
+        assert set(starts) == set(k[(k < hi) & (k + tile > lo)])
+
+
+def test_window_ramps_sum_to_one_between_tiles():
+    grid = TileGrid(64, 16)
+    w = grid.window()
+    assert w.shape == (64, 64) and w.dtype == np.float32 and (w > 0).all()
+    assert w[16:48, 16:48].min() == 1.0
+    total = np.zeros((300, 300), np.float32)
+    for y, x in grid.origins((0, 300), (0, 300)):
+        tile = np.zeros((300 + 64, 300 + 64), np.float32)
+        tile[y:y + 64, x:x + 64] = w
+        total += tile[:300, :300]
+    np.testing.assert_allclose(total[16:, 16:], 1.0, atol=1e-6)
+
+
+def test_read_tile_pads_outside_the_image():
+    img = np.arange(2 * 5 * 7, dtype=np.uint16).reshape(2, 5, 7) + 1
+    t = read_tile(img, offset=(10, 20), origin=(8, 24), tile=4)
+    assert t.shape == (2, 4, 4) and t.dtype == np.uint16
+    assert (t[:, :2] == 0).all()  # rows 8, 9 lie above the image
+    np.testing.assert_array_equal(t[:, 2:, :3], img[:, 0:2, 4:7])  # rows 10, 11; columns 24..26
+    assert (t[:, :, 3] == 0).all()  # column 27 lies right of the image
+
+
+def test_stitch_round_trip_reproduces_a_field():
+    rng = np.random.default_rng(1)
+    field = rng.random((4, 150, 190)).astype(np.float32)
+    grid = TileGrid(64, 16)
+    offset = (32, 48)  # an array that starts inside the scene, on the stride
+    blender = Blender(4, field.shape[1:], offset, grid)
+    for origin in grid.origins((offset[0], offset[0] + 150), (offset[1], offset[1] + 190)):
+        blender.add(read_tile(field, offset, origin, 64, fill=np.nan), origin)
+    np.testing.assert_allclose(blender.result(), field, rtol=1e-5)
