@@ -11,9 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline.errors import CloudmaskError  # noqa: E402
 
-from . import benchmark, weights  # noqa: E402
+from . import benchmark, evaluate, train, weights  # noqa: E402
 
-FLOWS = (benchmark, weights)
+FLOWS = (train, evaluate, benchmark, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,7 +64,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 class Predictor:
     """A model on a device with its weights' contract, predicting class maps for arrays of any size."""
 
-    def __init__(self, weights: Weights, spec: InferSpec = InferSpec()) -> None:
+    def __init__(self, weights: Weights, spec: InferSpec = InferSpec(), model: torch.nn.Module | None = None) -> None:
+        """``model``: an already built model to use instead of building one from ``weights.state``."""
         self.meta = weights.meta
         self.sha256 = weights.sha256
         self.spec = spec
@@ -79,7 +80,7 @@ class Predictor:
         self.divisor = float(self.meta.normalisation["divisor"])
         self.channels_last = self.device.type == "cuda"
         self.batch_size = spec.batch_size or (8 if self.device.type == "cuda" else 1)
-        model = weights.build_model().to(self.device)
+        model = (model if model is not None else weights.build_model()).eval().to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -102,13 +103,15 @@ class Predictor:
         return probs
 
     def predict(self, image: np.ndarray, *, offset: tuple[int, int] = (0, 0),
-                needed: tuple[slice, slice] | None = None, probabilities: bool = False) -> Prediction:
+                needed: tuple[slice, slice] | None = None, probabilities: bool = False,
+                mask_nodata: bool = True) -> Prediction:
         """Predict classes for ``image (band, y, x)`` (integer DN or float, band order of the weights).
 
         ``offset``: global pixel position of ``image[:, 0, 0]`` on the scene grid the tiles are anchored to.
         ``needed``: the local window whose pixels must be right (default: all); tiles that do not touch it
         are skipped, and pixels outside it may differ from a whole-scene prediction.
-        Pixels that are 0 (or NaN) in every band are nodata: class 255, probabilities NaN.
+        Pixels that are 0 (or NaN) in every band are nodata: class 255, probabilities NaN -- unless
+        ``mask_nodata=False`` (the paper's evaluation protocol, which scores zero padding too).
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[0] != len(self.meta.bands):
@@ -122,7 +125,7 @@ class Predictor:
         gy, gx = offset
         origins = self.grid.origins((gy + ys.start, gy + ys.stop), (gx + xs.start, gx + xs.stop))
         data = image.astype(np.float32) / self.divisor
-        nodata = np.all((image == 0) | np.isnan(data), axis=0)
+        nodata = np.all((image == 0) | np.isnan(data), axis=0) if mask_nodata else np.zeros((h, w), bool)
         np.nan_to_num(data, copy=False)
         blender = Blender(len(self.meta.classes), (h, w), offset, self.grid)
         bs = self.batch_size

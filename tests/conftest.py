@@ -5,7 +5,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.testing import tiny_weights  # noqa: E402
+from pipeline.testing import tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -23,3 +23,15 @@ def tiny_weights_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     tiny_weights(path, seed=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def cloudsen12_taco(tmp_path_factory):
+    """A TACO v1 file in CloudSEN12+'s layout (23 samples, 20 of them 509/high), written with tacotoolbox."""
+    return write_cloudsen12_taco(tmp_path_factory.mktemp("cloudsen12") / "cloudsen12-l1c.0000.part.taco")
+
+
+@pytest.fixture(scope="session")
+def l8biome_root(tmp_path_factory):
+    """An L8Biome folder in torchgeo's layout: 5 real Landsat-8 scenes with fixedmask codes."""
+    return write_l8biome(tmp_path_factory.mktemp("l8biome"))

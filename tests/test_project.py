@@ -21,7 +21,8 @@ def pins(requirements):
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = pins(project["dependencies"] + project["optional-dependencies"]["test"])
+    extras = project["optional-dependencies"]
+    wanted = pins(project["dependencies"] + extras["test"] + extras["datasets"] + extras["peers"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda, pip = {}, {}
     for dep in env["dependencies"]:
@@ -29,7 +30,7 @@ def test_environment_yml_matches_pyproject():
             for item in dep["pip"]:
                 if not item.startswith("-"):
                     name, version = item.split("==")
-                    pip[name.lower()] = version
+                    pip[name.lower().split("[")[0]] = version
         elif "=" in dep:
             name, version = dep.split("=")
             conda[name.lower()] = version

@@ -190,3 +190,21 @@ def load_weights(source: str | Path, *, bands=None, classes=None, cache_dir=None
     weights = Weights(meta=meta, state=state, sha256=sha, source=source)
     weights.check(bands=bands, classes=classes)
     return weights
+
+
+STARTER_WEIGHTS = "mscloudcam_s2l1c_starter.safetensors"
+
+
+def default_weights() -> str:
+    """The weights used when none are given: ``$CLOUDMASK_WEIGHTS``, else the starter weights shipped in
+    the repository's ``weights/`` folder (see ``weights/README.md``)."""
+    env = os.environ.get("CLOUDMASK_WEIGHTS")
+    if env:
+        return env
+    path = Path(__file__).resolve().parents[2] / "weights" / STARTER_WEIGHTS
+    if not path.is_file():
+        raise WeightsError(
+            f"no weights given and the shipped starter weights {str(path)!r} are missing; pass --weights "
+            f"PATH_OR_URL or set CLOUDMASK_WEIGHTS (cloudmask train --recipe starter rebuilds them)"
+        )
+    return str(path)

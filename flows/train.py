@@ -1,0 +1,139 @@
+"""``cloudmask train``: the paper's recipe on CloudSEN12+ or L8Biome, or the starter distillation recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+from pipeline.training import Recipe, TrainData, check_out_dir, train
+
+RECIPES = {
+    "paper": Recipe(),
+    # Distillation on the few real scenes here, on CPU: bf16 autocast, 64 random chips an epoch, fp16 file.
+    # The shipped weights are this recipe's last.safetensors: its val split (two 101x100 scenes) is too
+    # small to pick an epoch by (weights/README.md).
+    # 256 px chips give four times the optimiser steps of 512 px ones for the same pixels; Swin's weights
+    # do not depend on the input size, so the file is saved for 512 px tiles.
+    "starter": Recipe(name="starter", epochs=36, batch_size=8, lr=3e-4, bf16=True, save_dtype="fp16", train_size=256),
+}
+DATASETS = ("starter", "cloudsen12", "l8biome")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train MSCloudCAM (paper recipe, or the starter distillation recipe)",
+        description="Trains and validates after every epoch; writes best.safetensors (best val mIoU), "
+                    "last.safetensors, metrics.jsonl and state.safetensors (for --resume) to --out.",
+        epilog="examples:\n"
+               "  cloudmask train --recipe starter --out runs/starter\n"
+               "  cloudmask train --dataset cloudsen12 --data /data/cloudsen12-l1c.0000.part.taco --out runs/l1c\n"
+               "  cloudmask train --dataset l8biome --data /data/l8biome --bf16 --out runs/l8\n"
+               "  cloudmask train ... --resume      # continue a killed run from its last epoch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
+                   help="paper: Adam 1e-4, batch 8, 100 epochs, seed 42, fp32; starter: the shipped weights' recipe")
+    p.add_argument("--dataset", choices=DATASETS, help="default: starter for --recipe starter, else required")
+    p.add_argument("--data", help="dataset location (TACO file(s) for cloudsen12, the l8biome folder)")
+    p.add_argument("--split-mode", choices=("paper", "official"), default="paper",
+                   help="cloudsen12: the authors' sequential 8500/500/1000 split or the official one")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", help="registered model name (default: mscloudcam)")
+    p.add_argument("--model-kwargs", help='JSON options for the model, e.g. \'{"cam_bypass": true}\'')
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch", type=int, help="batch size")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fast on recent CPUs and GPUs)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--samples-per-epoch", type=int, default=256, help="starter: random chips per epoch (default: %(default)s)")
+    p.add_argument("--label-cache", help="starter: folder to cache teacher labels in (default: OUT/labels)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved epoch")
+    p.set_defaults(func=run)
+
+
+def scene_weight(labels, chip: int = 256) -> float:
+    """Starter sampling weight of a scene: sqrt(labelled area, at least one chip) x (0.4 + its cloud/shadow
+    fraction), so the few cloudy scenes are seen about as often as the large clear ones, and small clear
+    scenes as often as small cloudy ones."""
+    import numpy as np
+
+    n = max(int((labels != 255).sum()), 1)
+    return float(np.sqrt(max(n, chip * chip)) * (0.4 + np.isin(labels, (1, 2, 3)).sum() / n))
+
+
+def load_data(args, recipe: Recipe) -> TrainData:
+    dataset = args.dataset or ("starter" if recipe.name == "starter" else None)
+    if dataset is None:
+        raise ConfigError("--dataset is required with --recipe paper (cloudsen12 or l8biome, with --data PATH)")
+    if dataset == "starter":
+        from pipeline.datasets.chips import RandomChips
+        from pipeline.datasets.starter import SPLITS, labelled_scenes
+        from pipeline.sensors import SENTINEL2_L1C
+
+        cache = args.label_cache or str(Path(args.out) / "labels")
+        train_scenes = labelled_scenes("train", cache)
+        val = [(s.dn, lab) for s, lab in labelled_scenes("val", cache)]
+        chips = RandomChips([(s.dn, lab) for s, lab in train_scenes], samples=args.samples_per_epoch,
+                            size=recipe.train_size or 512, seed=recipe.seed,
+                            weights=[scene_weight(lab) for _, lab in train_scenes], nodata_prob=0.3)
+        return TrainData(train=chips, val=val, bands=SENTINEL2_L1C.bands, dataset="starter (real S2 L1C scenes, teacher labels)",
+                         split=json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes])), ignore_index=255)
+    if not args.data:
+        raise ConfigError(f"--data is required for --dataset {dataset}")
+    if dataset == "cloudsen12":
+        from pipeline.datasets.cloudsen12 import train_data
+    else:
+        from pipeline.datasets.l8biome import train_data
+    return train_data(args.data, split_mode=args.split_mode)
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = RECIPES[args.recipe]
+    try:
+        model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--model-kwargs is not valid JSON ({exc}): {args.model_kwargs!r}") from None
+    if args.model is not None:
+        from pipeline.model import list_models
+
+        if args.model not in list_models():
+            raise ConfigError(f"--model {args.model!r} is unknown; known models: {', '.join(list_models())}")
+    overrides = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, device=args.device,
+                     bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs)
+    recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    check_out_dir(Path(args.out), args.resume)  # before the (possibly slow) data loading
+    data = load_data(args, recipe)
+    print(f"training {recipe.model} on {data.dataset}: {len(data.train)} samples/epoch, {len(data.val)} val items, "
+          f"{recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr}, {'bf16' if recipe.bf16 else 'fp32'} -> {args.out}",
+          flush=True)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.3f}  val mIoU {task.fields[miou]}"), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("train", total=None, epoch=0, loss=float("nan"), miou="-")
+
+        def on_step(s):
+            progress.update(task, total=s["steps"], completed=s["step"] + 1, epoch=f"{s['epoch'] + 1}/{recipe.epochs}",
+                            loss=s["loss"])
+
+        def on_epoch(r):
+            progress.update(task, miou=f"{r['val_miou']:.2f}")
+            progress.console.print(f"epoch {r['epoch']}/{recipe.epochs}: train loss {r['train_loss']:.4f}, "
+                                   f"val mIoU {r['val_miou']:.2f} (best {r['best_miou']:.2f}), {r['seconds']:.0f} s")
+
+        best = train(data, recipe, args.out, resume=args.resume, on_step=on_step, on_epoch=on_epoch,
+                     provenance={"command": "cloudmask train " + " ".join(_argv(args))})
+    print(f"best epoch {best.get('epoch')}: val mIoU {best.get('val_miou')}; weights: {Path(args.out) / 'best.safetensors'}")
+    return 0
+
+
+def _argv(args) -> list[str]:
+    skip = {"func", "command", "resume"}
+    return [f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items()) if k not in skip and v not in (None, False)]

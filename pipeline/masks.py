@@ -1,0 +1,78 @@
+"""Cloud masks of a lazy cube on Dask: ``predict_masks(cube) -> (time, y, x) uint8``, via overlapping blocks.
+
+Each block is read with a halo of ``overlap`` pixels and predicted with tiles on the scene's global grid
+(``pipeline.tiles``); blocks are rechunked so their edges lie on multiples of the tile stride, which makes the
+result identical for any chunking. Workers build the model once per process (``pipeline.infer.get_predictor``):
+tasks carry the weights' path, never the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .config import InferSpec
+from .errors import ConfigError
+from .infer import get_predictor
+from .model.weights import load_weights
+from .sensors import CLASS_NAMES, MASK_NODATA
+
+FLAG_MEANINGS = " ".join(CLASS_NAMES)
+
+
+def aligned_chunks(size: int, target: int, stride: int) -> tuple[int, ...]:
+    """Chunk sizes along an axis of ``size`` pixels: multiples of ``stride`` near ``target``, remainder last."""
+    step = max(stride, (target // stride) * stride)
+    full, rest = divmod(size, step)
+    return (step,) * full + ((rest,) if rest else ())
+
+
+def _predict_block(block: np.ndarray, weights: str, spec: InferSpec, halo: int, starts_y, starts_x,
+                   block_info=None) -> np.ndarray:
+    """One overlapped block ``(band, y+halos, x+halos)`` -> its interior's classes ``(y, x)`` uint8."""
+    _, i, j = block_info[0]["chunk-location"]
+    y0, x0 = starts_y[i], starts_x[j]  # interior start on the scene grid
+    oy, ox = max(0, y0 - halo), max(0, x0 - halo)  # boundary="none": no halo beyond the scene
+    h, w = starts_y[i + 1] - y0, starts_x[j + 1] - x0
+    ty, tx = y0 - oy, x0 - ox
+    classes = get_predictor(weights, spec).predict(
+        block, offset=(oy, ox), needed=(slice(ty, ty + h), slice(tx, tx + w))).classes
+    return classes[ty:ty + h, tx:tx + w]
+
+
+def predict_masks(cube: xr.DataArray, weights: str, spec: InferSpec = InferSpec(), chunk: int = 2048,
+                  names: list[str] | None = None, gpu: bool = False) -> xr.DataArray:
+    """Lazy masks of ``cube (time, band, y, x)`` harmonised DN (uint16, bands in the weights' order).
+
+    Returns ``(time, y, x)`` uint8 with 0..3 and 255 for nodata, with the cube's coordinates. ``chunk`` is the
+    target block side (rounded to the tile stride); ``names[t]`` names time slice t's tasks (e.g. the scene id)
+    so the dashboard's task stream reads like the job; ``gpu`` annotates tasks with a ``GPU`` resource.
+    """
+    if cube.dims != ("time", "band", "y", "x"):
+        raise ConfigError(f"cube dims are {cube.dims}; expected ('time', 'band', 'y', 'x')")
+    meta = load_weights(weights).meta
+    if "band" in cube.coords and tuple(map(str, cube.band.values)) != meta.bands:
+        raise ConfigError(f"cube bands {list(map(str, cube.band.values))} differ from the weights' {list(meta.bands)}")
+    tile = spec.tile or meta.tile_size
+    stride, halo = tile - spec.overlap, spec.overlap
+    data = cube.data if isinstance(cube.data, da.Array) else da.from_array(cube.data)
+    _, nb, ny, nx = data.shape
+    cy, cx = aligned_chunks(ny, chunk, stride), aligned_chunks(nx, chunk, stride)
+    starts_y, starts_x = np.cumsum((0,) + cy).tolist(), np.cumsum((0,) + cx).tolist()
+    slices = []
+    for t in range(data.shape[0]):
+        scene = data[t].rechunk((nb, cy, cx))
+        padded = da.overlap.overlap(scene, depth={0: 0, 1: halo, 2: halo}, boundary={0: "none", 1: "none", 2: "none"})
+        name = f"mask-{names[t] if names else t}-{dask.base.tokenize(scene, weights, spec)}"
+        with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
+            slices.append(da.map_blocks(
+                _predict_block, padded, weights, spec, halo, starts_y, starts_x, name=name,
+                chunks=(cy, cx), drop_axis=0, dtype=np.uint8, meta=np.empty((0, 0), np.uint8)))
+    masks = da.stack(slices) if slices else da.zeros((0, ny, nx), np.uint8)
+    coords = {k: v for k, v in cube.coords.items() if "band" not in v.dims}
+    return xr.DataArray(masks, dims=("time", "y", "x"), coords=coords, name="mask",
+                        attrs={"flag_values": [0, 1, 2, 3], "flag_meanings": FLAG_MEANINGS, "nodata": MASK_NODATA})

@@ -1,0 +1,99 @@
+"""Peer cloud detectors shipped on PyPI with their trained models: s2cloudless and ukis-csmask.
+
+Both take Sentinel-2 L1C TOA reflectance (DN / 10000, pre-04.00 convention). Used as teachers for the
+starter weights and, later, side by side with MSCloudCAM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError, InputError
+from .sensors import SENTINEL2_L1C
+
+S2_BANDS = SENTINEL2_L1C.bands
+
+
+def _reflectance(dn: np.ndarray) -> np.ndarray:
+    if dn.ndim != 3 or dn.shape[0] != len(S2_BANDS):
+        raise InputError(f"expected (band=13, y, x) Sentinel-2 L1C DN in order {list(S2_BANDS)}; got shape {dn.shape}")
+    return dn.astype(np.float32) / 10000.0
+
+
+def _require(module: str, extra: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"{module} is not installed; install it with: pip install -e '.[{extra}]'") from exc
+
+
+def s2cloudless_probability(dn: np.ndarray) -> np.ndarray:
+    """s2cloudless (LightGBM, 10 of 13 bands) cloud probability ``(y, x)`` float32 in [0, 1], per pixel."""
+    s2c = _require("s2cloudless", "peers")
+    refl = _reflectance(dn)
+    detector = s2c.S2PixelCloudDetector(all_bands=True, average_over=None, dilation_size=None)
+    return detector.get_cloud_probability_maps(np.moveaxis(refl, 0, -1)[None])[0]
+
+
+UKIS_BANDS = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11", "swir22": "B12"}
+
+
+def ukis_probabilities(dn: np.ndarray, resolution_m: float = 10.0, threads: int = 0) -> np.ndarray:
+    """ukis-csmask (ONNX U-Net, 6 bands, L1C) softmax ``(3, y, x)`` float32: background, cloud, shadow.
+
+    The model was trained near 30 m: finer inputs are block-averaged to about 30 m first and the
+    probabilities brought back to the input grid (bilinear).
+    """
+    from scipy.ndimage import zoom
+
+    _require("ukis_csmask", "peers")
+    from ukis_csmask.mask import CSmask
+
+    refl = _reflectance(dn)
+    six = refl[[S2_BANDS.index(b) for b in UKIS_BANDS.values()]]
+    factor = max(1, int(round(30.0 / resolution_m)))
+    h, w = six.shape[1:]
+    if factor > 1:
+        hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
+        padded = np.pad(six, ((0, 0), (0, hp - h), (0, wp - w)), mode="edge")
+        six = padded.reshape(6, hp // factor, factor, wp // factor, factor).mean(axis=(2, 4))
+    # CSmask computes its own softmax but keeps only the argmax; run its session for the probabilities.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # inputs under 256 px: it pads, which is fine
+        cs = CSmask(np.ascontiguousarray(np.moveaxis(six, 0, -1)), band_order=list(UKIS_BANDS), product_level="l1c",
+                    intra_op_num_threads=threads)
+    probs = _ukis_softmax(cs)
+    if factor > 1:
+        probs = zoom(probs, (1, factor, factor), order=1)[:, :h, :w]
+    return probs.astype(np.float32)
+
+
+def _ukis_softmax(cs) -> np.ndarray:
+    from ukis_csmask.utils import tile_array, untile_array
+
+    x = np.moveaxis(tile_array(cs.img, xsize=cs.target_size[0], ysize=cs.target_size[1], overlap=0.2), -1, 1)
+    probs = np.concatenate([cs.softmax(cs.session.run(None, {cs.input_names: b})[0]) for b in cs.batch(x, 1)])
+    probs = untile_array(np.moveaxis(probs, 1, -1), (cs.img.shape[0], cs.img.shape[1], probs.shape[1]),
+                         overlap=0.2, smooth_blending=True)
+    return np.moveaxis(probs, -1, 0)
+
+
+# Crosswalk of the peers' classes to ours (0 clear, 1 thick, 2 thin, 3 shadow). Neither peer separates thick
+# from thin cloud and s2cloudless has no shadow, so comparisons with them are made in their coarser classes:
+#   s2cloudless: clear = {0, 3}, cloud = {1, 2}            (its default threshold: p >= 0.4)
+#   ukis-csmask: clear = {0},    cloud = {1, 2}, shadow = {3}
+S2CLOUDLESS_THRESHOLD = 0.4
+TO_S2CLOUDLESS = np.array([0, 1, 1, 0], np.uint8)
+TO_UKIS = np.array([0, 1, 1, 2], np.uint8)
+
+
+def coarse(classes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Map our class codes ``(y, x)`` uint8 through a crosswalk table; 255 stays 255."""
+    out = np.full(classes.shape, 255, np.uint8)
+    valid = classes < len(table)
+    out[valid] = table[classes[valid]]
+    return out

@@ -1,0 +1,223 @@
+"""The training loop: the paper's recipe by default, resumable from safetensors state (never pickle).
+
+Everything random is seeded from the recipe's seed and the epoch (chip sampling, shuffling) or restored
+from the saved state (torch/numpy/python RNGs), so a run killed mid-epoch and resumed ends with the same
+weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import InferSpec
+from .errors import ConfigError
+from .infer import Predictor, resolve_device
+from .metrics import confusion, scores
+from .model import create_model, deep_supervision_loss
+from .model.weights import Weights, WeightsMeta, save_weights
+from .sensors import CLASS_CODES, CLASS_NAMES
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training settings; the defaults are the paper's (Adam 1e-4, batch 8, 100 epochs, seed 42, fp32)."""
+
+    name: str = "paper"
+    model: str = "mscloudcam"
+    model_kwargs: dict = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    aux_weight: float = 0.4
+    seed: int = 42
+    bf16: bool = False
+    workers: int = 0
+    device: str = "auto"
+    save_dtype: str = "fp32"
+    train_size: int | None = None  # chip side when training on smaller chips than the deployed tile
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be at least 2: the PSP's 1x1 pooled BatchNorm needs 2 samples")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr} must be > 0")
+        if self.save_dtype not in ("fp32", "fp16"):
+            raise ConfigError(f"save_dtype={self.save_dtype!r}; expected fp32 or fp16")
+
+
+@dataclass
+class TrainData:
+    """What a dataset reader hands the loop.
+
+    ``train``: a torch Dataset of ``(dn (C, S, S) float32, labels (S, S) int64)`` (optionally with
+    ``set_epoch``); ``val``: ``[(dn (C, y, x), labels (y, x))]`` of any size, scored with tiled inference.
+    """
+
+    train: torch.utils.data.Dataset
+    val: list
+    bands: tuple[str, ...]
+    dataset: str
+    split: str
+    sensor: str = "sentinel-2"
+    level: str = "L1C"
+    ignore_index: int | None = None
+    divisor: float = 3000.0
+    tile: int = 512
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def evaluate_model(model, meta: WeightsMeta, items, device: str = "auto") -> dict:
+    """Scores of ``model`` on ``items`` = [(dn, labels)]: one confusion matrix over all of them."""
+    weights = Weights(meta=meta, state={}, sha256="in-memory", source="in-memory")
+    predictor = Predictor(weights, InferSpec(overlap=0, device=device), model=model)
+    cm = np.zeros((len(meta.classes),) * 2, np.int64)
+    for dn, labels in items:
+        pred = predictor.predict(np.asarray(dn), mask_nodata=False).classes  # the paper scores padding too
+        cm += confusion(np.asarray(labels), pred, len(meta.classes))
+    return dict(scores(cm), confusion=cm.tolist())
+
+
+# -- resumable state -------------------------------------------------------------------------------------
+
+def save_state(path: Path, model, opt, epoch: int, best: dict, history: list) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_sd = opt.state_dict()
+    for pid, st in opt_sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).cpu().contiguous()
+    np_state = np.random.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    meta = {"epoch": epoch, "best": best, "history": history, "param_groups": opt_sd["param_groups"],
+            "rng.numpy": [np_state[0], *map(float, np_state[2:])], "rng.python": random.getstate()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"cloudmask.train": json.dumps(meta)})
+    os.replace(tmp, path)  # a kill during the write leaves the previous state intact
+
+
+def load_state(path: Path, model, opt) -> tuple[int, dict, list]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["cloudmask.train"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    kind, pos, has_gauss, cached = meta["rng.numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    version, internal, gauss = meta["rng.python"]
+    random.setstate((version, tuple(internal), gauss))
+    return meta["epoch"], meta["best"], meta["history"]
+
+
+def _write_lines(path: Path, records: list) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+# -- the loop --------------------------------------------------------------------------------------------
+
+def check_out_dir(out: Path, resume: bool) -> Path:
+    """The run's state file; refuses to start over an existing run or to resume a missing one."""
+    state_path = Path(out) / "state.safetensors"
+    if not resume and state_path.exists():
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if resume and not state_path.exists():
+        raise ConfigError(f"--resume: {state_path} does not exist; start without --resume")
+    return state_path
+
+
+def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = False, provenance: dict | None = None,
+          on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train, validating after each epoch; write ``best.safetensors`` (best val mIoU), ``last.safetensors``,
+    ``metrics.jsonl`` and ``state.safetensors`` (for ``resume``) under ``out_dir``. Returns the best record."""
+    out = Path(out_dir)
+    state_path = check_out_dir(out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(recipe.device)
+    seed_everything(recipe.seed)
+    # Swin's weights do not depend on its input size: a model trained on smaller chips is saved for data.tile.
+    build = dict(recipe.model_kwargs, **({"img_size": recipe.train_size} if recipe.train_size else {}))
+    model = create_model(recipe.model, in_chans=len(data.bands), num_classes=len(CLASS_NAMES), **build)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    start, best, history = 0, {}, []
+    if resume:
+        start, best, history = load_state(state_path, model, opt)
+    meta = WeightsMeta(
+        model=recipe.model, bands=tuple(data.bands), classes=CLASS_NAMES, class_codes=CLASS_CODES,
+        model_kwargs=recipe.model_kwargs, sensor=data.sensor, level=data.level,
+        normalisation={"kind": "scale", "divisor": data.divisor},
+        tile_size=data.tile if recipe.train_size else getattr(model, "img_size", data.tile),
+        provenance=dict(provenance or {}, dataset=data.dataset, split=data.split, recipe=asdict(recipe)),
+    )
+    chip = getattr(model, "img_size", meta.tile_size)
+    val_meta = replace(meta, tile_size=chip)  # validation runs the in-memory model at its own size
+    save_dtype = torch.float16 if recipe.save_dtype == "fp16" else None
+    for epoch in range(start, recipe.epochs):
+        t0 = time.time()
+        if hasattr(data.train, "set_epoch"):
+            data.train.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            data.train, batch_size=recipe.batch_size, shuffle=True, drop_last=True, num_workers=recipe.workers,
+            generator=torch.Generator().manual_seed(recipe.seed + epoch),
+        )
+        if len(loader) == 0:
+            raise ConfigError(f"the training set has {len(data.train)} samples, fewer than one batch of {recipe.batch_size}")
+        model.train()
+        losses = []
+        for step, (x, y) in enumerate(loader):
+            if x.shape[-1] != chip or x.shape[-2] != chip:
+                raise ConfigError(f"training chips are {tuple(x.shape[-2:])} pixels but model {recipe.model!r} takes "
+                                  f"{chip}x{chip}; pass --model-kwargs '{{\"img_size\": {x.shape[-1]}}}'")
+            x, y = (x / data.divisor).to(device), y.to(device)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+                outputs = model(x)
+            loss = deep_supervision_loss(outputs, y, recipe.aux_weight, data.ignore_index)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if on_step:
+                on_step(dict(epoch=epoch, step=step, steps=len(loader), loss=losses[-1]))
+        model.eval()
+        val = evaluate_model(model, val_meta, data.val, recipe.device) if data.val else {"miou": float("nan")}
+        record = dict(epoch=epoch + 1, train_loss=float(np.mean(losses)), val_miou=val["miou"],
+                      val_iou=val.get("iou"), val_aacc=val.get("aacc"), seconds=round(time.time() - t0, 1))
+        history.append(record)
+        _write_lines(out / "metrics.jsonl", history)  # whole history: a resumed run never duplicates a line
+        improved = not best or (val["miou"] == val["miou"] and val["miou"] > best.get("val_miou", -1))
+        if improved:
+            best = record
+            save_weights(out / "best.safetensors", model, replace(meta, provenance=dict(meta.provenance, metrics=record)),
+                         dtype=save_dtype)
+        save_weights(out / "last.safetensors", model, replace(meta, provenance=dict(meta.provenance, metrics=record)),
+                     dtype=save_dtype)
+        save_state(state_path, model, opt, epoch + 1, best, history)
+        if on_epoch:
+            on_epoch(dict(record, best_miou=best.get("val_miou")))
+    return best

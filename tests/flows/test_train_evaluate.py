@@ -1,0 +1,143 @@
+"""``cloudmask train`` (with a real SIGKILL and --resume) and ``cloudmask evaluate`` on real-format fixtures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from pipeline.model.weights import load_weights
+
+CLOUDMASK = str(Path(sys.executable).with_name("cloudmask"))
+TINY = ["--model", "mscloudcam_tiny", "--model-kwargs", '{"img_size": 512}']
+
+
+def train_cmd(taco, out, *extra):
+    return [CLOUDMASK, "train", "--dataset", "cloudsen12", "--data", str(taco), "--out", str(out), *TINY,
+            "--epochs", "3", "--batch", "2", "--lr", "1e-3", "--workers", "0", *extra]
+
+
+def state_epoch(out: Path) -> int:
+    with safe_open(str(out / "state.safetensors"), "pt") as f:
+        return json.loads(f.metadata()["cloudmask.train"])["epoch"]
+
+
+def tensors(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cloudsen12_taco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "full"
+    proc = subprocess.run(train_cmd(cloudsen12_taco, out), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def test_training_writes_weights_metrics_and_state(uninterrupted):
+    out, stdout = uninterrupted
+    assert "epoch 3/3" in stdout and "best epoch" in stdout
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert all(r["train_loss"] > 0 and len(r["val_iou"]) == 4 for r in lines)
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    best = load_weights(out / "best.safetensors")
+    prov = best.meta.provenance
+    assert prov["dataset"].startswith("CloudSEN12+") and prov["recipe"]["lr"] == 1e-3 and prov["recipe"]["batch_size"] == 2
+    assert prov["metrics"]["val_miou"] == max(r["val_miou"] for r in lines)
+    assert best.meta.tile_size == 512 and best.meta.bands[10] == "B10"
+    assert state_epoch(out) == 3
+
+
+def test_killed_mid_epoch_then_resumed_equals_uninterrupted(cloudsen12_taco, uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(cloudsen12_taco, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if (out / "state.safetensors").exists() and state_epoch(out) >= 1:
+            break
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into epoch 2 (an epoch takes several seconds here)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state_epoch(out) == 1, "the kill must land mid-epoch 2"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+    again = subprocess.run(train_cmd(cloudsen12_taco, out), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--resume" in again.stderr  # no silent overwrite of a run
+
+    resumed = subprocess.run(train_cmd(cloudsen12_taco, out, "--resume"), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epoch 1/3" not in resumed.stdout and "epoch 3/3" in resumed.stdout
+    full, _ = uninterrupted
+    a, b = tensors(full / "last.safetensors"), tensors(out / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (out / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_train_argument_errors(tmp_path):
+    def run(*args):
+        return subprocess.run([CLOUDMASK, "train", *args], capture_output=True, text=True, timeout=120)
+
+    p = run("--out", str(tmp_path / "a"))
+    assert p.returncode == 2 and "--dataset is required" in p.stderr
+    p = run("--dataset", "cloudsen12", "--out", str(tmp_path / "b"))
+    assert p.returncode == 2 and "--data is required" in p.stderr
+    p = run("--dataset", "cloudsen12", "--data", str(tmp_path / "none.taco"), "--out", str(tmp_path / "c"))
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    p = run("--recipe", "starter", "--out", str(tmp_path / "d"), "--resume")
+    assert p.returncode == 2 and "start without --resume" in p.stderr
+    p = run("--recipe", "starter", "--out", str(tmp_path / "e"), "--model-kwargs", "{bad")
+    assert p.returncode == 2 and "--model-kwargs is not valid JSON" in p.stderr
+
+
+def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
+    out = tmp_path / "l8"
+    p = subprocess.run([CLOUDMASK, "train", "--dataset", "l8biome", "--data", str(l8biome_root), "--out", str(out),
+                        *TINY, "--epochs", "1", "--batch", "3"], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    w = load_weights(out / "last.safetensors")
+    assert w.meta.bands == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11")
+    assert w.meta.sensor == "landsat-8" and w.meta.provenance["dataset"] == "L8Biome"
+
+
+def test_evaluate_prints_the_paper_table(uninterrupted, cloudsen12_taco, tmp_path):
+    out, _ = uninterrupted
+    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(out / "best.safetensors"), "--dataset", "cloudsen12",
+                        "--data", str(cloudsen12_taco), "--paper", "--json", str(tmp_path / "s.json")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "Clear" in p.stdout and "mIoU" in p.stdout and "aAcc" in p.stdout
+    assert "paper MSCloudCAM (cloudsen12-l1c)" in p.stdout and "75.52" in p.stdout
+    s = json.loads((tmp_path / "s.json").read_text())
+    cm = s["confusion"]
+    assert s["pixels"] == sum(map(sum, cm)) == 2 * 512 * 512  # the two test patches, every pixel labelled
+    tp = [cm[i][i] for i in range(4)]
+    assert s["aacc"] == pytest.approx(100 * sum(tp) / s["pixels"], abs=0.01)
+
+
+def test_evaluate_starter_with_teachers(tiny_weights_file, tmp_path):
+    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(tiny_weights_file), "--dataset", "starter",
+                        "--split", "test", "--teachers", "--json", str(tmp_path / "t.json")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "agreement with s2cloudless" in p.stdout and "agreement with ukis-csmask" in p.stdout
+    t = json.loads((tmp_path / "t.json").read_text())["teachers"]
+    assert t["ukis-csmask"]["classes"] == ["clear", "cloud", "shadow"] and len(t["s2cloudless"]["iou"]) == 2
+    assert 0 <= t["s2cloudless"]["agreement"] <= 100
+
+
+def test_evaluate_refuses_weights_for_other_bands(tiny_weights_file, l8biome_root):
+    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(tiny_weights_file), "--dataset", "l8biome",
+                        "--data", str(l8biome_root)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "11 bands but the weights take 13" in p.stderr
