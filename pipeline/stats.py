@@ -1,0 +1,74 @@
+"""Per-scene statistics: class counts (sums, so blocks merge) -> fractions -> a table keyed by STAC item id."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .sensors import CLASS_NAMES, MASK_NODATA
+
+FRACTIONS = tuple(f"frac_{c}" for c in CLASS_NAMES)  # frac_clear, frac_thick_cloud, ...
+STATUS = {"pending": 0, "ok": 1, "failed": 2}
+
+
+def class_counts(mask: np.ndarray) -> np.ndarray:
+    """``mask (..., y, x) uint8`` -> ``(5,)`` int64 counts of classes 0..3 and of nodata (255)."""
+    counts = np.bincount(np.asarray(mask).ravel(), minlength=256)
+    return np.append(counts[: len(CLASS_NAMES)], counts[MASK_NODATA]).astype(np.int64)
+
+
+@dataclass
+class SceneStats:
+    """One scene's row: counts-derived fractions among valid pixels, provenance and outcome."""
+
+    item_id: str
+    datetime: str = ""
+    status: str = "pending"
+    reason: str = ""
+    valid_pixels: int = 0
+    frac_clear: float = float("nan")
+    frac_thick_cloud: float = float("nan")
+    frac_thin_cloud: float = float("nan")
+    frac_cloud_shadow: float = float("nan")
+    cloud_cover: float = float("nan")  # % of valid pixels that are thick or thin cloud
+    provider_cloud_cover: float = float("nan")  # the provider's eo:cloud_cover, for comparison
+    processing_baseline: str = ""
+    offset_applied: int = 0
+    runtime_s: float = float("nan")
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def set_counts(self, counts: np.ndarray) -> "SceneStats":
+        valid = int(counts[: len(CLASS_NAMES)].sum())
+        self.valid_pixels = valid
+        if valid:
+            f = counts[: len(CLASS_NAMES)] / valid
+            self.frac_clear, self.frac_thick_cloud, self.frac_thin_cloud, self.frac_cloud_shadow = map(float, f)
+            self.cloud_cover = float(100 * (f[1] + f[2]))
+        return self
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+
+def to_frame(records: list[SceneStats]):
+    """A pandas DataFrame indexed by ``item_id``, one row per scene."""
+    import pandas as pd
+
+    return pd.DataFrame([r.row() for r in records]).set_index("item_id")
+
+
+def write_table(frame, path: str | Path) -> Path:
+    """Write the table as CSV or Parquet, by the file's suffix."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        frame.to_csv(path)
+    elif path.suffix in (".parquet", ".pq"):
+        frame.to_parquet(path)
+    else:
+        raise ConfigError(f"table file {str(path)!r}: use a .csv or .parquet suffix")
+    return path

@@ -1,0 +1,205 @@
+"""The Zarr v3 mask cube: one group per pixel grid, template-then-region writes, a manifest, a writer lock.
+
+Layout of a store folder::
+
+    <store>/zarr.json                     the root group (attrs: job, model, weights sha256, code version)
+    <store>/<grid>/...                    one xarray Dataset per pixel grid (CRS + transform + shape):
+        mask (time, y, x) uint8, fill 255, flags 0..3; per-scene statistics along time; spatial_ref
+    <store>/_cloudmask/manifest/<id>.json a scene is done only once this file exists (written last, atomically)
+    <store>/_cloudmask/lock.json          present while a job writes; a second job is refused
+
+Writes are region writes of whole Zarr chunks, so a retried write produces the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+from .errors import CloudmaskError, ConfigError
+from .sensors import CLASS_NAMES, MASK_NODATA
+from .stats import FRACTIONS, STATUS, SceneStats
+
+STAT_VARS = {  # name: (dtype, fill)
+    "valid_pixels": (np.int64, -1), **{f: (np.float32, np.nan) for f in FRACTIONS},
+    "cloud_cover": (np.float32, np.nan), "provider_cloud_cover": (np.float32, np.nan),
+    "offset_applied": (np.int16, -1), "status": (np.int8, 0), "runtime_s": (np.float32, np.nan),
+}
+
+
+class StoreLockedError(CloudmaskError):
+    """Another job is writing this store."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A pixel grid: ``crs`` (EPSG code or WKT), GDAL-order ``transform`` (x0, dx, 0, y0, 0, dy), ``shape`` (h, w)."""
+
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    shape: tuple[int, int]
+
+    @property
+    def name(self) -> str:
+        from rasterio.crs import CRS
+
+        epsg = CRS.from_user_input(self.crs).to_epsg()
+        x0, dx, _, y0, _, dy = self.transform
+        return f"epsg{epsg or 'wkt'}_x{x0:.10g}_y{y0:.10g}_res{abs(dx):.10g}_{self.shape[0]}x{self.shape[1]}"
+
+    def coords(self) -> dict:
+        """Pixel-centre coordinates ``y (h,)`` and ``x (w,)`` float64."""
+        x0, dx, _, y0, _, dy = self.transform
+        h, w = self.shape
+        return {"y": y0 + dy * (np.arange(h) + 0.5), "x": x0 + dx * (np.arange(w) + 0.5)}
+
+
+class MaskStore:
+    """A job's output store on a local path."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.meta_dir = self.path / "_cloudmask"
+        self.manifest_dir = self.meta_dir / "manifest"
+
+    # -- locking --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, job: str = "cloudmask run"):
+        """Hold the store's writer lock; refuse (StoreLockedError) while another live job holds it."""
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        lock = self.meta_dir / "lock.json"
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "job": job,
+              "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                holder = _read_json(lock) or {}
+                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    lock.unlink(missing_ok=True)  # the previous job died without releasing it
+                    continue
+                raise StoreLockedError(
+                    f"store {str(self.path)!r} is being written by another job (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish, or write to "
+                    f"another --out. If that job is gone, delete {lock}") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        try:
+            yield self
+        finally:
+            lock.unlink(missing_ok=True)
+
+    # -- manifest -------------------------------------------------------------------------------------
+    def done(self) -> dict[str, dict]:
+        """Manifest entries of finished scenes (ok or failed), by item id."""
+        if not self.manifest_dir.is_dir():
+            return {}
+        return {p.stem: _read_json(p) for p in sorted(self.manifest_dir.glob("*.json"))}
+
+    def mark_done(self, item_id: str, entry: dict) -> None:
+        self.manifest_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.manifest_dir / f"{item_id}.json", entry)
+
+    # -- groups ---------------------------------------------------------------------------------------
+    def ensure_group(self, grid: Grid, times: list, item_ids: list[str], chunks: tuple[int, int],
+                     attrs: dict | None = None, probabilities: bool = False) -> str:
+        """Write the group's template (metadata and coordinates only) unless it exists; return its name.
+
+        An existing group must have been created for the same scenes in the same order.
+        """
+        group = grid.name
+        if (self.path / group / "zarr.json").exists():
+            existing = xr.open_zarr(self.path, group=group, consolidated=False)
+            if list(map(str, existing["item_id"].values)) != list(item_ids):
+                raise ConfigError(
+                    f"store {str(self.path)!r} group {group} was created for other scenes "
+                    f"({len(existing.time)} scenes); write this job to another --out")
+            return group
+        import dask.array as da
+        import rioxarray  # noqa: F401  (registers .rio)
+
+        h, w = grid.shape
+        n = len(times)
+        cy, cx = chunks
+        data = {"mask": (("time", "y", "x"), da.full((n, h, w), MASK_NODATA, np.uint8, chunks=(1, cy, cx)))}
+        if probabilities:
+            data["probability"] = (("time", "class", "y", "x"),
+                                   da.full((n, len(CLASS_NAMES), h, w), 255, np.uint8, chunks=(1, len(CLASS_NAMES), cy, cx)))
+        for name, (dtype, fill) in STAT_VARS.items():
+            data[name] = (("time",), np.full(n, fill, dtype))
+        coords = dict(grid.coords(), time=np.asarray(times, dtype="datetime64[ns]"),
+                      item_id=("time", np.asarray(item_ids, dtype=object)))
+        ds = xr.Dataset(data, coords=coords, attrs=dict(attrs or {}, code_version=__version__))
+        ds["mask"].attrs.update(flag_values=[0, 1, 2, 3], flag_meanings=" ".join(CLASS_NAMES),
+                                long_name="cloud mask", nodata=MASK_NODATA)
+        if probabilities:
+            ds["probability"].attrs.update(long_name="class probability x 250", nodata=255)
+            ds = ds.assign_coords({"class": list(CLASS_NAMES)})
+        ds["status"].attrs.update(flag_values=list(STATUS.values()), flag_meanings=" ".join(STATUS))
+        ds["cloud_cover"].attrs.update(units="%", long_name="thick + thin cloud among valid pixels")
+        ds = ds.rio.write_crs(grid.crs).rio.write_transform(_affine(grid.transform))
+        # zarr's own fill_value, not a CF _FillValue attribute: xarray then keeps uint8 on reading (no NaN masking)
+        ds["mask"].encoding.update(chunks=(1, cy, cx), fill_value=MASK_NODATA, dtype="uint8")
+        if probabilities:
+            ds["probability"].encoding.update(chunks=(1, len(CLASS_NAMES), cy, cx), fill_value=255, dtype="uint8")
+        for name in ds.data_vars:  # so that plain xr.open_zarr(...).rio.crs finds the grid mapping
+            ds[name].encoding.update(grid_mapping="spatial_ref",
+                                     coordinates=" ".join(c for c in ("item_id", "spatial_ref") if c in ds.coords))
+        ds.to_zarr(self.path, group=group, mode="w-", compute=False, zarr_format=3, consolidated=False)
+        return group
+
+    def write_scene(self, group: str, t: int, mask, stats: SceneStats, probability=None) -> None:
+        """Region-write scene ``t``: ``mask (y, x)`` uint8 (numpy or dask), its statistics, optionally
+        ``probability (class, y, x)`` uint8."""
+        vars_ = {"mask": (("time", "y", "x"), mask[None])}
+        if probability is not None:
+            vars_["probability"] = (("time", "class", "y", "x"), probability[None])
+        row = stats.row()
+        row["status"] = STATUS[stats.status]
+        for name, (dtype, _) in STAT_VARS.items():
+            vars_[name] = (("time",), np.asarray([row[name]], dtype=dtype))
+        xr.Dataset(vars_).to_zarr(self.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
+                                  consolidated=False)
+
+    def open(self, group: str) -> xr.Dataset:
+        return xr.open_zarr(self.path, group=group, consolidated=False)
+
+
+def _affine(transform):
+    from affine import Affine
+
+    x0, dx, rx, y0, ry, dy = transform
+    return Affine(dx, rx, x0, ry, dy, y0)
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
