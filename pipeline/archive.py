@@ -41,7 +41,7 @@ def write_item(dn: np.ndarray, folder: str | Path, item_id: str, *, epsg: int, o
                lonlat_bbox: tuple[float, float, float, float] | None = None) -> dict:
     """Write ``dn (13, y, x)`` uint16 at 10 m (bands resampled down to their native resolution) as COGs in
     ``folder/item_id/`` and return the STAC item (dict). ``origin`` is the upper-left corner (x, y) in
-    ``epsg``; asset hrefs are local paths, or ``href_base/<item_id>/<band>.tif`` when given."""
+    ``epsg``; asset hrefs are ``file://`` URIs, or ``href_base/<item_id>/<band>.tif`` when given."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.warp import transform_bounds
@@ -61,7 +61,8 @@ def write_item(dn: np.ndarray, folder: str | Path, item_id: str, *, epsg: int, o
                            blocksize=256) as dst:
             dst.write(data, 1)
         assets[band] = {
-            "href": f"{href_base.rstrip('/')}/{item_id}/{band}.tif" if href_base else str(path.resolve()),
+            # a URI, not a bare path: STAC clients resolve bare paths against the API's own URL
+            "href": f"{href_base.rstrip('/')}/{item_id}/{band}.tif" if href_base else path.resolve().as_uri(),
             "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"],
             "title": f"{band} ({COMMON[band]}), {res} m", "gsd": res,
             "eo:bands": [{"name": band, "common_name": COMMON[band]}],

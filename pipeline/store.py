@@ -171,6 +171,14 @@ class MaskStore:
         xr.Dataset(vars_).to_zarr(self.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
                                   consolidated=False)
 
+    def write_scene_stats(self, group: str, t: int, stats: SceneStats) -> None:
+        """Region-write only scene ``t``'s statistics (its mask is written by the Dask graph)."""
+        row = stats.row()
+        row["status"] = STATUS[stats.status]
+        vars_ = {name: (("time",), np.asarray([row[name]], dtype=dtype)) for name, (dtype, _) in STAT_VARS.items()}
+        xr.Dataset(vars_).to_zarr(self.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
+                                  consolidated=False)
+
     def open(self, group: str) -> xr.Dataset:
         return xr.open_zarr(self.path, group=group, consolidated=False)
 

@@ -1,0 +1,134 @@
+"""``cloudmask run`` (mask an archive) and ``cloudmask stats`` (the per-scene table of a store)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "weights", "profile", "scheduler",
+          "cluster", "workers", "chunk", "in_flight", "strict", "overlap")
+DEFAULTS = dict(profile="demo", cluster="local", workers=2, chunk=2048, in_flight=2, strict=False, overlap=64)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run", help="mask the scenes a STAC search finds into a Zarr cloud-mask cube",
+        description="Searches a STAC API, loads each scene lazily, runs the model on Dask workers and writes "
+                    "masks and per-scene statistics to a Zarr v3 store. Re-running the same job skips the "
+                    "scenes already done. Every option can also come from a YAML job file (--config).",
+        epilog="examples:\n"
+               "  cloudmask run --stac-url http://127.0.0.1:8081 --collection sentinel-2-l1c --out masks.zarr\n"
+               "  cloudmask run --config job.yaml --scheduler tcp://10.0.0.5:8786\n"
+               "job.yaml keys: " + ", ".join(FIELDS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML job file with the same fields (command-line options override it)")
+    p.add_argument("--stac-url", help="STAC API root URL")
+    p.add_argument("--collection", help="collection id, e.g. sentinel-2-l1c")
+    p.add_argument("--bbox", help="min_lon,min_lat,max_lon,max_lat")
+    p.add_argument("--datetime", help="RFC 3339 range, e.g. 2023-01-01/2023-06-30")
+    p.add_argument("--max-cloud", type=float, help="maximum provider eo:cloud_cover (%%)")
+    p.add_argument("--limit", type=int, help="at most this many scenes")
+    p.add_argument("--out", help="output Zarr store (folder)")
+    p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
+    p.add_argument("--profile", help="provider asset-key profile (default: demo; see pipeline/sensors.py)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://127.0.0.1:8786")
+    p.add_argument("--cluster", help="cluster recipe when no --scheduler (default: local)")
+    p.add_argument("--workers", type=int, help="local cluster worker processes (default: 2)")
+    p.add_argument("--chunk", type=int, help="Dask block side in pixels (default: 2048)")
+    p.add_argument("--in-flight", type=int, help="scenes computing at once (default: 2)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: 64)")
+    p.add_argument("--strict", action="store_true", default=None, help="exit non-zero if any scene failed")
+    p.set_defaults(func=run)
+
+    s = sub.add_parser("stats", help="print (or export) the per-scene statistics of a store",
+                       description="The per-scene table a job wrote: valid pixels, class fractions, cloud cover, "
+                                   "the provider's cloud cover, baseline, offset, status and reason, runtime.")
+    s.add_argument("store", help="the Zarr store a cloudmask run wrote")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--csv", help="also write the table as CSV")
+    g.add_argument("--parquet", help="also write the table as Parquet")
+    s.set_defaults(func=run_stats)
+
+
+def settings(args) -> dict:
+    conf: dict = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"job file {args.config!r} does not exist")
+        conf = yaml.safe_load(path.read_text()) or {}
+        unknown = set(conf) - set(FIELDS)
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown keys {sorted(unknown)}; known keys: {', '.join(FIELDS)}")
+    out = dict(DEFAULTS, **conf)
+    out.update({k: v for k, v in vars(args).items() if k in FIELDS and v is not None})
+    for key in ("stac_url", "collection", "out"):
+        if not out.get(key):
+            raise ConfigError(f"--{key.replace('_', '-')} is required (or '{key}' in the --config job file)")
+    if isinstance(out.get("bbox"), str):
+        try:
+            out["bbox"] = tuple(float(v) for v in out["bbox"].split(","))
+        except ValueError:
+            raise ConfigError(f"--bbox {out['bbox']!r} must be four numbers: min_lon,min_lat,max_lon,max_lat") from None
+    return out
+
+
+def table_text(frame) -> str:
+    cols = ["status", "valid_pixels", "cloud_cover", "provider_cloud_cover", "frac_clear", "frac_cloud_shadow",
+            "offset_applied", "runtime_s", "reason"]
+    return frame[cols].to_string(float_format=lambda v: f"{v:.3f}", max_colwidth=60)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.config import InferSpec, SearchSpec
+    from pipeline.job import JobSpec, run_job
+    from pipeline.stats import to_frame
+
+    s = settings(args)
+    spec = JobSpec(
+        search=SearchSpec(s["stac_url"], s["collection"], bbox=tuple(s["bbox"]) if s.get("bbox") else None,
+                          datetime=s.get("datetime"), max_cloud=s.get("max_cloud"), limit=s.get("limit")),
+        out=s["out"], profile=s["profile"], weights=s.get("weights"), infer=InferSpec(overlap=int(s["overlap"])),
+        chunk=int(s["chunk"]), in_flight=int(s["in_flight"]), strict=bool(s["strict"]))
+    from distributed import Client, LocalCluster
+
+    if s.get("scheduler"):
+        cluster, client = None, Client(s["scheduler"])
+    elif s["cluster"] == "local":
+        cluster = LocalCluster(n_workers=int(s["workers"]), threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0")
+        client = Client(cluster)
+    else:
+        raise ConfigError(f"unknown cluster recipe {s['cluster']!r}; available now: local (or pass --scheduler ADDRESS)")
+    try:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        result = run_job(spec, client, log=lambda line: print(line, flush=True))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    print(table_text(to_frame(result.stats)))
+    print(f"store: {spec.out}; table: {result.table_path}; {len(result.failed)} failed, {result.skipped} skipped")
+    return 1 if spec.strict and result.failed else 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from pipeline.stats import write_table
+
+    table = Path(args.store) / "_cloudmask" / "scenes.csv"
+    if not table.is_file():
+        raise ConfigError(f"{args.store!r} has no statistics table ({table}); is it a store written by cloudmask run?")
+    frame = pd.read_csv(table, index_col="item_id")
+    print(table_text(frame))
+    for path in (args.csv, args.parquet):
+        if path:
+            write_table(frame, path)
+            print(f"written to {path}")
+    return 0

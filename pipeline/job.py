@@ -1,0 +1,177 @@
+"""The masking job: search -> per-scene lazy cube -> masks on Dask -> region writes -> manifest + statistics.
+
+Scenes are submitted one graph each, with at most ``in_flight`` computing at once, never one archive-sized
+graph. A scene is marked done only after its mask regions are written; a re-run skips done scenes and redoes
+the rest (failed or interrupted). A failing scene is recorded with its reason and the job goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .config import InferSpec, SearchSpec
+from .cube import grid_of, load_scene
+from .errors import CloudmaskError
+from .masks import aligned_chunks, predict_masks
+from .model.weights import default_weights, load_weights
+from .sensors import MASK_NODATA, get_profile
+from .stac import search_items
+from .stats import SceneStats, to_frame, write_table
+from .store import Grid, MaskStore
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a run needs besides the Dask client."""
+
+    search: SearchSpec
+    out: str
+    profile: str = "demo"
+    weights: str | None = None
+    infer: InferSpec = field(default_factory=InferSpec)
+    chunk: int = 2048
+    in_flight: int = 2
+    strict: bool = False
+
+
+@dataclass
+class JobResult:
+    stats: list[SceneStats]
+    skipped: int
+    table_path: str
+
+    @property
+    def failed(self) -> list[SceneStats]:
+        return [s for s in self.stats if s.status == "failed"]
+
+
+def _scene_graph(item, profile, weights: str, spec: JobSpec, store: MaskStore, group: str, t: int):
+    """The lazy work of one scene: ``(write, counts)`` delayed/dask objects and the harmonisation applied."""
+    meta = load_weights(weights).meta
+    tile = meta.tile_size
+    chunk = aligned_chunks(spec.chunk, spec.chunk, tile - spec.infer.overlap)[0]
+    cube = load_scene(item, profile, meta.bands, chunk)
+    masks = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id])
+    data = masks.data[0]
+    ds = xr.Dataset({"mask": (("time", "y", "x"), data[None])})
+    write = ds.to_zarr(store.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
+                       consolidated=False, compute=False)
+    counts = da.bincount(data.ravel(), minlength=256)
+    return write, counts, cube.harmonisation
+
+
+def _second(_written, counts):
+    return counts
+
+
+def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> JobResult:
+    """Run the job on ``client`` (a ``distributed.Client``; None: Dask's local threads)."""
+    profile = get_profile(spec.profile)
+    weights = str(spec.weights or default_weights())
+    meta = load_weights(weights, bands=None).meta
+    if tuple(meta.bands) != tuple(b for b in profile.sensor.bands if b in profile.assets) and \
+            not set(meta.bands) <= set(profile.assets):
+        raise CloudmaskError(f"weights take bands {list(meta.bands)} but profile {profile.name!r} offers "
+                             f"{list(profile.assets)}; use weights for this sensor")
+    items = search_items(spec.search)
+    log(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}")
+    store = MaskStore(spec.out)
+    stride = meta.tile_size - spec.infer.overlap
+    chunk = aligned_chunks(spec.chunk, spec.chunk, stride)[0]
+    results: list[SceneStats] = []
+    with store.lock():
+        by_grid: dict[Grid, list] = {}
+        failed_early = []
+        for item in items:
+            try:
+                epsg, transform, shape = grid_of(item, profile)
+                by_grid.setdefault(Grid(f"EPSG:{epsg}", transform, shape), []).append(item)
+            except CloudmaskError as exc:
+                failed_early.append(SceneStats(item.id, str(item.datetime), "failed", str(exc)))
+        work = []
+        for grid, its in by_grid.items():
+            group = store.ensure_group(grid, [np.datetime64(i.datetime.replace(tzinfo=None)) for i in its],
+                                       [i.id for i in its], (chunk, chunk),
+                                       attrs={"model": meta.model, "weights_sha256": load_weights(weights).sha256,
+                                              "stac_api": spec.search.url, "collection": spec.search.collection})
+            work += [(item, group, t) for t, item in enumerate(its)]
+        done = store.done()
+        todo = [w for w in work if w[0].id not in done]
+        skipped = len(work) - len(todo)
+        if skipped:
+            log(f"skipping {skipped} scenes already done in {spec.out} (resume)")
+        results += [SceneStats(**{k: v for k, v in e["stats"].items() if k != "extra"}) for e in done.values()
+                    if e.get("stats") and e["stats"]["item_id"] in {w[0].id for w in work}]
+        results += failed_early
+        pending: list = []
+        queue = list(todo)
+        total = len(todo)
+        finished = 0
+
+        def finish(entry, outcome):
+            nonlocal finished
+            item, group, t, start, harm = entry
+            stats = SceneStats(item.id, str(item.datetime),
+                               provider_cloud_cover=float(item.properties.get("eo:cloud_cover", float("nan"))),
+                               processing_baseline=str(harm.baseline if harm else ""),
+                               offset_applied=int(harm.offset if harm else 0))
+            if isinstance(outcome, BaseException):
+                stats.status, stats.reason = "failed", f"{type(outcome).__name__}: {outcome}"[:500]
+            else:
+                counts = np.asarray(outcome)
+                stats.set_counts(np.append(counts[:4], counts[MASK_NODATA]))
+                stats.status = "ok" if stats.valid_pixels else "failed"
+                if not stats.valid_pixels:
+                    stats.reason = "no valid pixels: the scene is entirely nodata"
+            stats.runtime_s = round(time.time() - start, 2)
+            store.write_scene_stats(group, t, stats)
+            if stats.status == "ok":
+                store.mark_done(item.id, {"status": "ok", "group": group, "time_index": t, "stats": stats.row()})
+            finished += 1
+            detail = f"{stats.cloud_cover:.1f} % cloud" if stats.status == "ok" else stats.reason
+            log(f"[{finished}/{total}] {item.id}: {stats.status}, {detail} ({stats.runtime_s:.1f} s)")
+            results.append(stats)
+
+        while queue or pending:
+            while queue and len(pending) < max(1, spec.in_flight):
+                item, group, t = queue.pop(0)
+                start = time.time()
+                try:
+                    write, counts, harm = _scene_graph(item, profile, weights, spec, store, group, t)
+                except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
+                    finish((item, group, t, start, None), exc)
+                    continue
+                if client is None:
+                    try:
+                        _, c = da.compute(write, counts)
+                        finish((item, group, t, start, harm), c)
+                    except Exception as exc:  # noqa: BLE001
+                        finish((item, group, t, start, harm), exc)
+                    continue
+                future = client.compute(dask.delayed(_second)(write, counts))  # one future per scene
+                pending.append(((item, group, t, start, harm), future))
+            if pending:
+                from distributed import wait
+
+                wait([f for _, f in pending], return_when="FIRST_COMPLETED")
+                still = []
+                for entry, future in pending:
+                    if future.done():
+                        try:
+                            finish(entry, future.result())
+                        except Exception as exc:  # noqa: BLE001
+                            finish(entry, exc)
+                    else:
+                        still.append((entry, future))
+                pending = still
+    order = {w[0].id: i for i, w in enumerate(work)}
+    results.sort(key=lambda s: order.get(s.item_id, -1))
+    table = write_table(to_frame(results), store.meta_dir / "scenes.csv")
+    return JobResult(results, skipped, str(table))

