@@ -17,7 +17,7 @@ import torch
 
 from .config import InferSpec
 from .errors import ConfigError, InputError
-from .model.weights import Weights, default_weights, load_weights
+from .model.weights import Weights, cached_weights, default_weights
 from .sensors import MASK_NODATA
 from .tiles import Blender, TileGrid, read_tile
 
@@ -155,24 +155,12 @@ def get_predictor(weights: str | Path | Weights | None = None, spec: InferSpec =
     if weights is None:
         weights = default_weights()
     if not isinstance(weights, Weights):
-        weights = _load_cached(str(weights))
+        weights = cached_weights(weights)
     key = (weights.sha256, spec)
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = Predictor(weights, spec)
         return _CACHE[key]
-
-
-_LOADED: dict[tuple, Weights] = {}
-
-
-def _load_cached(source: str) -> Weights:
-    path = Path(source)
-    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
-    key = (source, stamp)
-    if key not in _LOADED:
-        _LOADED[key] = load_weights(source)
-    return _LOADED[key]
 
 
 def predict(image: np.ndarray, weights: str | Path | Weights | None = None, spec: InferSpec = InferSpec(),

@@ -19,8 +19,8 @@ import xarray as xr
 from .config import InferSpec, SearchSpec
 from .cube import grid_of, load_scene
 from .errors import CloudmaskError
-from .masks import aligned_chunks, predict_masks
-from .model.weights import default_weights, load_weights
+from .masks import aligned_chunk, predict_masks
+from .model.weights import cached_weights, default_weights
 from .sensors import MASK_NODATA, get_profile
 from .stac import search_items
 from .stats import SceneStats, to_frame, write_table
@@ -52,12 +52,10 @@ class JobResult:
         return [s for s in self.stats if s.status == "failed"]
 
 
-def _scene_graph(item, profile, weights: str, spec: JobSpec, store: MaskStore, group: str, t: int):
+def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int, spec: JobSpec, store: MaskStore,
+                 group: str, t: int):
     """The lazy work of one scene: ``(write, counts)`` delayed/dask objects and the harmonisation applied."""
-    meta = load_weights(weights).meta
-    tile = meta.tile_size
-    chunk = aligned_chunks(spec.chunk, spec.chunk, tile - spec.infer.overlap)[0]
-    cube = load_scene(item, profile, meta.bands, chunk)
+    cube = load_scene(item, profile, bands, chunk)
     masks = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id])
     data = masks.data[0]
     ds = xr.Dataset({"mask": (("time", "y", "x"), data[None])})
@@ -75,16 +73,15 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
     """Run the job on ``client`` (a ``distributed.Client``; None: Dask's local threads)."""
     profile = get_profile(spec.profile)
     weights = str(spec.weights or default_weights())
-    meta = load_weights(weights, bands=None).meta
-    if tuple(meta.bands) != tuple(b for b in profile.sensor.bands if b in profile.assets) and \
-            not set(meta.bands) <= set(profile.assets):
+    loaded = cached_weights(weights)
+    meta = loaded.meta
+    if not set(meta.bands) <= set(profile.assets):
         raise CloudmaskError(f"weights take bands {list(meta.bands)} but profile {profile.name!r} offers "
                              f"{list(profile.assets)}; use weights for this sensor")
     items = search_items(spec.search)
     log(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}")
     store = MaskStore(spec.out)
-    stride = meta.tile_size - spec.infer.overlap
-    chunk = aligned_chunks(spec.chunk, spec.chunk, stride)[0]
+    chunk = aligned_chunk(spec.chunk, meta.tile_size - spec.infer.overlap)
     results: list[SceneStats] = []
     with store.lock():
         by_grid: dict[Grid, list] = {}
@@ -99,7 +96,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
         for grid, its in by_grid.items():
             group = store.ensure_group(grid, [np.datetime64(i.datetime.replace(tzinfo=None)) for i in its],
                                        [i.id for i in its], (chunk, chunk),
-                                       attrs={"model": meta.model, "weights_sha256": load_weights(weights).sha256,
+                                       attrs={"model": meta.model, "weights_sha256": loaded.sha256,
                                               "stac_api": spec.search.url, "collection": spec.search.collection})
             work += [(item, group, t) for t, item in enumerate(its)]
         done = store.done()
@@ -107,8 +104,9 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
         skipped = len(work) - len(todo)
         if skipped:
             log(f"skipping {skipped} scenes already done in {spec.out} (resume)")
+        in_job = {w[0].id for w in work}
         results += [SceneStats(**{k: v for k, v in e["stats"].items() if k != "extra"}) for e in done.values()
-                    if e.get("stats") and e["stats"]["item_id"] in {w[0].id for w in work}]
+                    if e.get("stats") and e["stats"]["item_id"] in in_job]
         results += failed_early
         pending: list = []
         queue = list(todo)
@@ -144,7 +142,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
                 item, group, t = queue.pop(0)
                 start = time.time()
                 try:
-                    write, counts, harm = _scene_graph(item, profile, weights, spec, store, group, t)
+                    write, counts, harm = _scene_graph(item, profile, weights, meta.bands, chunk, spec, store, group, t)
                 except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
                     finish((item, group, t, start, None), exc)
                     continue

@@ -18,15 +18,20 @@ import xarray as xr
 from .config import InferSpec
 from .errors import ConfigError
 from .infer import get_predictor
-from .model.weights import default_weights, load_weights
+from .model.weights import cached_weights, default_weights
 from .sensors import CLASS_NAMES, MASK_NODATA
 
 FLAG_MEANINGS = " ".join(CLASS_NAMES)
 
 
+def aligned_chunk(target: int, stride: int) -> int:
+    """The block side used for ``target``: a multiple of ``stride`` at most ``target`` (at least one stride)."""
+    return max(stride, (target // stride) * stride)
+
+
 def aligned_chunks(size: int, target: int, stride: int) -> tuple[int, ...]:
     """Chunk sizes along an axis of ``size`` pixels: multiples of ``stride`` near ``target``, remainder last."""
-    step = max(stride, (target // stride) * stride)
+    step = aligned_chunk(target, stride)
     full, rest = divmod(size, step)
     return (step,) * full + ((rest,) if rest else ())
 
@@ -56,7 +61,7 @@ def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpe
     weights = str(weights or default_weights())
     if cube.dims != ("time", "band", "y", "x"):
         raise ConfigError(f"cube dims are {cube.dims}; expected ('time', 'band', 'y', 'x')")
-    meta = load_weights(weights).meta
+    meta = cached_weights(weights).meta
     if "band" in cube.coords and tuple(map(str, cube.band.values)) != meta.bands:
         raise ConfigError(f"cube bands {list(map(str, cube.band.values))} differ from the weights' {list(meta.bands)}")
     tile = spec.tile or meta.tile_size

@@ -73,10 +73,8 @@ def harmonise(dn, offset: int):
     if not offset:
         return dn
     shifted = (dn.astype(np.int32) - offset).clip(1, 65535).astype(np.uint16)
-    return (dn == 0).choose(shifted, 0) if isinstance(dn, np.ndarray) else _where(dn == 0, 0, shifted)
-
-
-def _where(cond, a, b):
+    if isinstance(dn, np.ndarray):
+        return np.where(dn == 0, np.uint16(0), shifted)
     import dask.array as da
 
-    return da.where(cond, np.uint16(a), b)
+    return da.where(dn == 0, np.uint16(0), shifted)

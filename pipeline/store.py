@@ -161,26 +161,25 @@ class MaskStore:
     def write_scene(self, group: str, t: int, mask, stats: SceneStats, probability=None) -> None:
         """Region-write scene ``t``: ``mask (y, x)`` uint8 (numpy or dask), its statistics, optionally
         ``probability (class, y, x)`` uint8."""
-        vars_ = {"mask": (("time", "y", "x"), mask[None])}
+        vars_ = dict(_stat_vars(stats), mask=(("time", "y", "x"), mask[None]))
         if probability is not None:
             vars_["probability"] = (("time", "class", "y", "x"), probability[None])
-        row = stats.row()
-        row["status"] = STATUS[stats.status]
-        for name, (dtype, _) in STAT_VARS.items():
-            vars_[name] = (("time",), np.asarray([row[name]], dtype=dtype))
         xr.Dataset(vars_).to_zarr(self.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
                                   consolidated=False)
 
     def write_scene_stats(self, group: str, t: int, stats: SceneStats) -> None:
         """Region-write only scene ``t``'s statistics (its mask is written by the Dask graph)."""
-        row = stats.row()
-        row["status"] = STATUS[stats.status]
-        vars_ = {name: (("time",), np.asarray([row[name]], dtype=dtype)) for name, (dtype, _) in STAT_VARS.items()}
-        xr.Dataset(vars_).to_zarr(self.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
+        xr.Dataset(_stat_vars(stats)).to_zarr(self.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
                                   consolidated=False)
 
     def open(self, group: str) -> xr.Dataset:
         return xr.open_zarr(self.path, group=group, consolidated=False)
+
+
+def _stat_vars(stats: SceneStats) -> dict:
+    """One scene's statistics as length-1 variables along ``time``, in the store's dtypes."""
+    row = dict(stats.row(), status=STATUS[stats.status])
+    return {name: (("time",), np.asarray([row[name]], dtype=dtype)) for name, (dtype, _) in STAT_VARS.items()}
 
 
 def _affine(transform):

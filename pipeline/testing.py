@@ -70,13 +70,15 @@ def rule_labels(dn: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _write_tif(path: Path, data: np.ndarray, crs: str = "EPSG:32633", origin=(330000.0, 5822040.0), res=10.0) -> Path:
+def _write_tif(path: Path, data: np.ndarray, crs="EPSG:32633", transform=None) -> Path:
+    """A deflate GeoTIFF of ``data (y, x)`` or ``(band, y, x)``; default grid: 10 m from T33UUU's corner."""
     import rasterio
     from rasterio.transform import from_origin
 
     data = data[None] if data.ndim == 2 else data
+    transform = transform if transform is not None else from_origin(330000.0, 5822040.0, 10.0, 10.0)
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs=crs, transform=from_origin(*origin, res, res), compress="deflate") as dst:
+                       dtype=data.dtype, crs=crs, transform=transform, compress="deflate") as dst:
         dst.write(data)
     return path
 
@@ -166,10 +168,6 @@ def write_l8biome(root: str | Path, scenes: int = 5) -> Path:
         name = f"LC8{30 + i:03d}{40 + i:03d}2014{100 + i:03d}LGN00"
         folder = root / biomes[i % len(biomes)] / name
         folder.mkdir(parents=True, exist_ok=True)
-        for fname, data in ((f"{name}.TIF", np.ascontiguousarray(img)), (f"{name}_fixedmask.TIF", np.ascontiguousarray(lab))):
-            data = data[None] if data.ndim == 2 else data
-            with rasterio.open(folder / fname, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-                               count=data.shape[0], dtype=data.dtype, crs=crs, transform=transform,
-                               compress="deflate") as dst:
-                dst.write(data)
+        _write_tif(folder / f"{name}.TIF", np.ascontiguousarray(img), crs, transform)
+        _write_tif(folder / f"{name}_fixedmask.TIF", np.ascontiguousarray(lab), crs, transform)
     return root

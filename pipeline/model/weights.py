@@ -199,6 +199,21 @@ def load_weights(source: str | Path, *, bands=None, classes=None, cache_dir=None
     return weights
 
 
+_CACHE: dict[tuple, Weights] = {}
+
+
+def cached_weights(source: str | Path) -> Weights:
+    """``load_weights(source)`` once per process and file version (path, mtime, size): workers and the job's
+    per-scene planning reuse it instead of re-reading and re-hashing the file."""
+    source = str(source)
+    path = Path(source)
+    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+    key = (source, stamp)
+    if key not in _CACHE:
+        _CACHE[key] = load_weights(source)
+    return _CACHE[key]
+
+
 STARTER_WEIGHTS = "mscloudcam_s2l1c_starter.safetensors"
 
 
