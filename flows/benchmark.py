@@ -102,6 +102,8 @@ def run_model(args: argparse.Namespace) -> int:
         InferSpec(precision=p)  # validates the name
     warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
     repeats = args.repeats if args.repeats is not None else (40 if gpu else 3)
+    if min(batch_sizes) < 1:
+        raise ConfigError(f"--batch-sizes {args.batch_sizes}: every batch size must be at least 1")
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"--repeats {repeats} must be >= 1 and --warmup {warmup} >= 0")
 

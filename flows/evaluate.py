@@ -91,8 +91,8 @@ def teacher_agreement(items, predictions) -> dict:
 def run(args: argparse.Namespace) -> int:
     from pipeline.model.weights import default_weights
 
-    weights = load_weights(args.weights or default_weights())
     items = load_items(args)
+    weights = load_weights(args.weights or default_weights())
     if len(items) == 0:
         raise ConfigError(f"split {args.split!r} of {args.dataset} is empty")
     predictor = Predictor(weights, InferSpec(overlap=0, device=args.device))

@@ -95,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
                           datetime=s.get("datetime"), max_cloud=s.get("max_cloud"), limit=s.get("limit")),
         out=s["out"], profile=s["profile"], weights=s.get("weights"), infer=InferSpec(overlap=int(s["overlap"])),
         chunk=int(s["chunk"]), in_flight=int(s["in_flight"]), strict=bool(s["strict"]))
+    from pipeline.model.weights import cached_weights, default_weights
+
+    cached_weights(spec.weights or default_weights())  # a missing or bad weights file fails before any cluster starts
     from distributed import Client, LocalCluster
 
     if s.get("scheduler"):

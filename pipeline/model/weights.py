@@ -226,7 +226,7 @@ def default_weights() -> str:
     path = Path(__file__).resolve().parents[2] / "weights" / STARTER_WEIGHTS
     if not path.is_file():
         raise WeightsError(
-            f"no weights given and the shipped starter weights {str(path)!r} are missing; pass --weights "
-            f"PATH_OR_URL or set CLOUDMASK_WEIGHTS (cloudmask train --recipe starter rebuilds them)"
+            f"no weights given, and no starter weights are shipped yet ({str(path)!r} is missing); pass "
+            f"--weights PATH_OR_URL (e.g. best.safetensors of a 'cloudmask train' run) or set CLOUDMASK_WEIGHTS"
         )
     return str(path)

@@ -43,6 +43,7 @@ def test_benchmark_model_prints_and_writes_figures(tmp_path):
     (["--precisions", "fp8"], "precision='fp8'"),
     (["--model", "unet"], "unknown model 'unet'"),
     (["--repeats", "0"], "--repeats 0 must be >= 1"),
+    (["--batch-sizes", "0"], "every batch size must be at least 1"),
 ])
 def test_benchmark_bad_arguments_say_what_to_fix(args, message):
     proc = run("benchmark", "model", "--model", "mscloudcam_tiny", *args, check=False) if "--model" not in args \
@@ -81,6 +82,13 @@ def test_weights_convert_a_trusted_checkpoint(tmp_path):
     wrong = run("weights", "convert", str(tmp_path / "m.pth"), str(tmp_path / "y.safetensors"), check=False)
     assert wrong.returncode == 2 and "do not fit model 'mscloudcam'" in wrong.stderr
     assert not (tmp_path / "y.safetensors").exists()  # nothing half-usable left behind
+
+
+def test_run_without_weights_fails_before_starting_a_cluster(tmp_path):
+    proc = run("run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr"),
+               "--weights", str(tmp_path / "none.safetensors"), check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert "Dask dashboard" not in proc.stdout and not (tmp_path / "o.zarr").exists()
 
 
 def test_weights_info_on_missing_file():
