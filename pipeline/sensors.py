@@ -51,6 +51,7 @@ def get_sensor(key: str) -> Sensor:
 CLASS_NAMES: tuple[str, ...] = ("clear", "thick_cloud", "thin_cloud", "cloud_shadow")
 CLASS_CODES: tuple[int, ...] = (0, 1, 2, 3)
 MASK_NODATA = 255
+PROBABILITY_SCALE = 250  # stored class probabilities: round(p * 250) as uint8, 255 = nodata
 
 
 @dataclass(frozen=True)

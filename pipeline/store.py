@@ -26,7 +26,7 @@ import xarray as xr
 
 from . import __version__
 from .errors import CloudmaskError, ConfigError
-from .sensors import CLASS_NAMES, MASK_NODATA
+from .sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
 from .stats import FRACTIONS, STATUS, SceneStats
 
 STAT_VARS = {  # name: (dtype, fill)
@@ -124,6 +124,9 @@ class MaskStore:
                 raise ConfigError(
                     f"store {str(self.path)!r} group {group} was created for other scenes "
                     f"({len(existing.time)} scenes); write this job to another --out")
+            if probabilities and "probability" not in existing:
+                raise ConfigError(f"store {str(self.path)!r} group {group} was written without probabilities; "
+                                  f"drop --probabilities or write this job to another --out")
             return group
         import dask.array as da
         import rioxarray  # noqa: F401  (registers .rio)
@@ -134,7 +137,7 @@ class MaskStore:
         data = {"mask": (("time", "y", "x"), da.full((n, h, w), MASK_NODATA, np.uint8, chunks=(1, cy, cx)))}
         if probabilities:
             data["probability"] = (("time", "class", "y", "x"),
-                                   da.full((n, len(CLASS_NAMES), h, w), 255, np.uint8, chunks=(1, len(CLASS_NAMES), cy, cx)))
+                                   da.full((n, len(CLASS_NAMES), h, w), MASK_NODATA, np.uint8, chunks=(1, len(CLASS_NAMES), cy, cx)))
         for name, (dtype, fill) in STAT_VARS.items():
             data[name] = (("time",), np.full(n, fill, dtype))
         coords = dict(grid.coords(), time=np.asarray(times, dtype="datetime64[ns]"),
@@ -143,15 +146,15 @@ class MaskStore:
         ds["mask"].attrs.update(flag_values=[0, 1, 2, 3], flag_meanings=" ".join(CLASS_NAMES),
                                 long_name="cloud mask", nodata=MASK_NODATA)
         if probabilities:
-            ds["probability"].attrs.update(long_name="class probability x 250", nodata=255)
-            ds = ds.assign_coords({"class": list(CLASS_NAMES)})
+            ds["probability"].attrs.update(long_name=f"class probability x {PROBABILITY_SCALE}", nodata=MASK_NODATA)
+            ds = ds.assign_coords({"class": np.asarray(CLASS_NAMES, dtype=object)})  # variable-length strings in Zarr v3
         ds["status"].attrs.update(flag_values=list(STATUS.values()), flag_meanings=" ".join(STATUS))
         ds["cloud_cover"].attrs.update(units="%", long_name="thick + thin cloud among valid pixels")
         ds = ds.rio.write_crs(grid.crs).rio.write_transform(_affine(grid.transform))
         # zarr's own fill_value, not a CF _FillValue attribute: xarray then keeps uint8 on reading (no NaN masking)
         ds["mask"].encoding.update(chunks=(1, cy, cx), fill_value=MASK_NODATA, dtype="uint8")
         if probabilities:
-            ds["probability"].encoding.update(chunks=(1, len(CLASS_NAMES), cy, cx), fill_value=255, dtype="uint8")
+            ds["probability"].encoding.update(chunks=(1, len(CLASS_NAMES), cy, cx), fill_value=MASK_NODATA, dtype="uint8")
         for name in ds.data_vars:  # so that plain xr.open_zarr(...).rio.crs finds the grid mapping
             ds[name].encoding.update(grid_mapping="spatial_ref",
                                      coordinates=" ".join(c for c in ("item_id", "spatial_ref") if c in ds.coords))

@@ -46,6 +46,8 @@ class Recipe:
     device: str = "auto"
     save_dtype: str = "fp32"
     train_size: int | None = None  # chip side when training on smaller chips than the deployed tile
+    warmup_steps: int = 0  # linear learning-rate warm-up from lr/warmup_steps (0: none, as in the paper)
+    grad_clip: float | None = None  # clip the gradients' global norm (None: no clipping, as in the paper)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -55,6 +57,8 @@ class Recipe:
             raise ConfigError("batch_size must be at least 2: the PSP's 1x1 pooled BatchNorm needs 2 samples")
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr} must be > 0")
+        if self.warmup_steps < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
+            raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and grad_clip={self.grad_clip} > 0")
         if self.save_dtype not in ("fp32", "fp16"):
             raise ConfigError(f"save_dtype={self.save_dtype!r}; expected fp32 or fp16")
 
@@ -195,11 +199,16 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
                 raise ConfigError(f"training chips are {tuple(x.shape[-2:])} pixels but model {recipe.model!r} takes "
                                   f"{chip}x{chip}; pass --model-kwargs '{{\"img_size\": {x.shape[-1]}}}'")
             x, y = (x / data.divisor).to(device), y.to(device)
+            if recipe.warmup_steps:  # a function of the global step only, so a resumed run gets the same rate
+                for group in opt.param_groups:
+                    group["lr"] = recipe.lr * min(1.0, (epoch * len(loader) + step + 1) / recipe.warmup_steps)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 outputs = model(x)
             loss = deep_supervision_loss(outputs, y, recipe.aux_weight, data.ignore_index)
             loss.backward()
+            if recipe.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             opt.step()
             losses.append(loss.item())
             if on_step:

@@ -41,17 +41,24 @@ def api(archive):
         yield url
 
 
-def spec(api, out, weights):
+def spec(api, out, weights, **kw):
     return JobSpec(search=SearchSpec(api, "sentinel-2-l1c", bbox=(-180, -90, 180, 90)), out=str(out),
-                   weights=str(weights), infer=InferSpec(overlap=16), chunk=96, in_flight=2)
+                   weights=str(weights), infer=InferSpec(overlap=16), **dict(dict(chunk=96, in_flight=2), **kw))
 
 
-def test_job_writes_the_store_and_survives_a_bad_scene(api, tmp_path, tiny_weights_file):
-    out = tmp_path / "masks.zarr"
+@pytest.fixture(scope="module")
+def first_run(api, tmp_path_factory, tiny_weights_file):
+    """The job run once on two worker processes: (store path, JobResult, log lines)."""
+    out = tmp_path_factory.mktemp("job") / "masks.zarr"
     lines = []
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         result = run_job(spec(api, out, tiny_weights_file), client, log=lines.append)
+    return out, result, list(lines)
+
+
+def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, tiny_weights_file):
+    out, result, lines = first_run
     by_id = {s.item_id: s for s in result.stats}
     assert len(by_id) == 4 and result.skipped == 0
     bad = by_id["S2A_MSIL1C_20170308_T33UUU"]
@@ -128,3 +135,67 @@ def test_cli_run_with_a_job_file_then_stats(api, tmp_path, tiny_weights_file):
     bad.write_text("stac_url: x\nbogus: 1\n")
     p = subprocess.run([cloudmask, "run", "--config", str(bad)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "unknown keys ['bogus']" in p.stderr
+
+
+def test_masks_do_not_depend_on_the_chunking_and_probabilities_agree(api, first_run, tmp_path, tiny_weights_file):
+    """Another block size (and the probabilities option) through the whole job: the same masks, byte for byte."""
+    import xarray as xr
+
+    out, _, _ = first_run
+    other = tmp_path / "other.zarr"
+    result = run_job(spec(api, other, tiny_weights_file, chunk=144, probabilities=True), None, log=lambda _: None)
+    assert [s.status for s in result.stats].count("ok") == 3
+    for group in sorted(p.name for p in out.iterdir() if p.name.startswith("epsg")):
+        a = xr.open_zarr(out, group=group, consolidated=False)
+        b = xr.open_zarr(other, group=group, consolidated=False)
+        assert a.mask.encoding["chunks"] != b.mask.encoding["chunks"]
+        np.testing.assert_array_equal(a.mask.values, b.mask.values)
+        assert "probability" not in a and b.probability.dtype == np.uint8
+        p = b.probability.values.astype(np.int64)  # (time, class, y, x), p x 250, 255 = nodata
+        valid = b.mask.values != 255
+        np.testing.assert_array_equal(p[:, 0][~valid], 255)
+        assert np.abs(p.sum(axis=1)[valid] - 250).max() <= 2  # rounding of four classes
+        np.testing.assert_array_equal(p.argmax(axis=1)[valid], b.mask.values[valid])  # tiny model: no exact ties
+        assert list(b["class"].values) == ["clear", "thick_cloud", "thin_cloud", "cloud_shadow"]
+
+
+def test_readme_analysis(first_run, archive, tmp_path):
+    """The README's analysis block, run as written on a job's store: clear-sky frequency and median composite."""
+    import re
+    from pathlib import Path
+
+    import rasterio
+
+    out, _, _ = first_run
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- analysis -->\n```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": archive}))
+    group = next(p.name for p in out.iterdir() if p.name.startswith("epsg32633"))
+    code = (code.replace('"demo-out/masks.zarr"', repr(str(out)))
+            .replace('"demo-out/archive/items.json"', repr(str(tmp_path / "items.json"))))
+    code = re.sub(r'group = "[^"]+"', f"group = {group!r}", code)
+    code += "\nimport numpy as np\nnp.save('freq.npy', clear_sky_frequency.values)\nnp.save('comp.npy', composite.B04.values)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    freq, comp = np.load(tmp_path / "freq.npy"), np.load(tmp_path / "comp.npy")
+
+    # the same figures from the files themselves: the two good scenes of the 32633 grid
+    import xarray as xr
+
+    masks = xr.open_zarr(out, group=group, consolidated=False).mask.values[:2]
+    ids = ["S2A_MSIL1C_20170216_T33UUU", "S2A_MSIL1C_20170226_T33UUU"]
+    red = []
+    for item_id in ids:
+        href = next(i for i in archive if i["id"] == item_id)["assets"]["B04"]["href"]
+        with rasterio.open(href) as src:
+            red.append(src.read(1).astype(np.float32))
+    assert freq.shape == comp.shape == (200, 300)
+    expected = (masks == 0).sum(0) / (masks != 255).sum(0)
+    np.testing.assert_allclose(freq, expected, equal_nan=True)
+    clear = np.where(masks == 0, np.stack(red), np.nan)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        warnings.simplefilter("ignore", RuntimeWarning)
+        np.testing.assert_allclose(comp, np.nanmedian(clear, axis=0), equal_nan=True)
+    assert np.isfinite(comp).any() or (masks != 0).all()

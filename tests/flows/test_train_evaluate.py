@@ -20,7 +20,8 @@ TINY = ["--model", "mscloudcam_tiny", "--model-kwargs", '{"img_size": 512}']
 
 def train_cmd(taco, out, *extra):
     return [CLOUDMASK, "train", "--dataset", "cloudsen12", "--data", str(taco), "--out", str(out), *TINY,
-            "--epochs", "3", "--batch", "2", "--lr", "1e-3", "--workers", "0", *extra]
+            "--epochs", "3", "--batch", "2", "--lr", "1e-3", "--workers", "0",
+            "--warmup-steps", "5", "--grad-clip", "1.0", *extra]
 
 
 def state_epoch(out: Path) -> int:
@@ -51,6 +52,7 @@ def test_training_writes_weights_metrics_and_state(uninterrupted):
     best = load_weights(out / "best.safetensors")
     prov = best.meta.provenance
     assert prov["dataset"].startswith("CloudSEN12+") and prov["recipe"]["lr"] == 1e-3 and prov["recipe"]["batch_size"] == 2
+    assert prov["recipe"]["warmup_steps"] == 5 and prov["recipe"]["grad_clip"] == 1.0
     assert prov["metrics"]["val_miou"] == max(r["val_miou"] for r in lines)
     assert best.meta.tile_size == 512 and best.meta.bands[10] == "B10"
     assert state_epoch(out) == 3
