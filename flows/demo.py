@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
-    p.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core)")
     p.add_argument("--chunk", type=int, default=2048, help="Dask block side in pixels (default: %(default)s)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default: %(default)s)")
     p.set_defaults(func=run)

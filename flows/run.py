@@ -8,8 +8,8 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "weights", "profile", "scheduler",
-          "cluster", "workers", "chunk", "in_flight", "strict", "overlap", "probabilities")
-DEFAULTS = dict(profile="demo", cluster="local", workers=2, chunk=2048, in_flight=2, strict=False, overlap=64,
+          "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "probabilities")
+DEFAULTS = dict(profile="demo", cluster="local", workers=None, chunk=2048, in_flight=2, strict=False, overlap=64,
                 probabilities=False)
 
 
@@ -22,13 +22,14 @@ def add_parser(sub) -> None:
         epilog="examples:\n"
                "  cloudmask run --stac-url http://127.0.0.1:8081 --collection sentinel-2-l1c --out masks.zarr\n"
                "  cloudmask run --config job.yaml --scheduler tcp://10.0.0.5:8786\n"
+               "  cloudmask run --config job.yaml --cluster slurm --workers 8\n"
                "job.yaml keys: " + ", ".join(FIELDS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML job file with the same fields (command-line options override it)")
     p.add_argument("--stac-url", help="STAC API root URL")
     p.add_argument("--collection", help="collection id, e.g. sentinel-2-l1c")
-    p.add_argument("--bbox", help="min_lon,min_lat,max_lon,max_lat")
+    p.add_argument("--bbox", help="min_lon,min_lat,max_lon,max_lat (write --bbox=-10,35,5,45 when it starts with a minus)")
     p.add_argument("--datetime", help="RFC 3339 range, e.g. 2023-01-01/2023-06-30")
     p.add_argument("--max-cloud", type=float, help="maximum provider eo:cloud_cover (%%)")
     p.add_argument("--limit", type=int, help="at most this many scenes")
@@ -36,8 +37,10 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
     p.add_argument("--profile", help="provider asset-key profile (default: demo; see pipeline/sensors.py)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    p.add_argument("--cluster", help="cluster recipe when no --scheduler (default: local)")
-    p.add_argument("--workers", type=int, help="local cluster worker processes (default: 2)")
+    p.add_argument("--cluster", help="cluster recipe (deploy/clusters: local, gpu, slurm, kubernetes) or a recipe "
+                                     ".yaml path, when no --scheduler (default: local); see `cloudmask cluster list`")
+    p.add_argument("--workers", type=int, help="workers to start (local: processes, default one per core; slurm: "
+                                               "jobs; kubernetes: pods)")
     p.add_argument("--chunk", type=int, help="Dask block side in pixels (default: 2048)")
     p.add_argument("--in-flight", type=int, help="scenes computing at once (default: 2)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: 64)")
@@ -109,21 +112,21 @@ def run(args: argparse.Namespace) -> int:
 def execute(spec, s: dict):
     """Start the cluster ``s`` asks for (or connect to ``s['scheduler']``), run ``spec`` on it, print the
     dashboard link, progress and the statistics table; return the JobResult."""
-    from pipeline.job import run_job
-    from pipeline.model.weights import cached_weights, default_weights
+    from pipeline.job import check_job, run_job
     from pipeline.stats import to_frame
 
-    cached_weights(spec.weights or default_weights())  # a missing or bad weights file fails before any cluster starts
-    from distributed import Client, LocalCluster
+    check_job(spec)  # bad, missing or mismatched weights fail before any cluster starts
+    from distributed import Client
 
     if s.get("scheduler"):
         cluster, client = None, Client(s["scheduler"])
-    elif s["cluster"] == "local":
-        cluster = LocalCluster(n_workers=int(s["workers"]), threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0")
-        client = Client(cluster)
     else:
-        raise ConfigError(f"unknown cluster recipe {s['cluster']!r}; available now: local (or pass --scheduler ADDRESS)")
+        from .clusters import load_recipe, start
+
+        recipe = load_recipe(str(s["cluster"]), s.get("cluster_options"),
+                             int(s["workers"]) if s.get("workers") is not None else None)
+        print(f"starting the {recipe['engine']} cluster of {recipe['path']}", flush=True)
+        cluster, client = start(recipe)
     try:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         result = run_job(spec, client, log=lambda line: print(line, flush=True))

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -53,6 +54,57 @@ def _run(cmd, **kw):
     if proc.returncode:
         raise StacServerError(f"{' '.join(map(str, cmd[:6]))} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
     return proc
+
+
+def static_files_app():
+    """ASGI app serving ``$CLOUDMASK_SERVE_DIR`` read-only with HTTP range requests (for COGs)."""
+    from starlette.applications import Starlette
+    from starlette.staticfiles import StaticFiles
+
+    app = Starlette()
+    app.mount("/", StaticFiles(directory=os.environ["CLOUDMASK_SERVE_DIR"]))
+    return app
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, what: str, ok=(200,)) -> None:
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status in ok:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise StacServerError(f"{what} did not start: {log.read_text()[-1500:]}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def local_file_server(folder: str | Path):
+    """Serve ``folder`` over HTTP on 127.0.0.1 (uvicorn + Starlette, range requests as COG readers use them,
+    404 for missing files) and yield its base URL; stopped on exit."""
+    port = _free_port()
+    log_path = Path(tempfile.mkdtemp(prefix="cloudmask-files-")) / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "flows.stacserver:static_files_app", "--factory",
+                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                                env=dict(os.environ, CLOUDMASK_SERVE_DIR=str(Path(folder).resolve())),
+                                stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/", proc, log_path, "the file server", ok=(200, 404))
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(log_path.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -98,17 +150,7 @@ def local_stac_api(collections: list[dict], items: list[dict], workdir: str | Pa
                                 "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning"],
                                env=api_env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{api_port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/collections", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if api.poll() is not None or time.time() > deadline:
-                raise StacServerError(f"stac-fastapi-pgstac did not start: {(base / 'api.log').read_text()[-1500:]}")
-            time.sleep(0.2)
+        _wait_http(f"{url}/collections", api, base / "api.log", "stac-fastapi-pgstac")
         yield url
     finally:
         if api is not None:

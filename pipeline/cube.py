@@ -53,6 +53,11 @@ def load_scene(item, profile: Profile, bands: tuple[str, ...], chunk: int, check
     if missing:
         raise InputError(f"item {item.id}: bands {missing} have no asset (expected keys "
                          f"{[profile.assets.get(b) for b in missing]}; it has {sorted(item.assets)})")
+    for band in bands:  # one band per asset: odc-stac would silently read the first of several
+        declared = item.assets[profile.assets[band]].extra_fields.get("raster:bands")
+        if declared is not None and len(declared) != 1:
+            raise InputError(f"item {item.id}: asset {profile.assets[band]!r} ({band}) holds {len(declared)} bands "
+                             f"(raster:bands); expected one band per asset")
     epsg, (x0, dx, rx, y0, ry, dy), shape = grid_of(item, profile)
     geobox = GeoBox(shape, Affine(dx, rx, x0, ry, dy, y0), f"EPSG:{epsg}")
     keys = [profile.assets[b] for b in bands]
@@ -78,3 +83,20 @@ def _read_small(item, key: str) -> np.ndarray:
             return src.read(1, out_shape=(max(1, src.height // step), max(1, src.width // step)))
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"item {item.id}: could not read {href}: {exc}") from exc
+
+
+def unreadable_asset(item, profile: Profile, bands: tuple[str, ...]) -> str | None:
+    """The first asset of ``bands`` that cannot be opened and read (one small window each), as
+    ``"asset B03 (href): error"``; None if all read. Used to name the culprit when a scene fails."""
+    import rasterio
+
+    for band in bands:
+        asset = item.assets.get(profile.assets.get(band, band))
+        if asset is None:
+            return f"asset for {band} is missing"
+        try:
+            with rasterio.open(asset.href) as src:
+                src.read(1, window=((0, min(256, src.height)), (0, min(256, src.width))))
+        except Exception as exc:  # noqa: BLE001 - any failure names the asset
+            return f"asset {band} ({asset.href}): {exc}"
+    return None

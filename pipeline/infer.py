@@ -167,3 +167,11 @@ def predict(image: np.ndarray, weights: str | Path | Weights | None = None, spec
             **kwargs) -> Prediction:
     """Convenience: ``get_predictor(weights, spec).predict(image, **kwargs)``."""
     return get_predictor(weights, spec).predict(image, **kwargs)
+
+
+def release_gpu_memory() -> int:
+    """Return PyTorch's cached CUDA memory to the driver (the model stays loaded); bytes still reserved."""
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_reserved()

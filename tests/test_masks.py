@@ -48,7 +48,10 @@ def test_masks_equal_in_memory_prediction_for_two_chunkings(cube, tiny_weights_f
 def test_task_names_carry_the_scene(cube, tiny_weights_file):
     masks = predict_masks(cube.chunk({"y": 100}), str(tiny_weights_file), SPEC, chunk=96, names=["S2A_sceneA", "S2B_sceneB"])
     keys = {k[0] if isinstance(k, tuple) else k for k in masks.data.__dask_graph__()}
-    assert any(str(k).startswith("mask-S2A_sceneA") for k in keys) and any(str(k).startswith("mask-S2B_sceneB") for k in keys)
+    from dask.utils import key_split
+
+    shown = {key_split(k) for k in keys}  # what the dashboard's task stream and progress bars show
+    assert {"mask_S2A_sceneA", "mask_S2B_sceneB"} <= shown
 
 
 def test_distributed_workers_build_the_model_once(cube, tiny_weights_file):

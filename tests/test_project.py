@@ -22,7 +22,8 @@ def pins(requirements):
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = pins(project["dependencies"] + extras["test"] + extras["datasets"] + extras["peers"] + extras["stacserver"])
+    wanted = pins(project["dependencies"] + extras["test"] + extras["datasets"] + extras["peers"] + extras["stacserver"]
+                  + extras["clusters"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda, pip = {}, {}
     for dep in env["dependencies"]:

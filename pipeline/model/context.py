@@ -6,10 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import norm_layer
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int, bias: bool) -> nn.Sequential:
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, bias: bool, norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=bias), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=bias), norm_layer(norm, cout), nn.ReLU(inplace=True)
     )
 
 
@@ -20,13 +22,13 @@ class ASPP(nn.Module):
     rate; image pooling + 1x1 upsampled back), concatenated and fused by 1x1 conv + BN + ReLU.
     """
 
-    def __init__(self, cin: int, cout: int, rates: tuple[int, ...] = (6, 12, 18)) -> None:
+    def __init__(self, cin: int, cout: int, rates: tuple[int, ...] = (6, 12, 18), norm: str = "batch") -> None:
         super().__init__()
         self.branches = nn.ModuleList(
             [nn.Conv2d(cin, cout, 1)] + [nn.Conv2d(cin, cout, 3, padding=r, dilation=r) for r in rates]
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1))
-        self.project = _conv_bn_relu(cout * (len(rates) + 2), cout, 1, bias=True)
+        self.project = _conv_bn_relu(cout * (len(rates) + 2), cout, 1, bias=True, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -41,12 +43,12 @@ class PSP(nn.Module):
     -> bilinear upsample; ``[x, *stages]`` concatenated and fused by a 3x3 conv (bias) + BN + ReLU.
     """
 
-    def __init__(self, cin: int, cout: int, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+    def __init__(self, cin: int, cout: int, bins: tuple[int, ...] = (1, 2, 3, 6), norm: str = "batch") -> None:
         super().__init__()
         self.stages = nn.ModuleList(
-            [nn.Sequential(nn.AdaptiveAvgPool2d(b), _conv_bn_relu(cin, cout, 1, bias=False)) for b in bins]
+            [nn.Sequential(nn.AdaptiveAvgPool2d(b), _conv_bn_relu(cin, cout, 1, bias=False, norm=norm)) for b in bins]
         )
-        self.fuse = _conv_bn_relu(cin + cout * len(bins), cout, 3, bias=True)
+        self.fuse = _conv_bn_relu(cin + cout * len(bins), cout, 3, bias=True, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]

@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import norm_layer
 
-def _up(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, stride=2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+def _up(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, stride=2), norm_layer(norm, cout), nn.ReLU(inplace=True))
 
 
 class Decoder(nn.Module):
@@ -19,10 +21,10 @@ class Decoder(nn.Module):
     the bilinear upsampling: the two commute, and the low-resolution order is cheaper.
     """
 
-    def __init__(self, cin: int, channels: tuple[int, ...], num_classes: int) -> None:
+    def __init__(self, cin: int, channels: tuple[int, ...], num_classes: int, norm: str = "batch") -> None:
         super().__init__()
         dims = (cin, *channels)
-        self.stages = nn.ModuleList([_up(a, b) for a, b in zip(dims[:-1], dims[1:])])
+        self.stages = nn.ModuleList([_up(a, b, norm) for a, b in zip(dims[:-1], dims[1:])])
         self.aux1 = nn.Conv2d(channels[0], num_classes, 1)
         self.aux2 = nn.Conv2d(channels[1], num_classes, 1)
         self.head = nn.Conv2d(channels[-1], num_classes, 1)

