@@ -1,5 +1,5 @@
 # Set-up and the two README commands. Python packages land in .venv; the only system packages are Debian's
-# PostgreSQL + PostGIS for the local STAC API (installed here when missing, as root).
+# PostgreSQL + PostGIS for the local STAC API and Chromium for the dashboard test (installed here when missing, as root).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -15,17 +15,19 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 system-deps:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1; then :; \
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1 \
+	  && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-	  echo "installing PostgreSQL + PostGIS (Debian packages) for the local STAC API"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-15-postgis-3 >/dev/null; \
-	else echo "PostgreSQL + PostGIS are missing: run 'sudo apt-get install -y postgresql postgresql-15-postgis-3'"; exit 1; fi
+	  echo "installing PostgreSQL + PostGIS (the local STAC API) and Chromium (the dashboard test), Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-15-postgis-3 \
+	    chromium chromium-driver >/dev/null; \
+	else echo "missing Debian packages: run 'sudo apt-get install -y postgresql postgresql-15-postgis-3 chromium chromium-driver'"; exit 1; fi
 
 install: $(VENV)/.installed system-deps
 
-## README command 1: the embedded demo (for now: the model benchmark on this machine)
+## README command 1: the embedded demo (real scenes -> COGs + STAC API -> cloudmask run -> cube, quicklooks)
 demo: install
-	$(BIN)/cloudmask benchmark model
+	$(BIN)/cloudmask demo --out demo-out
 
 ## README command 2: the test suite (what CI runs)
 test: install

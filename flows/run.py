@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError
 
-FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "weights", "profile", "scheduler",
+FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
           "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "probabilities")
 DEFAULTS = dict(profile="demo", cluster="local", workers=None, chunk=2048, in_flight=2, strict=False, overlap=64,
                 probabilities=False)
@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-cloud", type=float, help="maximum provider eo:cloud_cover (%%)")
     p.add_argument("--limit", type=int, help="at most this many scenes")
     p.add_argument("--out", help="output Zarr store (folder)")
+    p.add_argument("--model", choices=("mscloudcam", "s2cloudless", "ukis-csmask"),
+                   help="mscloudcam (default, with --weights) or a peer detector through the same pipeline, its "
+                        "classes mapped to ours (see pipeline/peers.py); compare cubes with `cloudmask compare`")
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
     p.add_argument("--profile", help="provider asset-key profile (default: demo; see pipeline/sensors.py)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://127.0.0.1:8786")
@@ -76,6 +79,10 @@ def settings(args) -> dict:
     for key in ("stac_url", "collection", "out"):
         if not out.get(key):
             raise ConfigError(f"--{key.replace('_', '-')} is required (or '{key}' in the --config job file)")
+    if out.get("model") not in (None, "mscloudcam"):
+        if out.get("weights"):
+            raise ConfigError(f"--model {out['model']} brings its own trained model; drop --weights {out['weights']}")
+        out["weights"] = out["model"]  # the peers stand in for a weights file (pipeline.peers.peer_weights)
     if isinstance(out.get("bbox"), str):
         try:
             out["bbox"] = tuple(float(v) for v in out["bbox"].split(","))

@@ -159,7 +159,9 @@ def get_predictor(weights: str | Path | Weights | None = None, spec: InferSpec =
     key = (weights.sha256, spec)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = Predictor(weights, spec)
+            from .peers import PEER_MODELS, PeerPredictor
+
+            _CACHE[key] = PeerPredictor(weights) if weights.meta.model in PEER_MODELS else Predictor(weights, spec)
         return _CACHE[key]
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -20,7 +19,7 @@ from .config import InferSpec, SearchSpec
 from .cube import grid_of, load_scene, unreadable_asset
 from .errors import CloudmaskError
 from .infer import release_gpu_memory
-from .masks import aligned_chunk, predict_masks
+from .masks import aligned_chunk, predict_masks, task_prefix
 from .model.weights import cached_weights, default_weights
 from .sensors import MASK_NODATA, get_profile
 from .stac import search_items
@@ -55,23 +54,35 @@ class JobResult:
 
 
 def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int, spec: JobSpec, store: MaskStore,
-                 group: str, t: int, gpu: bool = False):
-    """The lazy work of one scene: ``(write, counts)`` delayed/dask objects and the harmonisation applied."""
+                 group: str, t: int, client=None, gpu: bool = False):
+    """The lazy work of one scene: a delayed ``counts (256,)`` int64 of its mask as written, the
+    harmonisation applied, and what must be kept referenced until it is done (the persisted masks). The model runs once per block: the counts are read back from the written region
+    (a mask is 1/26 of the input's bytes), not computed from the mask graph a second time.
+
+    With a ``client`` the masks are first persisted on the workers as their own graph: xarray's region write
+    flattens the graph it stores into one layer and would drop the model tasks' GPU annotation."""
     cube = load_scene(item, profile, bands, chunk)
     out = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id], probabilities=spec.probabilities,
                         gpu=gpu)
-    data = out["mask"].data[0] if spec.probabilities else out.data[0]
-    ds = xr.Dataset({"mask": (("time", "y", "x"), data[None])})
+    arrays = {"mask": (("time", "y", "x"), (out["mask"].data if spec.probabilities else out.data)[:1])}
     if spec.probabilities:
-        ds["probability"] = (("time", "class", "y", "x"), out["probability"].data)
+        arrays["probability"] = (("time", "class", "y", "x"), out["probability"].data)
+    persisted = []
+    if client is not None:  # one graph, unfused (fusion also drops annotations), computing from now on
+        persisted = client.persist([a for _, a in arrays.values()], optimize_graph=not gpu)
+        arrays = {k: (dims, a) for (k, (dims, _)), a in zip(arrays.items(), persisted)}
+    ds = xr.Dataset(arrays)
     write = ds.to_zarr(store.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
                        consolidated=False, compute=False)
-    counts = da.bincount(data.ravel(), minlength=256)
-    return write, counts, cube.harmonisation
+    name = f"{task_prefix(item.id, 'counts')}-{dask.base.tokenize(write)}"
+    counted = dask.delayed(_written_counts, name=name, pure=True)(write, str(store.path), group, t)
+    return counted, cube.harmonisation, persisted
 
 
-def _second(_written, counts):
-    return counts
+def _written_counts(_written, path: str, group: str, t: int) -> np.ndarray:
+    """``(256,)`` int64 pixel counts per mask value of scene ``t`` as stored (after ``_written``)."""
+    mask = xr.open_zarr(path, group=group, consolidated=False)["mask"][t].values
+    return np.bincount(mask.ravel(), minlength=256)
 
 
 def check_job(spec: JobSpec):
@@ -177,32 +188,32 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
                 item, group, t = queue.pop(0)
                 start = time.time()
                 try:
-                    write, counts, harm = _scene_graph(item, profile, weights, meta.bands, chunk, spec, store, group, t, gpu)
+                    counted, harm, keep = _scene_graph(item, profile, weights, meta.bands, chunk, spec, store, group,
+                                                       t, client, gpu)
                 except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
                     finish((item, group, t, start, None), exc)
                     continue
                 if client is None:
                     try:
-                        _, c = da.compute(write, counts)
-                        finish((item, group, t, start, harm), c)
+                        finish((item, group, t, start, harm), counted.compute())
                     except Exception as exc:  # noqa: BLE001
                         finish((item, group, t, start, harm), exc)
                     continue
-                future = client.compute(dask.delayed(_second)(write, counts))  # one future per scene
-                pending.append(((item, group, t, start, harm), future))
+                future = client.compute(counted)  # one future per scene; its masks are already computing
+                pending.append(((item, group, t, start, harm), (future, keep)))
             if pending:
                 from distributed import wait
 
-                wait([f for _, f in pending], return_when="FIRST_COMPLETED")
+                wait([f for _, (f, _) in pending], return_when="FIRST_COMPLETED")
                 still = []
-                for entry, future in pending:
+                for entry, (future, keep) in pending:
                     if future.done():
                         try:
                             finish(entry, future.result())
                         except Exception as exc:  # noqa: BLE001
                             finish(entry, exc)
                     else:
-                        still.append((entry, future))
+                        still.append((entry, (future, keep)))
                 pending = still
     order = {w[0].id: i for i, w in enumerate(work)}
     results.sort(key=lambda s: order.get(s.item_id, -1))

@@ -97,3 +97,69 @@ def coarse(classes: np.ndarray, table: np.ndarray) -> np.ndarray:
     valid = classes < len(table)
     out[valid] = table[classes[valid]]
     return out
+
+
+# -- the peers behind the pipeline's model interface --------------------------------------------------------
+# `cloudmask run --model s2cloudless|ukis-csmask` stores their masks in our codes:
+#   s2cloudless: p >= 0.4 -> 1 (cloud, written as thick_cloud), else 0 (clear); never 2 or 3
+#   ukis-csmask: cloud -> 1 (written as thick_cloud), shadow -> 3, background -> 0; never 2
+# Probabilities (class, y, x) in our class order: s2cloudless [1 - p, p, 0, 0]; ukis [clear, cloud, 0, shadow].
+# Compare such cubes with MSCloudCAM's in the peer's coarser classes (TO_S2CLOUDLESS, TO_UKIS above).
+PEER_MODELS = ("s2cloudless", "ukis-csmask")
+COARSE = {"s2cloudless": (TO_S2CLOUDLESS, ("clear", "cloud")), "ukis-csmask": (TO_UKIS, ("clear", "cloud", "shadow"))}
+
+
+def peer_weights(name: str):
+    """A ``Weights`` record (no tensors) standing for a peer, so the job handles it like a weights file."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .model.weights import Weights, WeightsMeta
+    from .sensors import CLASS_CODES, CLASS_NAMES
+
+    if name not in PEER_MODELS:
+        raise ConfigError(f"unknown peer {name!r}; expected one of {', '.join(PEER_MODELS)}")
+    package = "s2cloudless" if name == "s2cloudless" else "ukis-csmask"
+    try:
+        release = version(package)
+    except PackageNotFoundError:
+        raise ConfigError(f"{package} is not installed; install it with: pip install -e '.[peers]'") from None
+    meta = WeightsMeta(model=name, bands=S2_BANDS, classes=CLASS_NAMES, class_codes=CLASS_CODES,
+                       normalisation={"kind": "scale", "divisor": 10000.0}, tile_size=512,
+                       provenance={"peer": f"{package}=={release}", "crosswalk": "pipeline/peers.py"})
+    return Weights(meta=meta, state={}, sha256=f"{package}=={release}", source=name)
+
+
+class PeerPredictor:
+    """A peer with ``Predictor.predict``'s interface: ``image (13, y, x)`` harmonised L1C DN -> classes and
+    probabilities in our codes. Peers classify pixels (s2cloudless) or tile internally (ukis-csmask), so
+    ``offset``/``needed`` only trim the work; the halo the job gives each block is context for ukis."""
+
+    def __init__(self, weights) -> None:
+        from .infer import PredictorStats
+
+        self.meta, self.sha256, self.name = weights.meta, weights.sha256, weights.meta.model
+        self.stats = PredictorStats()
+
+    def predict(self, image: np.ndarray, *, offset=(0, 0), needed=None, probabilities: bool = False,
+                mask_nodata: bool = True):
+        import time
+
+        from .infer import Prediction
+        from .sensors import MASK_NODATA
+
+        image = np.asarray(image)
+        nodata = np.all(image == 0, axis=0) if mask_nodata else np.zeros(image.shape[1:], bool)
+        start = time.perf_counter()
+        probs = np.zeros((4, *image.shape[1:]), np.float32)
+        if self.name == "s2cloudless":
+            p = s2cloudless_probability(image)
+            probs[0], probs[1] = 1 - p, p
+            classes = np.where(p >= S2CLOUDLESS_THRESHOLD, 1, 0).astype(np.uint8)
+        else:
+            u = ukis_probabilities(image, threads=1)
+            probs[0], probs[1], probs[3] = u
+            classes = np.array([0, 1, 3], np.uint8)[u.argmax(axis=0)]
+        self.stats.add(1, time.perf_counter() - start)
+        classes[nodata] = MASK_NODATA
+        probs[:, nodata] = np.nan
+        return Prediction(classes=classes, probabilities=probs if probabilities else None)

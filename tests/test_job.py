@@ -24,7 +24,7 @@ def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, tiny_weig
         assert s.frac_clear + s.frac_thick_cloud + s.frac_thin_cloud + s.frac_cloud_shadow == pytest.approx(1.0)
     assert any("[4/4]" in line for line in lines) and any("failed" in line for line in lines)
     groups = sorted(p.name for p in out.iterdir() if p.name.startswith("epsg"))
-    assert [g.split("_")[0] for g in groups] == ["epsg32618", "epsg32633"]
+    assert [g.split("_")[0] for g in groups] == ["epsg32631", "epsg32633"]
     code = textwrap.dedent(f"""
         import json, xarray as xr, rioxarray, numpy as np
         ds = xr.open_zarr({str(out)!r}, group={[g for g in groups if g.startswith('epsg32633')][0]!r})

@@ -204,8 +204,13 @@ _CACHE: dict[tuple, Weights] = {}
 
 def cached_weights(source: str | Path) -> Weights:
     """``load_weights(source)`` once per process and file version (path, mtime, size): workers and the job's
-    per-scene planning reuse it instead of re-reading and re-hashing the file."""
+    per-scene planning reuse it instead of re-reading and re-hashing the file. The names of the peer
+    models (``s2cloudless``, ``ukis-csmask``) stand for those models (``pipeline.peers``)."""
     source = str(source)
+    from ..peers import PEER_MODELS, peer_weights
+
+    if source in PEER_MODELS:
+        return peer_weights(source)
     path = Path(source)
     stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
     key = (source, stamp)

@@ -195,3 +195,26 @@ def test_missing_backbone_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(WeightsError, match="does not exist"):
         SwinBackbone(in_chans=13, img_size=512, checkpoint=tmp_path / "nope.safetensors")
+
+
+def test_groupnorm_variant_has_the_same_parameters_and_ignores_the_batch():
+    """norm="group" swaps each BatchNorm for a GroupNorm with the same scale/shift parameters; a sample's
+    prediction then does not depend on the other samples of its batch, in training and eval mode alike."""
+    torch.manual_seed(0)
+    # 64 context channels: 2 per group, so the 1x1 pooled PSP bin has more than one value per group
+    bn, gn = create_model("mscloudcam_tiny", context_channels=64), create_model("mscloudcam_tiny", context_channels=64, norm="group")
+    assert [p.shape for p in bn.parameters()] == [p.shape for p in gn.parameters()]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in gn.modules())
+    for m in gn.modules():  # stochastic depth aside, so that train mode is deterministic
+        if hasattr(m, "drop_prob"):
+            m.drop_prob = 0.0
+    x = torch.rand(3, 13, 64, 64)
+    with torch.no_grad():
+        gn.train()
+        alone, together = gn(x[:2])[0][0], gn(torch.cat([x[:1], x[2:]]))[0][0]
+        gn.eval()
+        evaluated = gn(x[:1])[0]
+    torch.testing.assert_close(alone, together)
+    torch.testing.assert_close(alone, evaluated)
+    with pytest.raises(ValueError, match="norm='layer'"):
+        create_model("mscloudcam_tiny", norm="layer")
