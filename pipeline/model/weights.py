@@ -64,7 +64,9 @@ class WeightsMeta:
         return cls(**d)
 
     def model_args(self) -> dict:
-        return dict(self.model_kwargs, in_chans=len(self.bands), num_classes=len(self.classes))
+        """Arguments to build the model: its options, band and class counts, and the tile size as input size."""
+        return dict({"img_size": self.tile_size}, **self.model_kwargs, in_chans=len(self.bands),
+                    num_classes=len(self.classes))
 
 
 @dataclass(frozen=True)
