@@ -48,7 +48,8 @@ def test_gpu_recipe_refuses_cleanly_without_a_gpu(tiny_weights_file, tmp_path):
         start(load_recipe("gpu"))
     cloudmask = str(Path(sys.executable).with_name("cloudmask"))
     p = subprocess.run([cloudmask, "run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "x.zarr"),
-                        "--cluster", "gpu", "--weights", str(tiny_weights_file)], capture_output=True, text=True)
+                        "--cluster", "gpu", "--weights", str(tiny_weights_file), "--overlap", "16"],
+                       capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "needs NVIDIA GPUs" in p.stderr, p.stderr
     assert not (tmp_path / "x.zarr").exists()
 
