@@ -32,6 +32,7 @@ def test_dashboard_shows_the_jobs_tasks_in_chromium(api, tmp_path, tiny_weights_
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+                "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
                 f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1000"):
         options.add_argument(arg)
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
