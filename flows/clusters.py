@@ -8,6 +8,7 @@ LocalCluster, dask-cuda's LocalCUDACluster, dask-jobqueue's SLURMCluster, dask-k
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def add_parser(sub) -> None:
                                    "starts one.",
                        epilog="examples:\n  cloudmask cluster list\n  cloudmask cluster render slurm      # the job script\n"
                               "  cloudmask cluster render kubernetes | kubectl apply -f -",
-                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=("list", "render"))
     p.add_argument("name", nargs="?", help="recipe name or .yaml path (for render)")
     p.set_defaults(func=run)

@@ -117,9 +117,10 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
     profile, weights, loaded = check_job(spec)
     meta = loaded.meta
     items = search_items(spec.search)
-    gpu = gpu_workers(client) > 0
+    gpus = gpu_workers(client)
+    gpu = gpus > 0
     if gpu:
-        log(f"{gpu_workers(client)} GPU workers: model tasks ask for the GPU resource")
+        log(f"{gpus} GPU workers: model tasks ask for the GPU resource")
     log(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}")
     store = MaskStore(spec.out)
     chunk = aligned_chunk(spec.chunk, meta.tile_size - spec.infer.overlap)

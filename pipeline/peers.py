@@ -6,6 +6,8 @@ starter weights and, later, side by side with MSCloudCAM.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .errors import ConfigError, InputError
@@ -142,8 +144,6 @@ class PeerPredictor:
 
     def predict(self, image: np.ndarray, *, offset=(0, 0), needed=None, probabilities: bool = False,
                 mask_nodata: bool = True):
-        import time
-
         from .infer import Prediction
         from .sensors import MASK_NODATA
 
