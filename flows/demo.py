@@ -30,19 +30,20 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.archive import collection, demo_archive
-    from pipeline.model.weights import cached_weights, default_weights
+    from pipeline.job import check_job
 
     from .run import DEFAULTS, execute, job_spec
     from .stacserver import local_stac_api
 
     out = Path(args.out)
-    cached_weights(args.weights or default_weights())  # refuse bad weights before building anything
+    s = dict(DEFAULTS, stac_url="http://127.0.0.1", collection="sentinel-2-l1c", out=str(out / "masks.zarr"), weights=args.weights,
+             workers=args.workers, chunk=args.chunk, overlap=args.overlap)
+    check_job(job_spec(s))  # bad weights or overlap are refused before anything is built (URL set below)
     items = demo_archive(out / "archive", log=lambda line: print(line, flush=True))
     print("starting the STAC API (PostgreSQL + PostGIS + pgstac, stac-fastapi-pgstac) on 127.0.0.1 ...", flush=True)
     with local_stac_api([collection()], items) as url:
         print(f"STAC API: {url} ({len(items)} items in 'sentinel-2-l1c')", flush=True)
-        s = dict(DEFAULTS, stac_url=url, collection="sentinel-2-l1c", out=str(out / "masks.zarr"),
-                 weights=args.weights, workers=args.workers, chunk=args.chunk, overlap=args.overlap)
+        s["stac_url"] = url
         result = execute(job_spec(s), s)
     print("STAC API stopped")
     written = quicklooks(out / "masks.zarr", out / "archive", out / "quicklooks")

@@ -30,7 +30,8 @@ class InferSpec:
         if self.tile is not None and self.tile < 16:
             raise ConfigError(f"tile={self.tile} is too small; use the weights' tile size (e.g. 512) or at least 16")
         if self.overlap < 0 or (self.tile is not None and 2 * self.overlap >= self.tile):
-            raise ConfigError(f"overlap={self.overlap} must be >= 0 and less than half the tile ({self.tile})")
+            raise ConfigError(f"overlap={self.overlap} must be >= 0 and less than half the tile"
+                              f"{f' ({self.tile} px)' if self.tile else ''}; pass e.g. --overlap 32")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
