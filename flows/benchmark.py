@@ -10,6 +10,7 @@ import argparse
 import json
 import platform
 import time
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -42,11 +43,19 @@ def add_parser(sub) -> None:
     m.add_argument("--warmup", type=int, help="warm-up batches (default: 1 on CPU, 10 on GPU)")
     m.add_argument("--repeats", type=int, help="timed batches (default: 3 on CPU, 40 on GPU)")
     m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    m.add_argument("--variants", default="default",
+                   help="comma-separated from " + ", ".join(f"{k} ({v})" for k, v in VARIANTS.items())
+                        + " (default: %(default)s)")
     m.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     m.set_defaults(func=run_model)
+    from . import benchmark_memory, benchmark_pipeline, benchmark_precision
+
+    benchmark_precision.add_parser(bsub)
+    benchmark_pipeline.add_parser(bsub)
+    benchmark_memory.add_parser(bsub)
 
 
-def _csv(text: str, cast, name: str) -> list:
+def csv_list(text: str, cast, name: str) -> list:
     try:
         values = [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -63,18 +72,54 @@ def count_gmac(model: torch.nn.Module, bands: int, size: int) -> float:
     return counter.get_total_flops() / 2e9
 
 
-def time_batches(model, x: torch.Tensor, dtype: torch.dtype, warmup: int, repeats: int) -> list[float]:
+VARIANTS = {
+    "default": "what the pipeline runs: channels_last, fused attention (SDPA), inference_mode",
+    "contiguous": "NCHW tensors instead of channels_last",
+    "math-attention": "attention written out (softmax(q k^T) v) instead of fused SDPA kernels",
+    "no-grad": "torch.no_grad instead of inference_mode",
+    "compile": "torch.compile (inductor) of the default; compiles per shape and precision first",
+}
+
+
+def variant_model(model: torch.nn.Module, variant: str) -> tuple[torch.nn.Module, Callable]:
+    """``model`` set up as ``variant`` (see VARIANTS) and the context its forward runs in."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if variant not in VARIANTS:
+        raise ConfigError(f"--variants: unknown {variant!r}; expected some of {', '.join(VARIANTS)}")
+    layout = torch.contiguous_format if variant == "contiguous" else torch.channels_last
+    model = model.to(memory_format=layout)
+    for m in model.modules():  # timm's attention blocks pick fused SDPA or the written-out form by this flag
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = variant != "math-attention"
+    grad = torch.no_grad if variant == "no-grad" else torch.inference_mode
+    if variant == "math-attention":
+        def context():
+            stack = contextlib.ExitStack()
+            stack.enter_context(grad())
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+            return stack
+    else:
+        context = grad
+    if variant == "compile":
+        model = torch.compile(model)
+    return model, context
+
+
+def time_batches(model, x: torch.Tensor, dtype: torch.dtype, warmup: int, repeats: int,
+                 context: Callable = torch.inference_mode) -> list[float]:
     """Seconds per batch for ``repeats`` timed forward passes after ``warmup`` untimed ones."""
     cuda = x.device.type == "cuda"
-    ctx = (lambda: torch.autocast(x.device.type, dtype=dtype)) if dtype != torch.float32 else None
     times = []
-    with torch.inference_mode():
+    with context():
         for i in range(warmup + repeats):
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            if ctx:
-                with ctx():
+            if dtype != torch.float32:
+                with torch.autocast(x.device.type, dtype=dtype):
                     model(x)
             else:
                 model(x)
@@ -83,6 +128,16 @@ def time_batches(model, x: torch.Tensor, dtype: torch.dtype, warmup: int, repeat
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     return times
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
+    """Sustained GFLOPS of an ``n x n`` matmul in ``dtype`` on this CPU (the floor the model is measured against)."""
+    a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def machine_name(device: torch.device) -> str:
@@ -96,8 +151,8 @@ def run_model(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
-    batch_sizes = _csv(args.batch_sizes or ("8" if gpu else "1,8"), int, "batch-sizes")
-    precisions = _csv(args.precisions, str, "precisions")
+    batch_sizes = csv_list(args.batch_sizes or ("8" if gpu else "1,8"), int, "batch-sizes")
+    precisions = csv_list(args.precisions, str, "precisions")
     for p in precisions:
         InferSpec(precision=p)  # validates the name
     warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
@@ -107,40 +162,52 @@ def run_model(args: argparse.Namespace) -> int:
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"--repeats {repeats} must be >= 1 and --warmup {warmup} >= 0")
 
-    model = create_model(args.model, in_chans=args.bands, cam_bypass=args.cam_bypass).eval()
-    size = model.img_size
-    params = sum(p.numel() for p in model.parameters())
-    gmac = count_gmac(model, args.bands, size)
-    model = model.to(device)
-    if gpu:
-        model = model.to(memory_format=torch.channels_last)
+    variants = csv_list(args.variants, str, "variants")
+    base = create_model(args.model, in_chans=args.bands, cam_bypass=args.cam_bypass).eval()
+    size = base.img_size
+    params = sum(p.numel() for p in base.parameters())
+    gmac = count_gmac(base, args.bands, size)
+    base = base.to(device)
     print(f"model {args.model}{' (cam_bypass)' if args.cam_bypass else ''}: {params:,} parameters, "
           f"{gmac:.2f} GMAC per {args.bands}x{size}x{size} tile")
     print(f"device: {device.type} -- {machine_name(device)}; torch {torch.__version__}; "
           f"{warmup} warm-up + {repeats} timed batches{', synchronised' if gpu else ''}")
-    header = f"{'batch':>5} {'precision':>9} {'s/batch':>9} {'ms/tile':>9} {'tiles/s':>8} {'Mpx/s':>7} {'GMAC/s':>7}"
+    floors = {}
+    if not gpu:  # the floor: the tile's FLOPs at this CPU's sustained matmul speed, per precision
+        for prec in precisions:
+            dtype = resolve_precision(prec, device)
+            gflops = matmul_gflops(dtype)
+            floors[prec] = 2 * gmac / gflops
+            print(f"floor {prec}: 4096^2 matmul {gflops:.0f} GFLOPS -> {floors[prec] * 1e3:.0f} ms per tile")
+    header = (f"{'variant':>14} {'batch':>5} {'precision':>9} {'s/batch':>8} {'ms/tile':>8} {'Mpx/s':>6} "
+              f"{'GMAC/s':>7}{' of floor' if floors else ''}")
     print(header)
     print("-" * len(header))
     rows = []
-    for bs in batch_sizes:
-        x = torch.rand(bs, args.bands, size, size, device=device) * 2.0  # DN/3000 of 0..6000 DN
-        if gpu:
-            x = x.contiguous(memory_format=torch.channels_last)
-        for prec in precisions:
-            dtype = resolve_precision(prec, device)
-            times = time_batches(model, x, dtype, warmup, repeats)
-            per_batch = sum(times) / len(times)
-            per_tile = per_batch / bs
-            row = dict(batch=bs, precision=prec, s_per_batch=per_batch, ms_per_tile=per_tile * 1e3,
-                       tiles_per_s=1 / per_tile, mpx_per_s=size * size / per_tile / 1e6,
-                       gmac_per_s=gmac / per_tile, min_s_per_batch=min(times))
-            rows.append(row)
-            print(f"{bs:>5} {prec:>9} {per_batch:>9.3f} {row['ms_per_tile']:>9.1f} {row['tiles_per_s']:>8.2f} "
-                  f"{row['mpx_per_s']:>7.3f} {row['gmac_per_s']:>7.1f}", flush=True)
+    for variant in variants:
+        model, context = variant_model(base, variant)
+        for bs in batch_sizes:
+            x = torch.rand(bs, args.bands, size, size, device=device) * 2.0  # DN/3000 of 0..6000 DN
+            x = x.contiguous(memory_format=torch.contiguous_format if variant == "contiguous" else torch.channels_last)
+            for prec in precisions:
+                dtype = resolve_precision(prec, device)
+                times = time_batches(model, x, dtype, warmup, repeats, context)
+                per_batch = sum(times) / len(times)
+                per_tile = per_batch / bs
+                row = dict(variant=variant, batch=bs, precision=prec, s_per_batch=per_batch, ms_per_tile=per_tile * 1e3,
+                           tiles_per_s=1 / per_tile, mpx_per_s=size * size / per_tile / 1e6,
+                           gmac_per_s=gmac / per_tile, min_s_per_batch=min(times))
+                if prec in floors:
+                    row["of_floor"] = floors[prec] / per_tile
+                rows.append(row)
+                of_floor = f"   {row['of_floor']:.0%}" if "of_floor" in row else ""
+                print(f"{variant:>14} {bs:>5} {prec:>9} {per_batch:>8.3f} {row['ms_per_tile']:>8.1f} "
+                      f"{row['mpx_per_s']:>6.3f} {row['gmac_per_s']:>7.1f}{of_floor}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(model=args.model, cam_bypass=args.cam_bypass, bands=args.bands, tile=size,
                            params=params, gmac=gmac, device=device.type, machine=machine_name(device),
-                           torch=torch.__version__, warmup=warmup, repeats=repeats, rows=rows), f, indent=2)
+                           torch=torch.__version__, warmup=warmup, repeats=repeats, floors_s=floors, rows=rows), f,
+                      indent=2)
         print(f"figures written to {args.json}")
     return 0

@@ -71,7 +71,17 @@ def slurm_cluster(recipe: dict):
         from dask_jobqueue import SLURMCluster
     except ImportError:
         raise ConfigError("--cluster slurm needs dask-jobqueue: pip install dask-jobqueue") from None
-    return SLURMCluster(**(recipe.get("options") or {}))
+    options = dict(recipe.get("options") or {})
+    options["job_script_prologue"] = list(options.get("job_script_prologue") or []) + [
+        f"export {k}={v}" for k, v in worker_env(recipe).items()]
+    return SLURMCluster(**options)
+
+
+def worker_env(recipe: dict) -> dict[str, str]:
+    """The recipe's ``dask_config`` as the environment variables Dask reads it from, for workers started
+    elsewhere (SLURM jobs, Kubernetes pods)."""
+    return {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+            for key, value in (recipe.get("dask_config") or {}).items()}
 
 
 def kubernetes_spec(recipe: dict) -> dict:
@@ -97,6 +107,7 @@ def kubernetes_spec(recipe: dict) -> dict:
     scheduler["resources"] = (recipe.get("scheduler") or {}).get("resources", {})
     for c in (scheduler, pod["containers"][0]):
         c["env"] = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    pod["containers"][0]["env"] += [{"name": k, "value": v} for k, v in worker_env(recipe).items()]
     return spec
 
 
@@ -120,6 +131,8 @@ def start(recipe: dict):
     """Start the recipe's cluster and return ``(cluster, client)``."""
     from distributed import Client
 
+    import dask
+
     engine, options = recipe["engine"], dict(recipe.get("options") or {})
     if engine == "local":
         from distributed import LocalCluster
@@ -128,7 +141,10 @@ def start(recipe: dict):
             options["n_workers"] = recipe["scale"]
         if options.get("n_workers", "auto") == "auto":
             options["n_workers"] = local_workers()
-        cluster = LocalCluster(**options)
+        if options.get("threads_per_worker") == "auto":
+            options["threads_per_worker"] = max(1, len(os.sched_getaffinity(0)) // options["n_workers"])
+        with dask.config.set(recipe.get("dask_config") or {}):  # nannies hand their config to the workers
+            cluster = LocalCluster(**options)
     elif engine == "gpu":
         gpus = visible_gpus()
         if not gpus:
@@ -139,7 +155,8 @@ def start(recipe: dict):
             from dask_cuda import LocalCUDACluster
         except ImportError:
             raise ConfigError("--cluster gpu needs dask-cuda: pip install -e '.[gpu]'") from None
-        cluster = LocalCUDACluster(**options)
+        with dask.config.set(recipe.get("dask_config") or {}):
+            cluster = LocalCUDACluster(**options)
     elif engine == "slurm":
         cluster = slurm_cluster(recipe)
         cluster.scale(jobs=int(recipe.get("scale", 1)))

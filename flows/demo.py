@@ -11,20 +11,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .parsers import subcommand
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "demo", help="run the whole pipeline on a built-in archive of real Sentinel-2 scenes",
-        description=__doc__.split("\n\n", 1)[1],
-        epilog="outputs under --out: archive/ (COGs + items.json), masks.zarr (the cube), quicklooks/*.png\n"
-               "then, e.g.: python -c \"import xarray as xr; print(xr.open_zarr('demo-out/masks.zarr', group=...))\"",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = subcommand(sub, "demo", "run the whole pipeline on a built-in archive of real Sentinel-2 scenes", __doc__,
+                   ["cloudmask demo", "cloudmask demo --out /tmp/demo --workers 2"],
+                   epilog="outputs under --out: archive/ (COGs + items.json), masks.zarr (the cube), quicklooks/*.png\n"
+                          "then, e.g.: python -c \"import xarray as xr; print(xr.open_zarr('demo-out/masks.zarr', "
+                          "group=...))\"")
     p.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
-    p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core)")
+    p.add_argument("--workers", type=int, help="local Dask worker processes (default: 1, with a thread per core)")
     p.add_argument("--chunk", type=int, default=2048, help="Dask block side in pixels (default: %(default)s)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default: %(default)s)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the weights' tile)")
     p.set_defaults(func=run)
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
-          "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "probabilities")
-DEFAULTS = dict(profile="demo", cluster="local", workers=None, chunk=2048, in_flight=2, strict=False, overlap=64,
+          "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "precision",
+          "probabilities")
+DEFAULTS = dict(profile="demo", cluster="local", workers=None, chunk=2048, in_flight=2, strict=False, overlap=None,
                 probabilities=False)
 
 
@@ -42,11 +43,14 @@ def add_parser(sub) -> None:
     p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://127.0.0.1:8786")
     p.add_argument("--cluster", help="cluster recipe (deploy/clusters: local, gpu, slurm, kubernetes) or a recipe "
                                      ".yaml path, when no --scheduler (default: local); see `cloudmask cluster list`")
-    p.add_argument("--workers", type=int, help="workers to start (local: processes, default one per core; slurm: "
-                                               "jobs; kubernetes: pods)")
+    p.add_argument("--workers", type=int, help="workers to start (local: processes, default 1 with a thread per "
+                                               "core; slurm: jobs; kubernetes: pods)")
     p.add_argument("--chunk", type=int, help="Dask block side in pixels (default: 2048)")
     p.add_argument("--in-flight", type=int, help="scenes computing at once (default: 2)")
-    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: 64)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the weights' tile: 32 "
+                                               "for the starter weights' 256 px, 64 for 512 px)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="model precision (default: auto = bf16 on GPUs and on CPUs with native bf16, fp32 otherwise)")
     p.add_argument("--probabilities", action="store_true", default=None,
                    help="also store probability (time, class, y, x) uint8, p x 250 (four times the mask's size)")
     p.add_argument("--strict", action="store_true", default=None, help="exit non-zero if any scene failed")
@@ -105,7 +109,9 @@ def job_spec(s: dict):
     return JobSpec(
         search=SearchSpec(s["stac_url"], s["collection"], bbox=tuple(s["bbox"]) if s.get("bbox") else None,
                           datetime=s.get("datetime"), max_cloud=s.get("max_cloud"), limit=s.get("limit")),
-        out=s["out"], profile=s["profile"], weights=s.get("weights"), infer=InferSpec(overlap=int(s["overlap"])),
+        out=s["out"], profile=s["profile"], weights=s.get("weights"),
+        infer=InferSpec(overlap=None if s.get("overlap") is None else int(s["overlap"]),
+                        precision=s.get("precision") or "auto"),
         chunk=int(s["chunk"]), in_flight=int(s["in_flight"]), strict=bool(s["strict"]),
         probabilities=bool(s["probabilities"]))
 

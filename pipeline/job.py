@@ -54,13 +54,14 @@ class JobResult:
 
 
 def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int, spec: JobSpec, store: MaskStore,
-                 group: str, t: int, client=None, gpu: bool = False):
+                 group: str, t: int, client=None, gpu: bool = False, priority: int = 0):
     """The lazy work of one scene: a delayed ``counts (256,)`` int64 of its mask as written, the
     harmonisation applied, and what must be kept referenced until it is done (the persisted masks). The model runs once per block: the counts are read back from the written region
     (a mask is 1/26 of the input's bytes), not computed from the mask graph a second time.
 
     With a ``client`` the masks are first persisted on the workers as their own graph: xarray's region write
-    flattens the graph it stores into one layer and would drop the model tasks' GPU annotation."""
+    flattens the graph it stores into one layer and would drop the model tasks' GPU annotation. ``priority``:
+    Dask's (higher first), so scenes submitted earlier are read first and finish first."""
     cube = load_scene(item, profile, bands, chunk)
     out = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id], probabilities=spec.probabilities,
                         gpu=gpu)
@@ -69,7 +70,7 @@ def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int
         arrays["probability"] = (("time", "class", "y", "x"), out["probability"].data)
     persisted = []
     if client is not None:  # one graph, unfused (fusion also drops annotations), computing from now on
-        persisted = client.persist([a for _, a in arrays.values()], optimize_graph=not gpu)
+        persisted = client.persist([a for _, a in arrays.values()], optimize_graph=not gpu, priority=priority)
         arrays = {k: (dims, a) for (k, (dims, _)), a in zip(arrays.items(), persisted)}
     ds = xr.Dataset(arrays)
     write = ds.to_zarr(store.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
@@ -96,9 +97,9 @@ def check_job(spec: JobSpec):
         raise CloudmaskError(f"weights {weights} take bands {list(meta.bands)} but profile {profile.name!r} offers "
                              f"{list(profile.assets)}; use weights for this sensor or another --profile")
     tile = spec.infer.tile or meta.tile_size
-    if not 0 <= 2 * spec.infer.overlap < tile:
-        raise CloudmaskError(f"overlap={spec.infer.overlap} must be at least 0 and less than half the weights' "
-                             f"{tile} px tile; pass a smaller --overlap")
+    if not 0 <= 2 * spec.infer.overlap_for(tile) < tile:
+        raise CloudmaskError(f"overlap={spec.infer.overlap_for(tile)} must be at least 0 and less than half the "
+                             f"weights' {tile} px tile; pass a smaller --overlap")
     return profile, weights, loaded
 
 
@@ -123,7 +124,8 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
         log(f"{gpus} GPU workers: model tasks ask for the GPU resource")
     log(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}")
     store = MaskStore(spec.out)
-    chunk = aligned_chunk(spec.chunk, meta.tile_size - spec.infer.overlap)
+    tile = spec.infer.tile or meta.tile_size
+    chunk = aligned_chunk(spec.chunk, tile - spec.infer.overlap_for(tile))
     results: list[SceneStats] = []
     with store.lock():
         by_grid: dict[Grid, list] = {}
@@ -190,7 +192,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
                 start = time.time()
                 try:
                     counted, harm, keep = _scene_graph(item, profile, weights, meta.bands, chunk, spec, store, group,
-                                                       t, client, gpu)
+                                                       t, client, gpu, priority=len(queue))
                 except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
                     finish((item, group, t, start, None), exc)
                     continue
@@ -200,7 +202,8 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
                     except Exception as exc:  # noqa: BLE001
                         finish((item, group, t, start, harm), exc)
                     continue
-                future = client.compute(counted)  # one future per scene; its masks are already computing
+                # one future per scene; its masks are already computing
+                future = client.compute(counted, priority=len(queue))
                 pending.append(((item, group, t, start, harm), (future, keep)))
             if pending:
                 from distributed import wait

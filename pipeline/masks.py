@@ -36,9 +36,13 @@ def aligned_chunk(target: int, stride: int) -> int:
 
 
 def aligned_chunks(size: int, target: int, stride: int) -> tuple[int, ...]:
-    """Chunk sizes along an axis of ``size`` pixels: multiples of ``stride`` near ``target``, remainder last."""
+    """Chunk sizes along an axis of ``size`` pixels: multiples of ``stride`` near ``target``, remainder last.
+    A remainder under one stride joins the last chunk: as a block of its own it would rerun a whole row of
+    tiles for a sliver of pixels."""
     step = aligned_chunk(target, stride)
     full, rest = divmod(size, step)
+    if full and 0 < rest < stride:
+        return (step,) * (full - 1) + (step + rest,)
     return (step,) * full + ((rest,) if rest else ())
 
 
@@ -79,7 +83,8 @@ def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpe
     if "band" in cube.coords and tuple(map(str, cube.band.values)) != meta.bands:
         raise ConfigError(f"cube bands {list(map(str, cube.band.values))} differ from the weights' {list(meta.bands)}")
     tile = spec.tile or meta.tile_size
-    stride, halo = tile - spec.overlap, spec.overlap
+    halo = spec.overlap_for(tile)
+    stride = tile - halo
     data = cube.data if isinstance(cube.data, da.Array) else da.from_array(cube.data)
     _, nb, ny, nx = data.shape
     cy, cx = aligned_chunks(ny, chunk, stride), aligned_chunks(nx, chunk, stride)

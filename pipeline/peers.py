@@ -31,12 +31,14 @@ def _require(module: str, extra: str):
         raise ConfigError(f"{module} is not installed; install it with: pip install -e '.[{extra}]'") from exc
 
 
-def s2cloudless_probability(dn: np.ndarray) -> np.ndarray:
-    """s2cloudless (LightGBM, 10 of 13 bands) cloud probability ``(y, x)`` float32 in [0, 1], per pixel."""
+def s2cloudless_probability(dn: np.ndarray, threads: int = 0) -> np.ndarray:
+    """s2cloudless (LightGBM, 10 of 13 bands) cloud probability ``(y, x)`` float32 in [0, 1], per pixel.
+    ``threads``: LightGBM threads (0: its default, OpenMP's thread count)."""
     s2c = _require("s2cloudless", "peers")
     refl = _reflectance(dn)
     detector = s2c.S2PixelCloudDetector(all_bands=True, average_over=None, dilation_size=None)
-    return detector.get_cloud_probability_maps(np.moveaxis(refl, 0, -1)[None])[0]
+    kwargs = {"num_threads": threads} if threads else {}
+    return detector.get_cloud_probability_maps(np.moveaxis(refl, 0, -1)[None], **kwargs)[0]
 
 
 UKIS_BANDS = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11", "swir22": "B12"}
@@ -137,29 +139,37 @@ class PeerPredictor:
     ``offset``/``needed`` only trim the work; the halo the job gives each block is context for ukis."""
 
     def __init__(self, weights) -> None:
-        from .infer import PredictorStats
+        from .infer import PredictorStats, dask_worker_threads
 
         self.meta, self.sha256, self.name = weights.meta, weights.sha256, weights.meta.model
         self.stats = PredictorStats()
+        self.threads = dask_worker_threads() or 0  # 0: onnxruntime's choice (all cores)
+
+    def _timed(self, fn, image: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = fn(image, threads=self.threads)
+        self.stats.add(1, time.perf_counter() - start)
+        return out
 
     def predict(self, image: np.ndarray, *, offset=(0, 0), needed=None, probabilities: bool = False,
                 mask_nodata: bool = True):
-        from .infer import Prediction
+        from .infer import Prediction, on_model_thread
         from .sensors import MASK_NODATA
 
         image = np.asarray(image)
         nodata = np.all(image == 0, axis=0) if mask_nodata else np.zeros(image.shape[1:], bool)
-        start = time.perf_counter()
         probs = np.zeros((4, *image.shape[1:]), np.float32)
+        # like MSCloudCAM: one model call at a time per process, on all the worker's threads
         if self.name == "s2cloudless":
-            p = s2cloudless_probability(image)
+            p = on_model_thread(self._timed, s2cloudless_probability, image)
+        else:
+            u = on_model_thread(self._timed, ukis_probabilities, image)
+        if self.name == "s2cloudless":
             probs[0], probs[1] = 1 - p, p
             classes = np.where(p >= S2CLOUDLESS_THRESHOLD, 1, 0).astype(np.uint8)
         else:
-            u = ukis_probabilities(image, threads=1)
             probs[0], probs[1], probs[3] = u
             classes = np.array([0, 1, 3], np.uint8)[u.argmax(axis=0)]
-        self.stats.add(1, time.perf_counter() - start)
         classes[nodata] = MASK_NODATA
         probs[:, nodata] = np.nan
         return Prediction(classes=classes, probabilities=probs if probabilities else None)

@@ -29,7 +29,11 @@ def test_local_recipe_starts_single_threaded_workers_on_127_0_0_1():
     cluster, client = start(load_recipe("local", {"dashboard_address": "127.0.0.1:0"}, scale=2))
     try:
         workers = client.scheduler_info(n_workers=-1)["workers"]
-        assert len(workers) == 2 and all(w["nthreads"] == 1 for w in workers.values())
+        assert len(workers) == 2 and all(w["nthreads"] == 1 for w in workers.values())  # auto: cores / workers
+        # the recipe's dask_config reaches the worker processes
+        import dask
+
+        assert set(client.run(dask.config.get, "distributed.worker.profile.interval").values()) == {"100ms"}
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
         assert all(addr.startswith("tcp://127.0.0.1:") for addr in workers)
     finally:
@@ -37,6 +41,30 @@ def test_local_recipe_starts_single_threaded_workers_on_127_0_0_1():
         cluster.close()
     assert local_workers(memory_gb=64, cores=16) == 16 and local_workers(memory_gb=7, cores=16) == 2
     assert local_workers(memory_gb=1, cores=4) == 1
+
+
+def _model_thread_torch_threads(weights: str) -> int:
+    import torch
+
+    from pipeline.config import InferSpec
+    from pipeline.infer import get_predictor, on_model_thread
+
+    get_predictor(weights, InferSpec(overlap=16))
+    return on_model_thread(torch.get_num_threads)
+
+
+def test_a_worker_runs_the_model_on_as_many_torch_threads_as_it_has_threads(tiny_weights_file):
+    """Dask starts workers with OMP_NUM_THREADS=1; the model thread takes the worker's thread count instead,
+    whether the model is first built by a task or by ``Client.run`` (as the benchmarks warm it)."""
+    from distributed import Client, LocalCluster
+
+    for warm_with_run in (True, False):
+        with LocalCluster(n_workers=1, threads_per_worker=2, host="127.0.0.1", dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            if warm_with_run:
+                assert set(client.run(_model_thread_torch_threads, str(tiny_weights_file)).values()) == {2}
+            assert client.submit(_model_thread_torch_threads, str(tiny_weights_file), pure=False).result() == 2
+            assert set(client.run(lambda: __import__("os").environ["OMP_NUM_THREADS"]).values()) == {"1"}
 
 
 def test_gpu_recipe_refuses_cleanly_without_a_gpu(tiny_weights_file, tmp_path):
@@ -58,6 +86,7 @@ def test_slurm_recipe_renders_a_gpu_job_script_through_dask_jobqueue():
     script = render(load_recipe("slurm", {"scheduler_options": {"host": "127.0.0.1"}}))
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script
     assert "#SBATCH -t 04:00:00" in script and "#SBATCH --cpus-per-task=8" in script
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms" in script  # the recipe's dask_config
     assert re.search(r"#SBATCH --mem=6\dG", script)  # 64GB as jobqueue writes it
     assert "--resources GPU=1" in script and "--nthreads 8" in script
     assert "tcp://127.0.0.1:" in script  # the worker connects to the scheduler the recipe started
@@ -71,7 +100,7 @@ def test_kubernetes_recipe_renders_the_operator_manifest_with_gpu_workers():
     assert worker["replicas"] == 2 and container["image"] == "cloudmask-pipeline:0.1.0"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     args = container["args"]
-    assert args[:4] == ["dask", "worker", "--nthreads", "1"] and args[4:6] == ["--resources", "GPU=1"]
+    assert args[:4] == ["dask", "worker", "--nthreads", "4"] and args[4:6] == ["--resources", "GPU=1"]
     assert worker["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in str(scheduler["resources"])  # the scheduler needs no GPU

@@ -154,8 +154,13 @@ def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, fi
     deadline = time.time() + 60
     while not (out / "_cloudmask" / "lock.json").exists() and time.time() < deadline:
         time.sleep(0.05)
-    second = subprocess.run(cli_job(api, out, tiny_weights_file, "--workers", "1"), capture_output=True, text=True,
-                            timeout=600)
+    # The first job is frozen (SIGSTOP) while it holds the store: otherwise it can finish before the second starts.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(cli_job(api, out, tiny_weights_file, "--workers", "1"), capture_output=True,
+                                text=True, timeout=600)
+    finally:
+        first.send_signal(signal.SIGCONT)
     lines += first.stdout.readlines()
     first.wait(600)
     assert second.returncode == 2 and "is being written by another job" in second.stderr

@@ -1,13 +1,17 @@
 """Tiled prediction on arrays: halo invariance, odd sizes, nodata, precision agreement, model cache."""
 
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.config import InferSpec
 from pipeline.errors import ConfigError, InputError
-from pipeline.infer import Predictor, get_predictor, predict
-from pipeline.model.weights import load_weights
+from pipeline.infer import (Predictor, cpu_has_native_bf16, get_predictor, heap_for_activations, on_model_thread, predict,
+                            predictor_stats, reset_predictor_stats, resolve_precision)
+from pipeline.model.weights import default_weights, load_weights
 from pipeline.testing import eolearn_scenes, sen12mscr_patch
 
 SPEC = InferSpec(overlap=16, batch_size=4)  # tiny weights: 64 px tiles, stride 48
@@ -137,3 +141,67 @@ def test_cuda_autocast_agrees_with_cpu(tiny_weights_file, scene):
     gpu = get_predictor(tiny_weights_file, InferSpec(overlap=16, device="cuda")).predict(scene).classes
     assert (cpu == gpu).mean() > 0.98
     assert torch.cuda.is_available()
+
+
+def test_starter_weights_bf16_agrees_with_fp32_on_real_scenes(scene):
+    """The CPU default (bf16 where the CPU has it) keeps >= 99.5 % of the shipped weights' classes on real scenes."""
+    fp32 = Predictor(load_weights(default_weights()), InferSpec(precision="fp32"))
+    bf16 = Predictor(load_weights(default_weights()), InferSpec(precision="bf16"))
+    same = total = 0
+    for img in [scene, eolearn_scenes()[0]]:
+        a, b = fp32.predict(img).classes, bf16.predict(img).classes
+        valid = (a != 255) & (b != 255)
+        same, total = same + int((a[valid] == b[valid]).sum()), total + int(valid.sum())
+    assert total > 60_000 and same / total >= 0.995
+
+
+def test_auto_precision_is_bf16_exactly_on_cpus_with_bf16_instructions():
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert cpu_has_native_bf16() == native
+    assert resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+    assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
+
+
+def test_default_overlap_is_an_eighth_of_the_tile(tiny_weights_file):
+    assert InferSpec().overlap_for(256) == 32 and InferSpec().overlap_for(512) == 64
+    assert InferSpec(overlap=0).overlap_for(512) == 0
+    p = Predictor(load_weights(tiny_weights_file), InferSpec())
+    assert (p.grid.tile, p.grid.overlap) == (64, 8)
+
+
+def test_models_are_built_and_run_on_the_one_model_thread(tiny_weights_file, scene):
+    """Torch is only ever called from one thread per process (own OpenMP team), whichever thread predicts."""
+    p = Predictor(load_weights(tiny_weights_file), SPEC)
+    seen = set()
+    p.model.register_forward_hook(lambda *_: seen.add(threading.current_thread().name))
+    threads = [threading.Thread(target=p.predict, args=(scene[:, :100, :100],)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    p.predict(scene[:, :100, :100])
+    assert len(seen) == 1 and next(iter(seen)).startswith("cloudmask-model")
+    assert p.stats.tiles == 4 * 9 and p.stats.first_start <= p.stats.last_end  # 3 x 3 tiles per call
+
+
+def test_model_thread_takes_the_threads_asked_for(tiny_weights_file):
+    before = on_model_thread(torch.get_num_threads)
+    try:
+        Predictor(load_weights(tiny_weights_file), InferSpec(overlap=16, threads=1))
+        assert on_model_thread(torch.get_num_threads) == 1
+    finally:
+        on_model_thread(torch.set_num_threads, before)
+
+
+def test_predictor_counters_sum_and_reset(tiny_weights_file):
+    p = get_predictor(tiny_weights_file, SPEC)
+    reset_predictor_stats()
+    assert predictor_stats()["tiles"] == 0
+    p.predict(np.full((13, 64, 64), 900, np.uint16))
+    stats = predictor_stats()
+    assert stats["tiles"] == 4 and stats["forward_s"] > 0 and stats["first_start"] <= stats["last_end"]
+
+
+def test_heap_threshold_is_set_on_glibc():
+    assert heap_for_activations() is True  # this machine runs glibc; elsewhere it returns False, never raises

@@ -28,7 +28,8 @@ def cube():
 
 def test_aligned_chunks():
     assert aligned_chunks(1000, 400, 48) == (384, 384, 232)
-    assert aligned_chunks(100, 10, 48) == (48, 48, 4)
+    assert aligned_chunks(100, 10, 48) == (48, 52)  # a remainder under one stride joins the last chunk
+    assert aligned_chunks(140, 10, 48) == (48, 92)
     assert sum(aligned_chunks(10980, 2048, 448)) == 10980
 
 

@@ -94,3 +94,15 @@ def test_run_without_weights_fails_before_starting_a_cluster(tmp_path):
 def test_weights_info_on_missing_file():
     proc = run("weights", "info", "/nonexistent/w.safetensors", check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_run_settings_carry_precision_and_the_default_overlap():
+    from flows.run import DEFAULTS, job_spec
+
+    base = dict(DEFAULTS, stac_url="http://127.0.0.1:1", collection="c", out="x.zarr")
+    assert job_spec(base).infer.precision == "auto" and job_spec(base).infer.overlap is None
+    spec = job_spec(dict(base, precision="fp32", overlap=16))
+    assert (spec.infer.precision, spec.infer.overlap) == ("fp32", 16)
+    bad = run("run", "--stac-url", "http://127.0.0.1:1", "--collection", "c", "--out", "x.zarr", "--precision", "fp8",
+              check=False)
+    assert bad.returncode == 2 and "invalid choice: 'fp8'" in bad.stderr

@@ -1,0 +1,62 @@
+"""``cloudmask benchmark precision|pipeline|memory``: each runs its real path (real scenes; the demo archive or
+a full-size scene behind the local STAC API on a local Dask worker) and prints and writes figures that hang
+together. Run here with the tiny model and small sizes; the figures in the README come from the same commands
+with the defaults."""
+
+import json
+
+import pytest
+
+from test_cli import run  # tests/flows is on sys.path (pytest prepend import mode)
+
+
+def test_precision_benchmark_compares_each_mode_with_fp32_on_real_scenes(tiny_weights_file, tmp_path):
+    out = run("benchmark", "precision", "--weights", str(tiny_weights_file), "--precisions", "fp32,bf16",
+              "--scenes", "sen12mscr-ROIs1868-p30,eolearn-0", "--per-scene", "--json", str(tmp_path / "p.json")).stdout
+    assert "--precision auto here:" in out and "same class" in out and "eolearn-0" in out
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    assert rows[0]["same_class_pct"] == 100.0 and rows[0]["speedup"] == 1.0  # the reference against itself
+    assert 90.0 < rows[1]["same_class_pct"] <= 100.0 and rows[1]["ms_per_tile"] > 0 and rows[1]["tiles"] > 0
+    assert set(rows[1]["per_scene"]) == {"sen12mscr-ROIs1868-p30", "eolearn-0"}
+    bad = run("benchmark", "precision", "--precisions", "bf16,fp32", check=False)
+    assert bad.returncode == 2 and "the first must be fp32" in bad.stderr
+    bad = run("benchmark", "precision", "--scenes", "nowhere", check=False)
+    assert bad.returncode == 2 and "unknown ['nowhere']" in bad.stderr
+
+
+def test_pipeline_benchmark_runs_the_job_per_model_on_one_worker(tiny_weights_file, tmp_path):
+    out = run("benchmark", "pipeline", "--out", str(tmp_path), "--models", "mscloudcam,ukis-csmask",
+              "--weights", str(tiny_weights_file), "--json", str(tmp_path / "b.json")).stdout
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["scenes"] == 2 and figures["threads"] >= 1 and "one local worker" in out
+    ours, ukis = figures["rows"]
+    assert (ours["model"], ukis["model"]) == ("mscloudcam", "ukis-csmask")
+    for row in (ours, ukis):
+        assert 0 < row["forward_s"] < row["wall_s"] and 0 < row["efficiency"] < 1
+        assert 0 <= row["other_tasks_during_model_s"] <= row["other_tasks_s"] and row["other_tasks_s"] > 0
+        assert row["before_first_forward_s"] > 0 and row["after_last_forward_s"] > 0
+        assert row["mpx_per_s"] == pytest.approx(figures["mpx"] / row["wall_s"])
+    # the tiny model's 64 px tiles with the default overlap of 8 px: at least the non-overlapping count
+    assert ours["tile"] == 64 and ours["tiles_run"] >= ours["tiles_needed"] > 0 and ours["overlap_overhead"] >= 1
+    assert figures["ratios"]["ukis-csmask"] == pytest.approx(ours["mpx_per_s"] / ukis["mpx_per_s"])
+    assert "MSCloudCAM / ukis-csmask:" in out and "s2cloudless" not in figures["ratios"]
+    for model in ("mscloudcam", "ukis-csmask"):  # each model wrote its own complete store
+        table = (tmp_path / f"{model}.zarr" / "_cloudmask" / "scenes.csv").read_text()
+        assert table.count(",ok,") == 2
+
+
+def test_memory_benchmark_reports_worker_memory_scene_after_scene(tiny_weights_file, tmp_path):
+    out = run("benchmark", "memory", "--out", str(tmp_path), "--size", "600", "--scenes", "2",
+              "--weights", str(tiny_weights_file), "--json", str(tmp_path / "m.json")).stdout
+    figures = json.loads((tmp_path / "m.json").read_text())
+    assert [r["after"] for r in figures["rows"]] == ["[1/2]", "[2/2]"]
+    assert 0.2 < figures["peak_gb"] < 4 and figures["peak_gb"] == max(r["peak_gb"] for r in figures["rows"])
+    assert all(0 < r["rss_gb"] <= r["peak_gb"] for r in figures["rows"])
+    assert figures["tiles"] > 0 and 0 < figures["forward_s"] < figures["wall_s"]
+    assert 0 <= figures["other_tasks_during_model_s"] <= figures["other_tasks_s"] and figures["other_tasks_s"] > 0
+    assert "peak worker memory" in out and "limit 4.0 GB" in out
+    items = json.loads((tmp_path / "fullsize-600" / "items.json").read_text())["features"]
+    assert len(items) == 2 and items[0]["assets"]["B02"]["proj:shape"] == [600, 600]
+    assert items[0]["assets"]["B01"]["proj:shape"] == [100, 100]  # 60 m band at its native resolution
+    assert items[0]["assets"]["B02"]["href"] == items[1]["assets"]["B02"]["href"]  # one scene, two acquisitions
