@@ -87,8 +87,6 @@ def variant_model(model: torch.nn.Module, variant: str) -> tuple[torch.nn.Module
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if variant not in VARIANTS:
-        raise ConfigError(f"--variants: unknown {variant!r}; expected some of {', '.join(VARIANTS)}")
     layout = torch.contiguous_format if variant == "contiguous" else torch.channels_last
     model = model.to(memory_format=layout)
     for m in model.modules():  # timm's attention blocks pick fused SDPA or the written-out form by this flag
@@ -163,6 +161,9 @@ def run_model(args: argparse.Namespace) -> int:
         raise ConfigError(f"--repeats {repeats} must be >= 1 and --warmup {warmup} >= 0")
 
     variants = csv_list(args.variants, str, "variants")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}")
     base = create_model(args.model, in_chans=args.bands, cam_bypass=args.cam_bypass).eval()
     size = base.img_size
     params = sum(p.numel() for p in base.parameters())

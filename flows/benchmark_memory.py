@@ -61,8 +61,10 @@ def run(args) -> int:
     from .clusters import load_recipe, start
     from .stacserver import local_stac_api
 
-    if args.size < 256 or args.scenes < 1:
-        raise ConfigError(f"--size {args.size} must be at least 256 and --scenes {args.scenes} at least 1")
+    if args.size < 256:
+        raise ConfigError(f"--size {args.size} is too small; give at least 256 (10 m pixels; a full tile is 10980)")
+    if args.scenes < 1:
+        raise ConfigError(f"--scenes {args.scenes} must be at least 1")
     threads = args.threads or len(os.sched_getaffinity(0))
     out = Path(args.out)
     spec = JobSpec(search=None, out=str(out / "fullsize.zarr"), weights=args.weights, infer=InferSpec(),

@@ -63,7 +63,8 @@ def run(args) -> int:
     from pipeline.archive import collection, demo_archive
     from pipeline.config import InferSpec, SearchSpec
     from pipeline.errors import ConfigError
-    from pipeline.infer import predictor_stats, reset_predictor_stats
+    from pipeline.infer import (precision_name, predictor_stats, reset_predictor_stats, resolve_device,
+                                resolve_precision)
     from pipeline.job import JobSpec, check_job, run_job
     from pipeline.model.weights import cached_weights, default_weights
 
@@ -132,7 +133,8 @@ def run(args) -> int:
                     row.update(tile=tile, overlap=spec.infer.overlap_for(tile), tiles_run=counters["tiles"],
                                tiles_needed=needed,
                                overlap_overhead=counters["tiles"] / needed,
-                               precision=str(_precision(client, spec)))
+                               precision=precision_name(resolve_precision(spec.infer.precision,
+                                                                          resolve_device(spec.infer.device))))
                 rows[m] = row
                 extra = (f"  tiles {row['tiles_run']}/{row['tiles_needed']} = overlap overhead "
                          f"{row['overlap_overhead']:.2f} ({tile} px tiles, overlap {row['overlap']}, {row['precision']})"
@@ -185,12 +187,3 @@ def _machine() -> str:
     import torch
 
     return f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
-
-
-def _precision(client, spec) -> str:
-    def probe(weights, infer):
-        from pipeline.infer import get_predictor
-
-        return str(getattr(get_predictor(weights, infer), "dtype", "n/a")).replace("torch.", "")
-
-    return next(iter(client.run(probe, spec.weights, spec.infer).values()))

@@ -42,7 +42,7 @@ def run(args) -> int:
     from pipeline.config import InferSpec
     from pipeline.datasets.scenes import all_scenes
     from pipeline.errors import ConfigError
-    from pipeline.infer import Predictor, resolve_device, resolve_precision
+    from pipeline.infer import Predictor, precision_name, resolve_device, resolve_precision
     from pipeline.model.weights import cached_weights, default_weights
 
     from .benchmark import csv_list, machine_name
@@ -50,6 +50,8 @@ def run(args) -> int:
     precisions = csv_list(args.precisions, str, "precisions")
     if precisions[0] != "fp32":
         raise ConfigError(f"--precisions {args.precisions}: the first must be fp32, the reference")
+    for prec in precisions:
+        InferSpec(precision=prec)  # a bad name fails now, not after the fp32 pass
     batch_sizes = csv_list(args.batch_sizes, int, "batch-sizes")
     weights = cached_weights(str(args.weights or default_weights()))
     device = resolve_device(args.device)
@@ -60,8 +62,7 @@ def run(args) -> int:
         if unknown:
             raise ConfigError(f"--scenes: unknown {sorted(unknown)}; known: {', '.join(s.name for s in scenes)}")
         scenes = [s for s in scenes if s.name in wanted]
-    auto = str(resolve_precision("auto", device)).replace("torch.", "").replace("bfloat16", "bf16").replace(
-        "float32", "fp32").replace("float16", "fp16")
+    auto = precision_name(resolve_precision("auto", device))
     print(f"weights {weights.source} ({weights.meta.tile_size} px tiles); {len(scenes)} real scenes, "
           f"{sum(s.dn.shape[1] * s.dn.shape[2] for s in scenes) / 1e6:.2f} Mpx; device {device.type} -- "
           f"{machine_name(device)}; --precision auto here: {auto}", flush=True)

@@ -79,7 +79,15 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         if device.type != "cuda":
             return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return PRECISION_DTYPES[precision]
+
+
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for a dtype ``resolve_precision`` returns."""
+    return next(name for name, d in PRECISION_DTYPES.items() if d == dtype)
 
 
 class Predictor:
@@ -115,12 +123,9 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def forward_probs(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(N, K, T, T)`` float32 for a batch of normalised tiles ``(N, C, T, T)``."""
-        return on_model_thread(self._forward, batch)
-
     def submit_forward(self, batch: np.ndarray):
-        """``forward_probs`` queued on the model thread: a ``concurrent.futures.Future`` of its result."""
+        """Softmax probabilities ``(N, K, T, T)`` float32 of normalised tiles ``batch (N, C, T, T)``, queued on the
+        model thread: a ``concurrent.futures.Future`` of them."""
         return _MODEL_THREAD.submit(self._forward, batch)
 
     def _build(self, weights: Weights, model: torch.nn.Module | None) -> torch.nn.Module:
