@@ -52,7 +52,7 @@ def run(args) -> int:
     from pipeline.archive import collection, full_size_archive
     from pipeline.config import InferSpec, SearchSpec
     from pipeline.errors import ConfigError
-    from pipeline.infer import predictor_stats, reset_predictor_stats
+    from pipeline.detectors import predictor_stats, reset_predictor_stats
     from pipeline.job import JobSpec, check_job, run_job
 
     from distributed import get_task_stream

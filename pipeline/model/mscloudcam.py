@@ -2,7 +2,7 @@
 attention -> transposed-conv decoder with deep supervision.
 
 Reads top-down: the assembled network, then the named variants registered with :mod:`.registry`.
-Layer-by-layer reference: ``spec/mscloudcam.md`` (47,446,157 parameters at 13 bands).
+Layer-by-layer reference: ``docs/mscloudcam.md`` (47,446,157 parameters at 13 bands).
 """
 
 from __future__ import annotations

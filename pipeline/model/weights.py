@@ -206,13 +206,9 @@ _CACHE: dict[tuple, Weights] = {}
 
 def cached_weights(source: str | Path) -> Weights:
     """``load_weights(source)`` once per process and file version (path, mtime, size): workers and the job's
-    per-scene planning reuse it instead of re-reading and re-hashing the file. The names of the peer
-    models (``s2cloudless``, ``ukis-csmask``) stand for those models (``pipeline.peers``)."""
+    per-scene planning reuse it instead of re-reading and re-hashing the file (peers' names are resolved
+    by ``pipeline.detectors``)."""
     source = str(source)
-    from ..peers import PEER_MODELS, peer_weights
-
-    if source in PEER_MODELS:
-        return peer_weights(source)
     path = Path(source)
     stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
     key = (source, stamp)
@@ -225,12 +221,14 @@ STARTER_WEIGHTS = "mscloudcam_s2l1c_starter.safetensors"
 
 
 def default_weights() -> str:
-    """The weights used when none are given: ``$CLOUDMASK_WEIGHTS``, else the starter weights shipped in
-    the repository's ``weights/`` folder (see ``weights/README.md``)."""
+    """The weights used when none are given: ``$CLOUDMASK_WEIGHTS``, else the starter weights shipped with
+    the package (the repository's ``weights/`` folder; see ``weights/README.md``)."""
     env = os.environ.get("CLOUDMASK_WEIGHTS")
     if env:
         return env
-    path = Path(__file__).resolve().parents[2] / "weights" / STARTER_WEIGHTS
+    from ..shipped import shipped_dir
+
+    path = shipped_dir("weights") / STARTER_WEIGHTS
     if not path.is_file():
         raise WeightsError(
             f"no weights given, and no starter weights are shipped yet ({str(path)!r} is missing); pass "

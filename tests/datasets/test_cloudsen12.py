@@ -66,7 +66,7 @@ def test_label_values_outside_the_codes_are_refused(tmp_path):
     import tacotoolbox
     from tacotoolbox.specification import Contact, Extent
 
-    from pipeline.testing import _write_tif
+    from factories import _write_tif
 
     img = _write_tif(tmp_path / "img.tif", np.full((13, 509, 509), 900, np.uint16))
     lab = _write_tif(tmp_path / "lab.tif", np.full((509, 509), 7, np.uint8))

@@ -10,8 +10,8 @@ import pytest
 from test_cli import run  # tests/flows is on sys.path (pytest prepend import mode)
 
 
-def test_precision_benchmark_compares_each_mode_with_fp32_on_real_scenes(tiny_weights_file, tmp_path):
-    out = run("benchmark", "precision", "--weights", str(tiny_weights_file), "--precisions", "fp32,bf16",
+def test_precision_benchmark_compares_each_mode_with_fp32_on_real_scenes(test_weights_file, tmp_path):
+    out = run("benchmark", "precision", "--weights", str(test_weights_file), "--precisions", "fp32,bf16",
               "--scenes", "sen12mscr-ROIs1868-p30,eolearn-0", "--per-scene", "--json", str(tmp_path / "p.json")).stdout
     assert "--precision auto here:" in out and "same class" in out and "eolearn-0" in out
     rows = json.loads((tmp_path / "p.json").read_text())["rows"]
@@ -25,9 +25,9 @@ def test_precision_benchmark_compares_each_mode_with_fp32_on_real_scenes(tiny_we
     assert bad.returncode == 2 and "unknown ['nowhere']" in bad.stderr
 
 
-def test_pipeline_benchmark_runs_the_job_per_model_on_one_worker(tiny_weights_file, tmp_path):
+def test_pipeline_benchmark_runs_the_job_per_model_on_one_worker(test_weights_file, tmp_path):
     out = run("benchmark", "pipeline", "--out", str(tmp_path), "--models", "mscloudcam,ukis-csmask",
-              "--weights", str(tiny_weights_file), "--json", str(tmp_path / "b.json")).stdout
+              "--weights", str(test_weights_file), "--json", str(tmp_path / "b.json")).stdout
     figures = json.loads((tmp_path / "b.json").read_text())
     assert figures["scenes"] == 2 and figures["threads"] >= 1 and "one local worker" in out
     ours, ukis = figures["rows"]
@@ -46,9 +46,9 @@ def test_pipeline_benchmark_runs_the_job_per_model_on_one_worker(tiny_weights_fi
         assert table.count(",ok,") == 2
 
 
-def test_memory_benchmark_reports_worker_memory_scene_after_scene(tiny_weights_file, tmp_path):
+def test_memory_benchmark_reports_worker_memory_scene_after_scene(test_weights_file, tmp_path):
     out = run("benchmark", "memory", "--out", str(tmp_path), "--size", "600", "--scenes", "2",
-              "--weights", str(tiny_weights_file), "--json", str(tmp_path / "m.json")).stdout
+              "--weights", str(test_weights_file), "--json", str(tmp_path / "m.json")).stdout
     figures = json.loads((tmp_path / "m.json").read_text())
     assert [r["after"] for r in figures["rows"]] == ["[1/2]", "[2/2]"]
     assert 0.2 < figures["peak_gb"] < 4 and figures["peak_gb"] == max(r["peak_gb"] for r in figures["rows"])

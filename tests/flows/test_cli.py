@@ -59,11 +59,11 @@ def test_benchmark_on_cuda_without_gpu_is_a_clear_error():
     assert proc.returncode == 2 and "torch sees no CUDA GPU" in proc.stderr
 
 
-def test_weights_info(tiny_weights_file):
-    out = run("weights", "info", str(tiny_weights_file)).stdout
+def test_weights_info(test_weights_file):
+    out = run("weights", "info", str(test_weights_file)).stdout
     assert "mscloudcam_tiny" in out and "B8A" in out and "DN / 3000" in out and "3=cloud_shadow" in out
-    meta = json.loads(run("weights", "info", str(tiny_weights_file), "--json").stdout)
-    assert meta["sha256"] == load_weights(tiny_weights_file).sha256
+    meta = json.loads(run("weights", "info", str(test_weights_file), "--json").stdout)
+    assert meta["sha256"] == load_weights(test_weights_file).sha256
 
 
 def test_weights_convert_a_trusted_checkpoint(tmp_path):

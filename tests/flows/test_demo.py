@@ -12,10 +12,10 @@ import rasterio
 import xarray as xr
 
 
-def test_demo_runs_and_resumes(tmp_path, tiny_weights_file):
+def test_demo_runs_and_resumes(tmp_path, test_weights_file):
     cloudmask = str(Path(sys.executable).with_name("cloudmask"))
     out = tmp_path / "demo"
-    cmd = [cloudmask, "demo", "--out", str(out), "--weights", str(tiny_weights_file), "--overlap", "16"]
+    cmd = [cloudmask, "demo", "--out", str(out), "--weights", str(test_weights_file), "--overlap", "16"]
     servers_before = set(glob.glob(f"{tempfile.gettempdir()}/cloudmask-stac-*"))
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -128,8 +128,8 @@ def test_evaluate_prints_the_paper_table(uninterrupted, cloudsen12_taco, tmp_pat
     assert s["aacc"] == pytest.approx(100 * sum(tp) / s["pixels"], abs=0.01)
 
 
-def test_evaluate_starter_with_teachers(tiny_weights_file, tmp_path):
-    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(tiny_weights_file), "--dataset", "starter",
+def test_evaluate_starter_with_teachers(test_weights_file, tmp_path):
+    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(test_weights_file), "--dataset", "starter",
                         "--split", "test", "--teachers", "--json", str(tmp_path / "t.json")],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
@@ -139,7 +139,7 @@ def test_evaluate_starter_with_teachers(tiny_weights_file, tmp_path):
     assert 0 <= t["s2cloudless"]["agreement"] <= 100
 
 
-def test_evaluate_refuses_weights_for_other_bands(tiny_weights_file, l8biome_root):
-    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(tiny_weights_file), "--dataset", "l8biome",
+def test_evaluate_refuses_weights_for_other_bands(test_weights_file, l8biome_root):
+    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(test_weights_file), "--dataset", "l8biome",
                         "--data", str(l8biome_root)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "11 bands but the weights take 13" in p.stderr

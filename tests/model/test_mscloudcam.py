@@ -1,4 +1,4 @@
-"""MSCloudCAM against spec/mscloudcam.md: parameter counts, FLOPs, shapes, CAM wiring, loss, backbone loading."""
+"""MSCloudCAM against docs/mscloudcam.md: parameter counts, FLOPs, shapes, CAM wiring, loss, backbone loading."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from pipeline.errors import UnknownModelError
 from pipeline.model import create_model, deep_supervision_loss, list_models
 from pipeline.model.attention import eca_kernel_size
 from pipeline.model.backbone import SwinBackbone
-from pipeline.testing import sen12mscr_patch
+from pipeline.datasets.scenes import sen12mscr_patch
 
 
 def nparams(module):

@@ -15,9 +15,9 @@ from pipeline.model.weights import WeightsMeta, load_weights, save_weights
 from pipeline.sensors import CLASS_NAMES, SENTINEL2_L1C
 
 
-def test_round_trip_keeps_tensors_metadata_and_sha(tiny_weights_file):
-    w = load_weights(tiny_weights_file)
-    assert w.sha256 == hashlib.sha256(tiny_weights_file.read_bytes()).hexdigest()
+def test_round_trip_keeps_tensors_metadata_and_sha(test_weights_file):
+    w = load_weights(test_weights_file)
+    assert w.sha256 == hashlib.sha256(test_weights_file.read_bytes()).hexdigest()
     assert w.meta.model == "mscloudcam_tiny"
     assert w.meta.bands == SENTINEL2_L1C.bands
     assert w.meta.classes == CLASS_NAMES and w.meta.class_codes == (0, 1, 2, 3)
@@ -59,18 +59,18 @@ def test_fp16_keeps_tensors_that_would_overflow_in_fp32(tmp_path):
     assert state["decoder.head.weight"].dtype == torch.float16
 
 
-def test_load_from_file_url(tiny_weights_file):
-    w = load_weights(tiny_weights_file.as_uri())
+def test_load_from_file_url(test_weights_file):
+    w = load_weights(test_weights_file.as_uri())
     assert w.meta.model == "mscloudcam_tiny"
 
 
-def test_load_from_http_url_through_fsspec_cache(tiny_weights_file, tmp_path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tiny_weights_file.parent))
+def test_load_from_http_url_through_fsspec_cache(test_weights_file, tmp_path):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(test_weights_file.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}/{tiny_weights_file.name}"
-        w = load_weights(url, cache_dir=tmp_path / "cache", expected_sha256=load_weights(tiny_weights_file).sha256)
+        url = f"http://127.0.0.1:{server.server_port}/{test_weights_file.name}"
+        w = load_weights(url, cache_dir=tmp_path / "cache", expected_sha256=load_weights(test_weights_file).sha256)
         assert w.source == url
         assert any((tmp_path / "cache").iterdir())
         with pytest.raises(WeightsError, match="could not fetch weights"):
@@ -90,8 +90,8 @@ def test_pickle_checkpoints_are_refused_with_conversion_advice(tmp_path):
         load_weights(tmp_path / "model.safetensors")
 
 
-def test_corrupt_and_truncated_files_are_refused(tiny_weights_file, tmp_path):
-    data = tiny_weights_file.read_bytes()
+def test_corrupt_and_truncated_files_are_refused(test_weights_file, tmp_path):
+    data = test_weights_file.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match="truncated or corrupt"):
         load_weights(tmp_path / "cut.safetensors")
@@ -99,7 +99,7 @@ def test_corrupt_and_truncated_files_are_refused(tiny_weights_file, tmp_path):
     with pytest.raises(WeightsError, match="not a readable safetensors"):
         load_weights(tmp_path / "junk.safetensors")
     with pytest.raises(WeightsError, match="sha256"):
-        load_weights(tiny_weights_file, expected_sha256="0" * 64)
+        load_weights(test_weights_file, expected_sha256="0" * 64)
 
 
 def test_file_without_contract_is_refused(tmp_path):
@@ -110,15 +110,15 @@ def test_file_without_contract_is_refused(tmp_path):
         load_weights(tmp_path / "bare.safetensors")
 
 
-def test_band_and_class_mismatch_name_both_lists(tiny_weights_file):
+def test_band_and_class_mismatch_name_both_lists(test_weights_file):
     l8 = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"]
     with pytest.raises(WeightsMismatchError) as err:
-        load_weights(tiny_weights_file, bands=l8)
+        load_weights(test_weights_file, bands=l8)
     msg = str(err.value)
     assert "'B8A'" in msg and "'B9'" in msg and "bands" in msg
     with pytest.raises(WeightsMismatchError, match=r"classes.*'cloud_shadow'.*\['clear', 'cloud'\]"):
-        load_weights(tiny_weights_file, classes=["clear", "cloud"])
-    load_weights(tiny_weights_file, bands=list(SENTINEL2_L1C.bands), classes=list(CLASS_NAMES))
+        load_weights(test_weights_file, classes=["clear", "cloud"])
+    load_weights(test_weights_file, bands=list(SENTINEL2_L1C.bands), classes=list(CLASS_NAMES))
 
 
 def test_tensors_that_do_not_fit_the_model_are_refused(tmp_path):
@@ -129,9 +129,9 @@ def test_tensors_that_do_not_fit_the_model_are_refused(tmp_path):
         load_weights(tmp_path / "w.safetensors").build_model()
 
 
-def test_metadata_is_plain_json_in_the_safetensors_header(tiny_weights_file):
+def test_metadata_is_plain_json_in_the_safetensors_header(test_weights_file):
     from safetensors import safe_open
 
-    with safe_open(str(tiny_weights_file), "pt") as f:
+    with safe_open(str(test_weights_file), "pt") as f:
         meta = json.loads(f.metadata()["cloudmask"])
     assert meta["bands"][10] == "B10" and meta["tile_size"] == 64
