@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from typing import Callable
 
@@ -19,6 +18,8 @@ from pipeline.config import InferSpec
 from pipeline.errors import ConfigError
 from pipeline.infer import resolve_device, resolve_precision
 from pipeline.model import create_model, list_models
+
+from .parsers import csv_list, machine_name
 
 
 def add_parser(sub) -> None:
@@ -53,16 +54,6 @@ def add_parser(sub) -> None:
     benchmark_precision.add_parser(bsub)
     benchmark_pipeline.add_parser(bsub)
     benchmark_memory.add_parser(bsub)
-
-
-def csv_list(text: str, cast, name: str) -> list:
-    try:
-        values = [cast(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--{name} {text!r} is not a comma-separated list") from None
-    if not values:
-        raise ConfigError(f"--{name} is empty")
-    return values
 
 
 def count_gmac(model: torch.nn.Module, bands: int, size: int) -> float:
@@ -136,12 +127,6 @@ def matmul_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
 
 
 def run_model(args: argparse.Namespace) -> int:

@@ -70,7 +70,7 @@ def run(args) -> int:
 
     from distributed import get_task_stream
 
-    from .benchmark import csv_list
+    from .parsers import csv_list
     from .clusters import load_recipe, start
     from .stacserver import local_stac_api
 
@@ -131,13 +131,14 @@ def run(args) -> int:
                 if m == "mscloudcam":
                     needed = sum(tiles_needed(s, tile) for s in shapes)
                     row.update(tile=tile, overlap=spec.infer.overlap_for(tile), tiles_run=counters["tiles"],
-                               tiles_needed=needed,
+                               tiles_needed=needed, filler_tiles=counters.get("filler", 0),
                                overlap_overhead=counters["tiles"] / needed,
                                precision=precision_name(resolve_precision(spec.infer.precision,
                                                                           resolve_device(spec.infer.device))))
                 rows[m] = row
                 extra = (f"  tiles {row['tiles_run']}/{row['tiles_needed']} = overlap overhead "
-                         f"{row['overlap_overhead']:.2f} ({tile} px tiles, overlap {row['overlap']}, {row['precision']})"
+                         f"{row['overlap_overhead']:.2f} (+{row['filler_tiles']} empty tiles filling short batches; "
+                         f"{tile} px tiles, overlap {row['overlap']}, {row['precision']})"
                          if "tiles_run" in row else "")
                 print(f"{m:12s} wall {wall:7.2f} s  {row['mpx_per_s']:6.3f} Mpx/s  forward {row['forward_s']:7.2f} s  "
                       f"efficiency {row['efficiency']:.2f}{extra}", flush=True)

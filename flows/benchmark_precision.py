@@ -46,7 +46,7 @@ def run(args) -> int:
     from pipeline.detectors import detector_weights
     from pipeline.model.weights import default_weights
 
-    from .benchmark import csv_list, machine_name
+    from .parsers import csv_list, machine_name
 
     precisions = csv_list(args.precisions, str, "precisions")
     if precisions[0] != "fp32":

@@ -155,12 +155,24 @@ def execute(spec, s: dict):
 def run_stats(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from pipeline.stats import write_table
+    from pipeline.stats import SceneStats, to_frame, write_table
+    from pipeline.store import MaskStore
 
-    table = Path(args.store) / "_cloudmask" / "scenes.csv"
-    if not table.is_file():
-        raise ConfigError(f"{args.store!r} has no statistics table ({table}); is it a store written by cloudmask run?")
-    frame = pd.read_csv(table, index_col="item_id")
+    store = MaskStore(args.store)
+    table = store.meta_dir / "scenes.csv"
+    done = {k: e["stats"] for k, e in store.done().items() if e.get("stats")}
+    if not table.is_file() and not done:
+        raise ConfigError(f"{args.store!r} has no statistics table ({table}) and no finished scene; is it a store "
+                          f"written by cloudmask run?")
+    # the table is written when a job ends; scenes finished since (by a job that was stopped) come from the manifest
+    frame = pd.read_csv(table, index_col="item_id") if table.is_file() else None
+    rows = [SceneStats(**row) for k, row in done.items()
+            if frame is None or k not in frame.index or frame.loc[k, "status"] != "ok"]
+    if rows:
+        newer = to_frame(rows)
+        frame = newer if frame is None else pd.concat([frame.drop(newer.index, errors="ignore"), newer])
+        print(f"{len(newer)} finished scenes are not in {table} yet (a job was stopped or is running); "
+              f"shown from the manifest")
     print(table_text(frame))
     for path in (args.csv, args.parquet):
         if path:

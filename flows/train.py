@@ -126,9 +126,14 @@ def run(args: argparse.Namespace) -> int:
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task("train", total=None, epoch=0, loss=float("nan"), miou="-")
 
+        plain = not progress.console.is_terminal  # batch jobs and pipes get lines instead of a live bar
+
         def on_step(s):
             progress.update(task, total=s["steps"], completed=s["step"] + 1, epoch=f"{s['epoch'] + 1}/{recipe.epochs}",
                             loss=s["loss"])
+            if plain and (s["step"] == 0 or (s["step"] + 1) % max(1, s["steps"] // 20) == 0):
+                print(f"epoch {s['epoch'] + 1}/{recipe.epochs} step {s['step'] + 1}/{s['steps']}: loss {s['loss']:.4f}",
+                      flush=True)
 
         def on_epoch(r):
             progress.update(task, miou=f"{r['val_miou']:.2f}")

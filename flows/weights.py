@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
 
     info = wsub.add_parser("info", help="print a weights file's contract (bands, classes, normalisation, sha256)")
-    info.add_argument("source", help="local path or fsspec URL of a .safetensors weights file")
+    info.add_argument("source", nargs="?", help="local path or fsspec URL of a .safetensors weights file "
+                                                "(default: the weights cloudmask run uses when given none)")
     info.add_argument("--json", action="store_true", help="print the metadata as JSON")
     info.set_defaults(func=run_info)
 
@@ -43,7 +44,9 @@ def add_parser(sub) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    w = load_weights(args.source)
+    from pipeline.model.weights import default_weights
+
+    w = load_weights(args.source or default_weights())
     meta = json.loads(w.meta.to_json())
     if args.json:
         print(json.dumps(dict(meta, sha256=w.sha256, source=w.source), indent=2))

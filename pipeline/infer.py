@@ -75,8 +75,8 @@ class Predictor:
         self.grid = TileGrid(tile=tile, overlap=overlap)
         self.divisor = float(self.meta.normalisation["divisor"])
         # CPU: batch 2 ran 20 % faster per tile than batch 1 on 256 px tiles and tied on 512 px ones; short
-        # batches are filled up to this size (see predict), so small tiles stop at 8
-        self.batch_size = spec.batch_size or (8 if self.device.type == "cuda" else min(8, max(1, 2 * 256 ** 2 // tile ** 2)))
+        # batches are filled up to this size (see predict), so small tiles stop at 4
+        self.batch_size = spec.batch_size or (8 if self.device.type == "cuda" else min(4, max(1, 2 * 256 ** 2 // tile ** 2)))
         if self.device.type == "cpu":
             threads = spec.threads or dask_worker_threads()
             if threads:  # on the thread that runs the model: OpenMP keeps the thread count per calling thread

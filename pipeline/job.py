@@ -129,6 +129,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
     chunk = aligned_chunk(spec.chunk, tile - spec.infer.overlap_for(tile))
     results: list[SceneStats] = []
     with store.lock():
+        log(f"writing {spec.out} (locked for this job)")
         by_grid: dict[Grid, list] = {}
         failed_early = []
         for item in items:

@@ -17,12 +17,16 @@ from pipeline.job import JobSpec, run_job  # noqa: E402
 from factories import tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
 
 
+# Fixtures that start services, clusters or long runs: a test using one is `slow` (kept out of `-m "not slow"`).
+SLOW_FIXTURES = {"api", "archive", "first_run", "cli_cluster", "cloudsen12_taco", "l8biome_root", "uninterrupted"}
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU; torch sees none")
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU; torch sees none")
     for item in items:
-        if "gpu" in item.keywords:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if skip and "gpu" in item.keywords:
             item.add_marker(skip)
 
 

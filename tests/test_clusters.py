@@ -12,6 +12,8 @@ import yaml
 from flows.clusters import RECIPES, kubernetes_spec, load_recipe, local_workers, render, start
 from pipeline.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

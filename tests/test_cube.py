@@ -62,3 +62,16 @@ def test_missing_asset_is_named(archive):
     broken = dict(old, assets={k: v for k, v in old["assets"].items() if k != "B04"})
     with pytest.raises(InputError, match=r"bands \['B04'\] have no asset"):
         load_scene(pystac.Item.from_dict(broken), DEMO, BANDS, chunk=448)
+
+
+def test_an_asset_holding_several_bands_is_refused_by_name(archive):
+    """One band per asset: an asset whose raster:bands lists two (a stacked file) is refused, naming it, rather
+    than read as its first band."""
+    import json
+
+    _, old, _ = archive
+    d = json.loads(json.dumps(old))
+    d["assets"]["B03"]["raster:bands"] = d["assets"]["B03"]["raster:bands"] * 2
+    with pytest.raises(InputError, match=r"asset 'B03' \(B03\) holds 2 bands \(raster:bands\); expected one band"):
+        load_scene(pystac.Item.from_dict(d), DEMO, BANDS, chunk=448)
+    load_scene(pystac.Item.from_dict(old), DEMO, BANDS, chunk=448)  # the item as written passes

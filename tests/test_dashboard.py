@@ -12,6 +12,9 @@ from pipeline.job import run_job
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
+pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
+
+
 # every string held by the page's Bokeh data sources (the task stream, the progress bars)
 PAGE_STRINGS = """
 const out = [];

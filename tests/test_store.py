@@ -56,7 +56,7 @@ def test_store_round_trip_in_a_fresh_process(tmp_path):
         ds = xr.open_zarr({str(tmp_path / 'out.zarr')!r}, group={group!r})
         m = ds.mask
         print(json.dumps(dict(crs=str(ds.rio.crs), mcrs=str(m.rio.crs), dtype=str(m.dtype), nodata=int(m.rio.nodata),
-            flags=m.attrs["flag_meanings"], ids=[str(i) for i in ds.item_id.values], x0=float(ds.x[0]), y0=float(ds.y[0]),
+            flags=m.attrs["flag_meanings"], values=[int(v) for v in m.attrs["flag_values"]], ids=[str(i) for i in ds.item_id.values], x0=float(ds.x[0]), y0=float(ds.y[0]),
             status=ds.status.values.tolist(), cc=float(ds.cloud_cover[0]), unwritten=int(m.isel(time=1).max()),
             model=ds.attrs["model"], transform=list(m.rio.transform())[:6], first=m.isel(time=0).values[10:12, :4].tolist())))
     """)
@@ -65,7 +65,7 @@ def test_store_round_trip_in_a_fresh_process(tmp_path):
     out = json.loads(proc.stdout)
     assert out["crs"] == out["mcrs"] == "EPSG:32633"
     assert out["dtype"] == "uint8" and out["nodata"] == 255
-    assert out["flags"] == "clear thick_cloud thin_cloud cloud_shadow"
+    assert out["flags"] == "clear thick_cloud thin_cloud cloud_shadow" and out["values"] == [0, 1, 2, 3]
     assert out["ids"] == ["S2A_A", "S2B_B"] and out["model"] == "mscloudcam"
     assert (out["x0"], out["y0"]) == (330005.0, 5822035.0)  # pixel centres of the source grid
     assert out["transform"] == [10.0, 0.0, 330000.0, 0.0, -10.0, 5822040.0]
@@ -105,3 +105,15 @@ def test_second_writer_is_refused_and_stale_locks_are_taken_over(tmp_path):
     with store.lock():  # the holder is gone
         pass
     assert not (tmp_path / "s.zarr" / "_cloudmask" / "lock.json").exists()
+
+
+def test_probabilities_are_refused_on_a_store_written_without_them(tmp_path):
+    """A later job asking for probabilities on a group written without them is refused (naming what to do), and
+    the group is left as it was."""
+    store = MaskStore(tmp_path / "p.zarr")
+    group = store.ensure_group(GRID, TIMES, ["S2A_A", "S2B_B"], (96, 96))
+    before = sorted(p.relative_to(store.path) for p in store.path.rglob("*"))
+    with pytest.raises(ConfigError, match="written without probabilities; drop --probabilities or write this job "
+                                          "to another --out"):
+        store.ensure_group(GRID, TIMES, ["S2A_A", "S2B_B"], (96, 96), probabilities=True)
+    assert sorted(p.relative_to(store.path) for p in store.path.rglob("*")) == before

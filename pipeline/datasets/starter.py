@@ -22,14 +22,17 @@ def split_of(name: str) -> str:
     return next((s for s, names in SPLITS.items() if name in names), "train")
 
 
-def labelled_scenes(split: str, cache_dir: str | Path | None = None) -> list[tuple[Scene, np.ndarray]]:
-    """``[(scene, labels (y, x) uint8)]`` of one split; labels from the cache when present."""
+def scenes_of(split: str) -> list[Scene]:
+    """The whole scenes of one split (``train``, ``val`` or ``test``)."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split {split!r}; expected train, val or test")
+    return [scene for scene in all_scenes() if split_of(scene.name) == split]
+
+
+def labelled_scenes(split: str, cache_dir: str | Path | None = None) -> list[tuple[Scene, np.ndarray]]:
+    """``[(scene, labels (y, x) uint8)]`` of one split; labels from the cache when present."""
     out = []
-    for scene in all_scenes():
-        if split_of(scene.name) != split:
-            continue
+    for scene in scenes_of(split):
         cached = Path(cache_dir) / f"{scene.name}.labels.npz" if cache_dir else None
         if cached is not None and cached.exists():
             labels = np.load(cached)["labels"]

@@ -60,7 +60,9 @@ def main() -> None:
     labels = [labels_of(dn) for dn in dns]
     counts = np.bincount(np.concatenate([lab.ravel() for lab in labels]), minlength=4)
     weight = torch.tensor(counts.sum() / (4 * np.maximum(counts, 1)), dtype=torch.float32)  # classes balanced
-    kwargs = {"norm": "group"}
+    # GroupNorm (per sample, like the starter weights); 64 context channels, so that the PSP's 1 x 1 pooled
+    # map still has two values per group and a batch of one tile runs
+    kwargs = {"norm": "group", "context_channels": 64}
     model = create_model("mscloudcam_tiny", in_chans=13, **kwargs)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     start, step = time.perf_counter(), 0

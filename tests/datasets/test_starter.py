@@ -1,12 +1,14 @@
 """The real S2 L1C scene collection, chips and the starter split."""
 
 import numpy as np
+import pytest
 
 from pipeline.datasets.chips import RandomChips
-from pipeline.datasets.scenes import B10_FILL_DN, all_scenes
-from pipeline.datasets.starter import SPLITS, split_of
+from pipeline.datasets.scenes import B10_FILL_DN, all_scenes, eolearn_scenes, sen12mscr_patch
+from pipeline.datasets.starter import scenes_of, split_of
 
 
+@pytest.mark.slow
 def test_all_real_scenes_load_as_13_band_dn():
     scenes = all_scenes()
     names = [s.name for s in scenes]
@@ -23,10 +25,19 @@ def test_all_real_scenes_load_as_13_band_dn():
     assert (dsen2.dn[10] == B10_FILL_DN).all() and "B10" in dsen2.note
 
 
+@pytest.mark.slow
 def test_splits_hold_out_whole_scenes():
-    names = [s.name for s in all_scenes()]
-    assert [n for n in names if split_of(n) == "test"] == list(SPLITS["test"])
-    assert sum(split_of(n) == "train" for n in names) == 8
+    """Every real scene lands in exactly one split, by content: the cloudy SEN12MS-CR patch is the test set, two
+    eo-learn scenes (one cloudy, one clear) validate, and no pixel array of val or test is trained on."""
+    splits = {s: scenes_of(s) for s in ("train", "val", "test")}
+    assert sum(len(v) for v in splits.values()) == len(all_scenes()) == 11
+    (test,) = splits["test"]
+    np.testing.assert_array_equal(test.dn, sen12mscr_patch())
+    eo = eolearn_scenes()
+    assert [s.dn.tobytes() for s in splits["val"]] == [eo[1].tobytes(), eo[3].tobytes()]
+    held_out = {s.dn.tobytes() for s in splits["val"] + splits["test"]}
+    assert len(splits["train"]) == 8 and not held_out & {s.dn.tobytes() for s in splits["train"]}
+    assert {split_of(s.name) for s in splits["train"]} == {"train"} and split_of("anything-new") == "train"
 
 
 def test_random_chips_are_reproducible_per_epoch_and_index():

@@ -9,6 +9,8 @@ import pytest
 
 from test_cli import run  # tests/flows is on sys.path (pytest prepend import mode)
 
+pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
+
 
 def test_precision_benchmark_compares_each_mode_with_fp32_on_real_scenes(test_weights_file, tmp_path):
     out = run("benchmark", "precision", "--weights", str(test_weights_file), "--precisions", "fp32,bf16",

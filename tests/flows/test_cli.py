@@ -11,6 +11,8 @@ import torch
 from pipeline.model import create_model
 from pipeline.model.weights import load_weights
 
+pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
+
 CLOUDMASK = str(Path(sys.executable).with_name("cloudmask"))
 
 

@@ -8,8 +8,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 import xarray as xr
+
+pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
 
 
 def test_demo_runs_and_resumes(tmp_path, test_weights_file):

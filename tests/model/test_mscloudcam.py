@@ -114,12 +114,20 @@ def test_eca_kernel_rule(channels, k):
 
 
 def test_aux_head_before_upsampling_equals_after():
+    """The decoder's auxiliary outputs equal the spec's order (upsample the stage's features, then the 1x1 head)."""
+    from pipeline.model.decoder import Decoder
+
     torch.manual_seed(3)
-    head = torch.nn.Conv2d(16, 4, 1)
-    f = torch.rand(1, 16, 8, 8)
-    after = head(F.interpolate(f, size=64, mode="bilinear", align_corners=False))
-    before = F.interpolate(head(f), size=64, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(before, after, atol=1e-5, rtol=1e-5)
+    decoder = Decoder(32, (16, 8, 8, 4), num_classes=4).train()
+    x = torch.rand(2, 32, 4, 4)
+    out, aux1, aux2 = decoder(x, with_aux=True)
+    assert out.shape == aux1.shape == aux2.shape == (2, 4, 64, 64)
+    stage1 = decoder.stages[0](x)
+    stage2 = decoder.stages[1](stage1)
+    for head, feats, got in ((decoder.aux1, stage1, aux1), (decoder.aux2, stage2, aux2)):
+        expected = head(F.interpolate(feats, size=64, mode="bilinear", align_corners=False))
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(aux1, aux2)  # each head on its own stage
 
 
 def test_deep_supervision_loss_weights_and_ignore_index():
@@ -146,6 +154,7 @@ def rule_labels(dn: np.ndarray) -> np.ndarray:
     return y
 
 
+@pytest.mark.slow
 def test_full_model_overfits_one_real_patch():
     """Loss falls when the paper's model (Adam, DN/3000, deep supervision) fits one real S2 L1C patch.
 
