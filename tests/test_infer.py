@@ -64,6 +64,24 @@ def test_whole_equals_parts_with_halo(predictor, scene, cuts_y, cuts_x):
     assert (short != whole).any()
 
 
+def test_a_crop_at_any_offset_predicts_like_the_whole_scene(predictor, scene):
+    """A window cut at an offset off the stride, given that offset, predicts exactly as the whole scene does
+    wherever every tile covering a pixel lies inside the window (tiles sit on the scene's grid, not the array's)."""
+    whole = predictor.predict(scene).classes
+    (y0, y1), (x0, x1) = (13, 250), (29, 241)
+    part = predictor.predict(scene[:, y0:y1, x0:x1], offset=(y0, x0)).classes
+    grid = predictor.grid
+
+    def inside(lo, hi):  # global pixels all of whose tiles lie within [lo, hi)
+        return [p for p in range(lo, hi) if all(lo <= s and s + grid.tile <= hi for s in grid.starts(p, p + 1))]
+
+    ys, xs = inside(y0, y1), inside(x0, x1)
+    assert len(ys) > 40 and len(xs) > 20
+    got, expected = part[np.ix_([y - y0 for y in ys], [x - x0 for x in xs])], whole[np.ix_(ys, xs)]
+    assert len(np.unique(expected)) >= 2
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_tile_grid_is_anchored_to_the_scene_not_the_array(predictor, scene):
     """Shifting the array's offset off the stride changes the tiling (so offsets are honoured)."""
     a = predictor.predict(scene, offset=(0, 0), probabilities=True).probabilities
