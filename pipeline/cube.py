@@ -17,6 +17,13 @@ from .radiometry import Harmonisation, decide, harmonise
 from .sensors import Profile
 
 
+# Reads are cut into windows of this side (rounded to the tile stride), whatever the model's block size: GDAL's
+# bilinear warp of the 60 m bands onto the 10 m grid rounds differently by 1 DN here and there depending on the
+# window it computes, so windows that followed --chunk made the masks depend on it (measured on the test
+# archive: 27 to 1,033 pixels of B01/B09/B10 per scene differed between 96, 144 and whole-scene windows).
+READ_WINDOW = 1024
+
+
 @dataclass
 class SceneCube:
     """A scene's harmonised cube ``data (time=1, band, y, x)`` uint16 (lazy), its grid and what was applied."""
@@ -44,7 +51,9 @@ def grid_of(item, profile: Profile, reference: str = "B02"):
 
 
 def load_scene(item, profile: Profile, bands: tuple[str, ...], chunk: int, check_offset: bool = True) -> SceneCube:
-    """Lazily load one STAC item as a harmonised cube; the offset decision may read the (small, 60 m) B10."""
+    """Lazily load one STAC item as a harmonised cube read in ``chunk`` px windows (the job passes a fixed
+    window, ``READ_WINDOW`` on the stride, so that its values never depend on the model's block size); the
+    offset decision may read the (small, 60 m) B10."""
     import odc.stac
     from odc.geo.geobox import GeoBox
     from affine import Affine

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from .config import InferSpec, SearchSpec
-from .cube import grid_of, load_scene, unreadable_asset
+from .cube import READ_WINDOW, grid_of, load_scene, unreadable_asset
 from .detectors import detector_weights
 from .errors import CloudmaskError
 from .infer import release_gpu_memory
@@ -55,15 +55,16 @@ class JobResult:
 
 
 def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int, spec: JobSpec, store: MaskStore,
-                 group: str, t: int, client=None, gpu: bool = False, priority: int = 0):
+                 group: str, t: int, client=None, gpu: bool = False, priority: int = 0, read: int = 0):
     """The lazy work of one scene: a delayed ``counts (256,)`` int64 of its mask as written, the
     harmonisation applied, and what must be kept referenced until it is done (the persisted masks). The model runs once per block: the counts are read back from the written region
     (a mask is 1/26 of the input's bytes), not computed from the mask graph a second time.
 
     With a ``client`` the masks are first persisted on the workers as their own graph: xarray's region write
     flattens the graph it stores into one layer and would drop the model tasks' GPU annotation. ``priority``:
-    Dask's (higher first), so scenes submitted earlier are read first and finish first."""
-    cube = load_scene(item, profile, bands, chunk)
+    Dask's (higher first), so scenes submitted earlier are read first and finish first. ``read``: the side of
+    the windows the scene is read in (fixed, not ``chunk``: see ``cube.READ_WINDOW``)."""
+    cube = load_scene(item, profile, bands, read)
     out = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id], probabilities=spec.probabilities,
                         gpu=gpu)
     arrays = {"mask": (("time", "y", "x"), (out["mask"].data if spec.probabilities else out.data)[:1])}
@@ -126,7 +127,8 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
     log(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}")
     store = MaskStore(spec.out)
     tile = spec.infer.tile or meta.tile_size
-    chunk = aligned_chunk(spec.chunk, tile - spec.infer.overlap_for(tile))
+    stride = tile - spec.infer.overlap_for(tile)
+    chunk, read = aligned_chunk(spec.chunk, stride), aligned_chunk(READ_WINDOW, stride)
     results: list[SceneStats] = []
     with store.lock():
         log(f"writing {spec.out} (locked for this job)")
@@ -194,7 +196,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
                 start = time.time()
                 try:
                     counted, harm, keep = _scene_graph(item, profile, weights, meta.bands, chunk, spec, store, group,
-                                                       t, client, gpu, priority=len(queue))
+                                                       t, client, gpu, priority=len(queue), read=read)
                 except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
                     finish((item, group, t, start, None), exc)
                     continue
