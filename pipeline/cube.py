@@ -21,7 +21,7 @@ from .sensors import Profile
 # bilinear warp of the 60 m bands onto the 10 m grid rounds differently by 1 DN here and there depending on the
 # window it computes, so windows that followed --chunk made the masks depend on it (measured on the test
 # archive: 27 to 1,033 pixels of B01/B09/B10 per scene differed between 96, 144 and whole-scene windows).
-READ_WINDOW = 1024
+READ_WINDOW = 2048  # the default block side: with the default --chunk, reads and blocks coincide
 
 
 @dataclass
