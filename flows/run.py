@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.peers import DETECTORS
 
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
           "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "precision",
@@ -35,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-cloud", type=float, help="maximum provider eo:cloud_cover (%%)")
     p.add_argument("--limit", type=int, help="at most this many scenes")
     p.add_argument("--out", help="output Zarr store (folder)")
-    p.add_argument("--model", choices=("mscloudcam", "s2cloudless", "ukis-csmask"),
+    p.add_argument("--model", choices=DETECTORS,
                    help="mscloudcam (default, with --weights) or a peer detector through the same pipeline, its "
                         "classes mapped to ours (see pipeline/peers.py); compare cubes with `cloudmask compare`")
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")

@@ -16,11 +16,8 @@ import numpy as np
 from .config import InferSpec
 from .infer import Predictor
 from .model.weights import Weights, cached_weights, default_weights
-from .peers import PEER_MODELS, PeerPredictor, peer_weights
+from .peers import DETECTORS, PEER_MODELS, PeerPredictor, peer_weights  # noqa: F401 (DETECTORS: re-exported)
 from .runtime import Prediction
-
-DETECTORS = ("mscloudcam", *PEER_MODELS)
-
 
 def is_peer(source: str | Path) -> bool:
     return str(source) in PEER_MODELS
@@ -61,7 +58,8 @@ def predictor_stats() -> dict:
     ``first_start``..``last_end`` (``time.time()``) of its forward passes."""
     with _CACHE_LOCK:
         stats = [p.stats for p in _CACHE.values()]
-    return {"tiles": sum(s.tiles for s in stats), "filler": sum(s.filler for s in stats), "forward_s": sum(s.forward_s for s in stats),
+    return {"tiles": sum(s.tiles for s in stats), "filler": sum(s.filler for s in stats),
+            "forward_s": sum(s.forward_s for s in stats),
             "first_start": min((s.first_start for s in stats), default=float("inf")),
             "last_end": max((s.last_end for s in stats), default=0.0)}
 

@@ -139,7 +139,7 @@ def dsen2_scene(name: str) -> Scene:
             layer = groups[key][:, :, j]
             dn[BANDS.index(band)] = layer if factor == 1 else zoom(layer, factor, order=1)[:h, :w]
     return Scene(f"dsen2-{name}", np.clip(np.round(dn), 0, 65535).astype(np.uint16), 10.0,
-                 "DSen2 .mat (data/) (no georeferencing)", note=f"B10 absent in source, filled with {B10_FILL_DN} DN")
+                 "DSen2 .mat in data/, no georeferencing", note=f"B10 absent in source, filled with {B10_FILL_DN} DN")
 
 
 def all_scenes() -> list[Scene]:
