@@ -54,7 +54,8 @@ def add_parser(sub) -> None:
                    help="model precision (default: auto = bf16 on GPUs and on CPUs with native bf16, fp32 otherwise)")
     p.add_argument("--probabilities", action="store_true", default=None,
                    help="also store probability (time, class, y, x) uint8, p x 250 (four times the mask's size)")
-    p.add_argument("--strict", action="store_true", default=None, help="exit non-zero if any scene failed")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="exit 1 if any scene failed (without it: only when every scene failed)")
     p.set_defaults(func=run)
 
     s = sub.add_parser("stats", help="print (or export) the per-scene statistics of a store",
@@ -118,8 +119,14 @@ def job_spec(s: dict):
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     s = settings(args)
     result = execute(job_spec(s), s)
+    if result.failed and len(result.failed) == len(result.stats):
+        print(f"cloudmask run: every scene failed ({len(result.failed)}); the first: {result.failed[0].item_id}: "
+              f"{result.failed[0].reason}", file=sys.stderr)
+        return 1
     return 1 if s["strict"] and result.failed else 0
 
 
@@ -149,6 +156,8 @@ def execute(spec, s: dict):
         if cluster is not None:
             cluster.close()
     print(table_text(to_frame(result.stats)))
+    for failed in result.failed:  # the table cuts reasons short; here they are whole
+        print(f"failed {failed.item_id}: {failed.reason}")
     print(f"store: {spec.out}; table: {result.table_path}; {len(result.failed)} failed, {result.skipped} skipped")
     return result
 
