@@ -216,6 +216,19 @@ def test_models_are_built_and_run_on_the_one_model_thread(test_weights_file, sce
     assert p.stats.tiles == 4 * 9 and p.stats.first_start <= p.stats.last_end  # 3 x 3 tiles per call
 
 
+def test_every_forward_runs_a_full_batch(test_weights_file, scene):
+    """A block's short last batch is filled up with empty tiles: torch picks kernels per batch size, which round
+    differently, so a tile's classes would otherwise depend on how many tiles its block had."""
+    p = Predictor(load_weights(test_weights_file), SPEC)  # batch 4
+    sizes = []
+    p.model.register_forward_hook(lambda _m, args, _out: sizes.append(args[0].shape[0]))
+    for shape in ((64, 64), (64, 112), (112, 160)):  # tile counts that do not all divide by 4
+        p.predict(scene[:, : shape[0], : shape[1]])
+    p.predict(scene[:, :64, :64], needed=(slice(0, 10), slice(0, 10)))  # one tile
+    assert len(sizes) >= 5 and set(sizes) == {4}
+    assert p.stats.filler > 0 and p.stats.tiles + p.stats.filler == 4 * len(sizes)
+
+
 def test_model_thread_takes_the_threads_asked_for(test_weights_file):
     before = on_model_thread(torch.get_num_threads)
     try:
