@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pipeline.errors import ConfigError
@@ -119,8 +120,6 @@ def job_spec(s: dict):
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     s = settings(args)
     result = execute(job_spec(s), s)
     if result.failed and len(result.failed) == len(result.stats):

@@ -15,8 +15,8 @@ import torch
 from .config import InferSpec
 from .errors import ConfigError, InputError
 from .model.weights import Weights
-from .runtime import (_MODEL_THREAD, Prediction, PredictorStats, dask_worker_threads, heap_for_activations,
-                      on_model_thread)
+from .runtime import (Prediction, PredictorStats, dask_worker_threads, heap_for_activations, on_model_thread,
+                      submit_on_model_thread)
 from .sensors import MASK_NODATA
 from .tiles import Blender, TileGrid, read_tile
 
@@ -93,7 +93,7 @@ class Predictor:
     def submit_forward(self, batch: np.ndarray, tiles: int | None = None):
         """Softmax probabilities ``(N, K, T, T)`` float32 of normalised tiles ``batch (N, C, T, T)``, queued on the
         model thread: a ``concurrent.futures.Future`` of them."""
-        return _MODEL_THREAD.submit(self._forward, batch, len(batch) if tiles is None else tiles)
+        return submit_on_model_thread(self._forward, batch, len(batch) if tiles is None else tiles)
 
     def _build(self, weights: Weights, model: torch.nn.Module | None) -> torch.nn.Module:
         if model is not None:  # a model being trained: used as it is (inputs still go channels_last)

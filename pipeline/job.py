@@ -26,6 +26,7 @@ from .sensors import MASK_NODATA, get_profile
 from .stac import search_items
 from .stats import SceneStats, to_frame, write_table
 from .store import Grid, MaskStore
+from .tiles import TileGrid
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class JobResult:
 
 
 def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int, spec: JobSpec, store: MaskStore,
-                 group: str, t: int, client=None, gpu: bool = False, priority: int = 0, read: int = 0):
+                 group: str, t: int, client=None, gpu: bool = False, priority: int = 0, *, read: int):
     """The lazy work of one scene: a delayed ``counts (256,)`` int64 of its mask as written, the
     harmonisation applied, and what must be kept referenced until it is done (the persisted masks). The model runs once per block: the counts are read back from the written region
     (a mask is 1/26 of the input's bytes), not computed from the mask graph a second time.
@@ -127,7 +128,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
     log(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}")
     store = MaskStore(spec.out)
     tile = spec.infer.tile or meta.tile_size
-    stride = tile - spec.infer.overlap_for(tile)
+    stride = TileGrid(tile, spec.infer.overlap_for(tile)).stride
     chunk, read = aligned_chunk(spec.chunk, stride), aligned_chunk(READ_WINDOW, stride)
     results: list[SceneStats] = []
     with store.lock():

@@ -56,7 +56,12 @@ def on_model_thread(fn, *args):
     while the worker's own threads read, decode and blend the neighbouring blocks. Torch calls from several
     threads would each get an OpenMP team of their own; with more team threads than cores, OpenMP stops
     spinning between parallel regions and a forward took half as long again."""
-    return _MODEL_THREAD.submit(fn, *args).result()
+    return submit_on_model_thread(fn, *args).result()
+
+
+def submit_on_model_thread(fn, *args):
+    """Queue ``fn(*args)`` on the process's one model thread; a ``concurrent.futures.Future`` of its result."""
+    return _MODEL_THREAD.submit(fn, *args)
 
 
 HEAP_MMAP_THRESHOLD = 32 << 20
