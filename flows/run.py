@@ -12,7 +12,7 @@ from pipeline.peers import DETECTORS
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
           "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "precision",
           "probabilities")
-DEFAULTS = dict(profile="demo", cluster="local", workers=None, chunk=2048, in_flight=2, strict=False, overlap=None,
+DEFAULTS = dict(profile=None, cluster="local", workers=None, chunk=2048, in_flight=2, strict=False, overlap=None,
                 probabilities=False)
 
 
@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
                     "scenes already done. Every option can also come from a YAML job file (--config).",
         epilog="examples:\n"
                "  cloudmask run --stac-url http://127.0.0.1:8081 --collection sentinel-2-l1c --out masks.zarr\n"
+               "  cloudmask run --stac-url https://earth-search.aws.element84.com/v1 --collection sentinel-2-l2a \\\n"
+               "      --model ukis-csmask --bbox 13.0,52.3,13.8,52.7 --datetime 2024-06-01/2024-06-30 --out l2a.zarr\n"
                "  cloudmask run --config job.yaml --scheduler tcp://10.0.0.5:8786\n"
                "  cloudmask run --config job.yaml --cluster slurm --workers 8\n"
                "job.yaml keys: " + ", ".join(FIELDS),
@@ -41,7 +43,10 @@ def add_parser(sub) -> None:
                    help="mscloudcam (default, with --weights) or a peer detector through the same pipeline, its "
                         "classes mapped to ours (see pipeline/peers.py); compare cubes with `cloudmask compare`")
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
-    p.add_argument("--profile", help="provider asset-key profile (default: demo; see pipeline/sensors.py)")
+    p.add_argument("--profile", help="asset-key override for a catalogue whose assets carry no band metadata "
+                                     "(eo:bands/bands); not needed for Earth Search, Planetary Computer, CDSE, USGS "
+                                     "or the demo, whose bands, sensor and level are read from the items "
+                                     "(profiles: pipeline/sensors.py)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://127.0.0.1:8786")
     p.add_argument("--cluster", help="cluster recipe (deploy/clusters: local, gpu, slurm, kubernetes) or a recipe "
                                      ".yaml path, when no --scheduler (default: local); see `cloudmask cluster list`")
@@ -132,10 +137,13 @@ def run(args: argparse.Namespace) -> int:
 def execute(spec, s: dict):
     """Start the cluster ``s`` asks for (or connect to ``s['scheduler']``), run ``spec`` on it, print the
     dashboard link, progress and the statistics table; return the JobResult."""
-    from pipeline.job import check_job, run_job
+    from pipeline.job import check_search, run_job
     from pipeline.stats import to_frame
 
-    check_job(spec)  # bad, missing or mismatched weights fail before any cluster starts
+    # bad or missing weights, a failed search, and items the model cannot run fail before any cluster starts
+    items = check_search(spec)
+    print(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}; the first suit the model",
+          flush=True)
     from distributed import Client
 
     if s.get("scheduler"):
@@ -149,7 +157,7 @@ def execute(spec, s: dict):
         cluster, client = start(recipe)
     try:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
-        result = run_job(spec, client, log=lambda line: print(line, flush=True))
+        result = run_job(spec, client, log=lambda line: print(line, flush=True), items=items)
     finally:
         client.close()
         if cluster is not None:

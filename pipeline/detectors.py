@@ -20,7 +20,8 @@ from .peers import DETECTORS, PEER_MODELS, PeerPredictor, peer_weights  # noqa: 
 from .runtime import Prediction
 
 def is_peer(source: str | Path) -> bool:
-    return str(source) in PEER_MODELS
+    """A peer's name, alone or with the sensor it runs on (``ukis-csmask@sentinel-2-l2a``)."""
+    return str(source).partition("@")[0] in PEER_MODELS
 
 
 def detector_weights(source: str | Path) -> Weights:

@@ -15,17 +15,19 @@ import dask
 import numpy as np
 import xarray as xr
 
+from .access import Access, access_for, configure, needs_signing, redact, require_signing, sign
 from .config import InferSpec, SearchSpec
-from .cube import READ_WINDOW, grid_of, load_scene, unreadable_asset
+from .cube import READ_WINDOW, load_scene, unreadable_asset
 from .detectors import detector_weights
 from .errors import CloudmaskError
 from .infer import release_gpu_memory
 from .masks import aligned_chunk, predict_masks, task_prefix
 from .model.weights import default_weights
+from .plans import ScenePlan, check_items, plan_scene
 from .sensors import MASK_NODATA, get_profile
 from .stac import search_items
 from .stats import SceneStats, to_frame, write_table
-from .store import Grid, MaskStore
+from .store import MaskStore
 from .tiles import TileGrid
 
 
@@ -35,7 +37,7 @@ class JobSpec:
 
     search: SearchSpec
     out: str
-    profile: str = "demo"
+    profile: str | None = None  # an asset-key override for catalogues without band metadata (sensors.PROFILES)
     weights: str | None = None
     infer: InferSpec = field(default_factory=InferSpec)
     chunk: int = 2048
@@ -55,18 +57,22 @@ class JobResult:
         return [s for s in self.stats if s.status == "failed"]
 
 
-def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int, spec: JobSpec, store: MaskStore,
-                 group: str, t: int, client=None, gpu: bool = False, priority: int = 0, *, read: int):
-    """The lazy work of one scene: a delayed ``counts (256,)`` int64 of its mask as written, the
-    harmonisation applied, and what must be kept referenced until it is done (the persisted masks). The model runs once per block: the counts are read back from the written region
-    (a mask is 1/26 of the input's bytes), not computed from the mask graph a second time.
+def _scene_graph(item, plan: ScenePlan, chunk: int, spec: JobSpec, store: MaskStore, group: str, t: int,
+                 client=None, gpu: bool = False, priority: int = 0, *, read: int, access: Access):
+    """The lazy work of one scene: a delayed ``(counts (256,) int64, Harmonisation)``: its mask as written and
+    the radiometry applied, and what must be kept referenced until it is done (the persisted masks). The model
+    runs once per block: the counts are read back from the written region (a mask is 1/26 of the input's
+    bytes), not computed from the mask graph a second time. ``item`` is signed here when the assets it reads
+    are Planetary Computer blobs, so tokens are fresh when each scene's work is built.
 
     With a ``client`` the masks are first persisted on the workers as their own graph: xarray's region write
     flattens the graph it stores into one layer and would drop the model tasks' GPU annotation. ``priority``:
     Dask's (higher first), so scenes submitted earlier are read first and finish first. ``read``: the side of
     the windows the scene is read in (fixed, not ``chunk``: see ``cube.READ_WINDOW``)."""
-    cube = load_scene(item, profile, bands, read)
-    out = predict_masks(cube.data, weights, spec.infer, chunk=chunk, names=[item.id], probabilities=spec.probabilities,
+    if needs_signing(item, plan.assets.values()):
+        item = sign(item)
+    cube = load_scene(item, plan, read, access)
+    out = predict_masks(cube.data, plan.model, spec.infer, chunk=chunk, names=[item.id], probabilities=spec.probabilities,
                         gpu=gpu)
     arrays = {"mask": (("time", "y", "x"), (out["mask"].data if spec.probabilities else out.data)[:1])}
     if spec.probabilities:
@@ -79,31 +85,41 @@ def _scene_graph(item, profile, weights: str, bands: tuple[str, ...], chunk: int
     write = ds.to_zarr(store.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
                        consolidated=False, compute=False)
     name = f"{task_prefix(item.id, 'counts')}-{dask.base.tokenize(write)}"
-    counted = dask.delayed(_written_counts, name=name, pure=True)(write, str(store.path), group, t)
-    return counted, cube.harmonisation, persisted
+    counted = dask.delayed(_written_counts, name=name, pure=True)(write, str(store.path), group, t,
+                                                                  cube.harmonisation)
+    return counted, persisted
 
 
-def _written_counts(_written, path: str, group: str, t: int) -> np.ndarray:
-    """``(256,)`` int64 pixel counts per mask value of scene ``t`` as stored (after ``_written``)."""
+def _written_counts(_written, path: str, group: str, t: int, harmonisation):
+    """``((256,) int64 pixel counts per mask value of scene t as stored (after _written), harmonisation)``."""
     mask = xr.open_zarr(path, group=group, consolidated=False)["mask"][t].values
-    return np.bincount(mask.ravel(), minlength=256)
+    return np.bincount(mask.ravel(), minlength=256), harmonisation
 
 
 def check_job(spec: JobSpec):
-    """``(profile, weights path, loaded weights)`` once the weights are readable, match the provider
-    profile's bands and suit the tile overlap; raises before any work (or cluster) starts otherwise."""
-    profile = get_profile(spec.profile)
+    """``(profile or None, weights path, loaded weights)`` once the weights are readable and suit the tile
+    overlap; raises before any work (or cluster) starts otherwise. Whether they suit the items is checked once
+    they are found (``check_search``)."""
+    profile = get_profile(spec.profile) if spec.profile else None
     weights = str(spec.weights or default_weights())
     loaded = detector_weights(weights)
     meta = loaded.meta
-    if not set(meta.bands) <= set(profile.assets):
-        raise CloudmaskError(f"weights {weights} take bands {list(meta.bands)} but profile {profile.name!r} offers "
-                             f"{list(profile.assets)}; use weights for this sensor or another --profile")
     tile = spec.infer.tile or meta.tile_size
     if not 0 <= 2 * spec.infer.overlap_for(tile) < tile:
         raise CloudmaskError(f"overlap={spec.infer.overlap_for(tile)} must be at least 0 and less than half the "
                              f"weights' {tile} px tile; pass a smaller --overlap")
     return profile, weights, loaded
+
+
+def check_search(spec: JobSpec) -> list:
+    """Search, then check the first items against the model (bands, sensor and level, grid) and the access
+    they need (signing installed): the items found; ``PreflightError``/``ConfigError`` before anything starts."""
+    profile, _, loaded = check_job(spec)
+    items = search_items(spec.search)
+    item, plan = check_items(items, loaded, f"{spec.search.collection!r} at {spec.search.url}", profile)
+    if needs_signing(item, plan.assets.values()):
+        require_signing()
+    return items
 
 
 def gpu_workers(client) -> int:
@@ -113,14 +129,18 @@ def gpu_workers(client) -> int:
     return sum(1 for w in client.scheduler_info(n_workers=-1)["workers"].values() if w.get("resources", {}).get("GPU"))
 
 
-def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> JobResult:
-    """Run the job on ``client`` (a ``distributed.Client``; None: Dask's local threads).
+def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, items: list | None = None) -> JobResult:
+    """Run the job on ``client`` (a ``distributed.Client``; None: Dask's local threads); ``items``: those
+    ``check_search`` found (searched and checked here when None).
 
     Where workers advertise a ``GPU`` resource, the model tasks ask for one (so they run only there, one
     at a time per GPU) and each scene ends by returning PyTorch's cached GPU memory on every worker."""
     profile, weights, loaded = check_job(spec)
     meta = loaded.meta
-    items = search_items(spec.search)
+    if items is None:
+        items = check_search(spec)
+    access = access_for(items)
+    configure(access)
     gpus = gpu_workers(client)
     gpu = gpus > 0
     if gpu:
@@ -133,14 +153,16 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
     results: list[SceneStats] = []
     with store.lock():
         log(f"writing {spec.out} (locked for this job)")
-        by_grid: dict[Grid, list] = {}
+        by_grid: dict = {}
+        plans: dict[str, ScenePlan] = {}
         failed_early = []
         for item in items:
             try:
-                epsg, transform, shape = grid_of(item, profile)
-                by_grid.setdefault(Grid(f"EPSG:{epsg}", transform, shape), []).append(item)
+                plans[item.id] = plan = plan_scene(item, loaded, profile)
+                by_grid.setdefault(plan.grid, []).append(item)
             except CloudmaskError as exc:
                 failed_early.append(SceneStats(item.id, str(item.datetime), "failed", str(exc)))
+                log(f"{item.id}: failed before reading: {exc}")
         work = []
         for grid, its in by_grid.items():
             group = store.ensure_group(grid, [np.datetime64(i.datetime.replace(tzinfo=None)) for i in its],
@@ -165,17 +187,19 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
 
         def finish(entry, outcome):
             nonlocal finished
-            item, group, t, start, harm = entry
+            item, group, t, start, built = entry
+            harm = None if isinstance(outcome, BaseException) else outcome[1]
             stats = SceneStats(item.id, str(item.datetime),
                                provider_cloud_cover=float(item.properties.get("eo:cloud_cover", float("nan"))),
-                               processing_baseline=str(harm.baseline if harm else ""),
-                               offset_applied=int(harm.offset if harm else 0))
+                               processing_baseline=str((harm.baseline or "") if harm else ""),
+                               offset_applied=int(harm.offset if harm else 0),
+                               radiometry=harm.reason if harm else "")
             if isinstance(outcome, BaseException):
-                culprit = unreadable_asset(item, profile, meta.bands) if harm is not None else None
+                culprit = unreadable_asset(item, plans[item.id], access) if built else None
                 stats.status = "failed"
-                stats.reason = (f"{culprit + '; ' if culprit else ''}{type(outcome).__name__}: {outcome}")[:500]
+                stats.reason = redact(f"{culprit + '; ' if culprit else ''}{type(outcome).__name__}: {outcome}")[:2000]
             else:
-                counts = np.asarray(outcome)
+                counts = np.asarray(outcome[0])
                 stats.set_counts(np.append(counts[:4], counts[MASK_NODATA]))
                 stats.status = "ok" if stats.valid_pixels else "failed"
                 if not stats.valid_pixels:
@@ -196,20 +220,20 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print) -> J
                 item, group, t = queue.pop(0)
                 start = time.time()
                 try:
-                    counted, harm, keep = _scene_graph(item, profile, weights, meta.bands, chunk, spec, store, group,
-                                                       t, client, gpu, priority=len(queue), read=read)
+                    counted, keep = _scene_graph(item, plans[item.id], chunk, spec, store, group, t, client, gpu,
+                                                 priority=len(queue), read=read, access=access)
                 except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
-                    finish((item, group, t, start, None), exc)
+                    finish((item, group, t, start, False), exc)
                     continue
                 if client is None:
                     try:
-                        finish((item, group, t, start, harm), counted.compute())
+                        finish((item, group, t, start, True), counted.compute())
                     except Exception as exc:  # noqa: BLE001
-                        finish((item, group, t, start, harm), exc)
+                        finish((item, group, t, start, True), exc)
                     continue
                 # one future per scene; its masks are already computing
                 future = client.compute(counted, priority=len(queue))
-                pending.append(((item, group, t, start, harm), (future, keep)))
+                pending.append(((item, group, t, start, True), (future, keep)))
             if pending:
                 from distributed import wait
 

@@ -1,18 +1,20 @@
 """Peer cloud detectors shipped on PyPI with their trained models: s2cloudless and ukis-csmask.
 
-Both take Sentinel-2 L1C TOA reflectance (DN / 10000, pre-04.00 convention). Used as teachers for the
-starter weights and, later, side by side with MSCloudCAM.
+s2cloudless takes Sentinel-2 L1C TOA reflectance (13 bands; DN / 10000, pre-04.00 convention). ukis-csmask
+takes six bands (blue, green, red, nir, swir16, swir22) of Sentinel-2 L1C or L2A, or Landsat 8/9 Collection 2
+Level-1 or Level-2, as reflectance. Used as teachers for the starter weights and side by side with MSCloudCAM.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
 
 from .errors import ConfigError, InputError
 from .runtime import Prediction, PredictorStats, dask_worker_threads, on_model_thread
-from .sensors import SENTINEL2_L1C
+from .sensors import SENTINEL2_L1C, SENSORS, Sensor
 
 S2_BANDS = SENTINEL2_L1C.bands
 
@@ -43,10 +45,20 @@ def s2cloudless_probability(dn: np.ndarray, threads: int = 0) -> np.ndarray:
 
 
 UKIS_BANDS = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11", "swir22": "B12"}
+# ukis-csmask's six bands in each sensor's names, its product level, and the sensor's pixel size (m)
+UKIS_SENSORS = {
+    "sentinel-2-l1c": (tuple(UKIS_BANDS.values()), "l1c", 10.0),
+    "sentinel-2-l2a": (tuple(UKIS_BANDS.values()), "l2a", 10.0),
+    "landsat-oli-tirs-l1": (("B2", "B3", "B4", "B5", "B6", "B7"), "l1c", 30.0),
+    "landsat-oli-tirs-l2": (("B2", "B3", "B4", "B5", "B6", "B7"), "l2a", 30.0),
+}
 
 
-def ukis_probabilities(dn: np.ndarray, resolution_m: float = 10.0, threads: int = 0) -> np.ndarray:
-    """ukis-csmask (ONNX U-Net, 6 bands, L1C) softmax ``(3, y, x)`` float32: background, cloud, shadow.
+def ukis_probabilities(dn: np.ndarray, resolution_m: float = 10.0, threads: int = 0,
+                       product_level: str = "l1c") -> np.ndarray:
+    """ukis-csmask (ONNX U-Net) softmax ``(3, y, x)`` float32: background, cloud, shadow, of ``dn``: the 13
+    Sentinel-2 L1C bands, or exactly its six bands (blue, green, red, nir, swir16, swir22) as reflectance x
+    10000 of any sensor it knows. ``product_level``: ``l1c`` (top of atmosphere) or ``l2a`` (surface).
 
     The model was trained near 30 m: finer inputs are block-averaged to about 30 m first and the
     probabilities brought back to the input grid (bilinear).
@@ -56,8 +68,10 @@ def ukis_probabilities(dn: np.ndarray, resolution_m: float = 10.0, threads: int 
     _require("ukis_csmask", "peers")
     from ukis_csmask.mask import CSmask
 
-    refl = _reflectance(dn)
-    six = refl[[S2_BANDS.index(b) for b in UKIS_BANDS.values()]]
+    if dn.ndim == 3 and dn.shape[0] == 6:
+        six = dn.astype(np.float32) / 10000.0
+    else:
+        six = _reflectance(dn)[[S2_BANDS.index(b) for b in UKIS_BANDS.values()]]
     factor = max(1, int(round(30.0 / resolution_m)))
     h, w = six.shape[1:]
     if factor > 1:
@@ -69,7 +83,7 @@ def ukis_probabilities(dn: np.ndarray, resolution_m: float = 10.0, threads: int 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # inputs under 256 px: it pads, which is fine
-        cs = CSmask(np.ascontiguousarray(np.moveaxis(six, 0, -1)), band_order=list(UKIS_BANDS), product_level="l1c",
+        cs = CSmask(np.ascontiguousarray(np.moveaxis(six, 0, -1)), band_order=list(UKIS_BANDS), product_level=product_level,
                     intra_op_num_threads=threads)
     probs = _ukis_softmax(cs)
     if factor > 1:
@@ -115,33 +129,57 @@ DETECTORS = ("mscloudcam", *PEER_MODELS)  # what `cloudmask run --model` takes (
 COARSE = {"s2cloudless": (TO_S2CLOUDLESS, ("clear", "cloud")), "ukis-csmask": (TO_UKIS, ("clear", "cloud", "shadow"))}
 
 
-def peer_weights(name: str):
-    """A ``Weights`` record (no tensors) standing for a peer, so the job handles it like a weights file."""
+def peer_sensor_bands(name: str, sensor: Sensor) -> tuple[str, ...] | None:
+    """The bands peer ``name`` takes from ``sensor``'s products, or None when it cannot run on them."""
+    if name == "s2cloudless":
+        return S2_BANDS if sensor.key == SENTINEL2_L1C.key else None
+    if name == "ukis-csmask":
+        return UKIS_SENSORS[sensor.key][0] if sensor.key in UKIS_SENSORS else None
+    raise ConfigError(f"unknown peer {name!r}; expected one of {', '.join(PEER_MODELS)}")
+
+
+def peer_source(name: str, sensor: Sensor) -> str:
+    """The name the job hands to its tasks for peer ``name`` on ``sensor``: ``ukis-csmask@landsat-oli-tirs-l2``."""
+    return name if sensor.key == SENTINEL2_L1C.key else f"{name}@{sensor.key}"
+
+
+def peer_weights(source: str):
+    """A ``Weights`` record (no tensors) standing for a peer (``name`` or ``name@sensor-key``), so the job
+    handles it like a weights file."""
     from importlib.metadata import PackageNotFoundError, version
 
     from .model.weights import Weights, WeightsMeta
     from .sensors import CLASS_CODES, CLASS_NAMES
 
+    name, _, key = source.partition("@")
     if name not in PEER_MODELS:
         raise ConfigError(f"unknown peer {name!r}; expected one of {', '.join(PEER_MODELS)}")
+    sensor = SENSORS.get(key or SENTINEL2_L1C.key)
+    bands = peer_sensor_bands(name, sensor) if sensor else None
+    if bands is None:
+        raise ConfigError(f"peer {name} cannot run on {key!r}")
     package = "s2cloudless" if name == "s2cloudless" else "ukis-csmask"
     try:
         release = version(package)
     except PackageNotFoundError:
         raise ConfigError(f"{package} is not installed; install it with: pip install -e '.[peers]'") from None
-    meta = WeightsMeta(model=name, bands=S2_BANDS, classes=CLASS_NAMES, class_codes=CLASS_CODES,
-                       normalisation={"kind": "scale", "divisor": 10000.0}, tile_size=512,
+    meta = WeightsMeta(model=name, bands=bands, classes=CLASS_NAMES, class_codes=CLASS_CODES,
+                       normalisation={"kind": "scale", "divisor": 10000.0}, tile_size=512, sensor=sensor.name,
+                       level=sensor.level,
                        provenance={"peer": f"{package}=={release}", "crosswalk": "pipeline/peers.py"})
-    return Weights(meta=meta, state={}, sha256=f"{package}=={release}", source=name)
+    return Weights(meta=meta, state={}, sha256=f"{package}=={release}@{sensor.key}", source=source)
 
 
 class PeerPredictor:
-    """A peer with ``Predictor.predict``'s interface: ``image (13, y, x)`` harmonised L1C DN -> classes and
+    """A peer with ``Predictor.predict``'s interface: ``image (band, y, x)`` harmonised DN in the bands of its
+    record (``meta.bands``) -> classes and
     probabilities in our codes. Peers classify pixels (s2cloudless) or tile internally (ukis-csmask), so
     ``offset``/``needed`` only trim the work; the halo the job gives each block is context for ukis."""
 
     def __init__(self, weights) -> None:
         self.meta, self.sha256, self.name = weights.meta, weights.sha256, weights.meta.model
+        _, self.product_level, self.resolution_m = UKIS_SENSORS.get(f"{self.meta.sensor}-{self.meta.level}".lower(),
+                                                                    (None, "l1c", 10.0))
         self.stats = PredictorStats()
         self.threads = dask_worker_threads() or 0  # 0: onnxruntime's choice (all cores)
 
@@ -162,7 +200,9 @@ class PeerPredictor:
         if self.name == "s2cloudless":
             p = on_model_thread(self._timed, s2cloudless_probability, image)
         else:
-            u = on_model_thread(self._timed, ukis_probabilities, image)
+            ukis = functools.partial(ukis_probabilities, resolution_m=self.resolution_m,
+                                     product_level=self.product_level)
+            u = on_model_thread(self._timed, ukis, image)
         if self.name == "s2cloudless":
             probs[0], probs[1] = 1 - p, p
             classes = np.where(p >= S2CLOUDLESS_THRESHOLD, 1, 0).astype(np.uint8)

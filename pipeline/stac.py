@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from .config import SearchSpec
 from .errors import CloudmaskError
 from .radiometry import processing_baseline
@@ -43,14 +46,32 @@ def search_items(spec: SearchSpec) -> list:
     return dedupe(items)
 
 
+def acquisition_key(item) -> tuple:
+    """What identifies one acquisition of one piece of ground across reprocessings: the tile, the time, and
+    the datastrip's sensing start (``_S20250312T014547_`` in ``s2:datastrip_id``, the same for every
+    reprocessing of that datastrip), else the footprint rounded to ~10 m. Two datastrips of one tile and
+    datatake (Planetary Computer lists both under one datetime) differ here."""
+    p = item.properties
+    tile = p.get("s2:mgrs_tile") or p.get("grid:code") or p.get("mgrs:grid_square") or p.get("proj:code") or item.id
+    strip = re.search(r"_S(\d{8}T\d{6})_", str(p.get("s2:datastrip_id") or ""))
+    if strip:
+        where = strip.group(1)
+    else:
+        where = json.dumps(item.geometry, sort_keys=True, default=str)
+        where = re.sub(r"(\d+\.\d{4})\d*", r"\1", where)  # ~10 m: float noise between reprocessings
+    return tile, p.get("datetime") or str(item.datetime), where
+
+
 def dedupe(items: list) -> list:
-    """Keep one item per (tile, acquisition time): the newest processing baseline, then the latest update."""
+    """Keep one item per acquisition (``acquisition_key``): the newest processing baseline, then the latest
+    processing time. Different datastrips of one tile and time are different data and are all kept (each
+    becomes its own time slice of the cube, with its own item id)."""
     best: dict = {}
     for item in items:
         p = item.properties
-        tile = p.get("s2:mgrs_tile") or p.get("grid:code") or p.get("mgrs:grid_square") or p.get("proj:code") or item.id
-        key = (tile, p.get("datetime") or str(item.datetime))
-        rank = (_baseline_key(processing_baseline(dict(p, id=item.id))), str(p.get("updated") or p.get("created") or ""))
+        key = acquisition_key(item)
+        rank = (_baseline_key(processing_baseline(dict(p, id=item.id))),
+                str(p.get("updated") or p.get("created") or ""), item.id)
         if key not in best or rank > best[key][0]:
             best[key] = (rank, item)
     kept = [v[1] for v in best.values()]

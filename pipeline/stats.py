@@ -37,6 +37,7 @@ class SceneStats:
     provider_cloud_cover: float = float("nan")  # the provider's eo:cloud_cover, for comparison
     processing_baseline: str = ""
     offset_applied: int = 0
+    radiometry: str = ""  # what was applied to the DN and why (pipeline.radiometry)
     runtime_s: float = float("nan")
     extra: dict = field(default_factory=dict, repr=False)
 

@@ -31,6 +31,23 @@ def tiny_weights(path: str | Path, seed: int = 0, bands: tuple[str, ...] | None 
     return save_weights(path, model, meta)
 
 
+def derived_weights(source: str | Path, path: str | Path, picks: dict[str, str], sensor: str, level: str) -> str:
+    """Weights for another sensor or level cut from ``source`` (a 13-band Sentinel-2 L1C file): ``picks`` maps
+    each new band (in order) to the source band whose input kernels it takes (e.g. Landsat ``B5`` <- ``B8A``). The
+    classes still vary with the pixels, as the source's do; return sha256. Tests only."""
+    from dataclasses import replace
+
+    from pipeline.model.weights import load_weights, save_weights
+
+    src = load_weights(str(source))
+    key = "backbone.body.patch_embed.proj.weight"
+    state = dict(src.state)
+    state[key] = state[key][:, [src.meta.bands.index(b) for b in picks.values()]].clone()
+    meta = replace(src.meta, bands=tuple(picks), sensor=sensor, level=level,
+                   provenance=dict(src.meta.provenance, derived=f"input kernels of {dict(picks)} from {Path(source).name}"))
+    return save_weights(path, state, meta)
+
+
 def rule_labels(dn: np.ndarray) -> np.ndarray:
     """Cheap 4-class labels from reflectance thresholds ``(13, y, x)`` -> ``(y, x)`` uint8; fixtures only."""
     blue, nir, cirrus = dn[1] / 1e4, dn[7] / 1e4, dn[10] / 1e4

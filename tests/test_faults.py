@@ -194,7 +194,7 @@ def test_bad_weights_are_refused_before_any_work(api, tmp_path, test_weights_fil
     corrupt.write_bytes(data[: len(data) // 2])
     landsat = tmp_path / "l8.safetensors"
     tiny_weights(landsat, seed=0, bands=("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11", "BQA"))
-    for weights, message in ((corrupt, "corrupt.safetensors"), (landsat, "take bands")):
+    for weights, message in ((corrupt, "corrupt.safetensors"), (landsat, "no asset holds bands ['B1'")):
         out = tmp_path / f"{weights.stem}.zarr"
         p = subprocess.run(cli_job(api, out, weights), capture_output=True, text=True, timeout=300)
         assert p.returncode == 2 and message in p.stderr, p.stderr[-1500:]
@@ -227,5 +227,5 @@ def test_broken_scenes_over_http_fail_alone(tmp_path, test_weights_file, spec):
     assert all(by_id[f"S2A_{k}"].status == "failed" for k in kinds[1:]), reasons
     assert "404" in reasons["missing_asset"] and "B03" in reasons["missing_asset"]
     assert "B04" in reasons["corrupt_cog"]
-    assert "['B10'] have no asset" in reasons["band_missing"]
+    assert "no asset holds bands ['B10']" in reasons["band_missing"]
     assert "entirely nodata" in reasons["all_nodata"]

@@ -111,7 +111,7 @@ def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
     assert p.returncode == 0, p.stderr
     w = load_weights(out / "last.safetensors")
     assert w.meta.bands == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11")
-    assert w.meta.sensor == "landsat-8" and w.meta.provenance["dataset"] == "L8Biome"
+    assert (w.meta.sensor, w.meta.level) == ("landsat-oli-tirs", "L1") and w.meta.provenance["dataset"] == "L8Biome"
     # the training chips carry fill labelled 255: counted nowhere, the loss stays finite (without the ignore
     # index, cross-entropy refuses a target of 255 for 4 classes and the run fails)
     from pipeline.datasets.l8biome import train_data
