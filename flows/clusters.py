@@ -128,12 +128,27 @@ def render(recipe: dict) -> str:
     return yaml.safe_dump({"engine": recipe["engine"], "options": recipe.get("options") or {}}, sort_keys=False)
 
 
+def check_recipe(recipe: dict) -> None:
+    """Refuse, before anything starts, a recipe this machine cannot run: the gpu engine without a visible GPU or
+    without dask-cuda."""
+    if recipe["engine"] == "gpu":
+        if not visible_gpus():
+            raise ConfigError("--cluster gpu needs NVIDIA GPUs, but torch sees none "
+                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                              "use --cluster local on this machine")
+        try:
+            import dask_cuda  # noqa: F401
+        except ImportError:
+            raise ConfigError("--cluster gpu needs dask-cuda: pip install -e '.[gpu]'") from None
+
+
 def start(recipe: dict):
     """Start the recipe's cluster and return ``(cluster, client)``."""
     from distributed import Client
 
     import dask
 
+    check_recipe(recipe)
     engine, options = recipe["engine"], dict(recipe.get("options") or {})
     if engine == "local":
         from distributed import LocalCluster
@@ -147,15 +162,8 @@ def start(recipe: dict):
         with dask.config.set(recipe.get("dask_config") or {}):  # nannies hand their config to the workers
             cluster = LocalCluster(**options)
     elif engine == "gpu":
-        gpus = visible_gpus()
-        if not gpus:
-            raise ConfigError("--cluster gpu needs NVIDIA GPUs, but torch sees none "
-                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
-                              "use --cluster local on this machine")
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError:
-            raise ConfigError("--cluster gpu needs dask-cuda: pip install -e '.[gpu]'") from None
+        from dask_cuda import LocalCUDACluster
+
         with dask.config.set(recipe.get("dask_config") or {}):
             cluster = LocalCUDACluster(**options)
     elif engine == "slurm":

@@ -140,19 +140,22 @@ def execute(spec, s: dict):
     from pipeline.job import check_search, run_job
     from pipeline.stats import to_frame
 
+    from .clusters import check_recipe, load_recipe, start
+
+    recipe = None
+    if not s.get("scheduler"):  # a recipe this machine cannot run is refused first
+        recipe = load_recipe(str(s["cluster"]), s.get("cluster_options"),
+                             int(s["workers"]) if s.get("workers") is not None else None)
+        check_recipe(recipe)
     # bad or missing weights, a failed search, and items the model cannot run fail before any cluster starts
     items = check_search(spec)
     print(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}; the first suit the model",
           flush=True)
     from distributed import Client
 
-    if s.get("scheduler"):
+    if recipe is None:
         cluster, client = None, Client(s["scheduler"])
     else:
-        from .clusters import load_recipe, start
-
-        recipe = load_recipe(str(s["cluster"]), s.get("cluster_options"),
-                             int(s["workers"]) if s.get("workers") is not None else None)
         print(f"starting the {recipe['engine']} cluster of {recipe['path']}", flush=True)
         cluster, client = start(recipe)
     try:

@@ -36,24 +36,27 @@ def sensor_of(item) -> Sensor:
     product = str(p.get("s2:product_type") or p.get("product:type") or p.get("landsat:correction")
                   or p.get("processing:level") or "").upper()
     if platform.startswith("sentinel-2") or "msi" in instruments or product.startswith("S2MSI"):
-        if product.endswith("2A") or (not product and "l2a" in collection):
-            return SENTINEL2_L2A
-        if product.endswith("1C") or (not product and "l1c" in collection):
-            return SENTINEL2_L1C
-        raise InputError(f"item {item.id}: Sentinel-2, but neither s2:product_type/product:type ({product or 'absent'}) "
-                         f"nor the collection ({collection or 'absent'}) says L1C or L2A")
+        return _level(item, product, collection, "Sentinel-2", "s2:product_type/product:type",
+                      ((product.endswith("2A"), "l2a", SENTINEL2_L2A), (product.endswith("1C"), "l1c", SENTINEL2_L1C)))
     if platform.startswith("landsat") or "oli" in instruments:
         if "oli" not in instruments and platform not in ("landsat-8", "landsat-9"):
             raise InputError(f"item {item.id}: {platform or 'Landsat'} with instruments {instruments}: only Landsat 8/9 "
                              f"OLI/TIRS bands are known (Landsat MSS/TM/ETM+ lack them)")
-        if product.startswith("L2") or (not product and "l2" in collection):
-            return LANDSAT_C2_L2
-        if product.startswith("L1") or (not product and "l1" in collection):
-            return LANDSAT_C2_L1
-        raise InputError(f"item {item.id}: Landsat, but neither landsat:correction ({product or 'absent'}) nor the "
-                         f"collection ({collection or 'absent'}) gives the level (L1 or L2)")
+        return _level(item, product, collection, "Landsat", "landsat:correction",
+                      ((product.startswith("L2"), "l2", LANDSAT_C2_L2), (product.startswith("L1"), "l1", LANDSAT_C2_L1)))
     raise InputError(f"item {item.id}: platform {platform or 'absent'!s}, instruments {instruments}: not a sensor this "
                      f"pipeline knows (Sentinel-2 MSI L1C/L2A, Landsat 8/9 OLI/TIRS C2 L1/L2)")
+
+
+def _level(item, product: str, collection: str, family: str, keys: str, options) -> Sensor:
+    """The first of ``options`` ``(the product type says it, what the collection id holds, sensor)`` that the
+    product type (or, without one, the collection id) matches."""
+    for says, in_collection, sensor in options:
+        if says if product else in_collection in collection:
+            return sensor
+    levels = " or ".join(sensor.level for *_, sensor in options)
+    raise InputError(f"item {item.id}: {family}, but neither {keys} ({product or 'absent'}) nor the collection "
+                     f"({collection or 'absent'}) gives the level ({levels})")
 
 
 def _band_entries(asset) -> list[dict]:

@@ -111,7 +111,7 @@ def test_kubernetes_recipe_renders_the_operator_manifest_with_gpu_workers():
     assert yaml.safe_load((ROOT / "deploy" / "kubernetes" / "daskcluster.yaml").read_text()) == spec
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert re.search(r"^FROM nvidia/cuda:[\d.]+-runtime-", dockerfile, re.M)
-    assert "-t cloudmask-pipeline:0.1.0" in dockerfile and ".[gpu]" in dockerfile
+    assert "-t cloudmask-pipeline:0.1.0" in dockerfile and "'.[gpu,providers]'" in dockerfile
 
 
 def test_cluster_cli_lists_and_renders():

@@ -16,7 +16,7 @@ from pipeline.detectors import detector_weights
 from pipeline.errors import InputError
 from pipeline.plans import PreflightError, check_items, grid_of, plan_scene
 from pipeline.radiometry import band_scale, decide, decide_landsat
-from pipeline.sensors import LANDSAT_C2_L2, SENTINEL2_L1C, SENTINEL2_L2A
+from pipeline.sensors import LANDSAT_C2_L1, LANDSAT_C2_L2, SENTINEL2_L1C, SENTINEL2_L2A
 from pipeline.stac import dedupe
 from providers import real_item
 
@@ -265,3 +265,23 @@ def test_planetary_computer_items_are_signed_by_the_sdk_against_its_token_endpoi
         server.shutdown()
         planetary_computer.settings.Settings.get.cache_clear()
         TOKEN_CACHE.clear()
+
+
+def test_level_comes_from_the_product_type_else_the_collection_and_missing_bands_are_named():
+    def l1(d):
+        d["properties"]["landsat:correction"] = "L1TP"
+    it = item(ES_L8, l1)
+    assert sensor_of(it) == LANDSAT_C2_L1
+    with pytest.raises(InputError, match=r"no asset holds bands \['B8', 'B9', 'B11'\] of Landsat 8/9 C2 L1"):
+        band_assets(it, LANDSAT_C2_L1, LANDSAT_C2_L1.bands)  # a Level-2 product has no pan, cirrus or B11
+
+    def anonymous(d):
+        d["properties"].pop("s2:product_type")
+        d["collection"] = "my-sentinel-2"
+    with pytest.raises(InputError, match=r"Sentinel-2, but neither s2:product_type/product:type \(absent\) nor the "
+                                         r"collection \(my-sentinel-2\) gives the level \(L2A or L1C\)"):
+        sensor_of(item(ES_L2A, anonymous))
+
+    def by_collection(d):
+        d["properties"].pop("s2:product_type")
+    assert sensor_of(item(ES_L2A, by_collection)) == SENTINEL2_L2A

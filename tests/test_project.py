@@ -24,8 +24,8 @@ def pins(requirements):
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = pins(project["dependencies"] + extras["test"] + extras["datasets"] + extras["peers"] + extras["stacserver"]
-                  + extras["clusters"])
+    wanted = pins(project["dependencies"] + extras["test"] + extras["datasets"] + extras["peers"] + extras["providers"]
+                  + extras["stacserver"] + extras["clusters"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda, pip = {}, {}
     for dep in env["dependencies"]:
@@ -57,7 +57,7 @@ def test_gpu_extra_is_what_the_gpu_recipe_asks_for(monkeypatch):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     op, version = pins(project["optional-dependencies"]["gpu"])["dask-cuda"]
     assert op == ">=" and tuple(map(int, version.split("."))) >= (26, 10)
-    assert ".[gpu]" in (ROOT / "deploy" / "Dockerfile").read_text()
+    assert re.search(r"'\.\[gpu(,\w+)*\]'", (ROOT / "deploy" / "Dockerfile").read_text())
     if importlib.util.find_spec("dask_cuda") is None:
         monkeypatch.setattr(clusters, "visible_gpus", lambda: 1)  # past the no-GPU refusal, to the import
         with pytest.raises(ConfigError, match=r"needs dask-cuda: pip install -e '\.\[gpu\]'"):

@@ -54,6 +54,18 @@ def _null_crs(d):
     d["properties"]["datetime"] = "2025-07-31T13:00:00Z"  # another acquisition, not a duplicate
 
 
+def _as_level1(d):
+    """Earth Search's Landsat item recast as the Collection 2 Level-1 product of the same scene (no real L1 item
+    in the test data): L1TP, the C2 L1 reflectance scale (2e-05, -0.1); its thermal band left as it is."""
+    d["properties"]["landsat:correction"] = "L1TP"
+    d["collection"] = "landsat-c2-l1"
+    for a in d["assets"].values():
+        for rb in a.get("raster:bands", []):
+            if rb.get("scale") == 2.75e-05:
+                rb.update(scale=2e-05, offset=-0.1)
+    return d
+
+
 def _other_datastrip(d):
     p = d["properties"]
     p["s2:datastrip_id"] = p["s2:datastrip_id"].replace("_S20250312T014547_", "_S20250312T014901_")
@@ -87,6 +99,7 @@ def replicas(tmp_path_factory):
                                    collection="sentinel-2-l1c-twin", edit=_no_offset),
             "es-l2a": replica(real_item(ES_L2A), root, http, s3, offset={k: 1000 for k in jp2_l2a}),
             "es-l8": replica(real_item(ES_L8), root, http, s3),
+            "es-l8-l1": replica(_as_level1(real_item(ES_L8)), root, http, s3, item_id="LC08_L1TP_033032_20231008"),
             "pc-new": replica(real_item(PC_NEW), root, http, offset=1000),
             "pc-strip": replica(real_item(PC_NEW), root, http, offset=1000, window=192,
                                 item_id=real_item(PC_NEW)["id"].replace("041213", "041214"), edit=_other_datastrip),
@@ -115,6 +128,13 @@ def cli(url, collection, out, *args, env=None):
     cmd = [str(Path(sys.executable).with_name("cloudmask")), "run", "--stac-url", url, "--collection", collection,
            "--bbox=-180,-90,180,90", "--out", str(out), "--chunk", "96", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, **(env or {})))
+
+
+def cli_ok(url, collection, out, *args, env=None) -> dict:
+    """``cli(...)``, which must succeed; the rows of the statistics table it wrote, by item id."""
+    p = cli(url, collection, out, *args, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    return table(out)
 
 
 def table(out) -> dict:
@@ -179,9 +199,7 @@ def test_earth_search_l1c_requester_pays_jp2_on_s3(replicas, aws, weights, tmp_p
     assert "every scene failed" in p.stderr and "AWS_REQUEST_PAYER=requester" in p.stdout
     # as a user sets it: the default run
     out = tmp_path / "l1c.zarr"
-    p = cli(url, "sentinel-2-l1c", out, "--weights", weights["sentinel-2-l1c"], env={"AWS_REQUEST_PAYER": "requester"})
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    rows = table(out)
+    rows = cli_ok(url, "sentinel-2-l1c", out, "--weights", weights["sentinel-2-l1c"], env={"AWS_REQUEST_PAYER": "requester"})
     good, bad = rows[items["es-l1c"]["id"]], rows["S2B_24MVV_nullcrs"]
     assert good["status"] == "ok" and good["offset_applied"] == 1000 and "B10 median" in good["radiometry"]
     assert bad["status"] == "failed" and "no usable CRS (proj:code=None" in bad["reason"]  # fails alone
@@ -196,9 +214,7 @@ def test_earth_search_l1c_requester_pays_jp2_on_s3(replicas, aws, weights, tmp_p
 def test_earth_search_l2a_reads_the_cogs_whose_offset_the_provider_removed(replicas, aws, weights, tmp_path):
     url, item = replicas["es"], replicas["items"]["es-l2a"]
     out = tmp_path / "ukis.zarr"
-    p = cli(url, "sentinel-2-l2a", out, "--model", "ukis-csmask")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    row = table(out)[item["id"]]
+    row = cli_ok(url, "sentinel-2-l2a", out, "--model", "ukis-csmask")[item["id"]]
     assert row["status"] == "ok" and row["offset_applied"] == 0 and "earthsearch:boa_offset_applied" in row["radiometry"]
     assert_varied(masks(out)[item["id"]])
     result = run_here(url, "sentinel-2-l2a", tmp_path / "l2a.zarr", weights["sentinel-2-l2a"])
@@ -219,9 +235,7 @@ def test_earth_search_landsat_requester_pays_said_by_the_item(replicas, aws, wei
     """Landsat's assets say storage:requester_pays: no AWS_REQUEST_PAYER needed."""
     url, item = replicas["es"], replicas["items"]["es-l8"]
     out = tmp_path / "l8.zarr"
-    p = cli(url, "landsat-c2-l2", out, "--model", "ukis-csmask")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    row = table(out)[item["id"]]
+    row = cli_ok(url, "landsat-c2-l2", out, "--model", "ukis-csmask")[item["id"]]
     assert row["status"] == "ok" and row["offset_applied"] == 0 and "Landsat C2 L2" in row["radiometry"]
     mask = masks(out)[item["id"]]
     assert mask.shape == (192, 192)  # the item's own 30 m grid
@@ -233,9 +247,7 @@ def test_earth_search_landsat_requester_pays_said_by_the_item(replicas, aws, wei
 def test_planetary_computer_l2a_keeps_both_datastrips_and_removes_the_offset(replicas, aws, weights, tmp_path):
     url, items = replicas["pc"], replicas["items"]
     out = tmp_path / "pc.zarr"
-    p = cli(url, "sentinel-2-l2a", out, "--weights", weights["sentinel-2-l2a"])
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    rows = table(out)
+    rows = cli_ok(url, "sentinel-2-l2a", out, "--weights", weights["sentinel-2-l2a"])
     new, strip, old = (rows[items[k]["id"]] for k in ("pc-new", "pc-strip", "pc-old"))
     assert (new["status"], strip["status"], old["status"]) == ("ok", "ok", "ok")  # both datastrips masked
     assert (new["offset_applied"], strip["offset_applied"], old["offset_applied"]) == (1000, 1000, 0)
@@ -247,12 +259,17 @@ def test_planetary_computer_l2a_keeps_both_datastrips_and_removes_the_offset(rep
                       (items["pc-new"], items["pc-new-twin"]), weights["sentinel-2-l2a"])
 
 
+def test_landsat_level1_runs_with_its_own_scale(replicas, aws, tmp_path):
+    result = run_here(replicas["es"], "landsat-c2-l1", tmp_path / "l1.zarr", "ukis-csmask")
+    (stats,) = result.stats
+    assert stats.status == "ok" and "Landsat C2 L1" in stats.radiometry and stats.offset_applied == 0
+    assert_varied(masks(tmp_path / "l1.zarr")["LC08_L1TP_033032_20231008"])
+
+
 def test_planetary_computer_landsat(replicas, aws, tmp_path):
     url, item = replicas["pc"], replicas["items"]["pc-l9"]
     out = tmp_path / "l9.zarr"
-    p = cli(url, "landsat-c2-l2", out, "--model", "ukis-csmask")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    assert table(out)[item["id"]]["status"] == "ok"
+    assert cli_ok(url, "landsat-c2-l2", out, "--model", "ukis-csmask")[item["id"]]["status"] == "ok"
     assert_varied(masks(out)[item["id"]])
 
 
