@@ -113,11 +113,12 @@ def job_spec(s: dict):
     """The JobSpec of resolved settings ``s`` (see ``settings``)."""
     from pipeline.config import InferSpec, SearchSpec
     from pipeline.job import JobSpec
+    from pipeline.store import store_path
 
     return JobSpec(
         search=SearchSpec(s["stac_url"], s["collection"], bbox=tuple(s["bbox"]) if s.get("bbox") else None,
                           datetime=s.get("datetime"), max_cloud=s.get("max_cloud"), limit=s.get("limit")),
-        out=s["out"], profile=s["profile"], weights=s.get("weights"),
+        out=str(store_path(s["out"])), profile=s["profile"], weights=s.get("weights"),
         infer=InferSpec(overlap=None if s.get("overlap") is None else int(s["overlap"]),
                         precision=s.get("precision") or "auto"),
         chunk=int(s["chunk"]), in_flight=int(s["in_flight"]), strict=bool(s["strict"]),

@@ -96,14 +96,25 @@ def _written_counts(_written, path: str, group: str, t: int, harmonisation):
     return np.bincount(mask.ravel(), minlength=256), harmonisation
 
 
+def provenance(spec: JobSpec, loaded) -> dict:
+    """What the masks of this run depend on (``store.PROVENANCE``), for the store's one-model check."""
+    meta = loaded.meta
+    tile = spec.infer.tile or meta.tile_size
+    return {"model": meta.model, "weights_sha256": loaded.sha256, "bands": list(meta.bands),
+            "classes": list(meta.classes), "tile": tile, "overlap": spec.infer.overlap_for(tile),
+            "precision": spec.infer.precision, "probabilities": spec.probabilities}
+
+
 def check_job(spec: JobSpec):
     """``(profile or None, weights path, loaded weights)`` once the weights are readable and suit the tile
-    overlap; raises before any work (or cluster) starts otherwise. Whether they suit the items is checked once
-    they are found (``check_search``)."""
+    overlap, ``--out`` is a usable folder and, for an existing store, the run's model and settings are the
+    store's; raises before any work (or cluster) starts otherwise. Whether the weights suit the items is checked
+    once they are found (``check_search``)."""
     profile = get_profile(spec.profile) if spec.profile else None
     weights = str(spec.weights or default_weights())
     loaded = detector_weights(weights)
     meta = loaded.meta
+    MaskStore(spec.out).check_provenance(provenance(spec, loaded))
     tile = spec.infer.tile or meta.tile_size
     if not 0 <= 2 * spec.infer.overlap_for(tile) < tile:
         raise CloudmaskError(f"overlap={spec.infer.overlap_for(tile)} must be at least 0 and less than half the "
@@ -153,6 +164,8 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
     results: list[SceneStats] = []
     with store.lock():
         log(f"writing {spec.out} (locked for this job)")
+        store.check_provenance(provenance(spec, loaded))  # again, under the lock
+        store.write_provenance(provenance(spec, loaded))
         by_grid: dict = {}
         plans: dict[str, ScenePlan] = {}
         failed_early = []

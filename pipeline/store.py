@@ -18,6 +18,8 @@ import datetime as dt
 import json
 import os
 import socket
+import time
+from urllib.parse import quote, unquote
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +65,32 @@ class Grid:
         return {"y": y0 + dy * (np.arange(h) + 0.5), "x": x0 + dx * (np.arange(w) + 0.5)}
 
 
+def store_path(out: str | Path) -> Path:
+    """The local folder of ``--out`` (``~`` expanded, ``file://`` accepted), checked before any work: not a file,
+    and writable where it would be created. Object-storage URLs are refused, naming what works instead."""
+    text = str(out)
+    if "://" in text and not text.startswith("file://"):
+        raise ConfigError(f"--out {text}: stores on object storage are not supported yet; write to a local path "
+                          f"(a bucket mounted as a folder works)")
+    path = Path(text.removeprefix("file://")).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {text} is a file, not a store folder; give a new folder or a store to resume")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {text}: cannot write in {existing} (no permission, or a read-only file system); "
+                          f"choose another --out")
+    return path
+
+
+# what makes masks comparable: a store holds the output of one set of these, recorded at its root
+PROVENANCE = ("model", "weights_sha256", "bands", "classes", "tile", "overlap", "precision", "probabilities")
+
+
 class MaskStore:
     """A job's output store on a local path."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = store_path(path)
         self.meta_dir = self.path / "_cloudmask"
         self.manifest_dir = self.meta_dir / "manifest"
 
@@ -77,17 +100,18 @@ class MaskStore:
         """Hold the store's writer lock; refuse (StoreLockedError) while another live job holds it."""
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         lock = self.meta_dir / "lock.json"
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "job": job,
+        me = {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": socket.gethostname(), "job": job,
               "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         for _ in range(2):
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 break
             except FileExistsError:
-                holder = _read_json(lock) or {}
-                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                holder = _read_json(lock)
+                if _stale(lock, holder, me):
                     lock.unlink(missing_ok=True)  # the previous job died without releasing it
                     continue
+                holder = holder or {}
                 raise StoreLockedError(
                     f"store {str(self.path)!r} is being written by another job (pid {holder.get('pid')} on "
                     f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish, or write to "
@@ -99,16 +123,53 @@ class MaskStore:
         finally:
             lock.unlink(missing_ok=True)
 
+    # -- provenance -----------------------------------------------------------------------------------
+    def provenance(self) -> dict | None:
+        """What produced the masks already in the store (``PROVENANCE`` keys), or None for a new store."""
+        if not (self.path / "zarr.json").exists():
+            return None
+        import zarr
+
+        root = zarr.open_group(str(self.path), mode="r")
+        recorded = dict(root.attrs.get("cloudmask", {}))
+        if not recorded:  # a store of an earlier version: its groups name the model and weights
+            for _, group in root.groups():
+                if group.attrs.get("weights_sha256"):
+                    return {"model": group.attrs.get("model"), "weights_sha256": group.attrs["weights_sha256"]}
+        return recorded or None
+
+    def check_provenance(self, wanted: dict) -> None:
+        """Refuse (``ConfigError``, naming every difference) a run whose settings would put masks of another
+        model or setting into this store."""
+        have = self.provenance()
+        if not have:
+            return
+        diffs = [f"{k}: the store has {have[k]!r}, this run {wanted[k]!r}" for k in PROVENANCE
+                 if k in have and k in wanted and _plain(have[k]) != _plain(wanted[k])]
+        if diffs:
+            raise ConfigError(f"store {str(self.path)!r} holds masks made with other settings ({'; '.join(diffs)}); "
+                              f"one store holds one model's masks: write this run to another --out")
+
+    def write_provenance(self, wanted: dict) -> None:
+        """Record ``wanted`` at the store's root (once; ``check_provenance`` guards later runs)."""
+        import zarr
+
+        root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        if not root.attrs.get("cloudmask"):
+            root.attrs.update(cloudmask={k: _plain(v) for k, v in wanted.items()}, code_version=__version__)
+
     # -- manifest -------------------------------------------------------------------------------------
     def done(self) -> dict[str, dict]:
-        """Manifest entries of finished scenes (ok or failed), by item id."""
+        """Manifest entries of finished scenes, by item id. An entry that cannot be read (truncated, empty: a
+        crash or a full disk while it was written) is left out, so its scene is redone."""
         if not self.manifest_dir.is_dir():
             return {}
-        return {p.stem: _read_json(p) for p in sorted(self.manifest_dir.glob("*.json"))}
+        entries = ((unquote(p.stem), _read_json(p)) for p in sorted(self.manifest_dir.glob("*.json")))
+        return {item_id: e for item_id, e in entries if isinstance(e, dict) and isinstance(e.get("stats", {}), dict)}
 
     def mark_done(self, item_id: str, entry: dict) -> None:
         self.manifest_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.manifest_dir / f"{item_id}.json", entry)
+        _write_json(self.manifest_dir / manifest_name(item_id), entry)
 
     # -- groups ---------------------------------------------------------------------------------------
     def ensure_group(self, grid: Grid, times: list, item_ids: list[str], chunks: tuple[int, int],
@@ -179,6 +240,18 @@ class MaskStore:
         return xr.open_zarr(self.path, group=group, consolidated=False)
 
 
+def _plain(value):
+    """JSON's view of a value (tuples as lists), so recorded and new settings compare alike."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def manifest_name(item_id: str) -> str:
+    """The manifest file name of an item id, safe for any id: every character but letters, digits and ``_.-``
+    percent-encoded (``a/b`` -> ``a%2Fb``, ``../x`` -> ``..%2Fx``), so ids never name other paths."""
+    name = quote(item_id, safe="")
+    return ("%2E" + name[1:] if name.startswith(".") else name) + ".json"
+
+
 def _stat_vars(stats: SceneStats) -> dict:
     """One scene's statistics as length-1 variables along ``time``, in the store's dtypes."""
     row = dict(stats.row(), status=STATUS[stats.status])
@@ -190,6 +263,35 @@ def _affine(transform):
 
     x0, dx, rx, y0, ry, dy = transform
     return Affine(dx, rx, x0, ry, dy, y0)
+
+
+UNREADABLE_LOCK_S = 30  # a lock file still empty or unreadable after this long was left by a failed start
+
+
+def _stale(lock: Path, holder, me: dict) -> bool:
+    """Whether ``lock`` (content ``holder``) was left by a job that is gone: a dead process on this host, a live
+    process id that started at another time (the id was reused: a restarted container's job is PID 1 again), or
+    a file never completed (empty or unreadable for ``UNREADABLE_LOCK_S``: a crash or a full disk as it was
+    written)."""
+    if not isinstance(holder, dict):
+        try:
+            return time.time() - lock.stat().st_mtime > UNREADABLE_LOCK_S
+        except FileNotFoundError:
+            return True
+    if holder.get("host") != me["host"]:
+        return False
+    if not _alive(holder.get("pid")):
+        return True
+    started = holder.get("started")
+    return started is not None and started != _process_start(holder.get("pid"))
+
+
+def _process_start(pid) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), None where unknown."""
+    try:
+        return int(Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
 
 
 def _alive(pid) -> bool:

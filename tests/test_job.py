@@ -223,3 +223,26 @@ def test_scenes_in_flight_are_bounded_and_earlier_scenes_go_first(api, tmp_path,
     assert watch.first_mask[0] == first
     finished = [line.split()[1].rstrip(":") for line in lines if line.startswith("[")]
     assert finished.index(first) < finished.index(second)
+
+
+def test_a_store_refuses_another_models_masks_before_any_work(api, first_run, random_weights_file, tmp_path):
+    """Resuming a store with other weights, another model or without its probabilities setting is refused in one
+    line before any cluster starts, and the store is left byte for byte as it was."""
+    import shutil
+
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(first_run[0], store)
+
+    def snapshot():
+        return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    cloudmask = str(Path(sys.executable).with_name("cloudmask"))
+    base = [cloudmask, "run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90",
+            "--out", str(store), "--overlap", "16", "--chunk", "96"]
+    for extra, named in ((["--weights", str(random_weights_file)], "weights_sha256: the store has"),
+                         (["--model", "ukis-csmask"], "model: the store has 'mscloudcam_tiny', this run 'ukis-csmask'")):
+        p = subprocess.run(base + extra, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2 and named in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "starting the" not in p.stdout
+    assert snapshot() == before

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.stats import SceneStats, class_counts, to_frame, write_table
-from pipeline.store import Grid, MaskStore, StoreLockedError
+from pipeline.store import Grid, MaskStore, StoreLockedError, store_path
 
 GRID = Grid("EPSG:32633", (330000.0, 10.0, 0.0, 5822040.0, 0.0, -10.0), (300, 250))
 TIMES = ["2017-02-16T10:21:01", "2017-03-01T10:21:01"]
@@ -117,3 +117,76 @@ def test_probabilities_are_refused_on_a_store_written_without_them(tmp_path):
                                           "to another --out"):
         store.ensure_group(GRID, TIMES, ["S2A_A", "S2B_B"], (96, 96), probabilities=True)
     assert sorted(p.relative_to(store.path) for p in store.path.rglob("*")) == before
+
+
+def test_item_ids_never_name_other_paths(tmp_path):
+    """Ids are file names in the manifest: `/` or `../` in an id must neither write elsewhere nor be lost."""
+    store = MaskStore(tmp_path / "ids.zarr")
+    ids = ["../../escaped", "tile/with/slashes", "..", ".hidden", "plain_S2A"]
+    for i in ids:
+        store.mark_done(i, {"status": "ok", "stats": {}})
+    assert sorted(store.done()) == sorted(ids)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(p.parent == store.manifest_dir for p in written), written
+
+
+def test_an_unreadable_manifest_entry_means_the_scene_is_redone(tmp_path):
+    store = MaskStore(tmp_path / "m.zarr")
+    store.mark_done("S2A_A", {"status": "ok", "stats": {"item_id": "S2A_A"}})
+    store.mark_done("S2B_B", {"status": "ok", "stats": {"item_id": "S2B_B"}})
+    path = store.manifest_dir / "S2B_B.json"
+    path.write_text(path.read_text()[:7])  # a crash or a full disk mid-write
+    (store.manifest_dir / "S2C_C.json").write_text("")
+    assert sorted(store.done()) == ["S2A_A"]
+
+
+def test_locks_left_by_a_failed_start_or_a_reused_pid_are_taken_over(tmp_path):
+    store = MaskStore(tmp_path / "l.zarr")
+    with store.lock():
+        pass
+    lock = store.meta_dir / "lock.json"
+    lock.write_text("")  # the disk was full as the lock was written: it stays empty
+    with pytest.raises(StoreLockedError):  # young: it may be a job that is writing it right now
+        with store.lock():
+            pass
+    old = lock.stat().st_mtime - 3600
+    os.utime(lock, (old, old))
+    with store.lock():
+        pass
+    # this process id, but another process's start time: a restarted container's job, PID 1 again
+    lock.write_text(json.dumps({"pid": os.getpid(), "started": 1, "host": os.uname().nodename}))
+    with store.lock():
+        pass
+    with store.lock():  # while held by this live process, the same id is refused
+        with pytest.raises(StoreLockedError, match=f"pid {os.getpid()}"):
+            with MaskStore(tmp_path / "l.zarr").lock():
+                pass
+
+
+def test_out_is_checked_before_any_work(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"--out s3://bucket/x.zarr: stores on object storage are not supported yet"):
+        store_path("s3://bucket/x.zarr")
+    afile = tmp_path / "a.txt"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a store folder"):
+        store_path(afile)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert store_path("~/cubes/x.zarr") == tmp_path / "cubes" / "x.zarr"
+    assert store_path(f"file://{tmp_path}/y.zarr") == tmp_path / "y.zarr"
+    assert not (tmp_path / "cubes").exists()  # checking writes nothing
+
+
+def test_one_store_holds_one_models_masks(tmp_path):
+    store = MaskStore(tmp_path / "p.zarr")
+    first = {"model": "mscloudcam_tiny", "weights_sha256": "aa", "bands": ["B01"], "tile": 64, "overlap": 8,
+             "probabilities": False}
+    store.check_provenance(first)  # a new store takes anything
+    store.write_provenance(first)
+    store.check_provenance(dict(first))
+    with pytest.raises(ConfigError, match=r"weights_sha256: the store has 'aa', this run 'bb'; overlap: the store has "
+                                          r"8, this run 16\); one store holds one model's masks"):
+        store.check_provenance(dict(first, weights_sha256="bb", overlap=16))
+    with pytest.raises(ConfigError, match="probabilities: the store has True, this run False"):
+        other = MaskStore(tmp_path / "q.zarr")
+        other.write_provenance(dict(first, probabilities=True))
+        other.check_provenance(first)
