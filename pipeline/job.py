@@ -184,6 +184,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
                                               "stac_api": spec.search.url, "collection": spec.search.collection},
                                        probabilities=spec.probabilities)
             work += [(item, group, t) for t, item in enumerate(its)]
+        store.consolidate()  # the layout is complete: one metadata document for readers
         done = store.done()
         todo = [w for w in work if w[0].id not in done]
         skipped = len(work) - len(todo)

@@ -158,6 +158,18 @@ class MaskStore:
         if not root.attrs.get("cloudmask"):
             root.attrs.update(cloudmask={k: _plain(v) for k, v in wanted.items()}, code_version=__version__)
 
+    def consolidate(self) -> None:
+        """Write the hierarchy's consolidated metadata at the root, after every change of layout or attributes
+        (scenes' region writes change no metadata): analysts' ``xr.open_zarr``/``xr.open_datatree`` then read
+        one document, warn about nothing, and never see the bookkeeping folder ``_cloudmask`` as a broken node."""
+        import warnings
+
+        import zarr
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "not part of the Zarr v3 specification" and _cloudmask
+            zarr.consolidate_metadata(str(self.path))
+
     # -- manifest -------------------------------------------------------------------------------------
     def done(self) -> dict[str, dict]:
         """Manifest entries of finished scenes, by item id. An entry that cannot be read (truncated, empty: a

@@ -246,3 +246,24 @@ def test_a_store_refuses_another_models_masks_before_any_work(api, first_run, ra
         assert p.returncode == 2 and named in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "starting the" not in p.stdout
     assert snapshot() == before
+
+
+def test_analysts_open_the_store_plainly_without_warnings(first_run):
+    """Plain xr.open_zarr(store, group=g), xr.open_datatree(store, engine="zarr") and zarr.open_group in a fresh
+    process, warnings as errors: consolidated metadata is current and the bookkeeping folder is not a node."""
+    store = first_run[0]
+    code = textwrap.dedent(f"""
+        import warnings, xarray as xr, zarr
+        warnings.simplefilter("error")
+        root = zarr.open_group({str(store)!r}, mode="r")
+        groups = sorted(n for n, _ in root.members())
+        assert all(not n.startswith("_") for n in groups), groups
+        assert root.attrs["cloudmask"]["model"] == "mscloudcam_tiny", dict(root.attrs)
+        ds = xr.open_zarr({str(store)!r}, group=groups[0])
+        tree = xr.open_datatree({str(store)!r}, engine="zarr")
+        assert sorted(tree.children) == groups
+        assert int(tree[groups[0]]["status"].max()) >= 1 and tree[groups[0]]["mask"].dtype == "uint8"
+        print(len(groups))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "2", p.stderr[-2000:]
