@@ -31,9 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C (locks released, clusters closed), then exit 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a handler, not the default action: the job unwinds (and, as PID 1 in a container, SIGTERM is not ignored)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # PID 1 ignores SIGINT's default action too
     try:
         return int(args.func(args) or 0)
     except CloudmaskError as exc:
@@ -42,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cloudmask {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"cloudmask {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 from pipeline.errors import ConfigError
@@ -130,7 +131,10 @@ def render(recipe: dict) -> str:
 
 def check_recipe(recipe: dict) -> None:
     """Refuse, before anything starts, a recipe this machine cannot run: the gpu engine without a visible GPU or
-    without dask-cuda."""
+    without dask-cuda, the slurm engine without SLURM's ``sbatch``."""
+    if recipe["engine"] == "slurm" and not shutil.which("sbatch"):
+        raise ConfigError("--cluster slurm needs SLURM's sbatch on PATH (run from a SLURM login node, or install "
+                          "slurm-client); or start workers yourself and pass --scheduler")
     if recipe["engine"] == "gpu":
         if not visible_gpus():
             raise ConfigError("--cluster gpu needs NVIDIA GPUs, but torch sees none "
@@ -140,6 +144,22 @@ def check_recipe(recipe: dict) -> None:
             import dask_cuda  # noqa: F401
         except ImportError:
             raise ConfigError("--cluster gpu needs dask-cuda: pip install -e '.[gpu]'") from None
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Refuse (``ConfigError``) a ``--scheduler`` address that does not accept a connection within ``timeout``
+    seconds, before any search or work."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    if url.scheme not in ("tcp", "tls") or not url.hostname or not url.port:
+        raise ConfigError(f"--scheduler {address!r}: expected tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786)")
+    try:
+        socket.create_connection((url.hostname, url.port), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--scheduler {address}: no Dask scheduler answers there within {timeout:.0f} s ({exc}); "
+                          f"start one (dask scheduler) or drop --scheduler to start a cluster") from None
 
 
 def start(recipe: dict):

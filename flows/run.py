@@ -141,10 +141,12 @@ def execute(spec, s: dict):
     from pipeline.job import check_search, run_job
     from pipeline.stats import to_frame
 
-    from .clusters import check_recipe, load_recipe, start
+    from .clusters import check_recipe, check_scheduler, load_recipe, start
 
     recipe = None
-    if not s.get("scheduler"):  # a recipe this machine cannot run is refused first
+    if s.get("scheduler"):
+        check_scheduler(s["scheduler"])
+    else:  # a recipe this machine cannot run is refused first
         recipe = load_recipe(str(s["cluster"]), s.get("cluster_options"),
                              int(s["workers"]) if s.get("workers") is not None else None)
         check_recipe(recipe)

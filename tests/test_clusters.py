@@ -155,3 +155,21 @@ def test_gpu_workers_get_the_model_tasks(api, tmp_path, test_weights_file, spec)
     ran = [(r["key"][0] if isinstance(r["key"], tuple) else r["key"], names.get(r["worker"])) for r in ts.data]
     model_tasks = [(k, w) for k, w in ran if str(k).startswith("mask_")]
     assert model_tasks and {w for _, w in model_tasks} == {"gpu0"}, [m for m in model_tasks if m[1] != "gpu0"][:5]
+
+
+def test_an_unreachable_scheduler_and_a_missing_sbatch_are_refused_before_the_search(tmp_path):
+    """The STAC URL is unreachable too: the one-line refusal names the scheduler (or sbatch), so it came first;
+    nothing is written."""
+    import os
+
+    cloudmask = str(Path(sys.executable).with_name("cloudmask"))
+    base = [cloudmask, "run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "x.zarr")]
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    for extra, env, said in ((["--scheduler", "tcp://127.0.0.1:9"], None, "no Dask scheduler answers there"),
+                             (["--scheduler", "127.0.0.1"], None, "expected tcp://HOST:PORT"),
+                             (["--cluster", "slurm"], {"PATH": str(empty)}, "needs SLURM's sbatch on PATH")):
+        p = subprocess.run(base + extra, capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, **(env or {})))
+        assert p.returncode == 2 and said in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not (tmp_path / "x.zarr").exists()

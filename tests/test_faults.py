@@ -229,3 +229,20 @@ def test_broken_scenes_over_http_fail_alone(tmp_path, test_weights_file, spec):
     assert "B04" in reasons["corrupt_cog"]
     assert "no asset holds bands ['B10']" in reasons["band_missing"]
     assert "entirely nodata" in reasons["all_nodata"]
+
+
+def test_sigterm_stops_the_job_cleanly_and_it_resumes(api, tmp_path, test_weights_file):
+    """SIGTERM while the job writes: the job unwinds (lock released, cluster closed), exits 143, and a re-run
+    finishes the store."""
+    out = tmp_path / "term.zarr"
+    p = subprocess.Popen(cli_job(api, out, test_weights_file), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    for line in p.stdout:  # wait for the event: the job holds the store's lock
+        if line.startswith("writing "):
+            break
+    p.send_signal(signal.SIGTERM)
+    rest, err = p.communicate(timeout=180)
+    assert p.returncode == 143 and "terminated (SIGTERM)" in err, err[-2000:]
+    assert (out / "_cloudmask").is_dir() and not (out / "_cloudmask" / "lock.json").exists()
+    again = subprocess.run(cli_job(api, out, test_weights_file), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
