@@ -11,9 +11,9 @@ from pipeline.peers import DETECTORS
 
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
           "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "precision",
-          "probabilities")
+          "probabilities", "verify")
 DEFAULTS = dict(profile=None, cluster="local", workers=None, chunk=2048, in_flight=2, strict=False, overlap=None,
-                probabilities=False)
+                probabilities=False, verify=False)
 
 
 def add_parser(sub) -> None:
@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
                    help="model precision (default: auto = bf16 on GPUs and on CPUs with native bf16, fp32 otherwise)")
     p.add_argument("--probabilities", action="store_true", default=None,
                    help="also store probability (time, class, y, x) uint8, p x 250 (four times the mask's size)")
+    p.add_argument("--verify", action="store_true", default=None,
+                   help="before resuming, read back every scene marked done and redo those whose masks are lost or "
+                        "damaged (see cloudmask verify)")
     p.add_argument("--strict", action="store_true", default=None,
                    help="exit 1 if any scene failed (without it: only when every scene failed)")
     p.set_defaults(func=run)
@@ -72,6 +75,15 @@ def add_parser(sub) -> None:
     g.add_argument("--csv", help="also write the table as CSV")
     g.add_argument("--parquet", help="also write the table as Parquet")
     s.set_defaults(func=run_stats)
+
+    v = sub.add_parser("verify", help="check that every scene a store marks done is intact",
+                       description="Reads back every scene the store's manifest marks done: its mask chunks must "
+                                   "exist and decode, and its class counts must equal the statistics recorded when "
+                                   "it was written. Exit status 1 if any scene is damaged (0 with --repair, which "
+                                   "marks them for the next cloudmask run to redo).")
+    v.add_argument("store", help="the Zarr store a cloudmask run wrote")
+    v.add_argument("--repair", action="store_true", help="mark damaged scenes for redo (the next run redoes them)")
+    v.set_defaults(func=run_verify)
 
 
 def settings(args) -> dict:
@@ -122,7 +134,7 @@ def job_spec(s: dict):
         infer=InferSpec(overlap=None if s.get("overlap") is None else int(s["overlap"]),
                         precision=s.get("precision") or "auto"),
         chunk=int(s["chunk"]), in_flight=int(s["in_flight"]), strict=bool(s["strict"]),
-        probabilities=bool(s["probabilities"]))
+        probabilities=bool(s["probabilities"]), verify=bool(s["verify"]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -202,3 +214,18 @@ def run_stats(args: argparse.Namespace) -> int:
             write_table(frame, path)
             print(f"written to {path}")
     return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from pipeline.integrity import verify_store
+    from pipeline.store import MaskStore
+
+    store = MaskStore(args.store)
+    if not store.manifest_dir.is_dir():
+        raise ConfigError(f"{args.store!r} has no manifest ({store.manifest_dir}); is it a store written by cloudmask run?")
+    checks = verify_store(store, repair=args.repair)
+    bad = [c for c in checks if c.problem]
+    what = "marked for redo: run the same cloudmask run again" if args.repair else "run with --repair to redo them"
+    print(f"{len(checks)} scenes checked, {len(checks) - len(bad)} intact, {len(bad)} damaged"
+          f"{f' ({what})' if bad else ''}")
+    return 1 if bad and not args.repair else 0

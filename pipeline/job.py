@@ -44,6 +44,7 @@ class JobSpec:
     in_flight: int = 2
     strict: bool = False
     probabilities: bool = False  # also store probability (time, class, y, x) uint8
+    verify: bool = False  # read back the done scenes first and redo the damaged ones (pipeline.integrity)
 
 
 @dataclass
@@ -185,6 +186,11 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
                                        probabilities=spec.probabilities)
             work += [(item, group, t) for t, item in enumerate(its)]
         store.consolidate()  # the layout is complete: one metadata document for readers
+        if spec.verify:
+            from .integrity import verify_store
+
+            checks = verify_store(store, repair=True, log=log)
+            log(f"verified {len(checks)} done scenes: {sum(1 for c in checks if c.problem)} damaged, redone below")
         done = store.done()
         todo = [w for w in work if w[0].id not in done]
         skipped = len(work) - len(todo)

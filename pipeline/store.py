@@ -179,6 +179,10 @@ class MaskStore:
         entries = ((unquote(p.stem), _read_json(p)) for p in sorted(self.manifest_dir.glob("*.json")))
         return {item_id: e for item_id, e in entries if isinstance(e, dict) and isinstance(e.get("stats", {}), dict)}
 
+    def forget(self, item_id: str) -> None:
+        """Remove a scene's manifest entry: the next run redoes it."""
+        (self.manifest_dir / manifest_name(item_id)).unlink(missing_ok=True)
+
     def mark_done(self, item_id: str, entry: dict) -> None:
         self.manifest_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.manifest_dir / manifest_name(item_id), entry)

@@ -267,3 +267,31 @@ def test_analysts_open_the_store_plainly_without_warnings(first_run):
     """)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "2", p.stderr[-2000:]
+
+
+def test_verify_finds_lost_and_damaged_scenes_and_a_run_redoes_them(api, first_run, tmp_path, test_weights_file):
+    """A finished scene whose mask chunk is deleted, another whose chunk is truncated: the store still says done.
+    `cloudmask verify` names both (exit 1); `cloudmask run --verify` redoes them to the original bytes."""
+    import shutil
+
+    import xarray as xr
+
+    store = tmp_path / "v.zarr"
+    shutil.copytree(first_run[0], store)
+    groups = sorted(p.parent.parent for p in store.glob("*/mask/zarr.json"))
+    original = {g.name: xr.open_zarr(store, group=g.name, consolidated=False).mask.values for g in groups}
+    chunks = sorted(p for g in groups for p in (g / "mask" / "c").rglob("*") if p.is_file())
+    chunks[0].unlink()
+    chunks[-1].write_bytes(chunks[-1].read_bytes()[:10])
+    cloudmask = str(Path(sys.executable).with_name("cloudmask"))
+    p = subprocess.run([cloudmask, "verify", str(store)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "2 damaged" in p.stdout, p.stdout + p.stderr
+    assert "valid pixels" in p.stdout and "cannot be read back" in p.stdout
+    run = subprocess.run([cloudmask, "run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90",
+                          "--out", str(store), "--weights", str(test_weights_file), "--overlap", "16", "--chunk", "96",
+                          "--verify"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "2 damaged, redone below" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+    for g in groups:
+        np.testing.assert_array_equal(xr.open_zarr(store, group=g.name, consolidated=False).mask.values, original[g.name])
+    again = subprocess.run([cloudmask, "verify", str(store)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 damaged" in again.stdout
