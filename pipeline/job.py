@@ -134,6 +134,25 @@ def check_search(spec: JobSpec) -> list:
     return items
 
 
+def store_table(store: MaskStore, results: list[SceneStats]):
+    """The whole store's table: this run's rows, then every other scene the store holds (finished ones from the
+    manifest, the rest from the previous table), so a narrower re-run never shrinks it."""
+    import pandas as pd
+
+    frame = to_frame(results)
+    others = [SceneStats(**{k: v for k, v in e["stats"].items() if k != "extra"}) for i, e in store.done().items()
+              if e.get("stats") and i not in frame.index]
+    if others:
+        frame = pd.concat([frame, to_frame(others)])
+    previous = store.meta_dir / "scenes.csv"
+    if previous.is_file():
+        old = pd.read_csv(previous, index_col="item_id", keep_default_na=False, na_values=[""])
+        old = old[~old.index.isin(frame.index)]
+        if len(old):
+            frame = pd.concat([frame, old[[c for c in frame.columns if c in old.columns]]])
+    return frame
+
+
 def gpu_workers(client) -> int:
     """Workers of ``client``'s cluster that advertise a ``GPU`` resource (0 without a client)."""
     if client is None:
@@ -184,7 +203,8 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
                                        attrs={"model": meta.model, "weights_sha256": loaded.sha256,
                                               "stac_api": spec.search.url, "collection": spec.search.collection},
                                        probabilities=spec.probabilities)
-            work += [(item, group, t) for t, item in enumerate(its)]
+            index = store.scene_index(group)  # scenes already there keep their places; new ones were appended
+            work += [(item, group, index[item.id]) for item in its]
         store.consolidate()  # the layout is complete: one metadata document for readers
         if spec.verify:
             from .integrity import verify_store
@@ -270,5 +290,5 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
                 pending = still
     order = {w[0].id: i for i, w in enumerate(work)}
     results.sort(key=lambda s: order.get(s.item_id, -1))
-    table = write_table(to_frame(results), store.meta_dir / "scenes.csv")
+    table = write_table(store_table(store, results), store.meta_dir / "scenes.csv")
     return JobResult(results, skipped, str(table))

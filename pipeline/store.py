@@ -192,19 +192,42 @@ class MaskStore:
                      attrs: dict | None = None, probabilities: bool = False) -> str:
         """Write the group's template (metadata and coordinates only) unless it exists; return its name.
 
-        An existing group must have been created for the same scenes in the same order.
+        An existing group grows: scenes it does not hold yet are appended along ``time`` (as a template: their
+        chunks are written by their scenes' jobs), the scenes it holds keep their places. The time axis is in the
+        order scenes were added (sorted within each run); ``ds.sortby("time")`` gives the sorted view.
         """
         group = grid.name
         if (self.path / group / "zarr.json").exists():
             existing = xr.open_zarr(self.path, group=group, consolidated=False)
-            if list(map(str, existing["item_id"].values)) != list(item_ids):
-                raise ConfigError(
-                    f"store {str(self.path)!r} group {group} was created for other scenes "
-                    f"({len(existing.time)} scenes); write this job to another --out")
             if probabilities and "probability" not in existing:
                 raise ConfigError(f"store {str(self.path)!r} group {group} was written without probabilities; "
                                   f"drop --probabilities or write this job to another --out")
+            have = set(map(str, existing["item_id"].values))
+            new = [(t, i) for t, i in zip(times, item_ids) if i not in have]
+            if new:
+                template = self._template(grid, [t for t, _ in new], [i for _, i in new], chunks,
+                                          "probability" in existing)
+                # only what runs along time; encodings are the existing arrays'
+                template = template.drop_vars([v for v in template.variables if "time" not in template[v].dims])
+                for v in template.variables.values():
+                    v.encoding = {}
+                template.to_zarr(self.path, group=group, append_dim="time", compute=False, zarr_format=3,
+                                 consolidated=False)
             return group
+        ds = self._template(grid, times, item_ids, chunks, probabilities, attrs)
+        ds.to_zarr(self.path, group=group, mode="w-", compute=False, zarr_format=3, consolidated=False)
+        return group
+
+    def scene_index(self, group: str) -> dict[str, int]:
+        """``{item id: time index}`` of a group."""
+        ids = xr.open_zarr(self.path, group=group, consolidated=False)["item_id"].values
+        return {str(i): t for t, i in enumerate(ids)}
+
+    @staticmethod
+    def _template(grid: Grid, times: list, item_ids: list[str], chunks: tuple[int, int], probabilities: bool,
+                  attrs: dict | None = None) -> xr.Dataset:
+        """The lazy Dataset of ``len(times)`` scenes on ``grid``: masks (and probabilities) all nodata, statistics
+        at their fill values, coordinates, CRS and encodings."""
         import dask.array as da
         import rioxarray  # noqa: F401  (registers .rio)
 
@@ -232,11 +255,13 @@ class MaskStore:
         ds["mask"].encoding.update(chunks=(1, cy, cx), fill_value=MASK_NODATA, dtype="uint8")
         if probabilities:
             ds["probability"].encoding.update(chunks=(1, len(CLASS_NAMES), cy, cx), fill_value=MASK_NODATA, dtype="uint8")
+        # whole seconds since the epoch: any later acquisition appended to the group encodes exactly
+        ds["time"].encoding.update(units="seconds since 1970-01-01T00:00:00", calendar="proleptic_gregorian",
+                                   dtype="int64")
         for name in ds.data_vars:  # so that plain xr.open_zarr(...).rio.crs finds the grid mapping
             ds[name].encoding.update(grid_mapping="spatial_ref",
                                      coordinates=" ".join(c for c in ("item_id", "spatial_ref") if c in ds.coords))
-        ds.to_zarr(self.path, group=group, mode="w-", compute=False, zarr_format=3, consolidated=False)
-        return group
+        return ds
 
     def write_scene(self, group: str, t: int, mask, stats: SceneStats, probability=None) -> None:
         """Region-write scene ``t``: ``mask (y, x)`` uint8 (numpy or dask), its statistics, optionally

@@ -295,3 +295,39 @@ def test_verify_finds_lost_and_damaged_scenes_and_a_run_redoes_them(api, first_r
         np.testing.assert_array_equal(xr.open_zarr(store, group=g.name, consolidated=False).mask.values, original[g.name])
     again = subprocess.run([cloudmask, "verify", str(store)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 damaged" in again.stdout
+
+
+def test_a_store_grows_a_then_a_union_b_equals_one_run(api, first_run, tmp_path, test_weights_file, spec):
+    """Run A (February), then A and B (all scenes), then A again: scene by scene the masks and statistics of one
+    run over everything (first_run), done scenes not recomputed, the table whole after the narrower re-run."""
+    import dataclasses
+
+    import pandas as pd
+    import xarray as xr
+
+    out = tmp_path / "grow.zarr"
+    everything = spec(api, out, test_weights_file)
+    february = dataclasses.replace(everything, search=dataclasses.replace(everything.search,
+                                                                          datetime="2017-02-01/2017-02-28"))
+    a = run_job(february, None, log=lambda line: None)
+    assert sorted(s.item_id for s in a.stats) == ["S2A_MSIL1C_20170216_T33UUU", "S2A_MSIL1C_20170226_T33UUU"]
+    both = run_job(everything, None, log=lambda line: None)
+    assert both.skipped == 2  # A's scenes are not recomputed
+    reference = MaskStore(first_run[0])
+
+    def by_item(store):
+        found = {}
+        for group in (p.parent.name for p in Path(store).glob("*/mask")):
+            ds = xr.open_zarr(store, group=group, consolidated=False)
+            for t, item_id in enumerate(ds.item_id.values):
+                found[str(item_id)] = (ds.mask[t].values, int(ds.valid_pixels[t]), float(ds.cloud_cover[t]))
+        return found
+
+    got, want = by_item(out), by_item(reference.path)
+    assert sorted(got) == sorted(want)
+    for item_id, (mask, valid, cloud) in want.items():
+        np.testing.assert_array_equal(got[item_id][0], mask)
+        assert got[item_id][1] == valid and np.allclose(got[item_id][2], cloud, equal_nan=True), item_id
+    run_job(february, None, log=lambda line: None)  # narrower again: the table keeps every scene
+    table = pd.read_csv(out / "_cloudmask" / "scenes.csv", index_col="item_id")
+    assert sorted(table.index) == sorted(want) and (table.status == "ok").sum() == 3

@@ -85,12 +85,18 @@ def test_rewriting_a_scene_gives_identical_bytes(tmp_path):
     assert before and all(p.read_bytes() == b for p, b in before.items())
 
 
-def test_existing_group_for_other_scenes_is_refused(tmp_path):
+def test_a_group_grows_with_new_scenes_and_keeps_the_old_in_place(tmp_path):
     store = MaskStore(tmp_path / "s.zarr")
-    store.ensure_group(GRID, TIMES, ["A", "B"], (96, 96))
+    group = store.ensure_group(GRID, TIMES, ["A", "B"], (96, 96))
+    store.write_scene(group, 1, np.full(GRID.shape, 2, np.uint8), SceneStats("B", status="ok", valid_pixels=7))
     assert store.ensure_group(GRID, TIMES, ["A", "B"], (96, 96)) == GRID.name  # same job again: reused
-    with pytest.raises(ConfigError, match="created for other scenes"):
-        store.ensure_group(GRID, TIMES, ["A", "C"], (96, 96))
+    store.ensure_group(GRID, [TIMES[1], "2017-04-01T10:00:00"], ["B", "C"], (96, 96))  # B held, C new
+    assert store.scene_index(group) == {"A": 0, "B": 1, "C": 2}
+    ds = store.open(group)
+    assert ds.mask.shape == (3, *GRID.shape) and ds.mask.encoding["chunks"] == (1, 96, 96)
+    assert (ds.mask[1] == 2).all() and (ds.mask[2] == 255).all()  # B kept, C a template until written
+    assert int(ds.valid_pixels[1]) == 7 and int(ds.valid_pixels[2]) == -1
+    assert str(ds.time.values[2])[:10] == "2017-04-01" and ds.rio.crs.to_epsg() == 32633
 
 
 def test_second_writer_is_refused_and_stale_locks_are_taken_over(tmp_path):
