@@ -102,26 +102,54 @@ class MaskStore:
         lock = self.meta_dir / "lock.json"
         me = {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": socket.gethostname(), "job": job,
               "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                holder = _read_json(lock)
-                if _stale(lock, holder, me):
-                    lock.unlink(missing_ok=True)  # the previous job died without releasing it
-                    continue
-                holder = holder or {}
-                raise StoreLockedError(
-                    f"store {str(self.path)!r} is being written by another job (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish, or write to "
-                    f"another --out. If that job is gone, delete {lock}") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+        holder = self._acquire(lock, me)
+        if holder is not None:
+            raise StoreLockedError(
+                f"store {str(self.path)!r} is being written by another job (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish, or write to "
+                f"another --out. If that job is gone, delete {lock}")
         try:
             yield self
         finally:
             lock.unlink(missing_ok=True)
+
+    @staticmethod
+    def _acquire(lock: Path, me: dict) -> dict | None:
+        """Create ``lock`` holding ``me``; None once held, else the live holder's record. A stale lock is taken
+        over by one job only: the one that creates the ``.takeover`` marker re-reads it and atomically replaces
+        it with its own while the others, seeing the marker or the new holder, are refused."""
+        marker = lock.with_name(lock.name + ".takeover")
+        holder: dict = {}
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+                return None
+            seen = _read_json(lock)
+            if not _stale(lock, seen, me):
+                return seen if isinstance(seen, dict) else {}
+            holder = seen if isinstance(seen, dict) else {}
+            try:
+                mfd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:  # another job is taking it over now, or one died doing so long ago
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - marker.stat().st_mtime > UNREADABLE_LOCK_S:
+                        marker.unlink()
+                continue
+            try:
+                again = _read_json(lock) if lock.exists() else None
+                if lock.exists() and (again != seen or not _stale(lock, again, me)):
+                    continue  # it changed hands meanwhile: look again
+                _write_json(lock, me)  # atomic replace: there is no moment without a lock
+                return None
+            finally:
+                os.close(mfd)
+                marker.unlink(missing_ok=True)
+        return holder
 
     # -- provenance -----------------------------------------------------------------------------------
     def provenance(self) -> dict | None:
@@ -198,7 +226,19 @@ class MaskStore:
         """
         group = grid.name
         if (self.path / group / "zarr.json").exists():
-            existing = xr.open_zarr(self.path, group=group, consolidated=False)
+            try:
+                existing = xr.open_zarr(self.path, group=group, consolidated=False)
+                missing = sorted({"mask", "item_id", *STAT_VARS} - set(existing.variables))
+                if missing:
+                    raise ValueError(f"arrays {missing} are missing")
+            except Exception as exc:  # noqa: BLE001 - a layout cut short: missing or unreadable arrays
+                if any(e.get("group") == group for e in self.done().values()):
+                    raise ConfigError(f"store {str(self.path)!r} group {group} cannot be opened ({exc}) although "
+                                      f"scenes in it are done; run cloudmask verify on it") from exc
+                import shutil
+
+                shutil.rmtree(self.path / group)  # nothing done in it: a template whose writing was cut short
+                return self.ensure_group(grid, times, item_ids, chunks, attrs, probabilities)
             if probabilities and "probability" not in existing:
                 raise ConfigError(f"store {str(self.path)!r} group {group} was written without probabilities; "
                                   f"drop --probabilities or write this job to another --out")

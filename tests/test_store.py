@@ -1,10 +1,12 @@
 """The Zarr v3 mask store: layout readable by plain xarray in a fresh process, region writes, manifest, lock."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +198,67 @@ def test_one_store_holds_one_models_masks(tmp_path):
         other = MaskStore(tmp_path / "q.zarr")
         other.write_provenance(dict(first, probabilities=True))
         other.check_provenance(first)
+
+
+def test_a_layout_cut_short_is_written_again(tmp_path):
+    """A kill while the layout is written leaves a group with arrays missing: the next run writes it again
+    (no scene can be done in it yet), instead of failing on every run."""
+    store = MaskStore(tmp_path / "cut.zarr")
+    group = store.ensure_group(GRID, TIMES, ["A", "B"], (96, 96))
+    (store.path / group / "mask" / "zarr.json").unlink()
+    (store.path / group / "valid_pixels" / "zarr.json").write_text("")
+    assert store.ensure_group(GRID, TIMES, ["A", "B"], (96, 96)) == group
+    ds = store.open(group)
+    assert ds.mask.shape == (2, *GRID.shape) and int(ds.valid_pixels[0]) == -1
+    # once a scene is done there, the group is never dropped: the damage is reported instead
+    store.mark_done("A", {"status": "ok", "group": group, "time_index": 0, "stats": {}})
+    (store.path / group / "mask" / "zarr.json").unlink()
+    with pytest.raises(ConfigError, match="although scenes in it are done; run cloudmask verify"):
+        store.ensure_group(GRID, TIMES, ["A", "B"], (96, 96))
+
+
+def test_two_jobs_that_both_saw_a_dead_jobs_lock_do_not_both_take_it(tmp_path, monkeypatch):
+    """The interleaving that let two jobs in after a crash, forced: both judge the dead job's lock stale before
+    either takes it over. Exactly one gets the store; the other is refused."""
+    import threading
+
+    import pipeline.store as st
+
+    real, barrier, seen = st._stale, threading.Barrier(2, timeout=10), threading.local()
+
+    def stale_then_meet(*args):
+        verdict = real(*args)
+        if verdict and not getattr(seen, "met", False):  # each job's first verdict: wait for the other's
+            seen.met = True
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait()
+        return verdict
+
+    monkeypatch.setattr(st, "_stale", stale_then_meet)
+    store = MaskStore(tmp_path / "race.zarr")
+    store.meta_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (store.meta_dir / "lock.json").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+    outcomes, both, release = [], threading.Event(), threading.Event()
+
+    def job():
+        try:
+            with MaskStore(store.path).lock():
+                outcomes.append("won")
+                if len(outcomes) == 2:
+                    both.set()
+                release.wait(30)
+        except StoreLockedError:
+            outcomes.append("refused")
+            if len(outcomes) == 2:
+                both.set()
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    both.wait(30)
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["refused", "won"]
