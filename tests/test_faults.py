@@ -246,3 +246,25 @@ def test_sigterm_stops_the_job_cleanly_and_it_resumes(api, tmp_path, test_weight
     assert (out / "_cloudmask").is_dir() and not (out / "_cloudmask" / "lock.json").exists()
     again = subprocess.run(cli_job(api, out, test_weights_file), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_sigterm_stops_the_job_as_pid_1_in_its_own_pid_namespace(api, tmp_path, test_weights_file):
+    """As in a container: the job is PID 1 of a PID namespace, where the kernel drops signals that have no handler.
+    SIGTERM from outside still unwinds it (exit 143, lock released)."""
+    import shutil
+
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.fail("needs util-linux's unshare and root (as CI runs) to make a PID namespace")
+    out = tmp_path / "pid1.zarr"
+    p = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *cli_job(api, out, test_weights_file)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in p.stdout:
+        if line.startswith("writing "):
+            break
+    inner = int(Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()[0])
+    ns_pids = next(line for line in Path(f"/proc/{inner}/status").read_text().splitlines() if line.startswith("NSpid"))
+    assert ns_pids.split()[-1] == "1"  # the job is PID 1 in its namespace
+    os.kill(inner, signal.SIGTERM)
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 143 and "terminated (SIGTERM)" in err, err[-2000:]
+    assert not (out / "_cloudmask" / "lock.json").exists()
