@@ -227,10 +227,10 @@ class MaskStore:
         group = grid.name
         if (self.path / group / "zarr.json").exists():
             try:
-                existing = xr.open_zarr(self.path, group=group, consolidated=False)
-                missing = sorted({"mask", "item_id", *STAT_VARS} - set(existing.variables))
+                missing = [v for v in ("mask", "item_id", *STAT_VARS) if not (self.path / group / v / "zarr.json").exists()]
                 if missing:
                     raise ValueError(f"arrays {missing} are missing")
+                existing = xr.open_zarr(self.path, group=group, consolidated=False)
             except Exception as exc:  # noqa: BLE001 - a layout cut short: missing or unreadable arrays
                 if any(e.get("group") == group for e in self.done().values()):
                     raise ConfigError(f"store {str(self.path)!r} group {group} cannot be opened ({exc}) although "
@@ -295,8 +295,8 @@ class MaskStore:
         ds["mask"].encoding.update(chunks=(1, cy, cx), fill_value=MASK_NODATA, dtype="uint8")
         if probabilities:
             ds["probability"].encoding.update(chunks=(1, len(CLASS_NAMES), cy, cx), fill_value=MASK_NODATA, dtype="uint8")
-        # whole seconds since the epoch: any later acquisition appended to the group encodes exactly
-        ds["time"].encoding.update(units="seconds since 1970-01-01T00:00:00", calendar="proleptic_gregorian",
+        # microseconds since the epoch (STAC datetimes carry up to µs): any acquisition appended later encodes exactly
+        ds["time"].encoding.update(units="microseconds since 1970-01-01T00:00:00", calendar="proleptic_gregorian",
                                    dtype="int64")
         for name in ds.data_vars:  # so that plain xr.open_zarr(...).rio.crs finds the grid mapping
             ds[name].encoding.update(grid_mapping="spatial_ref",
