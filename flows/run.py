@@ -201,7 +201,7 @@ def run_stats(args: argparse.Namespace) -> int:
                           f"written by cloudmask run?")
     # the table is written when a job ends; scenes finished since (by a job that was stopped) come from the manifest
     frame = pd.read_csv(table, index_col="item_id") if table.is_file() else None
-    rows = [SceneStats(**row) for k, row in done.items()
+    rows = [SceneStats.from_row(row) for k, row in done.items()
             if frame is None or k not in frame.index or frame.loc[k, "status"] != "ok"]
     if rows:
         newer = to_frame(rows)

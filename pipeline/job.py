@@ -140,7 +140,7 @@ def store_table(store: MaskStore, results: list[SceneStats]):
     import pandas as pd
 
     frame = to_frame(results)
-    others = [SceneStats(**{k: v for k, v in e["stats"].items() if k != "extra"}) for i, e in store.done().items()
+    others = [SceneStats.from_row(e["stats"]) for i, e in store.done().items()
               if e.get("stats") and i not in frame.index]
     if others:
         frame = pd.concat([frame, to_frame(others)])
@@ -217,7 +217,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
         if skipped:
             log(f"skipping {skipped} scenes already done in {spec.out} (resume)")
         in_job = {w[0].id for w in work}
-        results += [SceneStats(**{k: v for k, v in e["stats"].items() if k != "extra"}) for e in done.values()
+        results += [SceneStats.from_row(e["stats"]) for e in done.values()
                     if e.get("stats") and e["stats"]["item_id"] in in_job]
         results += failed_early
         pending: list = []

@@ -50,6 +50,12 @@ class SceneStats:
             self.cloud_cover = float(100 * (f[1] + f[2]))
         return self
 
+    @classmethod
+    def from_row(cls, row: dict) -> "SceneStats":
+        """The record of a stored row (a manifest entry's ``stats``; fields of other versions ignored)."""
+        known = set(cls.__dataclass_fields__) - {"extra"}
+        return cls(**{k: v for k, v in row.items() if k in known})
+
     def row(self) -> dict:
         d = asdict(self)
         d.pop("extra")
