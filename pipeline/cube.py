@@ -9,7 +9,6 @@ Radiometry is harmonised to the weights' convention (``pipeline.radiometry``) on
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 
 import numpy as np
