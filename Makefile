@@ -1,11 +1,12 @@
 # Set-up and the two README commands. Python packages land in .venv; the only system packages are Debian's
-# PostgreSQL + PostGIS for the local STAC API and Chromium for the dashboard test (installed here when missing, as root).
+# PostgreSQL + PostGIS for the local STAC API and Chromium for the dashboard test, and for the tests SLURM
+# (slurm-wlm) + munge for the batch recipe's real cluster on 127.0.0.1 (installed here when missing, as root).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-deps demo test clean
+.PHONY: install system-deps slurm-deps demo test clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,13 @@ system-deps:
 	    chromium chromium-driver >/dev/null; \
 	else echo "missing Debian packages: run 'sudo apt-get install -y postgresql postgresql-15-postgis-3 chromium chromium-driver'"; exit 1; fi
 
+slurm-deps:
+	@if command -v sbatch >/dev/null && command -v slurmctld >/dev/null && command -v munged >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing SLURM + munge (the batch recipe's test cluster), Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	else echo "missing Debian packages: run 'sudo apt-get install -y slurm-wlm munge'"; exit 1; fi
+
 install: $(VENV)/.installed system-deps
 
 ## README command 1: the embedded demo (real scenes -> COGs + STAC API -> cloudmask run -> cube, quicklooks)
@@ -30,7 +38,7 @@ demo: install
 	$(BIN)/cloudmask demo --out demo-out
 
 ## README command 2: the test suite (what CI runs)
-test: install
+test: install slurm-deps
 	$(BIN)/python -m pytest
 
 clean:

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.config import InferSpec
 from pipeline.errors import ConfigError
 from pipeline.infer import resolve_device, resolve_precision
-from pipeline.model import create_model, list_models
+from pipeline.model import create_model
 
 from .parsers import csv_list, machine_name
 
@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
                "--precisions bf16 --repeats 5\n  cloudmask benchmark model --device cuda --json gpu.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    m.add_argument("--model", default="mscloudcam", help=f"one of {', '.join(list_models())} (default: %(default)s)")
+    m.add_argument("--model", default="mscloudcam", help="a registered model: mscloudcam or one of its variants "
+                                                        "(mscloudcam_tiny ...; default: %(default)s)")
     m.add_argument("--bands", type=int, default=13, help="input bands (default: %(default)s)")
     m.add_argument("--cam-bypass", action="store_true", help="time the authors' variant (CAM computed nowhere)")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
@@ -49,11 +50,12 @@ def add_parser(sub) -> None:
                         + " (default: %(default)s)")
     m.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     m.set_defaults(func=run_model)
-    from . import benchmark_memory, benchmark_pipeline, benchmark_precision
+    from . import benchmark_memory, benchmark_pipeline, benchmark_precision, benchmark_scale
 
     benchmark_precision.add_parser(bsub)
     benchmark_pipeline.add_parser(bsub)
     benchmark_memory.add_parser(bsub)
+    benchmark_scale.add_parser(bsub)
 
 
 def count_gmac(model: torch.nn.Module, bands: int, size: int) -> float:

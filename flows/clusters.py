@@ -79,6 +79,21 @@ def slurm_cluster(recipe: dict):
     return SLURMCluster(**options)
 
 
+def adapt_options(recipe: dict) -> dict:
+    """The recipe's ``adapt`` (``minimum_jobs``, ``maximum_jobs``, optional ``interval``, ``wait_count``) checked,
+    for dask-jobqueue's ``cluster.adapt``."""
+    adapt = recipe["adapt"]
+    known = {"minimum_jobs", "maximum_jobs", "interval", "wait_count", "target_duration"}
+    if not isinstance(adapt, dict) or set(adapt) - known or "maximum_jobs" not in adapt:
+        raise ConfigError(f"{recipe.get('path')}: adapt must be a mapping with maximum_jobs (and optionally "
+                          f"{', '.join(sorted(known - {'maximum_jobs'}))}), not {adapt!r}")
+    low, high = int(adapt.get("minimum_jobs", 0)), int(adapt["maximum_jobs"])
+    if not 0 <= low <= high or high < 1:
+        raise ConfigError(f"{recipe.get('path')}: adapt needs 0 <= minimum_jobs <= maximum_jobs and maximum_jobs >= 1, "
+                          f"not {low} and {high}")
+    return dict(adapt, minimum_jobs=low, maximum_jobs=high)
+
+
 def worker_env(recipe: dict) -> dict[str, str]:
     """The recipe's ``dask_config`` as the environment variables Dask reads it from, for workers started
     elsewhere (SLURM jobs, Kubernetes pods)."""
@@ -110,6 +125,24 @@ def kubernetes_spec(recipe: dict) -> dict:
     for c in (scheduler, pod["containers"][0]):
         c["env"] = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
     pod["containers"][0]["env"] += [{"name": k, "value": v} for k, v in worker_env(recipe).items()]
+    access = recipe.get("store_access") or {}
+    if access.get("secret"):  # object-storage credentials (AWS_ACCESS_KEY_ID ...) for the workers' writes
+        pod["containers"][0]["envFrom"] = [{"secretRef": {"name": access["secret"], "optional": True}}]
+    if access.get("volume_claim"):  # or a shared volume holding local-path stores
+        pod["volumes"] = [{"name": "stores", "persistentVolumeClaim": {"claimName": access["volume_claim"]}}]
+        pod["containers"][0]["volumeMounts"] = [{"name": "stores", "mountPath": access.get("mount_path", "/stores")}]
+    return spec
+
+
+def checked_kubernetes_spec(recipe: dict) -> dict:
+    """``kubernetes_spec``, refused (``ConfigError``) unless the installed operator's CRD accepts it as written."""
+    from .crd import crd_problems
+
+    spec = kubernetes_spec(recipe)
+    problems = crd_problems(spec)
+    if problems:
+        raise ConfigError(f"{recipe.get('path')}: the DaskCluster manifest does not fit the Dask operator's CRD: "
+                          f"{'; '.join(problems[:5])}")
     return spec
 
 
@@ -125,13 +158,15 @@ def render(recipe: dict) -> str:
         finally:
             cluster.close()
     if recipe["engine"] == "kubernetes":
-        return yaml.safe_dump(kubernetes_spec(recipe), sort_keys=False)
+        return yaml.safe_dump(checked_kubernetes_spec(recipe), sort_keys=False)
     return yaml.safe_dump({"engine": recipe["engine"], "options": recipe.get("options") or {}}, sort_keys=False)
 
 
 def check_recipe(recipe: dict) -> None:
     """Refuse, before anything starts, a recipe this machine cannot run: the gpu engine without a visible GPU or
     without dask-cuda, the slurm engine without SLURM's ``sbatch``."""
+    if recipe.get("adapt"):
+        adapt_options(recipe)
     if recipe["engine"] == "slurm" and not shutil.which("sbatch"):
         raise ConfigError("--cluster slurm needs SLURM's sbatch on PATH (run from a SLURM login node, or install "
                           "slurm-client); or start workers yourself and pass --scheduler")
@@ -188,11 +223,14 @@ def start(recipe: dict):
             cluster = LocalCUDACluster(**options)
     elif engine == "slurm":
         cluster = slurm_cluster(recipe)
-        cluster.scale(jobs=int(recipe.get("scale", 1)))
+        if recipe.get("adapt"):  # jobs submitted and cancelled with the work: between minimum_jobs and maximum_jobs
+            cluster.adapt(**adapt_options(recipe))
+        else:
+            cluster.scale(jobs=int(recipe.get("scale", 1)))
     else:
         from dask_kubernetes.operator import KubeCluster
 
-        cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(recipe), namespace=recipe.get("namespace"))
+        cluster = KubeCluster(custom_cluster_spec=checked_kubernetes_spec(recipe), namespace=recipe.get("namespace"))
     return cluster, Client(cluster)
 
 

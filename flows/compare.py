@@ -36,9 +36,9 @@ def agreement(store_a: str, store_b: str) -> dict:
 
     stores = [MaskStore(store_a), MaskStore(store_b)]
     for s in stores:
-        if not (s.path / "zarr.json").is_file():
-            raise ConfigError(f"{str(s.path)!r} is not a Zarr store written by cloudmask run")
-    groups = [{p.parent.name for p in s.path.glob("*/zarr.json")} for s in stores]
+        if not s.location.exists("zarr.json"):
+            raise ConfigError(f"{s.url!r} is not a Zarr store written by cloudmask run")
+    groups = [set(s.groups()) for s in stores]
     common = sorted(groups[0] & groups[1])
     if not common:
         raise ConfigError(f"{store_a} and {store_b} share no pixel grid (groups {sorted(groups[0])} vs {sorted(groups[1])})")

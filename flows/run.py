@@ -12,7 +12,7 @@ from pipeline.peers import DETECTORS
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
           "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "precision",
           "probabilities", "verify")
-DEFAULTS = dict(profile=None, cluster="local", workers=None, chunk=2048, in_flight=2, strict=False, overlap=None,
+DEFAULTS = dict(profile=None, cluster="local", workers=None, chunk=2048, in_flight=None, strict=False, overlap=None,
                 probabilities=False, verify=False)
 
 
@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("--datetime", help="RFC 3339 range, e.g. 2023-01-01/2023-06-30")
     p.add_argument("--max-cloud", type=float, help="maximum provider eo:cloud_cover (%%)")
     p.add_argument("--limit", type=int, help="at most this many scenes")
-    p.add_argument("--out", help="output Zarr store (folder)")
+    p.add_argument("--out", help="output Zarr store: a folder, or s3://bucket/prefix.zarr (AWS credentials as usual; "
+                                 "AWS_ENDPOINT_URL for S3-compatible services)")
     p.add_argument("--model", choices=DETECTORS,
                    help="mscloudcam (default, with --weights) or a peer detector through the same pipeline, its "
                         "classes mapped to ours (see pipeline/peers.py); compare cubes with `cloudmask compare`")
@@ -53,7 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="workers to start (local: processes, default 1 with a thread per "
                                                "core; slurm: jobs; kubernetes: pods)")
     p.add_argument("--chunk", type=int, help="Dask block side in pixels (default: 2048)")
-    p.add_argument("--in-flight", type=int, help="scenes computing at once (default: 2)")
+    p.add_argument("--in-flight", type=int, help="scenes computing at once (default: two per GPU, or per worker "
+                                                 "without GPUs, re-read as workers join and leave)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the weights' tile: 32 "
                                                "for the starter weights' 256 px, 64 for 512 px)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
@@ -107,6 +109,9 @@ def settings(args) -> dict:
         if out.get("weights"):
             raise ConfigError(f"--model {out['model']} brings its own trained model; drop --weights {out['weights']}")
         out["weights"] = out["model"]  # the peers stand in for a weights file (pipeline.peers.peer_weights)
+    if out.get("in_flight") is not None and int(out["in_flight"]) < 1:
+        raise ConfigError(f"--in-flight {out['in_flight']} must be at least 1 (or left out: two scenes per GPU or "
+                          f"worker)")
     if isinstance(out.get("bbox"), str):
         try:
             out["bbox"] = tuple(float(v) for v in out["bbox"].split(","))
@@ -133,7 +138,7 @@ def job_spec(s: dict):
         out=str(store_path(s["out"])), profile=s["profile"], weights=s.get("weights"),
         infer=InferSpec(overlap=None if s.get("overlap") is None else int(s["overlap"]),
                         precision=s.get("precision") or "auto"),
-        chunk=int(s["chunk"]), in_flight=int(s["in_flight"]), strict=bool(s["strict"]),
+        chunk=int(s["chunk"]), in_flight=None if s.get("in_flight") is None else int(s["in_flight"]), strict=bool(s["strict"]),
         probabilities=bool(s["probabilities"]), verify=bool(s["verify"]))
 
 
@@ -194,13 +199,13 @@ def run_stats(args: argparse.Namespace) -> int:
     from pipeline.store import MaskStore
 
     store = MaskStore(args.store)
-    table = store.meta_dir / "scenes.csv"
+    table = "_cloudmask/scenes.csv"
     done = {k: e["stats"] for k, e in store.done().items() if e.get("stats")}
-    if not table.is_file() and not done:
+    frame = store.read_table()
+    if frame is None and not done:
         raise ConfigError(f"{args.store!r} has no statistics table ({table}) and no finished scene; is it a store "
                           f"written by cloudmask run?")
     # the table is written when a job ends; scenes finished since (by a job that was stopped) come from the manifest
-    frame = pd.read_csv(table, index_col="item_id") if table.is_file() else None
     rows = [SceneStats.from_row(row) for k, row in done.items()
             if frame is None or k not in frame.index or frame.loc[k, "status"] != "ok"]
     if rows:
@@ -221,8 +226,8 @@ def run_verify(args: argparse.Namespace) -> int:
     from pipeline.store import MaskStore
 
     store = MaskStore(args.store)
-    if not store.manifest_dir.is_dir():
-        raise ConfigError(f"{args.store!r} has no manifest ({store.manifest_dir}); is it a store written by cloudmask run?")
+    if not store.has_manifest():
+        raise ConfigError(f"{args.store!r} has no manifest (_cloudmask/manifest); is it a store written by cloudmask run?")
     checks = verify_store(store, repair=args.repair)
     bad = [c for c in checks if c.problem]
     what = "marked for redo: run the same cloudmask run again" if args.repair else "run with --repair to redo them"

@@ -7,6 +7,7 @@ Dask workers reuse it across tasks instead of receiving it inside every task.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 import numpy as np
@@ -84,6 +85,7 @@ class Predictor:
         heap_for_activations()
         self.model = on_model_thread(self._build, weights, model)
         self.stats = PredictorStats()
+        self._active, self._active_lock = 0, threading.Lock()
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -111,9 +113,23 @@ class Predictor:
         self.stats.add(tiles, time.perf_counter() - start, filler=len(x) - tiles)
         return probs
 
-    def predict(self, image: np.ndarray, *, offset: tuple[int, int] = (0, 0),
-                needed: tuple[slice, slice] | None = None, probabilities: bool = False,
-                mask_nodata: bool = True) -> Prediction:
+    def predict(self, image: np.ndarray, **kwargs) -> Prediction:
+        """``_predict`` (below); on a GPU, the last prediction running in the process hands PyTorch's cached
+        memory back to the driver when it ends (on the worker that used it, not by a broadcast from the client)."""
+        with self._active_lock:
+            self._active += 1
+        try:
+            return self._predict(image, **kwargs)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+                idle = self._active == 0
+            if idle and self.device.type == "cuda":
+                submit_on_model_thread(release_gpu_memory)
+
+    def _predict(self, image: np.ndarray, *, offset: tuple[int, int] = (0, 0),
+                 needed: tuple[slice, slice] | None = None, probabilities: bool = False,
+                 mask_nodata: bool = True) -> Prediction:
         """Predict classes for ``image (band, y, x)`` (integer DN or float, band order of the weights).
 
         ``offset``: global pixel position of ``image[:, 0, 0]`` on the scene grid the tiles are anchored to.

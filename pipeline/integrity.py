@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import xarray as xr
 
 from .stats import FRACTIONS, class_counts
 from .store import MaskStore
@@ -35,7 +34,7 @@ def check_scene(store: MaskStore, item_id: str, entry: dict, opened: dict) -> Sc
         return check("its manifest entry names no group or time index")
     try:
         if group not in opened:
-            opened[group] = xr.open_zarr(store.path, group=group, consolidated=False)
+            opened[group] = store.open(group)
         ds = opened[group]
         if str(ds["item_id"].values[t]) != item_id:
             return check(f"time index {t} of {group} holds {ds['item_id'].values[t]!s}")

@@ -7,28 +7,31 @@ the rest (failed or interrupted). A failing scene is recorded with its reason an
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import dask
+import dask.array as da
 import numpy as np
-import xarray as xr
 
 from .access import Access, access_for, configure, needs_signing, redact, require_signing, sign
 from .config import InferSpec, SearchSpec
 from .cube import READ_WINDOW, load_scene, unreadable_asset
 from .detectors import detector_weights
 from .errors import CloudmaskError
-from .infer import release_gpu_memory
 from .masks import aligned_chunk, predict_masks, task_prefix
 from .model.weights import default_weights
 from .plans import ScenePlan, check_items, plan_scene
 from .sensors import MASK_NODATA, get_profile
 from .stac import search_items
-from .stats import SceneStats, to_frame, write_table
+from .stats import SceneStats, to_frame
 from .store import MaskStore
 from .tiles import TileGrid
+
+
+FLUSH_S = 5.0  # per-scene statistics variables are written at most this often (the manifest at once)
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class JobSpec:
     weights: str | None = None
     infer: InferSpec = field(default_factory=InferSpec)
     chunk: int = 2048
-    in_flight: int = 2
+    in_flight: int | None = None  # scenes computing at once; None: sized to the cluster (``scenes_in_flight``)
     strict: bool = False
     probabilities: bool = False  # also store probability (time, class, y, x) uint8
     verify: bool = False  # read back the done scenes first and redo the damaged ones (pipeline.integrity)
@@ -58,7 +61,7 @@ class JobResult:
         return [s for s in self.stats if s.status == "failed"]
 
 
-def _scene_graph(item, plan: ScenePlan, chunk: int, spec: JobSpec, store: MaskStore, group: str, t: int,
+def _scene_graph(item, plan: ScenePlan, chunk: int, spec: JobSpec, targets: dict, t: int,
                  client=None, gpu: bool = False, priority: int = 0, *, read: int, access: Access):
     """The lazy work of one scene: a delayed ``(counts (256,) int64, Harmonisation)``: its mask as written and
     the radiometry applied, and what must be kept referenced until it is done (the persisted masks). The model
@@ -66,10 +69,12 @@ def _scene_graph(item, plan: ScenePlan, chunk: int, spec: JobSpec, store: MaskSt
     bytes), not computed from the mask graph a second time. ``item`` is signed here when the assets it reads
     are Planetary Computer blobs, so tokens are fresh when each scene's work is built.
 
-    With a ``client`` the masks are first persisted on the workers as their own graph: xarray's region write
-    flattens the graph it stores into one layer and would drop the model tasks' GPU annotation. ``priority``:
-    Dask's (higher first), so scenes submitted earlier are read first and finish first. ``read``: the side of
-    the windows the scene is read in (fixed, not ``chunk``: see ``cube.READ_WINDOW``)."""
+    ``targets``: the group's zarr arrays (``MaskStore.region_targets``); the scene's blocks are stored into
+    time slot ``t`` with ``da.store``, whole Zarr chunks each (block edges are multiples of the chunk).
+    With a ``client`` the masks are first persisted on the workers as their own graph, unfused: fusion would
+    drop the model tasks' GPU annotation. ``priority``: Dask's (higher first), so scenes submitted earlier are
+    read first and finish first. ``read``: the side of the windows the scene is read in (fixed, not ``chunk``:
+    see ``cube.READ_WINDOW``)."""
     if needs_signing(item, plan.assets.values()):
         item = sign(item)
     cube = load_scene(item, plan, read, access)
@@ -82,19 +87,18 @@ def _scene_graph(item, plan: ScenePlan, chunk: int, spec: JobSpec, store: MaskSt
     if client is not None:  # one graph, unfused (fusion also drops annotations), computing from now on
         persisted = client.persist([a for _, a in arrays.values()], optimize_graph=not gpu, priority=priority)
         arrays = {k: (dims, a) for (k, (dims, _)), a in zip(arrays.items(), persisted)}
-    ds = xr.Dataset(arrays)
-    write = ds.to_zarr(store.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
-                       consolidated=False, compute=False)
-    name = f"{task_prefix(item.id, 'counts')}-{dask.base.tokenize(write)}"
-    counted = dask.delayed(_written_counts, name=name, pure=True)(write, str(store.path), group, t,
-                                                                  cube.harmonisation)
+    sources = [a for _, a in arrays.values()]
+    write = da.store(sources, [targets[k] for k in arrays], regions=[(slice(t, t + 1),) for _ in sources],
+                     lock=False, compute=False)
+    name = f"{task_prefix(item.id, 'counts')}-{dask.base.tokenize(item.id, t, write)}"
+    counted = dask.delayed(_written_counts, name=name, pure=True)(write, targets["mask"], t, cube.harmonisation)
     return counted, persisted
 
 
-def _written_counts(_written, path: str, group: str, t: int, harmonisation):
-    """``((256,) int64 pixel counts per mask value of scene t as stored (after _written), harmonisation)``."""
-    mask = xr.open_zarr(path, group=group, consolidated=False)["mask"][t].values
-    return np.bincount(mask.ravel(), minlength=256), harmonisation
+def _written_counts(_written, mask, t: int, harmonisation):
+    """``((256,) int64 pixel counts per mask value of scene t as stored (after _written), harmonisation)``;
+    ``mask``: the group's mask array (zarr)."""
+    return np.bincount(np.asarray(mask[t]).ravel(), minlength=256), harmonisation
 
 
 def provenance(spec: JobSpec, loaded) -> dict:
@@ -109,13 +113,15 @@ def provenance(spec: JobSpec, loaded) -> dict:
 def check_job(spec: JobSpec):
     """``(profile or None, weights path, loaded weights)`` once the weights are readable and suit the tile
     overlap, ``--out`` is a usable folder and, for an existing store, the run's model and settings are the
-    store's; raises before any work (or cluster) starts otherwise. Whether the weights suit the items is checked
+    store's and no other job is writing it; raises before any work (or cluster) starts otherwise. Whether the weights suit the items is checked
     once they are found (``check_search``)."""
     profile = get_profile(spec.profile) if spec.profile else None
     weights = str(spec.weights or default_weights())
     loaded = detector_weights(weights)
     meta = loaded.meta
-    MaskStore(spec.out).check_provenance(provenance(spec, loaded))
+    store = MaskStore(spec.out)
+    store.check_provenance(provenance(spec, loaded))
+    store.check_free()  # a busy store is refused before any search or cluster
     tile = spec.infer.tile or meta.tile_size
     if not 0 <= 2 * spec.infer.overlap_for(tile) < tile:
         raise CloudmaskError(f"overlap={spec.infer.overlap_for(tile)} must be at least 0 and less than half the "
@@ -144,13 +150,26 @@ def store_table(store: MaskStore, results: list[SceneStats]):
               if e.get("stats") and i not in frame.index]
     if others:
         frame = pd.concat([frame, to_frame(others)])
-    previous = store.meta_dir / "scenes.csv"
-    if previous.is_file():
-        old = pd.read_csv(previous, index_col="item_id", keep_default_na=False, na_values=[""])
+    old = store.read_table()
+    if old is not None:
         old = old[~old.index.isin(frame.index)]
         if len(old):
             frame = pd.concat([frame, old[[c for c in frame.columns if c in old.columns]]])
     return frame
+
+
+def scenes_in_flight(client, fixed: int | None = None) -> int:
+    """Scenes to keep computing at once: ``fixed`` when given, else two per model slot of the cluster as it is
+    now (its workers' ``GPU`` resources where they have any, else one per worker: each runs one model thread), so
+    every model has a scene's blocks queued behind the one it runs; at least 2. Workers hold the data and Dask
+    bounds their memory: more scenes in flight means more queued tasks, not more pixels held."""
+    if fixed:
+        return max(1, fixed)
+    if client is None:
+        return 2
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    gpus = sum(int(w.get("resources", {}).get("GPU", 0)) for w in workers)
+    return max(2, 2 * (gpus or len(workers)))
 
 
 def gpu_workers(client) -> int:
@@ -165,7 +184,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
     ``check_search`` found (searched and checked here when None).
 
     Where workers advertise a ``GPU`` resource, the model tasks ask for one (so they run only there, one
-    at a time per GPU) and each scene ends by returning PyTorch's cached GPU memory on every worker."""
+    at a time per GPU); each GPU worker returns PyTorch's cached memory when its model falls idle."""
     profile, weights, loaded = check_job(spec)
     meta = loaded.meta
     if items is None:
@@ -206,12 +225,14 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
             index = store.scene_index(group)  # scenes already there keep their places; new ones were appended
             work += [(item, group, index[item.id]) for item in its]
         store.consolidate()  # the layout is complete: one metadata document for readers
+        targets = {group: store.region_targets(group) for group in {w[1] for w in work}}
         if spec.verify:
             from .integrity import verify_store
 
             checks = verify_store(store, repair=True, log=log)
             log(f"verified {len(checks)} done scenes: {sum(1 for c in checks if c.problem)} damaged, redone below")
         done = store.done()
+        store.sync_stats(done)  # statistics of scenes a stopped job finished after its last flush
         todo = [w for w in work if w[0].id not in done]
         skipped = len(work) - len(todo)
         if skipped:
@@ -221,12 +242,13 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
                     if e.get("stats") and e["stats"]["item_id"] in in_job]
         results += failed_early
         pending: list = []
-        queue = list(todo)
+        queue = collections.deque(todo)
         total = len(todo)
         finished = 0
+        flushed = time.monotonic()
 
         def finish(entry, outcome):
-            nonlocal finished
+            nonlocal finished, flushed
             item, group, t, start, built = entry
             harm = None if isinstance(outcome, BaseException) else outcome[1]
             stats = SceneStats(item.id, str(item.datetime),
@@ -252,15 +274,19 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
             detail = f"{stats.cloud_cover:.1f} % cloud" if stats.status == "ok" else stats.reason
             log(f"[{finished}/{total}] {item.id}: {stats.status}, {detail} ({stats.runtime_s:.1f} s)")
             results.append(stats)
-            if gpu:
-                client.run(release_gpu_memory)
+            if time.monotonic() - flushed > FLUSH_S:
+                store.flush_stats()
+                flushed = time.monotonic()
 
+        in_flight, sized = scenes_in_flight(client, spec.in_flight), time.monotonic()
         while queue or pending:
-            while queue and len(pending) < max(1, spec.in_flight):
-                item, group, t = queue.pop(0)
+            if spec.in_flight is None and time.monotonic() - sized > 2:  # workers join and leave (adaptive scaling)
+                in_flight, sized = scenes_in_flight(client), time.monotonic()
+            while queue and len(pending) < in_flight:
+                item, group, t = queue.popleft()
                 start = time.time()
                 try:
-                    counted, keep = _scene_graph(item, plans[item.id], chunk, spec, store, group, t, client, gpu,
+                    counted, keep = _scene_graph(item, plans[item.id], chunk, spec, targets[group], t, client, gpu,
                                                  priority=len(queue), read=read, access=access)
                 except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
                     finish((item, group, t, start, False), exc)
@@ -288,7 +314,7 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
                     else:
                         still.append((entry, (future, keep)))
                 pending = still
+        store.flush_stats()
     order = {w[0].id: i for i, w in enumerate(work)}
     results.sort(key=lambda s: order.get(s.item_id, -1))
-    table = write_table(store_table(store, results), store.meta_dir / "scenes.csv")
-    return JobResult(results, skipped, str(table))
+    return JobResult(results, skipped, store.write_table(store_table(store, results)))

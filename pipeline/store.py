@@ -1,12 +1,14 @@
 """The Zarr v3 mask cube: one group per pixel grid, template-then-region writes, a manifest, a writer lock.
 
-Layout of a store folder::
+A store is a local folder or an object-storage prefix (``pipeline.locations``); the layout is the same::
 
-    <store>/zarr.json                     the root group (attrs: job, model, weights sha256, code version)
+    <store>/zarr.json                     the root group (attrs: what produced the masks, code version;
+                                          consolidated metadata of the whole hierarchy)
     <store>/<grid>/...                    one xarray Dataset per pixel grid (CRS + transform + shape):
         mask (time, y, x) uint8, fill 255, flags 0..3; per-scene statistics along time; spatial_ref
     <store>/_cloudmask/manifest/<id>.json a scene is done only once this file exists (written last, atomically)
-    <store>/_cloudmask/lock.json          present while a job writes; a second job is refused
+    <store>/_cloudmask/lock.json          present while a job writes; a second job is refused (pipeline.locks)
+    <store>/_cloudmask/scenes.csv         the per-scene statistics table, written when a job ends
 
 Writes are region writes of whole Zarr chunks, so a retried write produces the same bytes.
 """
@@ -14,32 +16,28 @@ Writes are region writes of whole Zarr chunks, so a retried write produces the s
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import os
-import socket
-import time
-from urllib.parse import quote, unquote
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 import xarray as xr
 
 from . import __version__
-from .errors import CloudmaskError, ConfigError
+from .errors import ConfigError
+from .locations import location_of
+from .locks import LOCK, StoreLockedError, lock_for, refusal  # noqa: F401  (StoreLockedError: the store's error)
 from .sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
 from .stats import FRACTIONS, STATUS, SceneStats
 
+MANIFEST = ("_cloudmask", "manifest")
+TABLE = ("_cloudmask", "scenes.csv")
 STAT_VARS = {  # name: (dtype, fill)
     "valid_pixels": (np.int64, -1), **{f: (np.float32, np.nan) for f in FRACTIONS},
     "cloud_cover": (np.float32, np.nan), "provider_cloud_cover": (np.float32, np.nan),
     "offset_applied": (np.int16, -1), "status": (np.int8, 0), "runtime_s": (np.float32, np.nan),
 }
-
-
-class StoreLockedError(CloudmaskError):
-    """Another job is writing this store."""
 
 
 @dataclass(frozen=True)
@@ -65,21 +63,10 @@ class Grid:
         return {"y": y0 + dy * (np.arange(h) + 0.5), "x": x0 + dx * (np.arange(w) + 0.5)}
 
 
-def store_path(out: str | Path) -> Path:
-    """The local folder of ``--out`` (``~`` expanded, ``file://`` accepted), checked before any work: not a file,
-    and writable where it would be created. Object-storage URLs are refused, naming what works instead."""
-    text = str(out)
-    if "://" in text and not text.startswith("file://"):
-        raise ConfigError(f"--out {text}: stores on object storage are not supported yet; write to a local path "
-                          f"(a bucket mounted as a folder works)")
-    path = Path(text.removeprefix("file://")).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {text} is a file, not a store folder; give a new folder or a store to resume")
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {text}: cannot write in {existing} (no permission, or a read-only file system); "
-                          f"choose another --out")
-    return path
+def store_path(out: str | Path) -> str:
+    """The store URL of ``--out`` (a local folder's absolute path, or an object-storage URL), checked before any
+    work (``locations.location_of``)."""
+    return location_of(out).url
 
 
 # what makes masks comparable: a store holds the output of one set of these, recorded at its root
@@ -87,78 +74,52 @@ PROVENANCE = ("model", "weights_sha256", "bands", "classes", "tile", "overlap", 
 
 
 class MaskStore:
-    """A job's output store on a local path."""
+    """A job's output store (``out``: a local path or an object-storage URL, see ``pipeline.locations``)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = store_path(path)
-        self.meta_dir = self.path / "_cloudmask"
-        self.manifest_dir = self.meta_dir / "manifest"
+    def __init__(self, out: str | Path) -> None:
+        self.location = location_of(out)
+        self.url = self.location.url
+        self.path = Path(self.location.root) if self.location.local else None  # a local store's folder
+        self._held = None
+        self._stats: dict[str, dict[int, SceneStats]] = {}  # queued statistics by group and time index
+        if self.path is not None:
+            self.meta_dir = self.path / "_cloudmask"
+            self.manifest_dir = self.meta_dir / "manifest"
 
     # -- locking --------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, job: str = "cloudmask run"):
-        """Hold the store's writer lock; refuse (StoreLockedError) while another live job holds it."""
-        self.meta_dir.mkdir(parents=True, exist_ok=True)
-        lock = self.meta_dir / "lock.json"
-        me = {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": socket.gethostname(), "job": job,
-              "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        holder = self._acquire(lock, me)
+        """Hold the store's writer lock; refuse (StoreLockedError) while another live job holds it. On object
+        storage the lock is a lease renewed in the background; ``mark_done`` stops (LeaseLostError) once it
+        was lost."""
+        held = lock_for(self.location, job)
+        holder = held.acquire()
         if holder is not None:
-            raise StoreLockedError(
-                f"store {str(self.path)!r} is being written by another job (pid {holder.get('pid')} on "
-                f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish, or write to "
-                f"another --out. If that job is gone, delete {lock}")
+            raise refusal(self.url, holder, self.location.key(*LOCK) if self.location.local
+                          else f"{self.url}/{'/'.join(LOCK)}")
+        self._held = held
         try:
             yield self
         finally:
-            lock.unlink(missing_ok=True)
+            self._held = None
+            held.release()
 
-    @staticmethod
-    def _acquire(lock: Path, me: dict) -> dict | None:
-        """Create ``lock`` holding ``me``; None once held, else the live holder's record. A stale lock is taken
-        over by one job only: the one that creates the ``.takeover`` marker re-reads it and atomically replaces
-        it with its own while the others, seeing the marker or the new holder, are refused."""
-        marker = lock.with_name(lock.name + ".takeover")
-        holder: dict = {}
-        for _ in range(3):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+    def check_free(self, job: str = "cloudmask run") -> None:
+        """Refuse (StoreLockedError) now, before any cluster starts, when a live job holds the store's lock (the
+        lock, where there is one, is taken and given back: ``lock`` takes it for the run). Writes nothing to a
+        store without a lock."""
+        if self.location.exists(*LOCK):
+            with self.lock(job):
                 pass
-            else:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(me, f)
-                return None
-            seen = _read_json(lock)
-            if not _stale(lock, seen, me):
-                return seen if isinstance(seen, dict) else {}
-            holder = seen if isinstance(seen, dict) else {}
-            try:
-                mfd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:  # another job is taking it over now, or one died doing so long ago
-                with contextlib.suppress(FileNotFoundError):
-                    if time.time() - marker.stat().st_mtime > UNREADABLE_LOCK_S:
-                        marker.unlink()
-                continue
-            try:
-                again = _read_json(lock) if lock.exists() else None
-                if lock.exists() and (again != seen or not _stale(lock, again, me)):
-                    continue  # it changed hands meanwhile: look again
-                _write_json(lock, me)  # atomic replace: there is no moment without a lock
-                return None
-            finally:
-                os.close(mfd)
-                marker.unlink(missing_ok=True)
-        return holder
 
     # -- provenance -----------------------------------------------------------------------------------
     def provenance(self) -> dict | None:
         """What produced the masks already in the store (``PROVENANCE`` keys), or None for a new store."""
-        if not (self.path / "zarr.json").exists():
+        if not self.location.exists("zarr.json"):
             return None
         import zarr
 
-        root = zarr.open_group(str(self.path), mode="r")
+        root = zarr.open_group(**self.location.zarr_args(), mode="r")
         recorded = dict(root.attrs.get("cloudmask", {}))
         if not recorded:  # a store of an earlier version: its groups name the model and weights
             for _, group in root.groups():
@@ -175,14 +136,14 @@ class MaskStore:
         diffs = [f"{k}: the store has {have[k]!r}, this run {wanted[k]!r}" for k in PROVENANCE
                  if k in have and k in wanted and _plain(have[k]) != _plain(wanted[k])]
         if diffs:
-            raise ConfigError(f"store {str(self.path)!r} holds masks made with other settings ({'; '.join(diffs)}); "
+            raise ConfigError(f"store {self.url!r} holds masks made with other settings ({'; '.join(diffs)}); "
                               f"one store holds one model's masks: write this run to another --out")
 
     def write_provenance(self, wanted: dict) -> None:
         """Record ``wanted`` at the store's root (once; ``check_provenance`` guards later runs)."""
         import zarr
 
-        root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        root = zarr.open_group(**self.location.zarr_args(), mode="a", zarr_format=3)
         if not root.attrs.get("cloudmask"):
             root.attrs.update(cloudmask={k: _plain(v) for k, v in wanted.items()}, code_version=__version__)
 
@@ -196,24 +157,45 @@ class MaskStore:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "not part of the Zarr v3 specification" and _cloudmask
-            zarr.consolidate_metadata(str(self.path))
+            zarr.consolidate_metadata(self.location.zarr_store())
 
     # -- manifest -------------------------------------------------------------------------------------
     def done(self) -> dict[str, dict]:
         """Manifest entries of finished scenes, by item id. An entry that cannot be read (truncated, empty: a
         crash or a full disk while it was written) is left out, so its scene is redone."""
-        if not self.manifest_dir.is_dir():
-            return {}
-        entries = ((unquote(p.stem), _read_json(p)) for p in sorted(self.manifest_dir.glob("*.json")))
+        names = [n for n in self.location.names(*MANIFEST) if n.endswith(".json")]
+        entries = ((unquote(n[:-5]), _parse_json(self.location.read(*MANIFEST, n))) for n in names)
         return {item_id: e for item_id, e in entries if isinstance(e, dict) and isinstance(e.get("stats", {}), dict)}
+
+    def has_manifest(self) -> bool:
+        return bool(self.location.names(*MANIFEST)) or self.location.exists(*TABLE)
+
+    def read_table(self):
+        """The statistics table the last job wrote (``pandas.DataFrame`` by item id), None where there is none."""
+        import io
+
+        import pandas as pd
+
+        data = self.location.read(*TABLE)
+        if data is None:
+            return None
+        return pd.read_csv(io.BytesIO(data), index_col="item_id", keep_default_na=False, na_values=[""])
+
+    def write_table(self, frame) -> str:
+        """Write the statistics table (CSV) into the store; its URL."""
+        self.location.write(frame.to_csv().encode(), *TABLE)
+        return self.location.key(*TABLE) if self.location.local else f"{self.url}/{'/'.join(TABLE)}"
 
     def forget(self, item_id: str) -> None:
         """Remove a scene's manifest entry: the next run redoes it."""
-        (self.manifest_dir / manifest_name(item_id)).unlink(missing_ok=True)
+        self.location.delete(*MANIFEST, manifest_name(item_id))
 
     def mark_done(self, item_id: str, entry: dict) -> None:
-        self.manifest_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.manifest_dir / manifest_name(item_id), entry)
+        """Record scene ``item_id`` as done (written last, whole). Under an object-storage lease, first checks
+        that the lease is still this job's (``LeaseLostError`` otherwise)."""
+        if self._held is not None:
+            self._held.check()
+        self.location.write(json.dumps(entry, indent=1, default=str).encode(), *MANIFEST, manifest_name(item_id))
 
     # -- groups ---------------------------------------------------------------------------------------
     def ensure_group(self, grid: Grid, times: list, item_ids: list[str], chunks: tuple[int, int],
@@ -225,22 +207,22 @@ class MaskStore:
         order scenes were added (sorted within each run); ``ds.sortby("time")`` gives the sorted view.
         """
         group = grid.name
-        if (self.path / group / "zarr.json").exists():
+        if self.location.exists(group, "zarr.json"):
             try:
-                missing = [v for v in ("mask", "item_id", *STAT_VARS) if not (self.path / group / v / "zarr.json").exists()]
+                have = set(self.location.names(group))
+                missing = [v for v in ("mask", "item_id", *STAT_VARS)
+                           if v not in have or not self.location.exists(group, v, "zarr.json")]
                 if missing:
                     raise ValueError(f"arrays {missing} are missing")
-                existing = xr.open_zarr(self.path, group=group, consolidated=False)
+                existing = self.open(group)
             except Exception as exc:  # noqa: BLE001 - a layout cut short: missing or unreadable arrays
                 if any(e.get("group") == group for e in self.done().values()):
-                    raise ConfigError(f"store {str(self.path)!r} group {group} cannot be opened ({exc}) although "
+                    raise ConfigError(f"store {self.url!r} group {group} cannot be opened ({exc}) although "
                                       f"scenes in it are done; run cloudmask verify on it") from exc
-                import shutil
-
-                shutil.rmtree(self.path / group)  # nothing done in it: a template whose writing was cut short
+                self.location.remove_tree(group)  # nothing done in it: a template whose writing was cut short
                 return self.ensure_group(grid, times, item_ids, chunks, attrs, probabilities)
             if probabilities and "probability" not in existing:
-                raise ConfigError(f"store {str(self.path)!r} group {group} was written without probabilities; "
+                raise ConfigError(f"store {self.url!r} group {group} was written without probabilities; "
                                   f"drop --probabilities or write this job to another --out")
             have = set(map(str, existing["item_id"].values))
             new = [(t, i) for t, i in zip(times, item_ids) if i not in have]
@@ -251,16 +233,20 @@ class MaskStore:
                 template = template.drop_vars([v for v in template.variables if "time" not in template[v].dims])
                 for v in template.variables.values():
                     v.encoding = {}
-                template.to_zarr(self.path, group=group, append_dim="time", compute=False, zarr_format=3,
+                template.to_zarr(**self.location.zarr_args(), group=group, append_dim="time", compute=False, zarr_format=3,
                                  consolidated=False)
             return group
         ds = self._template(grid, times, item_ids, chunks, probabilities, attrs)
-        ds.to_zarr(self.path, group=group, mode="w-", compute=False, zarr_format=3, consolidated=False)
+        ds.to_zarr(**self.location.zarr_args(), group=group, mode="w-", compute=False, zarr_format=3, consolidated=False)
         return group
+
+    def groups(self) -> list[str]:
+        """The names of the store's grid groups."""
+        return [n for n in self.location.names() if not n.startswith("_") and self.location.exists(n, "zarr.json")]
 
     def scene_index(self, group: str) -> dict[str, int]:
         """``{item id: time index}`` of a group."""
-        ids = xr.open_zarr(self.path, group=group, consolidated=False)["item_id"].values
+        ids = self.open(group)["item_id"].values
         return {str(i): t for t, i in enumerate(ids)}
 
     @staticmethod
@@ -309,16 +295,58 @@ class MaskStore:
         vars_ = dict(_stat_vars(stats), mask=(("time", "y", "x"), mask[None]))
         if probability is not None:
             vars_["probability"] = (("time", "class", "y", "x"), probability[None])
-        xr.Dataset(vars_).to_zarr(self.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
+        xr.Dataset(vars_).to_zarr(**self.location.zarr_args(), group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
                                   consolidated=False)
 
     def write_scene_stats(self, group: str, t: int, stats: SceneStats) -> None:
-        """Region-write only scene ``t``'s statistics (its mask is written by the Dask graph)."""
-        xr.Dataset(_stat_vars(stats)).to_zarr(self.path, group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
-                                  consolidated=False)
+        """Queue scene ``t``'s statistics for the per-scene variables (its mask is written by the Dask graph);
+        ``flush_stats`` writes what is queued. The manifest entry, written at once, is what counts: statistics
+        not flushed before a crash are written again from it (``sync_stats``)."""
+        self._stats.setdefault(group, {})[t] = stats
+
+    def flush_stats(self) -> int:
+        """Write the queued statistics: one coordinate write per variable and group; the number of scenes."""
+        import zarr
+
+        pending, self._stats = self._stats, {}
+        for group, rows in pending.items():
+            g = zarr.open_group(**self.location.zarr_args(), path=group, mode="r+")
+            index = np.asarray(sorted(rows))
+            values = [_stat_vars(rows[t]) for t in index]
+            for name in STAT_VARS:
+                g[name].set_coordinate_selection((index,), np.concatenate([v[name][1] for v in values]))
+        return sum(len(rows) for rows in pending.values())
+
+    def sync_stats(self, done: dict[str, dict]) -> int:
+        """Queue and write the statistics of done scenes (manifest ``done``) whose variables do not say ``ok``: a
+        job stopped between a scene's manifest entry and the next flush. The number of scenes written."""
+        import zarr
+
+        by_group: dict[str, list[dict]] = {}
+        for entry in done.values():
+            if entry.get("status") == "ok" and entry.get("group") and entry.get("stats"):
+                by_group.setdefault(entry["group"], []).append(entry)
+        for group, entries in by_group.items():
+            try:
+                status = zarr.open_group(**self.location.zarr_args(), path=group, mode="r")["status"][:]
+            except (KeyError, FileNotFoundError):
+                continue
+            for e in entries:
+                t = int(e["time_index"])
+                if t < len(status) and status[t] != STATUS["ok"]:
+                    self.write_scene_stats(group, t, SceneStats.from_row(e["stats"]))
+        return self.flush_stats()
+
+    def region_targets(self, group: str) -> dict:
+        """The group's ``mask`` (and ``probability``) as zarr arrays, for scenes' region writes (``da.store``):
+        opened once per job, pickled into the write tasks; no metadata is read per scene."""
+        import zarr
+
+        g = zarr.open_group(**self.location.zarr_args(), path=group, mode="r+")
+        return {name: g[name] for name in ("mask", "probability") if name in g}
 
     def open(self, group: str) -> xr.Dataset:
-        return xr.open_zarr(self.path, group=group, consolidated=False)
+        return xr.open_zarr(**self.location.zarr_args(), group=group, consolidated=False)
 
 
 def _plain(value):
@@ -346,53 +374,8 @@ def _affine(transform):
     return Affine(dx, rx, x0, ry, dy, y0)
 
 
-UNREADABLE_LOCK_S = 30  # a lock file still empty or unreadable after this long was left by a failed start
-
-
-def _stale(lock: Path, holder, me: dict) -> bool:
-    """Whether ``lock`` (content ``holder``) was left by a job that is gone: a dead process on this host, a live
-    process id that started at another time (the id was reused: a restarted container's job is PID 1 again), or
-    a file never completed (empty or unreadable for ``UNREADABLE_LOCK_S``: a crash or a full disk as it was
-    written)."""
-    if not isinstance(holder, dict):
-        try:
-            return time.time() - lock.stat().st_mtime > UNREADABLE_LOCK_S
-        except FileNotFoundError:
-            return True
-    if holder.get("host") != me["host"]:
-        return False
-    if not _alive(holder.get("pid")):
-        return True
-    started = holder.get("started")
-    return started is not None and started != _process_start(holder.get("pid"))
-
-
-def _process_start(pid) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), None where unknown."""
+def _parse_json(data: bytes | None):
     try:
-        return int(Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError, TypeError):
+        return json.loads(data) if data is not None else None
+    except (ValueError, TypeError):
         return None
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)

@@ -18,7 +18,8 @@ from factories import tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa
 
 
 # Fixtures that start services, clusters or long runs: a test using one is `slow` (kept out of `-m "not slow"`).
-SLOW_FIXTURES = {"api", "archive", "first_run", "cli_cluster", "cloudsen12_taco", "l8biome_root", "uninterrupted"}
+SLOW_FIXTURES = {"api", "archive", "first_run", "cli_cluster", "cloudsen12_taco", "l8biome_root", "uninterrupted",
+                 "s3_endpoint", "target"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -58,6 +59,41 @@ def cloudsen12_taco(tmp_path_factory):
 def l8biome_root(tmp_path_factory):
     """An L8Biome folder in torchgeo's layout: 5 real Landsat-8 scenes with fixedmask codes."""
     return write_l8biome(tmp_path_factory.mktemp("l8biome"))
+
+
+# -- where stores are written: a local folder, or a bucket of a local S3 server (moto in server mode) --
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local S3-compatible server with an empty bucket ``cubes``: its endpoint URL."""
+    from s3server import s3_server
+
+    with s3_server() as (endpoint, client):
+        client.create_bucket(Bucket="cubes")
+        yield f"http://{endpoint}"
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    """This test's environment names the S3 server and its credentials (jobs, workers and subprocesses started
+    from now on inherit it): a fresh ``s3://cubes/<prefix>`` for the test's stores."""
+    import uuid
+
+    from s3server import CREDENTIALS
+
+    for k, v in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(k, v)
+    return f"s3://cubes/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def target(request, tmp_path):
+    """Where the test writes its stores, once per kind: ``name -> --out`` (a local folder, or an S3 URL with the
+    environment set for it). Ask for it before fixtures that start processes, so that they inherit it."""
+    if request.param == "local":
+        return lambda name: str(tmp_path / name)
+    prefix = request.getfixturevalue("s3_env")
+    return lambda name: f"{prefix}/{name}"
 
 
 # -- the job's archive, API and a reference run, shared by tests/test_job.py and tests/test_faults.py --

@@ -114,6 +114,33 @@ def test_kubernetes_recipe_renders_the_operator_manifest_with_gpu_workers():
     assert "-t cloudmask-pipeline:0.1.0" in dockerfile and "'.[gpu,providers]'" in dockerfile
 
 
+def test_the_kubernetes_manifest_fits_the_dask_operators_crd():
+    """The rendered DaskCluster validated against the CRD in dask-kubernetes' own Helm chart: no schema error and
+    no field the API server would drop; GPU requests and the store's access (a Secret's credentials, or a shared
+    volume) are in it. A misspelt field or a wrong type is named, and `cluster render` refuses it."""
+    from flows.clusters import checked_kubernetes_spec
+    from flows.crd import crd_problems
+
+    recipe = load_recipe("kubernetes")
+    spec = kubernetes_spec(recipe)
+    assert crd_problems(spec) == []
+    container = spec["spec"]["worker"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "cloudmask-object-storage", "optional": True}}]
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    shared = kubernetes_spec(dict(recipe, store_access={"volume_claim": "cubes", "mount_path": "/cubes"}))
+    assert crd_problems(shared) == [] and shared["spec"]["worker"]["spec"]["volumes"][0]["persistentVolumeClaim"] == {
+        "claimName": "cubes"}
+    bad = kubernetes_spec(recipe)
+    bad["spec"]["worker"]["spec"]["nodeselector"] = bad["spec"]["worker"]["spec"].pop("nodeSelector")
+    bad["spec"]["worker"]["replicas"] = "2"
+    assert crd_problems(bad) == ["spec.worker.replicas: '2' is not of type 'integer'",
+                                 "spec.worker.spec.nodeselector: not in the CRD (the API server would drop it)"]
+    with pytest.raises(ConfigError, match=r"does not fit the Dask operator's CRD: spec.worker.spec.tolerations.\[0\]."
+                                          r"operator: 5 is not of type 'string'"):
+        checked_kubernetes_spec(dict(recipe, worker=dict(recipe["worker"], tolerations=[{"key": "k", "operator": 5}])))
+    assert crd_problems(dict(spec, apiVersion="kubernetes.dask.org/v2"))[0].startswith("apiVersion")
+
+
 def test_cluster_cli_lists_and_renders():
     cloudmask = str(Path(sys.executable).with_name("cloudmask"))
     p = subprocess.run([cloudmask, "cluster", "list"], capture_output=True, text=True, timeout=60)

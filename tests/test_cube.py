@@ -86,3 +86,4 @@ def test_an_asset_holding_several_bands_is_refused_by_name(archive, cube_of):
     with pytest.raises(InputError, match=r"asset 'B03' \(B03\) holds 2 bands \(raster:bands\); expected one band"):
         cube_of(d)
     cube_of(old)  # the item as written passes
+

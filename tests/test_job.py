@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +332,28 @@ def test_a_store_grows_a_then_a_union_b_equals_one_run(api, first_run, tmp_path,
     run_job(february, None, log=lambda line: None)  # narrower again: the table keeps every scene
     table = pd.read_csv(out / "_cloudmask" / "scenes.csv", index_col="item_id")
     assert sorted(table.index) == sorted(want) and (table.status == "ok").sum() == 3
+
+
+def test_scenes_in_flight_are_sized_to_the_cluster_as_it_scales():
+    """Without --in-flight: two scenes per model slot (GPU resources, else workers), re-read as workers join and
+    leave; --in-flight overrides it."""
+    from distributed import Client, LocalCluster
+
+    from pipeline.job import scenes_in_flight
+
+    assert scenes_in_flight(None) == 2 and scenes_in_flight(None, 5) == 5
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        assert scenes_in_flight(client) == 2
+        cluster.scale(3)
+        client.wait_for_workers(3, timeout=60)
+        assert scenes_in_flight(client) == 6 and scenes_in_flight(client, 1) == 1
+        cluster.scale(1)
+        deadline = time.monotonic() + 60
+        while len(client.scheduler_info(n_workers=-1)["workers"]) > 1:  # until the two workers have left
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert scenes_in_flight(client) == 2
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0",
+                      resources={"GPU": 2}) as cluster, Client(cluster) as client:
+        assert scenes_in_flight(client) == 8  # 2 workers x 2 GPUs x 2

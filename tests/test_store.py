@@ -172,15 +172,18 @@ def test_locks_left_by_a_failed_start_or_a_reused_pid_are_taken_over(tmp_path):
 
 
 def test_out_is_checked_before_any_work(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match=r"--out s3://bucket/x.zarr: stores on object storage are not supported yet"):
-        store_path("s3://bucket/x.zarr")
+    with pytest.raises(ConfigError, match=r"--out gs://bucket/x.zarr: gs:// stores are not supported \(the store's "
+                                          r"lock needs conditional writes"):
+        store_path("gs://bucket/x.zarr")
+    with pytest.raises(ConfigError, match=r"--out s3://bucket: give a prefix inside the bucket"):
+        store_path("s3://bucket")
     afile = tmp_path / "a.txt"
     afile.write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a store folder"):
         store_path(afile)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert store_path("~/cubes/x.zarr") == tmp_path / "cubes" / "x.zarr"
-    assert store_path(f"file://{tmp_path}/y.zarr") == tmp_path / "y.zarr"
+    assert store_path("~/cubes/x.zarr") == str(tmp_path / "cubes" / "x.zarr")
+    assert store_path(f"file://{tmp_path}/y.zarr") == str(tmp_path / "y.zarr")
     assert not (tmp_path / "cubes").exists()  # checking writes nothing
 
 
@@ -222,7 +225,7 @@ def test_two_jobs_that_both_saw_a_dead_jobs_lock_do_not_both_take_it(tmp_path, m
     either takes it over. Exactly one gets the store; the other is refused."""
     import threading
 
-    import pipeline.store as st
+    import pipeline.locks as st
 
     real, barrier, seen = st._stale, threading.Barrier(2, timeout=10), threading.local()
 
@@ -262,3 +265,67 @@ def test_two_jobs_that_both_saw_a_dead_jobs_lock_do_not_both_take_it(tmp_path, m
     for t in threads:
         t.join(30)
     assert sorted(outcomes) == ["refused", "won"]
+
+
+def test_a_store_in_memory_has_the_same_layout_manifest_and_lock():
+    """``memory://`` (fsspec's in-process store) goes through the same code as S3: a lease lock, whole-object
+    manifest entries, the table, groups, provenance."""
+    import uuid
+
+    import xarray as xr
+
+    url = f"memory://cubes/{uuid.uuid4().hex}.zarr"
+    store = MaskStore(url)
+    assert store.path is None and store.url == url
+    with store.lock():
+        with pytest.raises(StoreLockedError, match=f"pid {os.getpid()}.*wait for it"):
+            with MaskStore(url).lock():
+                pass
+        store.write_provenance({"model": "m", "weights_sha256": "aa"})
+        group = store.ensure_group(GRID, TIMES, ["A", "a/b"], (96, 96))
+        stats = SceneStats("a/b", status="ok").set_counts(class_counts(mask(1)))
+        store.write_scene(group, 1, mask(1), stats)
+        store.mark_done("a/b", {"status": "ok", "group": group, "time_index": 1, "stats": stats.row()})
+        store.consolidate()
+    assert store.done()["a/b"]["time_index"] == 1 and store.groups() == [group]
+    assert store.provenance() == {"model": "m", "weights_sha256": "aa"}
+    ds = xr.open_datatree(url, engine="zarr")[group].to_dataset()
+    assert (ds.mask[1].values == mask(1)).all() and (ds.mask[0] == 255).all()
+    with MaskStore(url).lock():  # released: a new job takes it
+        pass
+
+
+def test_a_job_that_lost_its_lease_writes_no_more_manifest_entries():
+    """A holder whose lease was taken over (it stalled past the lease) stops at its next manifest write."""
+    import uuid
+
+    from pipeline.locks import LeaseLostError
+
+    store = MaskStore(f"memory://cubes/{uuid.uuid4().hex}.zarr")
+    with store.lock():
+        store.mark_done("A", {"status": "ok", "stats": {}})
+        store._held.lost = "another job took the store's lease over"  # what a failed renewal records
+        with pytest.raises(LeaseLostError, match="stopped writing memory://.*another job took"):
+            store.mark_done("B", {"status": "ok", "stats": {}})
+    assert sorted(store.done()) == ["A"]
+
+
+def test_statistics_not_flushed_before_a_crash_are_written_again_from_the_manifest(tmp_path):
+    """Statistics variables are written in batches (``flush_stats``); the manifest entry is written at once. A
+    job stopped in between leaves done scenes whose variables still hold fill values: the next job's
+    ``sync_stats`` writes them from the manifest, and only them."""
+    store = MaskStore(tmp_path / "sync.zarr")
+    group = store.ensure_group(GRID, TIMES, ["A", "B"], (96, 96))
+    a = SceneStats("A", status="ok").set_counts(class_counts(mask(0)))
+    b = SceneStats("B", status="ok").set_counts(class_counts(mask(1)))
+    store.write_scene_stats(group, 0, a)
+    assert int(store.open(group).valid_pixels[0]) == -1  # queued, not written
+    assert store.flush_stats() == 1 and int(store.open(group).valid_pixels[0]) == a.valid_pixels
+    for t, s in ((0, a), (1, b)):
+        store.mark_done(s.item_id, {"status": "ok", "group": group, "time_index": t, "stats": s.row()})
+    store.write_scene_stats(group, 1, b)  # ... and the job dies before flushing it
+    again = MaskStore(tmp_path / "sync.zarr")
+    assert again.sync_stats(again.done()) == 1  # B only: A's variables already say ok
+    ds = again.open(group)
+    assert ds.valid_pixels.values.tolist() == [a.valid_pixels, b.valid_pixels]
+    assert float(ds.cloud_cover[1]) == pytest.approx(b.cloud_cover) and ds.status.values.tolist() == [1, 1]

@@ -23,15 +23,23 @@ def register_model(name: str):
     return wrap
 
 
+def _registered() -> dict[str, Callable[..., nn.Module]]:
+    """The registry, with the package's own variants in it (imported on first use: importing the model code pulls in
+    timm and torchvision, which the weights format and the command line do not need)."""
+    from . import mscloudcam  # noqa: F401  (registers the named variants)
+
+    return _MODELS
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
-    return sorted(_MODELS)
+    return sorted(_registered())
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model with random initialisation (load weights with ``pipeline.model.weights``)."""
     try:
-        fn = _MODELS[name]
+        fn = _registered()[name]
     except KeyError:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
     return fn(**kwargs)

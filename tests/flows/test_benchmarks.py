@@ -62,3 +62,21 @@ def test_memory_benchmark_reports_worker_memory_scene_after_scene(test_weights_f
     assert len(items) == 2 and items[0]["assets"]["B02"]["proj:shape"] == [600, 600]
     assert items[0]["assets"]["B01"]["proj:shape"] == [100, 100]  # 60 m band at its native resolution
     assert items[0]["assets"]["B02"]["href"] == items[1]["assets"]["B02"]["href"]  # one scene, two acquisitions
+
+
+def test_scale_benchmark_prints_real_and_simulated_figures(test_weights_file, tmp_path):
+    out = run("benchmark", "scale", "--out", str(tmp_path), "--scenes", "2,4", "--gpus", "2", "--sim-scenes", "4",
+              "--latency", "0.3", "--weights", str(test_weights_file), "--json", str(tmp_path / "s.json")).stdout
+    figures = json.loads((tmp_path / "s.json").read_text())
+    real, sim = figures["real"], figures["simulated"]
+    assert [r["scenes"] for r in real] == [2, 4] and all(r["ok"] == r["scenes"] for r in real)
+    assert all(0 < r["forward_s"] < r["wall_s"] and r["client_peak_mib"] > 100 for r in real)
+    assert "marginal_s_per_scene" in real[1] and real[1]["non_model_per_scene_s"] > 0
+    (row,) = sim
+    assert row["gpus"] == 2 and row["ok"] == 4
+    # the stand-in held each GPU 0.3 s per scene: 4 scenes on 2 GPUs take at least 0.6 s, and busy is that share
+    assert row["wall_s"] >= 0.6 and row["gpu_busy"] == pytest.approx(4 * 0.3 / (2 * row["wall_s"]), rel=0.2)
+    assert set(row["cpu_s_per_scene"]) == {"client", "scheduler", "workers"}
+    assert "SIMULATED W=  2 GPUs x 0.30 s/scene" in out and "real   N=    4" in out
+    bad = run("benchmark", "scale", "--latency", "0", check=False)
+    assert bad.returncode == 2 and "--latency 0.0 must be positive" in bad.stderr

