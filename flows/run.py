@@ -198,7 +198,7 @@ def run_stats(args: argparse.Namespace) -> int:
     from pipeline.stats import SceneStats, to_frame, write_table
     from pipeline.store import MaskStore
 
-    store = MaskStore(args.store)
+    store = MaskStore(args.store, "store")
     table = "_cloudmask/scenes.csv"
     done = {k: e["stats"] for k, e in store.done().items() if e.get("stats")}
     frame = store.read_table()
@@ -225,7 +225,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from pipeline.integrity import verify_store
     from pipeline.store import MaskStore
 
-    store = MaskStore(args.store)
+    store = MaskStore(args.store, "store")
     if not store.has_manifest():
         raise ConfigError(f"{args.store!r} has no manifest (_cloudmask/manifest); is it a store written by cloudmask run?")
     checks = verify_store(store, repair=args.repair)

@@ -102,29 +102,30 @@ class Location:
         self.fs.rm(self.key(*parts), recursive=True)
 
 
-def location_of(out: str | Path) -> Location:
+def location_of(out: str | Path, label: str = "--out") -> Location:
     """The ``Location`` of ``--out``, checked before any work: a local folder must not be a file and must be
-    writable where it would be created; an object-storage bucket must exist and be reachable."""
+    writable where it would be created; an object-storage bucket must exist and be reachable. ``label`` names
+    the argument in messages."""
     text = str(out)
     protocol = text.split("://", 1)[0] if "://" in text else "file"
     if protocol == "file":
-        return _local(text)
+        return _local(text, label)
     if protocol not in OBJECT_STORES:
-        raise ConfigError(f"--out {text}: {protocol}:// stores are not supported (the store's lock needs "
+        raise ConfigError(f"{label} {text}: {protocol}:// stores are not supported (the store's lock needs "
                           f"conditional writes, implemented for local folders and s3://, including S3-compatible "
                           f"services via AWS_ENDPOINT_URL); write to one of those")
     if protocol == "memory":
         return Location(text, "memory", "/" + text.split("://", 1)[1].strip("/"))
-    return _s3(text)
+    return _s3(text, label)
 
 
-def _local(text: str) -> Location:
+def _local(text: str, label: str) -> Location:
     path = Path(text.removeprefix("file://")).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {text} is a file, not a store folder; give a new folder or a store to resume")
+        raise ConfigError(f"{label} {text} is a file, not a store folder; give a new folder or a store to resume")
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {text}: cannot write in {existing} (no permission, or a read-only file system); "
+        raise ConfigError(f"{label} {text}: cannot write in {existing} (no permission, or a read-only file system); "
                           f"choose another --out")
     return Location(str(path), "file", str(path))
 
@@ -136,22 +137,24 @@ def s3_options(environ=None) -> dict:
     return {"endpoint_url": endpoint} if endpoint else {}
 
 
-def _s3(text: str) -> Location:
+def _s3(text: str, label: str) -> Location:
     try:
         import s3fs  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"--out {text}: writing to S3 needs s3fs: pip install '.[providers]'") from exc
+        raise ConfigError(f"{label} {text}: writing to S3 needs s3fs: pip install '.[providers]'") from exc
     root = text.split("://", 1)[1].strip("/")
     bucket = root.split("/", 1)[0]
     if "/" not in root:
-        raise ConfigError(f"--out {text}: give a prefix inside the bucket (s3://{bucket}/masks.zarr), not the bucket")
+        raise ConfigError(f"{label} {text}: give a prefix inside the bucket (s3://{bucket}/masks.zarr), not the bucket")
     location = Location(f"s3://{root}", "s3", root, s3_options())
+    at = f" at {location.options['endpoint_url']}" if location.options else ""
     try:
-        found = location.fs.exists(bucket)
+        location.fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        raise ConfigError(f"{label} {text}: bucket {bucket!r} does not exist{at}") from None
+    except PermissionError:
+        raise ConfigError(f"{label} {text}: these credentials may not use bucket {bucket!r}{at}") from None
     except Exception as exc:  # noqa: BLE001 - credentials, endpoint, network: one line naming the bucket
-        raise ConfigError(f"--out {text}: cannot reach bucket {bucket!r} ({type(exc).__name__}: {exc}); check the "
-                          f"AWS credentials and AWS_ENDPOINT_URL") from exc
-    if not found:
-        raise ConfigError(f"--out {text}: bucket {bucket!r} does not exist or is not visible with these credentials"
-                          f"{' at ' + location.options['endpoint_url'] if location.options else ''}")
+        raise ConfigError(f"{label} {text}: cannot reach bucket {bucket!r}{at} ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); check the AWS credentials and AWS_ENDPOINT_URL") from None
     return location

@@ -76,8 +76,8 @@ PROVENANCE = ("model", "weights_sha256", "bands", "classes", "tile", "overlap", 
 class MaskStore:
     """A job's output store (``out``: a local path or an object-storage URL, see ``pipeline.locations``)."""
 
-    def __init__(self, out: str | Path) -> None:
-        self.location = location_of(out)
+    def __init__(self, out: str | Path, label: str = "--out") -> None:
+        self.location = location_of(out, label)
         self.url = self.location.url
         self.path = Path(self.location.root) if self.location.local else None  # a local store's folder
         self._held = None
