@@ -80,7 +80,7 @@ def test_cli_scheduler_and_workers_give_the_local_cluster_store(api, first_run, 
 def test_a_worker_killed_mid_job_loses_nothing(api, first_run, target, cli_cluster, test_weights_file, spec):
     address, workers = cli_cluster
     out = target("killed-worker.zarr")
-    from plugins import MaskTaskStarts
+    from plugins import mask_task_starts
 
     client = Client(address)
     worker_names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
@@ -93,11 +93,13 @@ def test_a_worker_killed_mid_job_loses_nothing(api, first_run, target, cli_clust
             killed.append(victim)
             started.set()
 
-    client.register_plugin(MaskTaskStarts(), name="mask-task-starts")
-    client.subscribe_topic("mask-task-started", kill)
-    result = run_job(spec(api, out, test_weights_file, in_flight=1), client, log=lambda _: None)
-    client.unsubscribe_topic("mask-task-started")
-    client.close()
+    try:  # closed whatever happens: a client left open outlives its scheduler and fails later tests
+        client.register_plugin(mask_task_starts(), name="mask-task-starts")
+        client.subscribe_topic("mask-task-started", kill)
+        result = run_job(spec(api, out, test_weights_file, in_flight=1), client, log=lambda _: None)
+        client.unsubscribe_topic("mask-task-started")
+    finally:
+        client.close()
     assert killed, "no mask task was seen starting"
     stats = result.stats
     assert [s.status for s in stats].count("ok") == 3 and len(stats) == 4

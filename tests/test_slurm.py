@@ -63,7 +63,7 @@ def test_a_worker_job_cancelled_mid_run_loses_nothing_and_adaptive_scaling_repla
         api, first_run, slurm, tmp_path, test_weights_file, spec, monkeypatch):
     """Adaptive (1 to 2 jobs): the job scales up to two SLURM jobs, one is ``scancel``ed as a mask task starts on
     its worker, the work is redone elsewhere and the store equals the reference; never more than 2 jobs at once."""
-    from plugins import MaskTaskStarts
+    from plugins import mask_task_starts
 
     for k, v in slurm.items():
         monkeypatch.setenv(k, v)
@@ -93,7 +93,7 @@ def test_a_worker_job_cancelled_mid_run_loses_nothing_and_adaptive_scaling_repla
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        client.register_plugin(MaskTaskStarts(), name="mask-task-starts")
+        client.register_plugin(mask_task_starts(), name="mask-task-starts")
         client.subscribe_topic("mask-task-started", cancel)
         result = run_job(spec(api, tmp_path / "adaptive.zarr", test_weights_file, in_flight=4), client,
                          log=lambda _: None)
