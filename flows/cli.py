@@ -9,7 +9,7 @@ import sys
 # No model weights can come from a hub at run time; without this, timm/huggingface retry for ~47 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.errors import CloudmaskError  # noqa: E402
+from pipeline.errors import CloudmaskError, Terminated, raise_if_stopped, request_stop  # noqa: E402
 
 from . import benchmark, clusters, compare, demo, evaluate, run, train, weights  # noqa: E402
 
@@ -31,12 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived: unwind like Ctrl-C (locks released, clusters closed), then exit 143."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
+def _stop(signum, frame):
+    request_stop(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +40,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    # a handler, not the default action: the job unwinds (and, as PID 1 in a container, SIGTERM is not ignored)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # PID 1 ignores SIGINT's default action too
+    # a handler, not the default action: the job unwinds (and, as PID 1 in a container, SIGTERM and SIGINT are not
+    # ignored); the signal is also recorded, so a stop swallowed where it landed (a destructor, a C library's
+    # callback) is raised again at the job's next check
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        raise_if_stopped()  # a stop that was swallowed until the end still reports as a stop
+        return code
     except CloudmaskError as exc:
         print(f"cloudmask {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -26,3 +26,31 @@ class WeightsMismatchError(WeightsError):
 
 class InputError(CloudmaskError, ValueError):
     """An input array or file does not have the shape, dtype or content expected."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C (locks released, clusters closed); the CLI then exits 143."""
+
+
+_stop_requested: list[int] = []
+
+
+def request_stop(signum: int) -> None:
+    """Record a stop signal, then raise at once (``Terminated`` or ``KeyboardInterrupt``). The exception raised
+    from a signal handler can be swallowed where it lands (a ``__del__``, a C library's callback); the record
+    survives, and the job raises it again at its next check (:func:`raise_if_stopped`)."""
+    _stop_requested.append(signum)
+    raise_if_stopped()
+
+
+def raise_if_stopped() -> None:
+    """Raise the stop a signal asked for, if one did (checked between scenes by long loops)."""
+    import signal
+
+    if _stop_requested:
+        raise KeyboardInterrupt() if _stop_requested[-1] == signal.SIGINT else Terminated()
+
+
+def stop_requested() -> int | None:
+    """The signal number of the last stop asked for, or None."""
+    return _stop_requested[-1] if _stop_requested else None

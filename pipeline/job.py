@@ -20,7 +20,7 @@ from .access import Access, access_for, configure, needs_signing, redact, requir
 from .config import InferSpec, SearchSpec
 from .cube import READ_WINDOW, load_scene, unreadable_asset
 from .detectors import detector_weights
-from .errors import CloudmaskError
+from .errors import CloudmaskError, raise_if_stopped
 from .masks import aligned_chunk, predict_masks, task_prefix
 from .model.weights import default_weights
 from .plans import ScenePlan, check_items, plan_scene
@@ -280,9 +280,11 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
 
         in_flight, sized = scenes_in_flight(client, spec.in_flight), time.monotonic()
         while queue or pending:
+            raise_if_stopped()  # a SIGTERM/SIGINT whose exception was swallowed where it landed
             if spec.in_flight is None and time.monotonic() - sized > 2:  # workers join and leave (adaptive scaling)
                 in_flight, sized = scenes_in_flight(client), time.monotonic()
             while queue and len(pending) < in_flight:
+                raise_if_stopped()
                 item, group, t = queue.popleft()
                 start = time.time()
                 try:
@@ -303,7 +305,10 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
             if pending:
                 from distributed import wait
 
-                wait([f for _, (f, _) in pending], return_when="FIRST_COMPLETED")
+                try:  # a bounded wait: a recorded stop is seen within a second or two
+                    wait([f for _, (f, _) in pending], timeout=2, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    continue
                 still = []
                 for entry, (future, keep) in pending:
                     if future.done():
