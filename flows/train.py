@@ -20,7 +20,14 @@ RECIPES = {
     # "clear" while its train-mode ones were not. Warm-up and clipping keep the from-scratch transformer stable.
     "starter": Recipe(name="starter", model_kwargs={"norm": "group"}, epochs=80, batch_size=8, lr=2e-4, bf16=True,
                       save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0),
+    # The same distillation for Level-2A (weights/README.md): the 12 bands without B10, every chip moved a random
+    # part of the way from TOA to surface reflectance by the map measured in pipeline/datasets/boa.py, and
+    # class-weighted CE (the L1C starter, unweighted, scored thick-cloud IoU 0.0 and shadow 0.2 on its test scene).
+    "starter-l2a": Recipe(name="starter-l2a", model_kwargs={"norm": "group"}, epochs=40, batch_size=8, lr=2e-4,
+                          bf16=True, save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0,
+                          class_weights="sqrt-inverse"),
 }
+STARTERS = ("starter", "starter-l2a")
 DATASETS = ("starter", "cloudsen12", "l8biome")
 STARTER_CLASS_PROB = 0.5  # share of starter chips centred on a thick, thin or shadow pixel
 
@@ -32,13 +39,15 @@ def add_parser(sub) -> None:
                     "last.safetensors, metrics.jsonl and state.safetensors (for --resume) to --out.",
         epilog="examples:\n"
                "  cloudmask train --recipe starter --out runs/starter\n"
+               "  cloudmask train --recipe starter-l2a --out runs/starter-l2a   # 12 bands, no B10, for L2A\n"
                "  cloudmask train --dataset cloudsen12 --data /data/cloudsen12-l1c.0000.part.taco --out runs/l1c\n"
                "  cloudmask train --dataset l8biome --data /data/l8biome --bf16 --out runs/l8\n"
                "  cloudmask train ... --resume      # continue a killed run from its last epoch",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
-                   help="paper: Adam 1e-4, batch 8, 100 epochs, seed 42, fp32; starter: the shipped weights' recipe")
+                   help="paper: Adam 1e-4, batch 8, 100 epochs, seed 42, fp32; starter / starter-l2a: the recipes of "
+                        "the shipped L1C / L2A weights (weights/README.md)")
     p.add_argument("--dataset", choices=DATASETS, help="default: starter for --recipe starter, else required")
     p.add_argument("--data", help="dataset location (TACO file(s) for cloudsen12, the l8biome folder)")
     p.add_argument("--split-mode", choices=("paper", "official"), default="paper",
@@ -72,7 +81,7 @@ def scene_weight(labels, chip: int = 256) -> float:
 
 
 def load_data(args, recipe: Recipe) -> TrainData:
-    dataset = args.dataset or ("starter" if recipe.name == "starter" else None)
+    dataset = args.dataset or ("starter" if recipe.name in STARTERS else None)
     if dataset is None:
         raise ConfigError("--dataset is required with --recipe paper (cloudsen12 or l8biome, with --data PATH)")
     if dataset == "starter":
@@ -87,8 +96,18 @@ def load_data(args, recipe: Recipe) -> TrainData:
                             size=recipe.train_size or 512, seed=recipe.seed,
                             weights=[scene_weight(lab) for _, lab in train_scenes], nodata_prob=0.3,
                             class_prob=STARTER_CLASS_PROB)
+        counts = tuple(int(sum((lab == c).sum() for _, lab in train_scenes)) for c in range(4))
+        split = json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes]))
+        if recipe.name == "starter-l2a":
+            from pipeline.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
+
+            bands = SENTINEL2_L1C.bands
+            return TrainData(train=SimulatedBOAChips(chips, bands, recipe.seed),
+                             val=[(simulate_boa(l2a_bands(dn, bands)), lab) for dn, lab in val],  # the measured map
+                             bands=tuple(BOA_MAP), level="L2A", ignore_index=255, class_counts=counts, split=split,
+                             dataset="starter-l2a (real S2 L1C scenes as simulated L2A, teacher labels)")
         return TrainData(train=chips, val=val, bands=SENTINEL2_L1C.bands, dataset="starter (real S2 L1C scenes, teacher labels)",
-                         split=json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes])), ignore_index=255)
+                         split=split, ignore_index=255, class_counts=counts)
     if not args.data:
         raise ConfigError(f"--data is required for --dataset {dataset}")
     if dataset == "cloudsen12":

@@ -110,13 +110,34 @@ def provenance(spec: JobSpec, loaded) -> dict:
             "precision": spec.infer.precision, "probabilities": spec.probabilities}
 
 
-def check_job(spec: JobSpec):
-    """``(profile or None, weights path, loaded weights)`` once the weights are readable and suit the tile
-    overlap, ``--out`` is a usable folder and, for an existing store, the run's model and settings are the
-    store's and no other job is writing it; raises before any work (or cluster) starts otherwise. Whether the weights suit the items is checked
-    once they are found (``check_search``)."""
+def job_weights(spec: JobSpec, items: list | None = None) -> str:
+    """The weights a job runs: ``spec.weights``, else the shipped starter for the items' processing level (the
+    first item's sensor; before the search: the profile's, else ``l2a`` in the collection's name), so a plain
+    run on an L2A collection gets the L2A starter (no B10) and on L1C the L1C one."""
+    if spec.weights:
+        return str(spec.weights)
+    from .assets import sensor_of
+
+    level = "L1C"
+    if items:
+        try:
+            level = sensor_of(items[0]).level
+        except CloudmaskError:
+            pass  # check_items says what is wrong with the item
+    elif spec.profile:
+        level = get_profile(spec.profile).sensor.level
+    elif "l2a" in spec.search.collection.lower():
+        level = "L2A"
+    return default_weights(level)
+
+
+def check_job(spec: JobSpec, items: list | None = None):
+    """``(profile or None, weights path, loaded weights)`` once the weights (``job_weights``) are readable and
+    suit the tile overlap, ``--out`` is a usable folder and, for an existing store, the run's model and settings
+    are the store's and no other job is writing it; raises before any work (or cluster) starts otherwise. Whether
+    the weights suit the items is checked once they are found (``check_search``)."""
     profile = get_profile(spec.profile) if spec.profile else None
-    weights = str(spec.weights or default_weights())
+    weights = job_weights(spec, items)
     loaded = detector_weights(weights)
     meta = loaded.meta
     store = MaskStore(spec.out)
@@ -132,8 +153,9 @@ def check_job(spec: JobSpec):
 def check_search(spec: JobSpec) -> list:
     """Search, then check the first items against the model (bands, sensor and level, grid) and the access
     they need (signing installed): the items found; ``PreflightError``/``ConfigError`` before anything starts."""
-    profile, _, loaded = check_job(spec)
+    check_job(spec)  # weights, store and lock before the search
     items = search_items(spec.search)
+    profile, _, loaded = check_job(spec, items)  # again when the items' level picks another starter
     item, plan = check_items(items, loaded, f"{spec.search.collection!r} at {spec.search.url}", profile)
     if needs_signing(item, plan.assets.values()):
         require_signing()
@@ -185,10 +207,10 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
 
     Where workers advertise a ``GPU`` resource, the model tasks ask for one (so they run only there, one
     at a time per GPU); each GPU worker returns PyTorch's cached memory when its model falls idle."""
-    profile, weights, loaded = check_job(spec)
-    meta = loaded.meta
     if items is None:
         items = check_search(spec)
+    profile, weights, loaded = check_job(spec, items)
+    meta = loaded.meta
     access = access_for(items)
     configure(access)
     gpus = gpu_workers(client)

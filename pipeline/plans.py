@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .assets import asset_resolution, band_assets, sensor_of
 from .errors import CloudmaskError, InputError
-from .model.weights import Weights
+from .model.weights import STARTERS, Weights
 from .peers import PEER_MODELS, peer_sensor_bands, peer_source
 from .sensors import SENSOR_ALIASES, SENSORS, Profile, Sensor
 from .store import Grid
@@ -116,6 +116,8 @@ def _what_would_work(weights: Weights, sensors: list[Sensor]) -> str:
     options = []
     name = weights.meta.model.partition("@")[0]
     if name not in PEER_MODELS or peer_sensor_bands(name, sensor) is None:
+        if sensor.name == "sentinel-2" and sensor.level in STARTERS and not weights.source.endswith(STARTERS[sensor.level]):
+            options.append(f"the shipped {sensor.level} starter (no --weights)")
         options.append(f"weights trained on {sensor.key} (--weights)")
         if peer_sensor_bands("ukis-csmask", sensor) is not None and name != "ukis-csmask":
             options.append("--model ukis-csmask")

@@ -56,3 +56,24 @@ def teacher_labels(dn: np.ndarray, resolution_m: float) -> np.ndarray:
     from .peers import s2cloudless_probability, ukis_probabilities
 
     return combine(dn, s2cloudless_probability(dn), ukis_probabilities(dn, resolution_m))
+
+
+def l2a_teacher_labels(dn: np.ndarray, bands: tuple[str, ...], resolution_m: float) -> np.ndarray:
+    """Labels of an **L2A** scene, where only ukis-csmask (its L2A model) can run (s2cloudless and the cirrus test
+    need L1C's B10): ``dn (C, y, x)`` with ``bands`` naming its axis -> ``(y, x)`` uint8. The rule above with
+    ukis alone: cloud where ``u_cloud >= 0.7`` (thick where B02 >= 0.25, else thin), shadow as in rule 4, clear
+    where ``u_cloud < 0.3`` and not shadow, the rest and nodata ignored (255)."""
+    from .peers import UKIS_BANDS, ukis_probabilities
+
+    six = dn[[bands.index(b) for b in UKIS_BANDS.values()]]
+    u = ukis_probabilities(six, resolution_m, product_level="l2a")
+    blue, nir = (dn[bands.index(b)].astype(np.float32) / 10000.0 for b in ("B02", "B08"))
+    cloud = u[1] >= CONFIDENT
+    shadow = (u[2] >= SHADOW_PROB) & ~cloud & (nir < SHADOW_NIR)
+    labels = np.full(blue.shape, MASK_NODATA, np.uint8)
+    labels[(u[1] < DOUBTFUL) & ~shadow] = CLEAR
+    labels[shadow] = SHADOW
+    labels[cloud & (blue < THICK_BLUE)] = THIN
+    labels[cloud & (blue >= THICK_BLUE)] = THICK
+    labels[(dn == 0).all(axis=0)] = MASK_NODATA
+    return labels

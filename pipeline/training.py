@@ -48,6 +48,7 @@ class Recipe:
     train_size: int | None = None  # chip side when training on smaller chips than the deployed tile
     warmup_steps: int = 0  # linear learning-rate warm-up from lr/warmup_steps (0: none, as in the paper)
     grad_clip: float | None = None  # clip the gradients' global norm (None: no clipping, as in the paper)
+    class_weights: str | None = None  # "sqrt-inverse": CE weights (median frequency / class frequency) ** 0.5
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -59,6 +60,8 @@ class Recipe:
             raise ConfigError(f"lr={self.lr} must be > 0")
         if self.warmup_steps < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and grad_clip={self.grad_clip} > 0")
+        if self.class_weights not in (None, "sqrt-inverse"):
+            raise ConfigError(f"class_weights={self.class_weights!r}; expected None or 'sqrt-inverse'")
         if self.save_dtype not in ("fp32", "fp16"):
             raise ConfigError(f"save_dtype={self.save_dtype!r}; expected fp32 or fp16")
 
@@ -81,6 +84,21 @@ class TrainData:
     ignore_index: int | None = None
     divisor: float = 3000.0
     tile: int = 512
+    class_counts: tuple[int, ...] | None = None  # labelled pixels per class of the training set (class weights)
+
+
+def class_weights(counts, kind: str | None) -> torch.Tensor | None:
+    """``(K,)`` float32 cross-entropy weights from the training set's pixel ``counts`` per class: for
+    ``"sqrt-inverse"`` ``sqrt(median(counts) / counts)`` (a class absent from the labels gets weight 1); None
+    for ``kind`` None. Rare classes (thick cloud, shadow in a mostly clear archive) then weigh more without the
+    instability of full inverse-frequency weights."""
+    if kind is None:
+        return None
+    if not counts:
+        raise ConfigError(f"class_weights={kind!r} needs the training set's class counts; this dataset gives none")
+    c = np.asarray(counts, np.float64)
+    w = np.where(c > 0, np.sqrt(np.median(c[c > 0]) / np.maximum(c, 1)), 1.0)
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def seed_everything(seed: int) -> None:
@@ -170,6 +188,8 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
     model = create_model(recipe.model, in_chans=len(data.bands), num_classes=len(CLASS_NAMES), **build)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    weights = class_weights(data.class_counts, recipe.class_weights)
+    weights = None if weights is None else weights.to(device)
     start, best, history = 0, {}, []
     if resume:
         start, best, history = load_state(state_path, model, opt)
@@ -178,7 +198,8 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
         model_kwargs=recipe.model_kwargs, sensor=data.sensor, level=data.level,
         normalisation={"kind": "scale", "divisor": data.divisor},
         tile_size=getattr(model, "img_size", data.tile),  # deployed at the size it was trained at
-        provenance=dict(provenance or {}, dataset=data.dataset, split=data.split, recipe=asdict(recipe)),
+        provenance=dict(provenance or {}, dataset=data.dataset, split=data.split, recipe=asdict(recipe),
+                        **({"class_weights": [round(float(w), 4) for w in weights]} if weights is not None else {})),
     )
     chip = getattr(model, "img_size", meta.tile_size)
     val_meta = replace(meta, tile_size=chip)  # validation runs the in-memory model at its own size
@@ -206,7 +227,7 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 outputs = model(x)
-            loss = deep_supervision_loss(outputs, y, recipe.aux_weight, data.ignore_index)
+            loss = deep_supervision_loss(outputs, y, recipe.aux_weight, data.ignore_index, weights)
             loss.backward()
             if recipe.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)

@@ -285,3 +285,30 @@ def test_level_comes_from_the_product_type_else_the_collection_and_missing_bands
     def by_collection(d):
         d["properties"].pop("s2:product_type")
     assert sensor_of(item(ES_L2A, by_collection)) == SENTINEL2_L2A
+
+
+def test_a_job_without_weights_gets_the_starter_of_its_items_level(monkeypatch, tmp_path):
+    """No --weights: Earth Search's and Planetary Computer's L2A items get the shipped L2A starter (12 bands, no
+    B10), which can run them; L1C items the L1C starter. Before the search the collection or profile decides;
+    --weights and $CLOUDMASK_WEIGHTS always win."""
+    from pipeline.config import SearchSpec
+    from pipeline.job import JobSpec, job_weights
+    from pipeline.model.weights import STARTERS
+
+    monkeypatch.delenv("CLOUDMASK_WEIGHTS", raising=False)
+
+    def spec(collection, **kw):
+        return JobSpec(search=SearchSpec("http://127.0.0.1:9", collection), out=str(tmp_path / "x.zarr"), **kw)
+
+    for rel, level in [(ES_L1C, "L1C"), (ES_L2A, "L2A"), (PC_L2A_NEW, "L2A"), (PC_L2A_OLD, "L2A")]:
+        chosen = job_weights(spec("any-collection"), [item(rel)])
+        weights = detector_weights(chosen)
+        assert chosen.endswith(STARTERS[level]) and weights.meta.level == level, rel
+        assert ("B10" in weights.meta.bands) == (level == "L1C")
+        assert plan_scene(item(rel), weights).bands == weights.meta.bands  # it runs them
+    assert job_weights(spec("sentinel-2-l2a")).endswith(STARTERS["L2A"])
+    assert job_weights(spec("sentinel-2-l1c")).endswith(STARTERS["L1C"])
+    assert job_weights(spec("s2", profile="planetary-computer-l2a")).endswith(STARTERS["L2A"])
+    assert job_weights(spec("sentinel-2-l2a", weights="mine.safetensors"), [item(ES_L2A)]) == "mine.safetensors"
+    monkeypatch.setenv("CLOUDMASK_WEIGHTS", "/models/site.safetensors")
+    assert job_weights(spec("sentinel-2-l2a"), [item(ES_L2A)]) == "/models/site.safetensors"

@@ -222,9 +222,30 @@ def test_earth_search_l2a_reads_the_cogs_whose_offset_the_provider_removed(repli
     assert_varied(masks(tmp_path / "l2a.zarr")[item["id"]])
 
 
-def test_l1c_weights_on_l2a_items_are_refused_before_any_cluster_starts(replicas, aws, tmp_path):
+def test_a_plain_run_on_l2a_items_runs_mscloudcam_with_the_l2a_starter(replicas, aws, tmp_path):
+    """No --weights, no --model: Earth Search's L2A product is masked by MSCloudCAM with the shipped L2A starter
+    (12 bands, no B10), recorded in the store's provenance; its classes vary over the real pixels."""
+    import hashlib
+
+    import zarr
+
+    from pipeline.model.weights import STARTERS, default_weights
+
+    url, item = replicas["es"], replicas["items"]["es-l2a"]
+    out = tmp_path / "plain.zarr"
+    row = cli_ok(url, "sentinel-2-l2a", out, env={"CLOUDMASK_WEIGHTS": ""})[item["id"]]
+    assert row["status"] == "ok"
+    starter = default_weights("L2A")
+    assert starter.endswith(STARTERS["L2A"])
+    recorded = zarr.open_group(str(out), mode="r").attrs["cloudmask"]
+    assert recorded["model"] == "mscloudcam" and "B10" not in recorded["bands"] and len(recorded["bands"]) == 12
+    assert recorded["weights_sha256"] == hashlib.sha256(Path(starter).read_bytes()).hexdigest()
+    assert len(np.unique(masks(out)[item["id"]])) >= 2
+
+
+def test_l1c_weights_on_l2a_items_are_refused_before_any_cluster_starts(replicas, aws, weights, tmp_path):
     out = tmp_path / "never.zarr"
-    p = cli(replicas["es"], "sentinel-2-l2a", out)  # the default (L1C starter) weights
+    p = cli(replicas["es"], "sentinel-2-l2a", out, "--weights", weights["sentinel-2-l1c"])
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Sentinel-2 L1C, not Sentinel-2 L2A" in lines[0] and "--model ukis-csmask" in lines[0]

@@ -25,7 +25,8 @@ B10_FILL_DN = 15
 
 @dataclass(frozen=True)
 class Scene:
-    """``dn (band=13, y, x) uint16``, 0 = nodata; ``resolution_m`` its pixel size; ``note`` any caveat."""
+    """``dn (band, y, x) uint16`` (the 13 L1C bands; 12 L2A bands for L2A sources), 0 = nodata;
+    ``resolution_m`` its pixel size; ``note`` any caveat."""
 
     name: str
     dn: np.ndarray

@@ -217,18 +217,21 @@ def cached_weights(source: str | Path) -> Weights:
     return _CACHE[key]
 
 
-STARTER_WEIGHTS = "mscloudcam_s2l1c_starter.safetensors"
+# the shipped starter weights per Sentinel-2 processing level (weights/README.md)
+STARTERS = {"L1C": "mscloudcam_s2l1c_starter.safetensors", "L2A": "mscloudcam_s2l2a_starter.safetensors"}
+STARTER_WEIGHTS = STARTERS["L1C"]
 
 
-def default_weights() -> str:
+def default_weights(level: str = "L1C") -> str:
     """The weights used when none are given: ``$CLOUDMASK_WEIGHTS``, else the starter weights shipped with
-    the package (the repository's ``weights/`` folder; see ``weights/README.md``)."""
+    the package for ``level`` (``L1C``: 13 bands; ``L2A``: 12, no B10; the repository's ``weights/`` folder;
+    see ``weights/README.md``). Other levels get the L1C starter (which then says what it cannot run)."""
     env = os.environ.get("CLOUDMASK_WEIGHTS")
     if env:
         return env
     from ..shipped import shipped_dir
 
-    path = shipped_dir("weights") / STARTER_WEIGHTS
+    path = shipped_dir("weights") / STARTERS.get(str(level).upper(), STARTER_WEIGHTS)
     if not path.is_file():
         raise WeightsError(
             f"no weights given, and no starter weights are shipped yet ({str(path)!r} is missing); pass "

