@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"cloudmask {args.command}: terminated (SIGTERM)", file=sys.stderr)
         return 143
+    except BrokenPipeError:  # output piped into a reader that stopped early (| head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

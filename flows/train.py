@@ -104,7 +104,8 @@ def load_data(args, recipe: Recipe) -> TrainData:
             bands = SENTINEL2_L1C.bands
             return TrainData(train=SimulatedBOAChips(chips, bands, recipe.seed),
                              val=[(simulate_boa(l2a_bands(dn, bands)), lab) for dn, lab in val],  # the measured map
-                             bands=tuple(BOA_MAP), level="L2A", ignore_index=255, class_counts=counts, split=split,
+                             bands=tuple(BOA_MAP), level="L2A", also_levels=("L1C",),  # trained on L1C too (λ≈0)
+                             ignore_index=255, class_counts=counts, split=split,
                              dataset="starter-l2a (real S2 L1C scenes as simulated L2A, teacher labels)")
         return TrainData(train=chips, val=val, bands=SENTINEL2_L1C.bands, dataset="starter (real S2 L1C scenes, teacher labels)",
                          split=split, ignore_index=255, class_counts=counts)

@@ -56,7 +56,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"sha256         {w.sha256}")
     print(f"model          {meta['model']} {meta['model_kwargs'] or ''}".rstrip())
     print(f"tensor values  {params:,} (parameters and normalisation statistics)")
-    print(f"sensor/level   {meta['sensor']} {meta['level']}")
+    also = f" (also {', '.join(meta['also_levels'])} with these bands)" if meta.get("also_levels") else ""
+    print(f"sensor/level   {meta['sensor']} {meta['level']}{also}")
     print(f"bands          {', '.join(meta['bands'])}")
     print(f"normalisation  DN / {meta['normalisation']['divisor']:g}")
     print(f"classes        {', '.join(f'{c}={n}' for c, n in zip(meta['class_codes'], meta['classes']))}")

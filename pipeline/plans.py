@@ -56,7 +56,8 @@ def model_for(weights: Weights, sensor: Sensor) -> tuple[str, tuple[str, ...]]:
             raise InputError(f"{name} does not run on {sensor.title}")
         return peer_source(name, sensor), bands
     trained = weights_sensor(weights)
-    if trained is None or trained.key != sensor.key:
+    also = trained is not None and trained.name == sensor.name and sensor.level in weights.meta.also_levels
+    if trained is None or (trained.key != sensor.key and not also):
         what = trained.title if trained else f"{weights.meta.sensor} {weights.meta.level}"
         raise InputError(f"the weights {weights.source} were trained on {what}, not {sensor.title}")
     return weights.source, tuple(weights.meta.bands)

@@ -85,6 +85,7 @@ class TrainData:
     divisor: float = 3000.0
     tile: int = 512
     class_counts: tuple[int, ...] | None = None  # labelled pixels per class of the training set (class weights)
+    also_levels: tuple[str, ...] = ()  # other levels the weights suit (WeightsMeta.also_levels)
 
 
 def class_weights(counts, kind: str | None) -> torch.Tensor | None:
@@ -195,7 +196,7 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
         start, best, history = load_state(state_path, model, opt)
     meta = WeightsMeta(
         model=recipe.model, bands=tuple(data.bands), classes=CLASS_NAMES, class_codes=CLASS_CODES,
-        model_kwargs=recipe.model_kwargs, sensor=data.sensor, level=data.level,
+        model_kwargs=recipe.model_kwargs, sensor=data.sensor, level=data.level, also_levels=tuple(data.also_levels),
         normalisation={"kind": "scale", "divisor": data.divisor},
         tile_size=getattr(model, "img_size", data.tile),  # deployed at the size it was trained at
         provenance=dict(provenance or {}, dataset=data.dataset, split=data.split, recipe=asdict(recipe),

@@ -312,3 +312,22 @@ def test_a_job_without_weights_gets_the_starter_of_its_items_level(monkeypatch, 
     assert job_weights(spec("sentinel-2-l2a", weights="mine.safetensors"), [item(ES_L2A)]) == "mine.safetensors"
     monkeypatch.setenv("CLOUDMASK_WEIGHTS", "/models/site.safetensors")
     assert job_weights(spec("sentinel-2-l2a"), [item(ES_L2A)]) == "/models/site.safetensors"
+
+
+def test_weights_declared_for_another_level_run_its_items(tmp_path, test_weights_file):
+    """L2A weights (12 bands) that declare ``also_levels=("L1C",)`` (as the L2A starter does) run Earth Search's
+    L1C item on its 12 bands, B10 left out; the same weights without the declaration are refused."""
+    from dataclasses import replace
+
+    from factories import derived_weights
+    from pipeline.model.weights import load_weights, save_weights
+
+    l2a = tmp_path / "l2a.safetensors"
+    derived_weights(test_weights_file, l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
+    w = load_weights(str(l2a))
+    both = tmp_path / "both.safetensors"
+    save_weights(both, w.state, replace(w.meta, also_levels=("L1C",)))
+    plan = plan_scene(item(ES_L1C), detector_weights(str(both)))
+    assert plan.bands == SENTINEL2_L2A.bands and "B10" not in plan.assets and plan.sensor == SENTINEL2_L1C
+    with pytest.raises(InputError, match="trained on Sentinel-2 L2A, not Sentinel-2 L1C"):
+        plan_scene(item(ES_L1C), detector_weights(str(l2a)))

@@ -46,6 +46,7 @@ class WeightsMeta:
     tile_size: int = 512
     provenance: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    also_levels: tuple[str, ...] = ()  # other levels of the sensor it suits (its bands among theirs), e.g. L1C
 
     def __post_init__(self) -> None:
         if len(self.classes) != len(self.class_codes):
@@ -59,8 +60,9 @@ class WeightsMeta:
     @classmethod
     def from_json(cls, text: str) -> "WeightsMeta":
         d = json.loads(text)
-        for key in ("bands", "classes", "class_codes"):
-            d[key] = tuple(d[key])
+        for key in ("bands", "classes", "class_codes", "also_levels"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def model_args(self) -> dict:
