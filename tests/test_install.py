@@ -21,7 +21,8 @@ def test_a_wheel_install_finds_its_weights_and_recipes(tmp_path):
     (wheel,) = wheels.glob("cloudmask_pipeline-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True,
                    timeout=600)
-    assert (site / "pipeline" / "_shipped" / "weights" / "mscloudcam_s2l1c_starter.safetensors").is_file()
+    for starter in ("mscloudcam_s2l1c_starter.safetensors", "mscloudcam_s2l2a_starter.safetensors"):
+        assert (site / "pipeline" / "_shipped" / "weights" / starter).is_file()
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}  # ahead of the editable install
     code = ("import sys, pipeline; from flows.cli import main; print(pipeline.__file__, flush=True); "
             "sys.exit(main(sys.argv[1:]))")

@@ -143,7 +143,8 @@ def test_weights_declare_their_sensor_and_level_and_other_items_are_refused_up_f
     assert (l1c.meta.sensor, l1c.meta.level) == ("sentinel-2", "L1C")
     for relpath in (ES_L2A, PC_L2A_NEW):
         with pytest.raises(PreflightError, match=r"trained on Sentinel-2 L1C, not Sentinel-2 L2A; "
-                                                 r"use weights trained on sentinel-2-l2a \(--weights\), or "
+                                                 r"use the shipped L2A starter \(no --weights\), or "
+                                                 r"weights trained on sentinel-2-l2a \(--weights\), or "
                                                  r"--model ukis-csmask, or a sentinel-2-l1c collection"):
             check_items([item(relpath)], l1c, "test")
     with pytest.raises(PreflightError, match="trained on Sentinel-2 L1C.*not Landsat"):

@@ -1,6 +1,6 @@
 """Real Sentinel-2 **L2A** pixels: the six example patches that ship in ``bigearthnet-common==2.8.0`` (PyPI,
 Apache-2.0 package; BigEarthNet data CDLA-Permissive-1.0), each 1.2 km × 1.2 km (120 × 120 px at 10 m) of a
-Sen2Cor L2A product of 2017–2018 (Austria, Portugal, Serbia, Lithuania, Finland), processing baselines before
+Sen2Cor L2A product of 2017–2018 over Europe, processing baselines before
 04.00 (no offset: DN = reflectance × 10000).
 
 BigEarthNet left out cloudy patches, and its lists name none of these six as cloudy (one is in its seasonal snow
