@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -247,7 +248,8 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
             index = store.scene_index(group)  # scenes already there keep their places; new ones were appended
             work += [(item, group, index[item.id]) for item in its]
         store.consolidate()  # the layout is complete: one metadata document for readers
-        targets = {group: store.region_targets(group) for group in {w[1] for w in work}}
+        run = uuid.uuid4().hex  # this run's write tasks are its own (store.RegionTarget)
+        targets = {group: store.region_targets(group, run) for group in {w[1] for w in work}}
         if spec.verify:
             from .integrity import verify_store
 
@@ -327,10 +329,8 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
             if pending:
                 from distributed import wait
 
-                try:  # a bounded wait: a recorded stop is seen within a second or two
-                    wait([f for _, (f, _) in pending], timeout=2, return_when="FIRST_COMPLETED")
-                except TimeoutError:
-                    continue
+                # unbounded: a stop signal raises here; one swallowed elsewhere is raised at the next check
+                wait([f for _, (f, _) in pending], return_when="FIRST_COMPLETED")
                 still = []
                 for entry, (future, keep) in pending:
                     if future.done():

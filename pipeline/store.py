@@ -337,13 +337,15 @@ class MaskStore:
                     self.write_scene_stats(group, t, SceneStats.from_row(e["stats"]))
         return self.flush_stats()
 
-    def region_targets(self, group: str) -> dict:
-        """The group's ``mask`` (and ``probability``) as zarr arrays, for scenes' region writes (``da.store``):
-        opened once per job, pickled into the write tasks; no metadata is read per scene."""
+    def region_targets(self, group: str, run: str) -> dict:
+        """The group's ``mask`` (and ``probability``) as ``RegionTarget``s of job run ``run`` (a unique id), for
+        scenes' region writes (``da.store``): opened once per job, pickled into the write tasks; no metadata is
+        read per scene."""
         import zarr
 
         g = zarr.open_group(**self.location.zarr_args(), path=group, mode="r+")
-        return {name: g[name] for name in ("mask", "probability") if name in g}
+        return {name: RegionTarget(g[name], run) for name in ("mask", "probability") if name in g}
+
 
     def open(self, group: str) -> xr.Dataset:
         return xr.open_zarr(**self.location.zarr_args(), group=group, consolidated=False)
@@ -379,3 +381,24 @@ def _parse_json(data: bytes | None):
         return json.loads(data) if data is not None else None
     except (ValueError, TypeError):
         return None
+
+
+class RegionTarget:
+    """A zarr array as a ``da.store`` target whose Dask token names the job run: writes are side effects, so two
+    runs must never share a write task. Dask tokenises a zarr array by its location, so a second run of the same
+    scenes in one client process (a notebook re-running a job into a re-created store) would otherwise get the
+    first run's keys and, while those results were still held, skip its writes: scenes marked ok over blank
+    masks. ``shape``/``dtype``/indexing are the array's."""
+
+    def __init__(self, array, run: str) -> None:
+        self.array, self.run = array, run
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __setitem__(self, key, value) -> None:
+        self.array[key] = value
+
+    def __getitem__(self, key):
+        return self.array[key]
+
+    def __dask_tokenize__(self):
+        return ("RegionTarget", self.run, self.array.path)

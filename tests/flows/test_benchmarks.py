@@ -64,6 +64,18 @@ def test_memory_benchmark_reports_worker_memory_scene_after_scene(test_weights_f
     assert items[0]["assets"]["B02"]["href"] == items[1]["assets"]["B02"]["href"]  # one scene, two acquisitions
 
 
+def read_masks(store) -> list:
+    """Every scene's mask (y, x) of a store, over all its grid groups."""
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tree = xr.open_datatree(str(store), engine="zarr")
+    return [node["mask"][t] for node in tree.subtree if "mask" in node for t in range(node.sizes["time"])]
+
+
 def test_scale_benchmark_prints_real_and_simulated_figures(test_weights_file, tmp_path):
     out = run("benchmark", "scale", "--out", str(tmp_path), "--scenes", "2,4", "--gpus", "2", "--sim-scenes", "4",
               "--latency", "0.3", "--weights", str(test_weights_file), "--json", str(tmp_path / "s.json")).stdout
@@ -71,6 +83,8 @@ def test_scale_benchmark_prints_real_and_simulated_figures(test_weights_file, tm
     real, sim = figures["real"], figures["simulated"]
     assert [r["scenes"] for r in real] == [2, 4] and all(r["ok"] == r["scenes"] for r in real)
     assert all(0 < r["forward_s"] < r["wall_s"] and r["client_peak_mib"] > 100 for r in real)
+    for n in (2, 4):  # every run wrote its own masks (a re-run in the same process once reused the first's writes)
+        assert all((v.values != 255).any() for v in read_masks(tmp_path / f"real-{n}.zarr")), n
     assert "marginal_s_per_scene" in real[1] and real[1]["non_model_per_scene_s"] > 0
     (row,) = sim
     assert row["gpus"] == 2 and row["ok"] == 4
