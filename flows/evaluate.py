@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
                "  cloudmask evaluate --dataset l8biome --data /data/l8biome --json l8.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
+    p.add_argument("--weights", help="weights file or URL (default: the shipped starter of the items' level)")
     p.add_argument("--dataset", choices=("starter", "bigearthnet", "cloudsen12", "l8biome"), required=True,
                    help="starter: the real L1C scenes with teacher labels; bigearthnet: real L2A patches (cloud-free) "
                         "with ukis-csmask L2A labels")
@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.model.weights import default_weights
 
     items, bands = load_items(args)
-    weights = load_weights(args.weights or default_weights())
+    # no --weights: the shipped starter of the items' level (L2A for bigearthnet and --level l2a)
+    weights = load_weights(args.weights or default_weights("L1C" if bands is None or "B10" in bands else "L2A"))
     if len(items) == 0:
         raise ConfigError(f"split {args.split!r} of {args.dataset} is empty")
     take = list(range(len(weights.meta.bands)))
