@@ -154,9 +154,11 @@ def check_job(spec: JobSpec, items: list | None = None):
 def check_search(spec: JobSpec) -> list:
     """Search, then check the first items against the model (bands, sensor and level, grid) and the access
     they need (signing installed): the items found; ``PreflightError``/``ConfigError`` before anything starts."""
-    check_job(spec)  # weights, store and lock before the search
+    checked = check_job(spec)  # weights, store and lock before the search
     items = search_items(spec.search)
-    profile, _, loaded = check_job(spec, items)  # again when the items' level picks another starter
+    if job_weights(spec, items) != checked[1]:  # the items' level picks another starter: check that one
+        checked = check_job(spec, items)
+    profile, _, loaded = checked
     item, plan = check_items(items, loaded, f"{spec.search.collection!r} at {spec.search.url}", profile)
     if needs_signing(item, plan.assets.values()):
         require_signing()

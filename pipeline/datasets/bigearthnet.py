@@ -15,6 +15,7 @@ import tarfile
 
 import numpy as np
 
+from ..errors import InputError
 from ..sensors import SENTINEL2_L2A
 from .scenes import Scene, package_dir
 
@@ -29,7 +30,7 @@ def l2a_patches() -> list[Scene]:
 
     path = package_dir("bigearthnet_common") / ARCHIVE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run: pip install --no-deps bigearthnet-common==2.8.0")
+        raise InputError(f"{path} is missing; run: pip install --no-deps bigearthnet-common==2.8.0")
     files: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path, "r:bz2") as tar:
         for member in tar.getmembers():

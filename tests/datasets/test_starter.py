@@ -75,3 +75,24 @@ def test_class_centred_chips_show_rare_classes_as_often_as_common_ones():
     shadow, thick = centre(focused, 3), centre(focused, 1)
     assert 25 <= shadow <= 75 and 25 <= thick <= 75  # about 200 x 0.5 / 2 classes each (no thin pixels)
     assert focused.where.keys() == {1, 3}
+
+
+def test_class_weights_favour_rare_classes_and_change_the_loss():
+    """starter-l2a's sqrt-inverse weights: sqrt(median count / count), 1 for a class absent from the labels; the
+    weighted loss counts a mistake on the rare class more than one on the common class."""
+    import torch
+
+    from pipeline.errors import ConfigError
+    from pipeline.model import deep_supervision_loss
+    from pipeline.training import class_weights
+
+    w = class_weights((900, 100, 400, 0), "sqrt-inverse")
+    assert w.tolist() == pytest.approx([2 / 3, 2.0, 1.0, 1.0])
+    assert class_weights((900, 100, 400, 0), None) is None
+    with pytest.raises(ConfigError, match="needs the training set's class counts"):
+        class_weights(None, "sqrt-inverse")
+    logits = torch.zeros(1, 4, 1, 2)
+    logits[0, 0] = 5.0  # "clear" everywhere
+    target = torch.tensor([[[0, 1]]])  # right on a clear pixel, wrong on a thick-cloud pixel
+    outs = (logits, logits, logits)
+    assert deep_supervision_loss(outs, target, 0.4, None, w) > deep_supervision_loss(outs, target, 0.4, None, None)
