@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from pipeline.config import InferSpec
 from pipeline.errors import ConfigError
-from pipeline.infer import resolve_device, resolve_precision
-from pipeline.model import create_model
+
+if TYPE_CHECKING:  # imported where used: torch takes seconds to load, and --help should not wait for it
+    import torch
 
 from .parsers import csv_list, machine_name
 
@@ -60,6 +57,9 @@ def add_parser(sub) -> None:
 
 def count_gmac(model: torch.nn.Module, bands: int, size: int) -> float:
     """Multiply-accumulates (1e9) of one eval forward at ``1 x bands x size x size`` (torch's flop counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, bands, size, size))
     return counter.get_total_flops() / 2e9
@@ -78,6 +78,7 @@ def variant_model(model: torch.nn.Module, variant: str) -> tuple[torch.nn.Module
     """``model`` set up as ``variant`` (see VARIANTS) and the context its forward runs in."""
     import contextlib
 
+    import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     layout = torch.contiguous_format if variant == "contiguous" else torch.channels_last
@@ -100,8 +101,12 @@ def variant_model(model: torch.nn.Module, variant: str) -> tuple[torch.nn.Module
 
 
 def time_batches(model, x: torch.Tensor, dtype: torch.dtype, warmup: int, repeats: int,
-                 context: Callable = torch.inference_mode) -> list[float]:
-    """Seconds per batch for ``repeats`` timed forward passes after ``warmup`` untimed ones."""
+                 context: Callable | None = None) -> list[float]:
+    """Seconds per batch for ``repeats`` timed forward passes after ``warmup`` untimed ones (under ``context``,
+    default ``torch.inference_mode``)."""
+    import torch
+
+    context = context or torch.inference_mode
     cuda = x.device.type == "cuda"
     times = []
     with context():
@@ -123,6 +128,8 @@ def time_batches(model, x: torch.Tensor, dtype: torch.dtype, warmup: int, repeat
 
 def matmul_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
     """Sustained GFLOPS of an ``n x n`` matmul in ``dtype`` on this CPU (the floor the model is measured against)."""
+    import torch
+
     a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
     a @ b
     t0 = time.perf_counter()
@@ -132,6 +139,12 @@ def matmul_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
 
 
 def run_model(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.config import InferSpec
+    from pipeline.infer import resolve_device, resolve_precision
+    from pipeline.model import create_model
+
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -7,11 +7,8 @@ import json
 
 import numpy as np
 
-from pipeline.config import InferSpec
 from pipeline.errors import ConfigError
-from pipeline.infer import Predictor
 from pipeline.metrics import confusion, scores
-from pipeline.model.weights import load_weights
 
 # The MSCloudCAM rows of docs/mscloudcam.md ("The authors' reported results") (IoU % clear, thick, thin, shadow; mIoU; mF1; aAcc).
 PAPER = {
@@ -124,6 +121,10 @@ def teacher_agreement(items, predictions, bands: tuple[str, ...]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.config import InferSpec
+    from pipeline.infer import Predictor
+    from pipeline.model.weights import load_weights
+
     from pipeline.model.weights import default_weights
 
     items, bands = load_items(args)

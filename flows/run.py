@@ -127,19 +127,20 @@ def table_text(frame) -> str:
 
 
 def job_spec(s: dict):
-    """The JobSpec of resolved settings ``s`` (see ``settings``)."""
+    """The JobSpec of resolved settings ``s`` (see ``settings``); the search, inference and store settings are
+    checked before the job's modules (torch, dask) load, so a wrong value is answered at once."""
     from pipeline.config import InferSpec, SearchSpec
-    from pipeline.job import JobSpec
     from pipeline.store import store_path
 
-    return JobSpec(
-        search=SearchSpec(s["stac_url"], s["collection"], bbox=tuple(s["bbox"]) if s.get("bbox") else None,
-                          datetime=s.get("datetime"), max_cloud=s.get("max_cloud"), limit=s.get("limit")),
-        out=str(store_path(s["out"])), profile=s["profile"], weights=s.get("weights"),
-        infer=InferSpec(overlap=None if s.get("overlap") is None else int(s["overlap"]),
-                        precision=s.get("precision") or "auto"),
-        chunk=int(s["chunk"]), in_flight=None if s.get("in_flight") is None else int(s["in_flight"]), strict=bool(s["strict"]),
-        probabilities=bool(s["probabilities"]), verify=bool(s["verify"]))
+    search = SearchSpec(s["stac_url"], s["collection"], bbox=tuple(s["bbox"]) if s.get("bbox") else None,
+                        datetime=s.get("datetime"), max_cloud=s.get("max_cloud"), limit=s.get("limit"))
+    infer = InferSpec(overlap=None if s.get("overlap") is None else int(s["overlap"]), precision=s.get("precision") or "auto")
+    out = str(store_path(s["out"]))
+    from pipeline.job import JobSpec
+
+    return JobSpec(search=search, out=out, profile=s["profile"], weights=s.get("weights"), infer=infer,
+                   chunk=int(s["chunk"]), in_flight=None if s.get("in_flight") is None else int(s["in_flight"]),
+                   strict=bool(s["strict"]), probabilities=bool(s["probabilities"]), verify=bool(s["verify"]))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,9 +6,13 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
-from pipeline.training import Recipe, TrainData, check_out_dir, train
+from pipeline.recipe import CLASS_WEIGHT_POWERS, Recipe
+
+if TYPE_CHECKING:  # imported where used: torch takes seconds to load, and argument errors should not wait for it
+    from pipeline.training import TrainData
 
 RECIPES = {
     "paper": Recipe(),
@@ -62,6 +66,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up over this many steps (paper: 0)")
     p.add_argument("--grad-clip", type=float, help="clip the gradients' global norm to this (paper: none)")
+    p.add_argument("--init", metavar="WEIGHTS", help="fine-tune: start from this weights file or URL (same bands and "
+                                                     "model options) instead of random weights")
+    p.add_argument("--class-weights", choices=(*CLASS_WEIGHT_POWERS, "none"),
+                   help="cross-entropy class weights (median count / class count) ** 1/2 or 1/4 (default: the recipe's)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fast on recent CPUs and GPUs)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
@@ -81,10 +89,20 @@ def scene_weight(labels, chip: int = 256) -> float:
     return float(np.sqrt(max(n, chip * chip)) * (0.4 + np.isin(labels, (1, 2, 3)).sum() / n))
 
 
-def load_data(args, recipe: Recipe) -> TrainData:
+def dataset_of(args, recipe: Recipe) -> str:
+    """The dataset to train on; refused when it is not given or lacks its --data."""
     dataset = args.dataset or ("starter" if recipe.name in STARTERS else None)
     if dataset is None:
         raise ConfigError("--dataset is required with --recipe paper (cloudsen12 or l8biome, with --data PATH)")
+    if dataset != "starter" and not args.data:
+        raise ConfigError(f"--data is required for --dataset {dataset}")
+    return dataset
+
+
+def load_data(args, recipe: Recipe) -> TrainData:
+    from pipeline.training import TrainData
+
+    dataset = dataset_of(args, recipe)
     if dataset == "starter":
         from pipeline.datasets.chips import RandomChips
         from pipeline.datasets.starter import SPLITS, labelled_scenes
@@ -110,8 +128,6 @@ def load_data(args, recipe: Recipe) -> TrainData:
                              dataset="starter-l2a (real S2 L1C scenes as simulated L2A, teacher labels)")
         return TrainData(train=chips, val=val, bands=SENTINEL2_L1C.bands, dataset="starter (real S2 L1C scenes, teacher labels)",
                          split=split, ignore_index=255, class_counts=counts)
-    if not args.data:
-        raise ConfigError(f"--data is required for --dataset {dataset}")
     if dataset == "cloudsen12":
         from pipeline.datasets.cloudsen12 import train_data
     else:
@@ -121,6 +137,7 @@ def load_data(args, recipe: Recipe) -> TrainData:
 
 def run(args: argparse.Namespace) -> int:
     recipe = RECIPES[args.recipe]
+    dataset_of(args, recipe)  # before torch loads
     try:
         model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
     except json.JSONDecodeError as exc:
@@ -132,9 +149,17 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--model {args.model!r} is unknown; known models: {', '.join(list_models())}")
     overrides = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, device=args.device,
                      warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
-                     bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs)
+                     bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs, init=args.init)
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    if args.class_weights:
+        recipe = replace(recipe, class_weights=None if args.class_weights == "none" else args.class_weights)
+    from pipeline.training import check_out_dir, train
+
     check_out_dir(Path(args.out), args.resume)  # before the (possibly slow) data loading
+    if recipe.init:
+        from pipeline.model.weights import load_weights
+
+        load_weights(recipe.init)  # a missing or broken file is refused before the data loading, too
     data = load_data(args, recipe)
     print(f"training {recipe.model} on {data.dataset}: {len(data.train)} samples/epoch, {len(data.val)} val items, "
           f"{recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr}, {'bf16' if recipe.bf16 else 'fp32'} -> {args.out}",

@@ -6,7 +6,6 @@ import argparse
 import json
 
 from pipeline.errors import WeightsError
-from pipeline.model.weights import WeightsMeta, load_weights, save_weights
 from pipeline.sensors import CLASS_CODES, CLASS_NAMES, get_sensor
 
 
@@ -44,7 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from pipeline.model.weights import default_weights
+    from pipeline.model.weights import default_weights, load_weights
 
     w = load_weights(args.source or default_weights())
     meta = json.loads(w.meta.to_json())
@@ -68,6 +67,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     import torch
+
+    from pipeline.model.weights import WeightsMeta, load_weights, save_weights
 
     sensor = get_sensor(args.sensor)
     bands = tuple(args.bands.split(",")) if args.bands else sensor.bands

@@ -11,7 +11,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,44 +26,8 @@ from .infer import Predictor, resolve_device
 from .metrics import confusion, scores
 from .model import create_model, deep_supervision_loss
 from .model.weights import Weights, WeightsMeta, save_weights
+from .recipe import CLASS_WEIGHT_POWERS, Recipe  # noqa: F401 (Recipe: also imported from here)
 from .sensors import CLASS_CODES, CLASS_NAMES
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training settings; the defaults are the paper's (Adam 1e-4, batch 8, 100 epochs, seed 42, fp32)."""
-
-    name: str = "paper"
-    model: str = "mscloudcam"
-    model_kwargs: dict = field(default_factory=dict)
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 1e-4
-    aux_weight: float = 0.4
-    seed: int = 42
-    bf16: bool = False
-    workers: int = 0
-    device: str = "auto"
-    save_dtype: str = "fp32"
-    train_size: int | None = None  # chip side when training on smaller chips than the deployed tile
-    warmup_steps: int = 0  # linear learning-rate warm-up from lr/warmup_steps (0: none, as in the paper)
-    grad_clip: float | None = None  # clip the gradients' global norm (None: no clipping, as in the paper)
-    class_weights: str | None = None  # "sqrt-inverse": CE weights (median frequency / class frequency) ** 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.batch_size < 2:
-            raise ConfigError("batch_size must be at least 2: the PSP's 1x1 pooled BatchNorm needs 2 samples")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be > 0")
-        if self.warmup_steps < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
-            raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and grad_clip={self.grad_clip} > 0")
-        if self.class_weights not in (None, "sqrt-inverse"):
-            raise ConfigError(f"class_weights={self.class_weights!r}; expected None or 'sqrt-inverse'")
-        if self.save_dtype not in ("fp32", "fp16"):
-            raise ConfigError(f"save_dtype={self.save_dtype!r}; expected fp32 or fp16")
 
 
 @dataclass
@@ -89,17 +53,45 @@ class TrainData:
 
 
 def class_weights(counts, kind: str | None) -> torch.Tensor | None:
-    """``(K,)`` float32 cross-entropy weights from the training set's pixel ``counts`` per class: for
-    ``"sqrt-inverse"`` ``sqrt(median(counts) / counts)`` (a class absent from the labels gets weight 1); None
-    for ``kind`` None. Rare classes (thick cloud, shadow in a mostly clear archive) then weigh more without the
+    """``(K,)`` float32 cross-entropy weights from the training set's pixel ``counts`` per class:
+    ``(median(counts) / counts) ** power`` with ``power`` of ``kind`` in :data:`CLASS_WEIGHT_POWERS` (0.5 for
+    ``"sqrt-inverse"``, 0.25 for ``"root4-inverse"``; a class absent from the labels gets weight 1); None for
+    ``kind`` None. Rare classes (thick cloud, shadow in a mostly clear archive) then weigh more without the
     instability of full inverse-frequency weights."""
     if kind is None:
         return None
     if not counts:
         raise ConfigError(f"class_weights={kind!r} needs the training set's class counts; this dataset gives none")
     c = np.asarray(counts, np.float64)
-    w = np.where(c > 0, np.sqrt(np.median(c[c > 0]) / np.maximum(c, 1)), 1.0)
+    w = np.where(c > 0, (np.median(c[c > 0]) / np.maximum(c, 1)) ** CLASS_WEIGHT_POWERS[kind], 1.0)
     return torch.tensor(w, dtype=torch.float32)
+
+
+def init_from(model, source: str, bands: tuple[str, ...]) -> str:
+    """Load the weights file ``source`` into ``model`` (fine-tuning) and return its sha256. Weights of more bands
+    than the training data's (L1C weights for L2A: B10 too) start it with the input kernels of the bands it has;
+    refused, naming the difference, when a band is missing from the file or its tensors do not fit."""
+    from .model.weights import load_weights
+
+    init = load_weights(source)
+    have = tuple(init.meta.bands)
+    missing = [b for b in bands if b not in have]
+    if missing:
+        raise ConfigError(f"--init {source}: its bands {', '.join(have)} lack {', '.join(missing)} of the training "
+                          f"data's {', '.join(bands)}; start from weights that have every band")
+    state = {k: v.float() for k, v in init.state.items()}
+    if have != tuple(bands):  # the input kernels (the only tensors with one input channel per band) of our bands
+        target = model.state_dict()
+        pick = [have.index(b) for b in bands]
+        state = {k: v[:, pick] if v.ndim > 1 and v.shape[1] == len(have) and k in target
+                 and target[k].shape[1] == len(bands) else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[:2]
+        raise ConfigError(f"--init {source} does not fit the model being trained (model_kwargs "
+                          f"{init.meta.model_kwargs} in the file): {' '.join(first)}") from None
+    return init.sha256
 
 
 def seed_everything(seed: int) -> None:
@@ -187,6 +179,7 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
     # different share of the scene at another size: the file is saved for the size it was trained at.
     build = dict(recipe.model_kwargs, **({"img_size": recipe.train_size} if recipe.train_size else {}))
     model = create_model(recipe.model, in_chans=len(data.bands), num_classes=len(CLASS_NAMES), **build)
+    init_sha256 = init_from(model, recipe.init, data.bands) if recipe.init else None  # resume: overwritten below
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     weights = class_weights(data.class_counts, recipe.class_weights)
@@ -200,6 +193,7 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
         normalisation={"kind": "scale", "divisor": data.divisor},
         tile_size=getattr(model, "img_size", data.tile),  # deployed at the size it was trained at
         provenance=dict(provenance or {}, dataset=data.dataset, split=data.split, recipe=asdict(recipe),
+                        **({"init_sha256": init_sha256} if init_sha256 else {}),
                         **({"class_weights": [round(float(w), 4) for w in weights]} if weights is not None else {})),
     )
     chip = getattr(model, "img_size", meta.tile_size)

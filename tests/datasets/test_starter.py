@@ -78,8 +78,8 @@ def test_class_centred_chips_show_rare_classes_as_often_as_common_ones():
 
 
 def test_class_weights_favour_rare_classes_and_change_the_loss():
-    """starter-l2a's sqrt-inverse weights: sqrt(median count / count), 1 for a class absent from the labels; the
-    weighted loss counts a mistake on the rare class more than one on the common class."""
+    """Class weights (median count / count) ** 1/2 (sqrt-inverse) or ** 1/4 (root4-inverse), 1 for a class absent
+    from the labels; an unknown kind is refused; the weighted loss counts a mistake on the rare class more than one on the common class."""
     import torch
 
     from pipeline.errors import ConfigError
@@ -88,7 +88,13 @@ def test_class_weights_favour_rare_classes_and_change_the_loss():
 
     w = class_weights((900, 100, 400, 0), "sqrt-inverse")
     assert w.tolist() == pytest.approx([2 / 3, 2.0, 1.0, 1.0])
+    assert class_weights((900, 100, 400, 0), "root4-inverse").tolist() == pytest.approx([0.81650, 1.41421, 1.0, 1.0],
+                                                                                        abs=1e-5)  # (4/9)**.25, 4**.25
     assert class_weights((900, 100, 400, 0), None) is None
+    from pipeline.training import Recipe
+
+    with pytest.raises(ConfigError, match="class_weights='cube-inverse'; expected None or one of sqrt-inverse"):
+        Recipe(class_weights="cube-inverse")
     with pytest.raises(ConfigError, match="needs the training set's class counts"):
         class_weights(None, "sqrt-inverse")
     logits = torch.zeros(1, 4, 1, 2)

@@ -88,6 +88,36 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted(cloudsen12_taco, uni
     assert (out / "metrics.jsonl").read_text().count("\n") == 3
 
 
+def test_fine_tuning_starts_from_the_given_weights(cloudsen12_taco, uninterrupted, test_weights_file, tmp_path):
+    """--init loads a weights file before the first step (a near-zero learning rate keeps it as it was, where a
+    random start, three epochs at 1e-3 away from it, is not) and records its sha256; weights of other bands, or a
+    missing file, are refused in one line."""
+    from factories import derived_weights
+    from pipeline.sensors import SENTINEL2_L2A
+
+    full, _ = uninterrupted
+    out = tmp_path / "ft"
+    p = subprocess.run(train_cmd(cloudsen12_taco, out, "--init", str(full / "last.safetensors"), "--lr", "1e-12",
+                                 "--epochs", "1"), capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    start, tuned = tensors(full / "last.safetensors"), tensors(out / "last.safetensors")
+    assert start.keys() == tuned.keys()
+    params = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(params) > 100  # BatchNorm's running statistics move with any batch, whatever the learning rate
+    moved = [k for k in params if not torch.allclose(start[k].float(), tuned[k].float(), atol=1e-6)]
+    assert not moved, moved
+    assert load_weights(out / "last.safetensors").meta.provenance["init_sha256"] == load_weights(full / "last.safetensors").sha256
+
+    l2a = tmp_path / "l2a.safetensors"
+    derived_weights(test_weights_file, l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
+    p = subprocess.run(train_cmd(cloudsen12_taco, tmp_path / "bands", "--init", str(l2a)), capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2 and "lack B10" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = subprocess.run(train_cmd(cloudsen12_taco, tmp_path / "gone", "--init", str(tmp_path / "none.safetensors")),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "none.safetensors" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
 def test_train_argument_errors(tmp_path):
     def run(*args):
         return subprocess.run([CLOUDMASK, "train", *args], capture_output=True, text=True, timeout=120)

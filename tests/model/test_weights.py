@@ -139,3 +139,27 @@ def test_metadata_is_plain_json_in_the_safetensors_header(test_weights_file):
     with safe_open(str(test_weights_file), "pt") as f:
         meta = json.loads(f.metadata()["cloudmask"])
     assert meta["bands"][10] == "B10" and meta["tile_size"] == 64
+
+
+def test_fine_tuning_starts_from_a_file_and_keeps_the_kernels_of_its_own_bands(test_weights_file):
+    """``init_from`` (``cloudmask train --init``): the 13-band L1C test weights start a 12-band L2A model with
+    every tensor as in the file and the input kernels of the 12 bands (B10's left out, the others in the model's
+    band order); a model asking for a band the file lacks is refused, naming it."""
+    from pipeline.datasets.boa import BOA_MAP
+    from pipeline.errors import ConfigError
+    from pipeline.training import init_from
+
+    src = load_weights(test_weights_file)
+    bands = tuple(reversed(BOA_MAP))  # another order than the file's, so a mere truncation would not pass
+    model = create_model(src.meta.model, in_chans=len(bands), num_classes=4, **src.meta.model_kwargs)
+    assert init_from(model, str(test_weights_file), bands) == src.sha256
+    got = model.state_dict()
+    kernels = [k for k, v in src.state.items() if v.ndim > 1 and v.shape[1] == 13]
+    assert len(kernels) == 1
+    for k, v in src.state.items():
+        want = v[:, [SENTINEL2_L1C.bands.index(b) for b in bands]] if k in kernels else v
+        assert torch.equal(got[k], want.float()), k
+
+    model = create_model(src.meta.model, in_chans=14, num_classes=4, **src.meta.model_kwargs)
+    with pytest.raises(ConfigError, match="lack B13"):
+        init_from(model, str(test_weights_file), (*SENTINEL2_L1C.bands, "B13"))

@@ -1,0 +1,49 @@
+"""Training settings (a :class:`Recipe`), free of torch so that the command line can list and check them fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+# Cross-entropy class weights (median frequency / class frequency) ** power: the square root, or the milder fourth
+# root (rare classes still weigh more, but the common clear class is not made cheap to give up).
+CLASS_WEIGHT_POWERS = {"sqrt-inverse": 0.5, "root4-inverse": 0.25}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training settings; the defaults are the paper's (Adam 1e-4, batch 8, 100 epochs, seed 42, fp32)."""
+
+    name: str = "paper"
+    model: str = "mscloudcam"
+    model_kwargs: dict = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    aux_weight: float = 0.4
+    seed: int = 42
+    bf16: bool = False
+    workers: int = 0
+    device: str = "auto"
+    save_dtype: str = "fp32"
+    train_size: int | None = None  # chip side when training on smaller chips than the deployed tile
+    warmup_steps: int = 0  # linear learning-rate warm-up from lr/warmup_steps (0: none, as in the paper)
+    grad_clip: float | None = None  # clip the gradients' global norm (None: no clipping, as in the paper)
+    class_weights: str | None = None  # CE weights (median frequency / class frequency) ** power (CLASS_WEIGHT_POWERS)
+    init: str | None = None  # start from these weights (path or URL; same model, bands and classes) instead of at random
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be at least 2: the PSP's 1x1 pooled BatchNorm needs 2 samples")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr} must be > 0")
+        if self.warmup_steps < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
+            raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and grad_clip={self.grad_clip} > 0")
+        if self.class_weights not in (None, *CLASS_WEIGHT_POWERS):
+            raise ConfigError(f"class_weights={self.class_weights!r}; expected None or one of {', '.join(CLASS_WEIGHT_POWERS)}")
+        if self.save_dtype not in ("fp32", "fp16"):
+            raise ConfigError(f"save_dtype={self.save_dtype!r}; expected fp32 or fp16")
