@@ -14,6 +14,7 @@ from pipeline.recipe import CLASS_WEIGHT_POWERS, Recipe
 if TYPE_CHECKING:  # imported where used: torch takes seconds to load, and argument errors should not wait for it
     from pipeline.training import TrainData
 
+BRIGHTNESS = (0.75, 1.35)  # starter chips' gain range (pipeline/datasets/brightness.py)
 RECIPES = {
     "paper": Recipe(),
     # Distillation on the few real scenes here, on CPU (weights/README.md): bf16 autocast, 256 random chips
@@ -23,14 +24,15 @@ RECIPES = {
     # GroupNorm instead of BatchNorm: from scratch at batch 8, BatchNorm's eval-mode predictions were all
     # "clear" while its train-mode ones were not. Warm-up and clipping keep the from-scratch transformer stable.
     "starter": Recipe(name="starter", model_kwargs={"norm": "group"}, epochs=80, batch_size=8, lr=2e-4, bf16=True,
-                      save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0),
+                      save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0, class_weights="root4-inverse",
+                      brightness=BRIGHTNESS),
     # The same distillation for Level-2A (weights/README.md): the 12 bands without B10, every chip moved a random
     # part of the way from TOA to surface reflectance by the map measured in pipeline/datasets/boa.py, and
     # class-weighted CE (the L1C starter, unweighted, scored thick-cloud IoU 0.0 and shadow 0.2 on its test scene).
     # The shipped file is its last epoch (the two validation scenes are too small to pick one by; model card).
     "starter-l2a": Recipe(name="starter-l2a", model_kwargs={"norm": "group"}, epochs=40, batch_size=8, lr=2e-4,
                           bf16=True, save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0,
-                          class_weights="sqrt-inverse"),
+                          class_weights="root4-inverse", brightness=BRIGHTNESS),
 }
 STARTERS = ("starter", "starter-l2a")
 DATASETS = ("starter", "cloudsen12", "l8biome")
@@ -115,6 +117,10 @@ def load_data(args, recipe: Recipe) -> TrainData:
                             size=recipe.train_size or 512, seed=recipe.seed,
                             weights=[scene_weight(lab) for _, lab in train_scenes], nodata_prob=0.3,
                             class_prob=STARTER_CLASS_PROB)
+        if recipe.brightness:
+            from pipeline.datasets.brightness import BrightenedChips
+
+            chips = BrightenedChips(chips, SENTINEL2_L1C.bands, recipe.brightness, recipe.seed)
         counts = tuple(int(sum((lab == c).sum() for _, lab in train_scenes)) for c in range(4))
         split = json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes]))
         if recipe.name == "starter-l2a":

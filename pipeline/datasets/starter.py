@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..pseudolabels import teacher_labels
+from ..pseudolabels import RULE_VERSION, teacher_labels
 from .scenes import SCENES, Scene, all_scenes
 
 SPLITS = {"test": ("sen12mscr-ROIs1868-p30",), "val": ("eolearn-1", "eolearn-3")}
@@ -33,7 +33,7 @@ def labelled_scenes(split: str, cache_dir: str | Path | None = None) -> list[tup
     """``[(scene, labels (y, x) uint8)]`` of one split; labels from the cache when present."""
     out = []
     for scene in scenes_of(split):
-        cached = Path(cache_dir) / f"{scene.name}.labels.npz" if cache_dir else None
+        cached = Path(cache_dir) / f"{scene.name}.labels-v{RULE_VERSION}.npz" if cache_dir else None
         if cached is not None and cached.exists():
             labels = np.load(cached)["labels"]
         else:

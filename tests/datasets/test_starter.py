@@ -102,3 +102,19 @@ def test_class_weights_favour_rare_classes_and_change_the_loss():
     target = torch.tensor([[[0, 1]]])  # right on a clear pixel, wrong on a thick-cloud pixel
     outs = (logits, logits, logits)
     assert deep_supervision_loss(outs, target, 0.4, None, w) > deep_supervision_loss(outs, target, 0.4, None, None)
+
+
+def test_label_caches_of_another_rule_version_are_not_reused(tmp_path):
+    """A label cache names the rule version that wrote it: labels cached under an older rule are recomputed, a
+    cache of the current version is read back as it is."""
+    from pipeline.datasets.starter import labelled_scenes
+    from pipeline.pseudolabels import RULE_VERSION
+
+    planted = np.full((101, 100), 3, np.uint8)  # "shadow" everywhere: no rule gives that on eo-learn scene 1
+    np.savez_compressed(tmp_path / "eolearn-1.labels.npz", labels=planted)  # version 1's name
+    np.savez_compressed(tmp_path / f"eolearn-1.labels-v{RULE_VERSION - 1}.npz", labels=planted)
+    (scene, labels), _ = labelled_scenes("val", tmp_path)
+    assert scene.name == "eolearn-1" and not (labels == 3).any()
+    assert (tmp_path / f"eolearn-1.labels-v{RULE_VERSION}.npz").is_file()
+    np.savez_compressed(tmp_path / f"eolearn-1.labels-v{RULE_VERSION}.npz", labels=planted)
+    assert np.array_equal(labelled_scenes("val", tmp_path)[0][1], planted)
