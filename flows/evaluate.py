@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--level", choices=("l1c", "l2a"), default="l1c",
                    help="cloudsen12: product level for --paper; starter: l2a scores the L1C scenes as simulated L2A "
                         "(the TOA->BOA map of pipeline/datasets/boa.py)")
+    p.add_argument("--brightness", type=float, metavar="GAIN",
+                   help="starter: scale the scenes' reflectance by GAIN and re-split their cloud labels into thick and "
+                        "thin by the scaled blue band (the labelling rule's threshold): does the model follow brightness?")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--split-mode", choices=("paper", "official"), default="paper")
     p.add_argument("--paper", action="store_true", help="print the paper's MSCloudCAM row beside ours")
@@ -59,6 +62,10 @@ def load_items(args) -> tuple[list, tuple[str, ...] | None]:
         from pipeline.datasets.starter import labelled_scenes
 
         items = [(s.dn, lab) for s, lab in labelled_scenes(args.split)]
+        if args.brightness is not None:
+            from pipeline.datasets.brightness import brighten
+
+            items = [brighten(dn, lab, args.brightness, SENTINEL2_L1C.bands.index("B02")) for dn, lab in items]
         if args.level == "l2a":
             from pipeline.datasets.boa import BOA_MAP, l2a_bands, simulate_boa
 
@@ -121,6 +128,9 @@ def teacher_agreement(items, predictions, bands: tuple[str, ...]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.brightness is not None and (args.dataset != "starter" or not args.brightness > 0):
+        raise ConfigError(f"--brightness {args.brightness}: a gain > 0, for --dataset starter only (its labels follow "
+                          f"the labelling rule, so they can be re-split)")
     from pipeline.config import InferSpec
     from pipeline.infer import Predictor
     from pipeline.model.weights import load_weights
@@ -164,9 +174,11 @@ def run(args: argparse.Namespace) -> int:
             rows[f"paper MSCloudCAM ({name})"] = PAPER[name]
         else:
             print(f"(the paper has no row for {name}; rows exist for {', '.join(PAPER)})")
+    if args.brightness is not None:
+        print(f"(scenes x {args.brightness:g} in reflectance, cloud labels re-split into thick and thin by the scaled B02)")
     print(f"IoU (%) over {s['pixels']:,} labelled pixels of {len(items)} items, one confusion matrix:")
     print(table(rows))
-    result = dict(dataset=name, split=args.split, weights=weights.source, sha256=weights.sha256, confusion=cm.tolist(), **s)
+    result = dict(dataset=name, split=args.split, brightness=args.brightness, weights=weights.source, sha256=weights.sha256, confusion=cm.tolist(), **s)
     if args.teachers:
         if args.dataset not in ("starter", "bigearthnet"):
             raise ConfigError("--teachers compares with s2cloudless and ukis-csmask on Sentinel-2: use --dataset starter "

@@ -176,15 +176,30 @@ def test_evaluate_prints_the_paper_table(uninterrupted, cloudsen12_taco, tmp_pat
     assert s["aacc"] == pytest.approx(100 * sum(tp) / s["pixels"], abs=0.01)
 
 
-def test_evaluate_starter_with_teachers(test_weights_file, tmp_path):
-    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(test_weights_file), "--dataset", "starter",
-                        "--split", "test", "--teachers", "--json", str(tmp_path / "t.json")],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
-    assert "agreement with s2cloudless" in p.stdout and "agreement with ukis-csmask" in p.stdout
-    t = json.loads((tmp_path / "t.json").read_text())["teachers"]
+def test_evaluate_starter_with_teachers_and_brightness(test_weights_file, tmp_path):
+    """The held-out scene scored against the teachers' labels and compared with each teacher; with --brightness,
+    scaled and its cloud labels re-split by the scaled blue band: brighter, more of the labelled cloud is thick and
+    less thin, the clear and shadow labels stay; other datasets refused."""
+    def evaluate(*args):
+        p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(test_weights_file), "--dataset", "starter", *args,
+                            "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr
+        return p.stdout, json.loads((tmp_path / "b.json").read_text())
+
+    stdout, got = evaluate("--split", "test", "--teachers")
+    assert "agreement with s2cloudless" in stdout and "agreement with ukis-csmask" in stdout
+    t = got["teachers"]
     assert t["ukis-csmask"]["classes"] == ["clear", "cloud", "shadow"] and len(t["s2cloudless"]["iou"]) == 2
     assert 0 <= t["s2cloudless"]["agreement"] <= 100
+    plain, none = np.asarray(got["confusion"]).sum(axis=1), got["brightness"]  # labelled pixels per class
+    _, got = evaluate("--brightness", "1.4")
+    bright, gain = np.asarray(got["confusion"]).sum(axis=1), got["brightness"]
+    assert none is None and gain == 1.4
+    assert bright[1] > plain[1] and bright[2] < plain[2] and bright[1] + bright[2] == plain[1] + plain[2]
+    assert bright[0] == plain[0] and bright[3] == plain[3]
+    p = subprocess.run([CLOUDMASK, "evaluate", "--dataset", "bigearthnet", "--brightness", "1.4"], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2 and "for --dataset starter only" in p.stderr
 
 
 def test_evaluate_refuses_weights_for_other_bands(test_weights_file, l8biome_root):
