@@ -14,7 +14,6 @@ from pipeline.recipe import CLASS_WEIGHT_POWERS, Recipe
 if TYPE_CHECKING:  # imported where used: torch takes seconds to load, and argument errors should not wait for it
     from pipeline.training import TrainData
 
-BRIGHTNESS = (0.75, 1.35)  # starter chips' gain range (pipeline/datasets/brightness.py)
 RECIPES = {
     "paper": Recipe(),
     # Distillation on the few real scenes here, on CPU (weights/README.md): bf16 autocast, 256 random chips
@@ -24,15 +23,14 @@ RECIPES = {
     # GroupNorm instead of BatchNorm: from scratch at batch 8, BatchNorm's eval-mode predictions were all
     # "clear" while its train-mode ones were not. Warm-up and clipping keep the from-scratch transformer stable.
     "starter": Recipe(name="starter", model_kwargs={"norm": "group"}, epochs=80, batch_size=8, lr=2e-4, bf16=True,
-                      save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0, class_weights="root4-inverse",
-                      brightness=BRIGHTNESS),
+                      save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0),
     # The same distillation for Level-2A (weights/README.md): the 12 bands without B10, every chip moved a random
     # part of the way from TOA to surface reflectance by the map measured in pipeline/datasets/boa.py, and
     # class-weighted CE (the L1C starter, unweighted, scored thick-cloud IoU 0.0 and shadow 0.2 on its test scene).
     # The shipped file is its last epoch (the two validation scenes are too small to pick one by; model card).
     "starter-l2a": Recipe(name="starter-l2a", model_kwargs={"norm": "group"}, epochs=40, batch_size=8, lr=2e-4,
                           bf16=True, save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0,
-                          class_weights="root4-inverse", brightness=BRIGHTNESS),
+                          class_weights="sqrt-inverse"),
 }
 STARTERS = ("starter", "starter-l2a")
 DATASETS = ("starter", "cloudsen12", "l8biome")
@@ -72,6 +70,9 @@ def add_parser(sub) -> None:
                                                      "model options) instead of random weights")
     p.add_argument("--class-weights", choices=(*CLASS_WEIGHT_POWERS, "none"),
                    help="cross-entropy class weights (median count / class count) ** 1/2 or 1/4 (default: the recipe's)")
+    p.add_argument("--brightness", metavar="LOW,HIGH",
+                   help="starter: scale each chip by a random gain in LOW..HIGH and re-split its cloud labels into thick "
+                        "and thin by the scaled blue band (e.g. 0.75,1.35; pipeline/datasets/brightness.py)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fast on recent CPUs and GPUs)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
@@ -143,7 +144,8 @@ def load_data(args, recipe: Recipe) -> TrainData:
 
 def run(args: argparse.Namespace) -> int:
     recipe = RECIPES[args.recipe]
-    dataset_of(args, recipe)  # before torch loads
+    if dataset_of(args, recipe) != "starter" and args.brightness:  # before torch loads
+        raise ConfigError("--brightness re-splits the starter's teacher labels; it applies to --dataset starter only")
     try:
         model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
     except json.JSONDecodeError as exc:
@@ -157,6 +159,13 @@ def run(args: argparse.Namespace) -> int:
                      warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
                      bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs, init=args.init)
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    if args.brightness:
+        from .parsers import csv_list
+
+        gains = csv_list(args.brightness, float, "brightness")
+        if len(gains) != 2:
+            raise ConfigError(f"--brightness {args.brightness!r}: expected two gains LOW,HIGH, e.g. 0.75,1.35")
+        recipe = replace(recipe, brightness=tuple(gains))
     if args.class_weights:
         recipe = replace(recipe, class_weights=None if args.class_weights == "none" else args.class_weights)
     from pipeline.training import check_out_dir, train

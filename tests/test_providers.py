@@ -5,7 +5,6 @@ A replica serves the item as published (only the grid shrunk and https hrefs poi
 through the project's local pgstac API, one API per provider. See tests/providers.py.
 """
 
-import json
 import os
 import subprocess
 import sys

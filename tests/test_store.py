@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,7 +118,7 @@ def test_probabilities_are_refused_on_a_store_written_without_them(tmp_path):
     """A later job asking for probabilities on a group written without them is refused (naming what to do), and
     the group is left as it was."""
     store = MaskStore(tmp_path / "p.zarr")
-    group = store.ensure_group(GRID, TIMES, ["S2A_A", "S2B_B"], (96, 96))
+    store.ensure_group(GRID, TIMES, ["S2A_A", "S2B_B"], (96, 96))
     before = sorted(p.relative_to(store.path) for p in store.path.rglob("*"))
     with pytest.raises(ConfigError, match="written without probabilities; drop --probabilities or write this job "
                                           "to another --out"):

@@ -132,6 +132,14 @@ def test_train_argument_errors(tmp_path):
     assert p.returncode == 2 and "start without --resume" in p.stderr
     p = run("--recipe", "starter", "--out", str(tmp_path / "e"), "--model-kwargs", "{bad")
     assert p.returncode == 2 and "--model-kwargs is not valid JSON" in p.stderr
+    p = run("--recipe", "starter", "--out", str(tmp_path / "f"), "--brightness", "1.3,0.8")
+    assert p.returncode == 2 and "brightness=(1.3, 0.8); expected (low, high)" in p.stderr
+    p = run("--recipe", "starter", "--out", str(tmp_path / "g"), "--brightness", "1.3")
+    assert p.returncode == 2 and "expected two gains LOW,HIGH" in p.stderr
+    p = run("--dataset", "cloudsen12", "--data", "x.taco", "--out", str(tmp_path / "h"), "--brightness", "0.8,1.3")
+    assert p.returncode == 2 and "--dataset starter only" in p.stderr
+    p = run("--recipe", "starter", "--out", str(tmp_path / "i"), "--class-weights", "cube")
+    assert p.returncode == 2 and "invalid choice: 'cube'" in p.stderr
 
 
 def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
