@@ -108,3 +108,14 @@ def test_run_settings_carry_precision_and_the_default_overlap():
     bad = run("run", "--stac-url", "http://127.0.0.1:1", "--collection", "c", "--out", "x.zarr", "--precision", "fp8",
               check=False)
     assert bad.returncode == 2 and "invalid choice: 'fp8'" in bad.stderr
+
+
+def test_help_and_argument_errors_do_not_load_torch():
+    """The command line answers --help and refuses bad arguments without loading torch (seconds): every command's
+    parser is built, and a train and an evaluate argument error are raised, in a process where torch stays out."""
+    code = ("import sys; from flows.cli import build_parser, main; build_parser()\n"
+            "codes = [main(['train', '--out', 'x']), main(['evaluate', '--dataset', 'bigearthnet', '--brightness', '2'])]\n"
+            "print(codes, 'torch' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["[2,", "2]", "False"], p.stdout + p.stderr
