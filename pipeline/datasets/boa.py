@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .chips import TransformedChips
+
 # gain, offset (reflectance) of BOA against TOA per band, from ukis-csmask 1.0.0's statistics (module docstring)
 _MEASURED = {"B02": (1.374, -0.1116), "B03": (1.373, -0.0731), "B04": (1.226, -0.0428), "B08": (1.174, -0.0276),
              "B11": (1.120, -0.0109), "B12": (1.137, -0.0013)}
@@ -70,25 +72,18 @@ def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np
     return out
 
 
-class SimulatedBOAChips(torch.utils.data.Dataset):
+class SimulatedBOAChips(TransformedChips):
     """Chips of an L1C chip dataset (items ``(dn (13, S, S) float32, labels)``, 13 L1C bands in ``bands`` order)
     as simulated L2A: ``(dn (12, S, S) float32, labels)``, each with its own random ``λ`` and per-band jitter,
     reproducible per (seed, epoch, index) like the chips themselves."""
 
+    stream = 2
+
     def __init__(self, chips, bands: tuple[str, ...], seed: int = 42) -> None:
-        self.chips, self.bands, self.seed, self.epoch = chips, tuple(bands), seed, 0
+        super().__init__(chips, seed)
+        self.bands = tuple(bands)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.chips, "set_epoch"):
-            self.chips.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.chips)
-
-    def __getitem__(self, index: int):
-        dn, labels = self.chips[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+    def transform(self, dn, labels, rng):
         n = len(BOA_MAP)
         boa = simulate_boa(l2a_bands(np.asarray(dn), self.bands), float(rng.uniform(*LAMBDA)),
                            1 + rng.uniform(-JITTER_GAIN, JITTER_GAIN, n), rng.uniform(-JITTER_OFFSET, JITTER_OFFSET, n))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..pseudolabels import THICK, THICK_BLUE, THIN
+from .chips import TransformedChips
 
 REFLECTANCE_DN = 10000.0  # DN per unit reflectance of the starter scenes (all before baseline 04.00)
 
@@ -28,25 +29,18 @@ def brighten(dn: np.ndarray, labels: np.ndarray, gain: float, blue: int) -> tupl
     return out, lab
 
 
-class BrightenedChips(torch.utils.data.Dataset):
+class BrightenedChips(TransformedChips):
     """Chips of a chip dataset (items ``(dn (C, S, S) float32, labels (S, S) int64)``, bands in ``bands`` order)
     with a log-uniform random gain in ``gains`` each (see :func:`brighten`), reproducible per (seed, epoch,
     index) like the chips themselves."""
 
+    stream = 3
+
     def __init__(self, chips, bands: tuple[str, ...], gains: tuple[float, float], seed: int = 42) -> None:
-        self.chips, self.blue, self.gains, self.seed, self.epoch = chips, tuple(bands).index("B02"), gains, seed, 0
+        super().__init__(chips, seed)
+        self.blue, self.gains = tuple(bands).index("B02"), gains
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.chips, "set_epoch"):
-            self.chips.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.chips)
-
-    def __getitem__(self, index: int):
-        dn, labels = self.chips[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index, 3])
+    def transform(self, dn, labels, rng):
         gain = float(np.exp(rng.uniform(*np.log(self.gains))))
-        out, lab = brighten(np.asarray(dn), np.asarray(labels), gain, self.blue)
+        out, lab = brighten(dn, np.asarray(labels), gain, self.blue)
         return torch.from_numpy(out), torch.from_numpy(lab.astype(np.int64))

@@ -97,3 +97,29 @@ class FixedChips(torch.utils.data.Dataset):
         dn, lab = self.items[index]
         return (torch.from_numpy(np.ascontiguousarray(dn, dtype=np.float32)),
                 torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64)))
+
+
+class TransformedChips(torch.utils.data.Dataset):
+    """Base of chip datasets that change each chip of another (``chips``: items ``(dn (C, S, S), labels (S, S))``,
+    optionally with ``set_epoch``) by a random draw reproducible per (seed, epoch, index, ``stream``), like the
+    chips themselves; subclasses define ``transform(dn, labels, rng) -> (dn tensor, labels tensor)``."""
+
+    stream = 0  # keeps the draws of different transforms of one chip apart
+
+    def __init__(self, chips, seed: int = 42) -> None:
+        self.chips, self.seed, self.epoch = chips, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.chips, "set_epoch"):
+            self.chips.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def __getitem__(self, index: int):
+        dn, labels = self.chips[index]
+        return self.transform(np.asarray(dn), labels, np.random.default_rng([self.seed, self.epoch, index, self.stream]))
+
+    def transform(self, dn: np.ndarray, labels, rng):
+        raise NotImplementedError
