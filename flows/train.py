@@ -171,10 +171,11 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.training import check_out_dir, train
 
     check_out_dir(Path(args.out), args.resume)  # before the (possibly slow) data loading
+    init = None
     if recipe.init:
         from pipeline.model.weights import load_weights
 
-        load_weights(recipe.init)  # a missing or broken file is refused before the data loading, too
+        init = load_weights(recipe.init)  # a missing or broken file is refused before the data loading, and read once
     data = load_data(args, recipe)
     print(f"training {recipe.model} on {data.dataset}: {len(data.train)} samples/epoch, {len(data.val)} val items, "
           f"{recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr}, {'bf16' if recipe.bf16 else 'fp32'} -> {args.out}",
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             progress.console.print(f"epoch {r['epoch']}/{recipe.epochs}: train loss {r['train_loss']:.4f}, "
                                    f"val mIoU {r['val_miou']:.2f} (best {r['best_miou']:.2f}), {r['seconds']:.0f} s")
 
-        best = train(data, recipe, args.out, resume=args.resume, on_step=on_step, on_epoch=on_epoch,
+        best = train(data, recipe, args.out, resume=args.resume, on_step=on_step, on_epoch=on_epoch, init=init,
                      provenance={"command": "cloudmask train " + " ".join(_argv(args))})
     print(f"best epoch {best.get('epoch')}: val mIoU {best.get('val_miou')}; weights: {Path(args.out) / 'best.safetensors'}")
     return 0

@@ -67,13 +67,14 @@ def class_weights(counts, kind: str | None) -> torch.Tensor | None:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def init_from(model, source: str, bands: tuple[str, ...]) -> str:
+def init_from(model, source: str | Weights, bands: tuple[str, ...]) -> str:
     """Load the weights file ``source`` into ``model`` (fine-tuning) and return its sha256. Weights of more bands
     than the training data's (L1C weights for L2A: B10 too) start it with the input kernels of the bands it has;
     refused, naming the difference, when a band is missing from the file or its tensors do not fit."""
     from .model.weights import load_weights
 
-    init = load_weights(source)
+    init = source if isinstance(source, Weights) else load_weights(source)
+    source = init.source
     have = tuple(init.meta.bands)
     missing = [b for b in bands if b not in have]
     if missing:
@@ -167,7 +168,8 @@ def check_out_dir(out: Path, resume: bool) -> Path:
 
 
 def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = False, provenance: dict | None = None,
-          on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
+          on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
+          init: Weights | None = None) -> dict:
     """Train, validating after each epoch; write ``best.safetensors`` (best val mIoU), ``last.safetensors``,
     ``metrics.jsonl`` and ``state.safetensors`` (for ``resume``) under ``out_dir``. Returns the best record."""
     out = Path(out_dir)
@@ -179,7 +181,8 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
     # different share of the scene at another size: the file is saved for the size it was trained at.
     build = dict(recipe.model_kwargs, **({"img_size": recipe.train_size} if recipe.train_size else {}))
     model = create_model(recipe.model, in_chans=len(data.bands), num_classes=len(CLASS_NAMES), **build)
-    init_sha256 = init_from(model, recipe.init, data.bands) if recipe.init else None  # resume: overwritten below
+    # ``init``: recipe.init already loaded by the caller (read once); on resume the state overwrites it below
+    init_sha256 = init_from(model, init or recipe.init, data.bands) if recipe.init else None
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     weights = class_weights(data.class_counts, recipe.class_weights)
