@@ -66,13 +66,18 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up over this many steps (paper: 0)")
     p.add_argument("--grad-clip", type=float, help="clip the gradients' global norm to this (paper: none)")
-    p.add_argument("--init", metavar="WEIGHTS", help="fine-tune: start from this weights file or URL (same bands and "
-                                                     "model options) instead of random weights")
+    p.add_argument("--init", metavar="WEIGHTS", help="fine-tune: start from this weights file or URL (same model "
+                   "options) instead of random weights; input kernels are matched by band name: bands the file has "
+                   "beyond the data's are dropped (L1C weights for L2A), bands it lacks start at zero (L2A weights "
+                   "for L1C)")
     p.add_argument("--class-weights", choices=(*CLASS_WEIGHT_POWERS, "none"),
                    help="cross-entropy class weights (median count / class count) ** 1/2 or 1/4 (default: the recipe's)")
     p.add_argument("--brightness", metavar="LOW,HIGH",
                    help="starter: scale each chip by a random gain in LOW..HIGH and re-split its cloud labels into thick "
                         "and thin by the scaled blue band (e.g. 0.75,1.35; pipeline/datasets/brightness.py)")
+    p.add_argument("--shadows", type=float, metavar="SHARE",
+                   help="starter: cast a synthetic cloud shadow (a blob darkened as by a blocked sun, labelled by the "
+                        "labelling rule's shadow test) on this share of the chips, e.g. 0.5 (pipeline/datasets/shadows.py)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fast on recent CPUs and GPUs)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
@@ -122,6 +127,10 @@ def load_data(args, recipe: Recipe) -> TrainData:
             from pipeline.datasets.brightness import BrightenedChips
 
             chips = BrightenedChips(chips, SENTINEL2_L1C.bands, recipe.brightness, recipe.seed)
+        if recipe.shadows:
+            from pipeline.datasets.shadows import ShadowedChips
+
+            chips = ShadowedChips(chips, SENTINEL2_L1C.bands, recipe.shadows, recipe.seed)  # in TOA, before any BOA map
         counts = tuple(int(sum((lab == c).sum() for _, lab in train_scenes)) for c in range(4))
         split = json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes]))
         if recipe.name == "starter-l2a":
@@ -144,8 +153,9 @@ def load_data(args, recipe: Recipe) -> TrainData:
 
 def run(args: argparse.Namespace) -> int:
     recipe = RECIPES[args.recipe]
-    if dataset_of(args, recipe) != "starter" and args.brightness:  # before torch loads
-        raise ConfigError("--brightness re-splits the starter's teacher labels; it applies to --dataset starter only")
+    if dataset_of(args, recipe) != "starter" and (args.brightness or args.shadows is not None):  # before torch loads
+        raise ConfigError("--brightness and --shadows change the starter's chips and teacher labels; they apply to "
+                          "--dataset starter only")
     try:
         model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
     except json.JSONDecodeError as exc:
@@ -157,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--model {args.model!r} is unknown; known models: {', '.join(list_models())}")
     overrides = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, device=args.device,
                      warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
-                     bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs, init=args.init)
+                     bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs, init=args.init,
+                     shadows=args.shadows)
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     if args.brightness:
         from .parsers import csv_list

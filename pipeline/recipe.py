@@ -32,6 +32,7 @@ class Recipe:
     grad_clip: float | None = None  # clip the gradients' global norm (None: no clipping, as in the paper)
     class_weights: str | None = None  # CE weights (median frequency / class frequency) ** power (CLASS_WEIGHT_POWERS)
     brightness: tuple[float, float] | None = None  # starter: chips scaled by a gain in this range, thick/thin re-split
+    shadows: float | None = None  # starter: share of chips given a synthetic cloud shadow (datasets/shadows.py)
     init: str | None = None  # start from these weights (path or URL; same model, bands and classes) instead of at random
 
     def __post_init__(self) -> None:
@@ -48,5 +49,7 @@ class Recipe:
             raise ConfigError(f"class_weights={self.class_weights!r}; expected None or one of {', '.join(CLASS_WEIGHT_POWERS)}")
         if self.brightness is not None and not 0 < self.brightness[0] <= self.brightness[1]:
             raise ConfigError(f"brightness={self.brightness}; expected (low, high) gains with 0 < low <= high")
+        if self.shadows is not None and not 0 <= self.shadows <= 1:
+            raise ConfigError(f"shadows={self.shadows}; expected the share of chips given a synthetic shadow, 0 to 1")
         if self.save_dtype not in ("fp32", "fp16"):
             raise ConfigError(f"save_dtype={self.save_dtype!r}; expected fp32 or fp16")

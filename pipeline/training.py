@@ -67,32 +67,35 @@ def class_weights(counts, kind: str | None) -> torch.Tensor | None:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def init_from(model, source: str | Weights, bands: tuple[str, ...]) -> str:
-    """Load the weights file ``source`` into ``model`` (fine-tuning) and return its sha256. Weights of more bands
-    than the training data's (L1C weights for L2A: B10 too) start it with the input kernels of the bands it has;
-    refused, naming the difference, when a band is missing from the file or its tensors do not fit."""
+def init_from(model, source: str | Weights, bands: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """Load the weights file ``source`` into ``model`` (fine-tuning); return its sha256 and the training data's
+    bands the file lacks. The input kernels (the only tensors with one input channel per band) are matched by band
+    name: bands the file has but the data lacks are left out (L1C weights for L2A: B10), bands the data has but the
+    file lacks start at zero (L2A weights for L1C: B10), so the model starts computing what the file's did.
+    Refused, naming the difference, when the other tensors do not fit."""
     from .model.weights import load_weights
 
     init = source if isinstance(source, Weights) else load_weights(source)
     source = init.source
     have = tuple(init.meta.bands)
-    missing = [b for b in bands if b not in have]
-    if missing:
-        raise ConfigError(f"--init {source}: its bands {', '.join(have)} lack {', '.join(missing)} of the training "
-                          f"data's {', '.join(bands)}; start from weights that have every band")
+    new = tuple(b for b in bands if b not in have)
     state = {k: v.float() for k, v in init.state.items()}
-    if have != tuple(bands):  # the input kernels (the only tensors with one input channel per band) of our bands
+    if have != tuple(bands):
         target = model.state_dict()
-        pick = [have.index(b) for b in bands]
-        state = {k: v[:, pick] if v.ndim > 1 and v.shape[1] == len(have) and k in target
-                 and target[k].shape[1] == len(bands) else v for k, v in state.items()}
+        for k, v in state.items():
+            if v.ndim > 1 and v.shape[1] == len(have) and k in target and target[k].shape[1] == len(bands):
+                kernel = torch.zeros(v.shape[0], len(bands), *v.shape[2:], dtype=v.dtype)
+                for i, b in enumerate(bands):
+                    if b in have:
+                        kernel[:, i] = v[:, have.index(b)]
+                state[k] = kernel
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[:2]
         raise ConfigError(f"--init {source} does not fit the model being trained (model_kwargs "
                           f"{init.meta.model_kwargs} in the file): {' '.join(first)}") from None
-    return init.sha256
+    return init.sha256, new
 
 
 def seed_everything(seed: int) -> None:
@@ -182,7 +185,9 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
     build = dict(recipe.model_kwargs, **({"img_size": recipe.train_size} if recipe.train_size else {}))
     model = create_model(recipe.model, in_chans=len(data.bands), num_classes=len(CLASS_NAMES), **build)
     # ``init``: recipe.init already loaded by the caller (read once); on resume the state overwrites it below
-    init_sha256 = init_from(model, init or recipe.init, data.bands) if recipe.init else None
+    init_sha256, new_bands = init_from(model, init or recipe.init, data.bands) if recipe.init else (None, ())
+    if new_bands:
+        print(f"--init: the weights lack {', '.join(new_bands)}; their input kernels start at zero", flush=True)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     weights = class_weights(data.class_counts, recipe.class_weights)
@@ -197,6 +202,7 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
         tile_size=getattr(model, "img_size", data.tile),  # deployed at the size it was trained at
         provenance=dict(provenance or {}, dataset=data.dataset, split=data.split, recipe=asdict(recipe),
                         **({"init_sha256": init_sha256} if init_sha256 else {}),
+                        **({"init_new_bands": list(new_bands)} if new_bands else {}),
                         **({"class_weights": [round(float(w), 4) for w in weights]} if weights is not None else {})),
     )
     chip = getattr(model, "img_size", meta.tile_size)

@@ -88,12 +88,12 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted(cloudsen12_taco, uni
     assert (out / "metrics.jsonl").read_text().count("\n") == 3
 
 
-def test_fine_tuning_starts_from_the_given_weights(cloudsen12_taco, uninterrupted, test_weights_file, tmp_path):
+def test_fine_tuning_starts_from_the_given_weights(cloudsen12_taco, uninterrupted, tmp_path):
     """--init loads a weights file before the first step (a near-zero learning rate keeps it as it was, where a
-    random start, three epochs at 1e-3 away from it, is not) and records its sha256; weights of other bands, or a
-    missing file, are refused in one line."""
+    random start, three epochs at 1e-3 away from it, is not) and records its sha256; weights without B10 start an
+    L1C model with B10's kernel at zero (recorded); a missing file is refused in one line."""
     from factories import derived_weights
-    from pipeline.sensors import SENTINEL2_L2A
+    from pipeline.sensors import SENTINEL2_L1C, SENTINEL2_L2A
 
     full, _ = uninterrupted
     out = tmp_path / "ft"
@@ -109,10 +109,17 @@ def test_fine_tuning_starts_from_the_given_weights(cloudsen12_taco, uninterrupte
     assert load_weights(out / "last.safetensors").meta.provenance["init_sha256"] == load_weights(full / "last.safetensors").sha256
 
     l2a = tmp_path / "l2a.safetensors"
-    derived_weights(test_weights_file, l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
-    p = subprocess.run(train_cmd(cloudsen12_taco, tmp_path / "bands", "--init", str(l2a)), capture_output=True,
-                       text=True, timeout=300)
-    assert p.returncode == 2 and "lack B10" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    derived_weights(full / "last.safetensors", l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
+    out = tmp_path / "bands"  # L2A weights start an L1C model: B10's input kernel at zero, the rest as in the file
+    p = subprocess.run(train_cmd(cloudsen12_taco, out, "--init", str(l2a), "--lr", "1e-12", "--epochs", "1"),
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0 and "lack B10; their input kernels start at zero" in p.stdout, p.stderr
+    assert load_weights(out / "last.safetensors").meta.provenance["init_new_bands"] == ["B10"]
+    start, tuned = tensors(l2a), tensors(out / "last.safetensors")
+    (kernel,) = [k for k, v in tuned.items() if v.ndim > 1 and v.shape[1] == 13]
+    b10 = SENTINEL2_L1C.bands.index("B10")
+    assert tuned[kernel][:, b10].float().abs().max() < 1e-6
+    assert torch.allclose(tuned[kernel][:, [i for i in range(13) if i != b10]].float(), start[kernel].float(), atol=1e-6)
     p = subprocess.run(train_cmd(cloudsen12_taco, tmp_path / "gone", "--init", str(tmp_path / "none.safetensors")),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "none.safetensors" in p.stderr and len(p.stderr.strip().splitlines()) == 1
@@ -140,6 +147,11 @@ def test_train_argument_errors(tmp_path):
     assert p.returncode == 2 and "--dataset starter only" in p.stderr
     p = run("--recipe", "starter", "--out", str(tmp_path / "i"), "--class-weights", "cube")
     assert p.returncode == 2 and "invalid choice: 'cube'" in p.stderr
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "j"), "--shadows", "1.5")
+    assert p.returncode == 2 and "shadows=1.5; expected the share of chips" in p.stderr
+    p = run("--dataset", "cloudsen12", "--data", "x.taco", "--out", str(tmp_path / "k"), "--shadows", "0.5")
+    assert p.returncode == 2 and "--dataset starter only" in p.stderr
+    assert not (tmp_path / "j").exists() and not (tmp_path / "k").exists()
 
 
 def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
@@ -224,7 +236,7 @@ def test_evaluate_l2a_weights_per_level(test_weights_file, tmp_path):
     from pipeline.sensors import SENTINEL2_L2A
 
     l2a = tmp_path / "l2a.safetensors"
-    derived_weights(test_weights_file, l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
+    derived_weights(full / "last.safetensors", l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
 
     def evaluate(*args):
         return subprocess.run([CLOUDMASK, "evaluate", *args, "--json", str(tmp_path / "e.json")], capture_output=True,

@@ -144,7 +144,8 @@ def test_metadata_is_plain_json_in_the_safetensors_header(test_weights_file):
 def test_fine_tuning_starts_from_a_file_and_keeps_the_kernels_of_its_own_bands(test_weights_file):
     """``init_from`` (``cloudmask train --init``): the 13-band L1C test weights start a 12-band L2A model with
     every tensor as in the file and the input kernels of the 12 bands (B10's left out, the others in the model's
-    band order); a model asking for a band the file lacks is refused, naming it."""
+    band order); a band the file lacks starts at zero (the model computes what the file's did); tensors of another
+    shape are refused."""
     from pipeline.datasets.boa import BOA_MAP
     from pipeline.errors import ConfigError
     from pipeline.training import init_from
@@ -152,7 +153,7 @@ def test_fine_tuning_starts_from_a_file_and_keeps_the_kernels_of_its_own_bands(t
     src = load_weights(test_weights_file)
     bands = tuple(reversed(BOA_MAP))  # another order than the file's, so a mere truncation would not pass
     model = create_model(src.meta.model, in_chans=len(bands), num_classes=4, **src.meta.model_kwargs)
-    assert init_from(model, str(test_weights_file), bands) == src.sha256
+    assert init_from(model, str(test_weights_file), bands) == (src.sha256, ())
     got = model.state_dict()
     kernels = [k for k, v in src.state.items() if v.ndim > 1 and v.shape[1] == 13]
     assert len(kernels) == 1
@@ -160,6 +161,18 @@ def test_fine_tuning_starts_from_a_file_and_keeps_the_kernels_of_its_own_bands(t
         want = v[:, [SENTINEL2_L1C.bands.index(b) for b in bands]] if k in kernels else v
         assert torch.equal(got[k], want.float()), k
 
+    bands = ("B13", *SENTINEL2_L1C.bands)  # a band the file lacks, first, so that a mere append would not pass
     model = create_model(src.meta.model, in_chans=14, num_classes=4, **src.meta.model_kwargs)
-    with pytest.raises(ConfigError, match="lack B13"):
-        init_from(model, str(test_weights_file), (*SENTINEL2_L1C.bands, "B13"))
+    assert init_from(model, str(test_weights_file), bands) == (src.sha256, ("B13",))
+    (kernel,) = kernels
+    got = model.state_dict()[kernel]
+    assert (got[:, 0] == 0).all() and torch.equal(got[:, 1:], src.state[kernel].float())
+    x = torch.rand(1, 14, 64, 64)
+    y = x.clone()
+    y[:, 0] = 5.0  # the new band changes nothing at the start
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), model(y), atol=1e-5)
+
+    model = create_model(src.meta.model, in_chans=13, num_classes=4, **{**src.meta.model_kwargs, "context_channels": 32})
+    with pytest.raises(ConfigError, match="does not fit the model being trained"):
+        init_from(model, str(test_weights_file), SENTINEL2_L1C.bands)

@@ -1,0 +1,83 @@
+"""Synthetic cloud shadows on real starter scenes: darkened as by a blocked sun, labelled by the rule's shadow test."""
+
+import numpy as np
+import pytest
+
+from pipeline.datasets.chips import RandomChips
+from pipeline.datasets.scenes import eolearn_scenes
+from pipeline.datasets.shadows import ShadowedChips, shade, shadow_blob
+from pipeline.pseudolabels import CLEAR, SHADOW, SHADOW_NIR, teacher_labels
+from pipeline.recipe import Recipe
+from pipeline.sensors import SENTINEL2_L1C
+
+BANDS = SENTINEL2_L1C.bands
+B = {b: i for i, b in enumerate(BANDS)}
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """eo-learn scenes 2 (real, clear farmland and forest) and 0 (fully cloudy) with their teacher labels."""
+    dn = eolearn_scenes()
+    return {k: (dn[k], teacher_labels(dn[k], 10.0)) for k in (0, 2)}
+
+
+def test_a_shadow_darkens_the_ground_more_in_the_nir_than_in_the_blue_and_labels_it(scenes):
+    dn, labels = scenes[2]
+    assert (labels == CLEAR).all()
+    share = np.zeros(labels.shape, np.float32)
+    share[:, :50] = 1.0  # core on the left half, sunlit right half
+    out, lab = shade(dn, labels, share, BANDS, k_nir=0.3, alpha=1.0)
+    left, right = np.s_[:, :, :50], np.s_[:, :, 50:]
+    assert np.array_equal(out[right], dn[right].astype(np.float32))  # the sunlit half is untouched
+    assert np.array_equal(out[B["B10"]], dn[B["B10"]].astype(np.float32))  # cirrus sees no ground
+    assert (out[left] <= dn[left]).all()
+    ratio = {b: np.median(out[B[b]][:, :50] / dn[B[b]][:, :50]) for b in ("B02", "B04", "B08", "B12")}
+    assert ratio["B02"] > ratio["B04"] > ratio["B08"] > ratio["B12"], ratio  # the sky's light is blue
+    assert ratio["B08"] < 0.5, ratio
+    nir, nir0 = out[B["B08"]] / 1e4, dn[B["B08"]] / 1e4
+    want = np.where((share == 1) & (nir < SHADOW_NIR) & (nir <= 0.8 * nir0), SHADOW, CLEAR)
+    want[(share == 1) & (nir < SHADOW_NIR) & (nir > 0.8 * nir0)] = 255  # the shadow does not show: no evidence
+    assert np.array_equal(lab, want)
+    assert (lab[:, :50] == SHADOW).mean() > 0.9  # real farmland in a real shadow's light reads as shadow
+
+    out, lab = shade(dn, labels, share, BANDS, k_nir=0.95, alpha=1.0)  # a faint shadow: the NIR keeps > 80 %
+    assert (out[B["B08"]][:, :50] > 0.8 * dn[B["B08"]][:, :50]).all()
+    assert not (lab == SHADOW).any() and (lab[:, :50] == 255).mean() > 0.5  # no evidence either way: ignored
+
+
+def test_clouds_and_nodata_are_not_shaded_and_the_penumbra_is_ignored(scenes):
+    dn, labels = scenes[0]
+    assert np.isin(labels, (1, 2)).all()
+    share = np.ones(labels.shape, np.float32)
+    out, lab = shade(dn, labels, share, BANDS, k_nir=0.2, alpha=1.0)
+    assert np.array_equal(out, dn.astype(np.float32)) and np.array_equal(lab, labels)  # no shadow on cloud tops
+
+    dn, labels = (a.copy() for a in scenes[2])
+    dn[:, :10], labels[:10] = 0, 255  # a swath edge, as the labelling rule marks it
+    share = np.full(labels.shape, 0.5, np.float32)
+    out, lab = shade(dn, labels, share, BANDS, k_nir=0.2, alpha=1.0)
+    assert (out[:, :10] == 0).all()
+    assert (lab == 255).all()  # half-shaded: neither clear nor shadow
+
+
+def test_shadowed_chips_are_reproducible_and_cast_shadows_at_the_given_share(scenes):
+    dn, labels = scenes[2]
+    base = RandomChips([(dn, labels)], samples=12, size=128, seed=3)
+    chips = ShadowedChips(base, BANDS, 0.5, seed=3)
+    x0, y0 = chips[0]
+    assert np.array_equal(x0.numpy(), chips[0][0].numpy()) and np.array_equal(y0.numpy(), chips[0][1].numpy())
+    shaded = [i for i in range(12) if not np.array_equal(chips[i][0].numpy(), base[i][0].numpy())]
+    assert 2 <= len(shaded) <= 10, shaded
+    for i in shaded:
+        assert (chips[i][1].numpy() == SHADOW).any()
+    none = ShadowedChips(base, BANDS, 0.0, seed=3)
+    assert all(np.array_equal(none[i][0].numpy(), base[i][0].numpy()) for i in range(12))
+    blob = shadow_blob(np.random.default_rng(0), 256)
+    assert blob.shape == (256, 256) and 0.03 < (blob >= 0.9).mean() < 0.4 and ((blob > 0.1) & (blob < 0.9)).any()
+
+
+def test_a_share_outside_0_to_1_is_refused():
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"shadows=1.5; expected the share"):
+        Recipe(shadows=1.5)
