@@ -76,8 +76,9 @@ def add_parser(sub) -> None:
                    help="starter: scale each chip by a random gain in LOW..HIGH and re-split its cloud labels into thick "
                         "and thin by the scaled blue band (e.g. 0.75,1.35; pipeline/datasets/brightness.py)")
     p.add_argument("--shadows", type=float, metavar="SHARE",
-                   help="starter: cast a synthetic cloud shadow (a blob darkened as by a blocked sun, labelled by the "
-                        "labelling rule's shadow test) on this share of the chips, e.g. 0.5 (pipeline/datasets/shadows.py)")
+                   help="starter: in this share of the chips that hold cloud, the cloud casts a synthetic shadow (its "
+                        "shape moved by a random offset, the ground darkened as by a blocked sun, labelled by the "
+                        "labelling rule's shadow test), e.g. 0.8 (pipeline/datasets/shadows.py)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fast on recent CPUs and GPUs)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")

@@ -32,7 +32,7 @@ class Recipe:
     grad_clip: float | None = None  # clip the gradients' global norm (None: no clipping, as in the paper)
     class_weights: str | None = None  # CE weights (median frequency / class frequency) ** power (CLASS_WEIGHT_POWERS)
     brightness: tuple[float, float] | None = None  # starter: chips scaled by a gain in this range, thick/thin re-split
-    shadows: float | None = None  # starter: share of chips given a synthetic cloud shadow (datasets/shadows.py)
+    shadows: float | None = None  # starter: share of cloudy chips whose cloud casts a synthetic shadow (datasets/shadows.py)
     init: str | None = None  # start from these weights (path or URL; same model, bands and classes) instead of at random
 
     def __post_init__(self) -> None:

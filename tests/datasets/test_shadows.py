@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.datasets.chips import RandomChips
 from pipeline.datasets.scenes import eolearn_scenes
-from pipeline.datasets.shadows import ShadowedChips, shade, shadow_blob
+from pipeline.datasets.shadows import ShadowedChips, cast_footprint, shade
 from pipeline.pseudolabels import CLEAR, SHADOW, SHADOW_NIR, teacher_labels
 from pipeline.recipe import Recipe
 from pipeline.sensors import SENTINEL2_L1C
@@ -60,20 +60,46 @@ def test_clouds_and_nodata_are_not_shaded_and_the_penumbra_is_ignored(scenes):
     assert (lab == 255).all()  # half-shaded: neither clear nor shadow
 
 
-def test_shadowed_chips_are_reproducible_and_cast_shadows_at_the_given_share(scenes):
+@pytest.fixture(scope="module")
+def cloud_bank(scenes):
+    """Real cloud edges: eo-learn scene 0's cloud (thick and thin) over columns 35-64 of clear scene 2."""
+    (cloud_dn, cloud_lab), (dn, labels) = scenes[0], scenes[2]
+    dn, labels = dn.copy(), labels.copy()
+    dn[:, :, 35:65], labels[:, 35:65] = cloud_dn[:, :, 35:65], cloud_lab[:, 35:65]
+    return dn, labels
+
+
+def test_the_shadow_is_the_chips_own_cloud_moved(scenes, cloud_bank):
+    assert cast_footprint(scenes[2][1], np.random.default_rng(0)) is None  # no cloud, no shadow
+    _, labels = cloud_bank
+    shifts = set()
+    for seed in range(6):
+        core = cast_footprint(labels, np.random.default_rng(seed)) >= 0.9
+        cols = np.flatnonzero(core.any(axis=0))
+        assert core.any() and cols.max() - cols.min() < 30  # a 30 px wide bank moved, cut by the chip's edges
+        assert core.sum() <= 101 * 30
+        shifts.add((int(np.flatnonzero(core.any(axis=1))[0]), int(cols[0])))
+    assert len(shifts) > 3  # in random directions and distances
+
+
+def test_shadowed_chips_are_reproducible_and_shade_only_chips_with_cloud(scenes, cloud_bank):
     dn, labels = scenes[2]
-    base = RandomChips([(dn, labels)], samples=12, size=128, seed=3)
+    base = RandomChips([(dn, labels)], samples=6, size=64, seed=3)
+    chips = ShadowedChips(base, BANDS, 1.0, seed=3)
+    assert all(np.array_equal(chips[i][0].numpy(), base[i][0].numpy()) for i in range(6))  # cloudless: untouched
+
+    base = RandomChips([cloud_bank], samples=12, size=64, seed=3)
     chips = ShadowedChips(base, BANDS, 0.5, seed=3)
     x0, y0 = chips[0]
     assert np.array_equal(x0.numpy(), chips[0][0].numpy()) and np.array_equal(y0.numpy(), chips[0][1].numpy())
     shaded = [i for i in range(12) if not np.array_equal(chips[i][0].numpy(), base[i][0].numpy())]
     assert 2 <= len(shaded) <= 10, shaded
-    for i in shaded:
-        assert (chips[i][1].numpy() == SHADOW).any()
-    none = ShadowedChips(base, BANDS, 0.0, seed=3)
-    assert all(np.array_equal(none[i][0].numpy(), base[i][0].numpy()) for i in range(12))
-    blob = shadow_blob(np.random.default_rng(0), 256)
-    assert blob.shape == (256, 256) and 0.03 < (blob >= 0.9).mean() < 0.4 and ((blob > 0.1) & (blob < 0.9)).any()
+    for i in range(12):
+        x, y = (t.numpy() for t in chips[i])
+        raw, lab = (t.numpy() for t in base[i])
+        cloud = np.isin(lab, (1, 2))
+        assert np.array_equal(x[:, cloud], raw[:, cloud]) and np.array_equal(y[cloud], lab[cloud])  # cloud tops lit
+        assert ((y == SHADOW) & (lab != SHADOW)).any() == (i in shaded)
 
 
 def test_a_share_outside_0_to_1_is_refused():
