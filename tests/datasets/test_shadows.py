@@ -73,12 +73,13 @@ def test_the_shadow_is_the_chips_own_cloud_moved(scenes, cloud_bank):
     assert cast_footprint(scenes[2][1], np.random.default_rng(0)) is None  # no cloud, no shadow
     _, labels = cloud_bank
     shifts = set()
-    for seed in range(6):
+    for seed in range(8):
         core = cast_footprint(labels, np.random.default_rng(seed)) >= 0.9
-        cols = np.flatnonzero(core.any(axis=0))
-        assert core.any() and cols.max() - cols.min() < 30  # a 30 px wide bank moved, cut by the chip's edges
         assert core.sum() <= 101 * 30
-        shifts.add((int(np.flatnonzero(core.any(axis=1))[0]), int(cols[0])))
+        if core.any():  # else moved off the chip
+            cols = np.flatnonzero(core.any(axis=0))
+            assert cols.max() - cols.min() < 30  # a 30 px wide bank moved, cut by the chip's edges
+            shifts.add((int(np.flatnonzero(core.any(axis=1))[0]), int(cols[0])))
     assert len(shifts) > 3  # in random directions and distances
 
 
