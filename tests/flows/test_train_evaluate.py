@@ -236,7 +236,7 @@ def test_evaluate_l2a_weights_per_level(test_weights_file, tmp_path):
     from pipeline.sensors import SENTINEL2_L2A
 
     l2a = tmp_path / "l2a.safetensors"
-    derived_weights(full / "last.safetensors", l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
+    derived_weights(test_weights_file, l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
 
     def evaluate(*args):
         return subprocess.run([CLOUDMASK, "evaluate", *args, "--json", str(tmp_path / "e.json")], capture_output=True,
