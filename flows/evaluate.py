@@ -29,14 +29,16 @@ def add_parser(sub) -> None:
                "  cloudmask evaluate --weights weights/mscloudcam_s2l2a_starter.safetensors --dataset starter --level l2a "
                "--teachers\n"
                "  cloudmask evaluate --weights weights/mscloudcam_s2l2a_starter.safetensors --dataset bigearthnet --teachers\n"
+               "  cloudmask evaluate --dataset reben --teachers     # the L2A starter on real L2A with real clouds\n"
                "  cloudmask evaluate --weights runs/l1c/best.safetensors --dataset cloudsen12 --data l1c.taco --paper\n"
                "  cloudmask evaluate --dataset l8biome --data /data/l8biome --json l8.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter of the items' level)")
-    p.add_argument("--dataset", choices=("starter", "bigearthnet", "cloudsen12", "l8biome"), required=True,
-                   help="starter: the real L1C scenes with teacher labels; bigearthnet: real L2A patches (cloud-free) "
-                        "with ukis-csmask L2A labels")
+    p.add_argument("--dataset", choices=("starter", "bigearthnet", "reben", "cloudsen12", "l8biome"), required=True,
+                   help="starter: the real L1C scenes with teacher labels; bigearthnet: six real L2A patches "
+                        "(cloud-free) with ukis-csmask L2A labels; reben: real L2A patches of BigEarthNet v2 (test: its "
+                        "test split and the patches it flags cloudy, 10 x 120 x 120 px), the same labels")
     p.add_argument("--data", help="dataset location (cloudsen12: TACO file(s); l8biome: folder)")
     p.add_argument("--level", choices=("l1c", "l2a"), default="l1c",
                    help="cloudsen12: product level for --paper; starter: l2a scores the L1C scenes as simulated L2A "
@@ -71,14 +73,23 @@ def load_items(args) -> tuple[list, tuple[str, ...] | None]:
 
             return [(simulate_boa(l2a_bands(dn, SENTINEL2_L1C.bands)), lab) for dn, lab in items], tuple(BOA_MAP)
         return items, SENTINEL2_L1C.bands
-    if args.dataset == "bigearthnet":
-        from pipeline.datasets.bigearthnet import l2a_patches
+    if args.dataset in ("bigearthnet", "reben"):
         from pipeline.pseudolabels import l2a_teacher_labels
 
-        if args.split != "test":
-            raise ConfigError("--dataset bigearthnet has only a test split (six held-out L2A patches)")
         bands = SENTINEL2_L2A.bands
-        return [(s.dn, l2a_teacher_labels(s.dn, bands, s.resolution_m)) for s in l2a_patches()], bands
+        if args.dataset == "bigearthnet":
+            from pipeline.datasets.bigearthnet import l2a_patches
+
+            if args.split != "test":
+                raise ConfigError("--dataset bigearthnet has only a test split (six held-out L2A patches)")
+            dns = [s.dn for s in l2a_patches()]
+        else:
+            from pipeline.datasets.reben import held_out, patches
+
+            # test: reBEN's test split and every patch flagged cloudy or shadowed; train/val: the others (clear)
+            dns = [p.dn for p in patches() if (held_out(p) if args.split == "test" else
+                                               p.split == args.split and not held_out(p))]
+        return [(dn, l2a_teacher_labels(dn, bands, 10.0)) for dn in dns], bands
     if not args.data:
         raise ConfigError(f"--data is required for --dataset {args.dataset}")
     if args.dataset == "cloudsen12":
@@ -138,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.model.weights import default_weights
 
     items, bands = load_items(args)
-    # no --weights: the shipped starter of the items' level (L2A for bigearthnet and --level l2a)
+    # no --weights: the shipped starter of the items' level (L2A for bigearthnet, reben and --level l2a)
     weights = load_weights(args.weights or default_weights("L1C" if bands is None or "B10" in bands else "L2A"))
     if len(items) == 0:
         raise ConfigError(f"split {args.split!r} of {args.dataset} is empty")
@@ -180,9 +191,9 @@ def run(args: argparse.Namespace) -> int:
     print(table(rows))
     result = dict(dataset=name, split=args.split, brightness=args.brightness, weights=weights.source, sha256=weights.sha256, confusion=cm.tolist(), **s)
     if args.teachers:
-        if args.dataset not in ("starter", "bigearthnet"):
-            raise ConfigError("--teachers compares with s2cloudless and ukis-csmask on Sentinel-2: use --dataset starter "
-                              "or bigearthnet")
+        if args.dataset not in ("starter", "bigearthnet", "reben"):
+            raise ConfigError("--teachers compares with s2cloudless and ukis-csmask on Sentinel-2: use --dataset starter, "
+                              "bigearthnet or reben")
         agree = teacher_agreement(items, predictions, bands)
         result["teachers"] = agree
         for teacher, a in agree.items():

@@ -26,8 +26,9 @@ RECIPES = {
                       save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0),
     # The same distillation for Level-2A (weights/README.md): the 12 bands without B10, every chip moved a random
     # part of the way from TOA to surface reflectance by the map measured in pipeline/datasets/boa.py, and
-    # class-weighted CE (the L1C starter, unweighted, scored thick-cloud IoU 0.0 and shadow 0.2 on its test scene).
-    # The shipped file is its last epoch (the two validation scenes are too small to pick one by; model card).
+    # class-weighted CE (the first L1C starter, unweighted, scored thick-cloud IoU 0.0 and shadow 0.2). The first L2A
+    # starter was 40 epochs of it from scratch; the shipped one is two 8-epoch fine-tunings of the L1C starter with
+    # --real-l2a 0.25 --shadows 1.0 --class-weights root4-inverse (model card), each kept at its last epoch.
     "starter-l2a": Recipe(name="starter-l2a", model_kwargs={"norm": "group"}, epochs=40, batch_size=8, lr=2e-4,
                           bf16=True, save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0,
                           class_weights="sqrt-inverse"),
@@ -45,6 +46,9 @@ def add_parser(sub) -> None:
         epilog="examples:\n"
                "  cloudmask train --recipe starter --out runs/starter\n"
                "  cloudmask train --recipe starter-l2a --out runs/starter-l2a   # 12 bands, no B10, for L2A\n"
+               "  cloudmask train --recipe starter-l2a --init weights/mscloudcam_s2l1c_starter.safetensors --real-l2a 0.25 \\\n"
+               "      --shadows 1.0 --class-weights root4-inverse --epochs 8 --lr 1e-4 --warmup-steps 64 --out runs/l2a\n"
+               "      # the shipped L2A starter's first stage (weights/README.md)\n"
                "  cloudmask train --dataset cloudsen12 --data /data/cloudsen12-l1c.0000.part.taco --out runs/l1c\n"
                "  cloudmask train --dataset l8biome --data /data/l8biome --bf16 --out runs/l8\n"
                "  cloudmask train ... --resume      # continue a killed run from its last epoch",
@@ -79,6 +83,10 @@ def add_parser(sub) -> None:
                    help="starter: in this share of the chips that hold cloud, the cloud casts a synthetic shadow (its "
                         "shape moved by a random offset, the ground darkened as by a blocked sun, labelled by the "
                         "labelling rule's shadow test), e.g. 0.8 (pipeline/datasets/shadows.py)")
+    p.add_argument("--real-l2a", type=float, metavar="SHARE",
+                   help="starter-l2a: in this share of the chips, real L2A land (reBEN's patches in configilm's mock "
+                        "data, clear by reBEN's flags) replaces the simulated chip's ground, under its clouds and "
+                        "shadows, e.g. 0.25 (pipeline/datasets/reben.py)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fast on recent CPUs and GPUs)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
@@ -138,11 +146,15 @@ def load_data(args, recipe: Recipe) -> TrainData:
             from pipeline.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
 
             bands = SENTINEL2_L1C.bands
-            return TrainData(train=SimulatedBOAChips(chips, bands, recipe.seed),
-                             val=[(simulate_boa(l2a_bands(dn, bands)), lab) for dn, lab in val],  # the measured map
-                             bands=tuple(BOA_MAP), level="L2A", also_levels=("L1C",),  # trained on L1C too (λ≈0)
-                             ignore_index=255, class_counts=counts, split=split,
-                             dataset="starter-l2a (real S2 L1C scenes as simulated L2A, teacher labels)")
+            train = SimulatedBOAChips(chips, bands, recipe.seed)
+            val = [(simulate_boa(l2a_bands(dn, bands)), lab) for dn, lab in val]  # the measured map
+            dataset = "starter-l2a (real S2 L1C scenes as simulated L2A, teacher labels)"
+            if recipe.real_l2a:
+                train, val, split = _with_real_l2a(train, val, split, args, recipe)
+                dataset += (f", {recipe.real_l2a:g} of the chips real L2A land (reBEN patches, clear by their flags) under the "
+                            f"simulated chips' clouds and shadows")
+            return TrainData(train=train, val=val, bands=tuple(BOA_MAP), level="L2A", also_levels=("L1C",),
+                             ignore_index=255, class_counts=counts, split=split, dataset=dataset)
         return TrainData(train=chips, val=val, bands=SENTINEL2_L1C.bands, dataset="starter (real S2 L1C scenes, teacher labels)",
                          split=split, ignore_index=255, class_counts=counts)
     if dataset == "cloudsen12":
@@ -152,11 +164,33 @@ def load_data(args, recipe: Recipe) -> TrainData:
     return train_data(args.data, split_mode=args.split_mode)
 
 
+def _with_real_l2a(train, val, split: str, args, recipe: Recipe):
+    """starter-l2a's chips with ``recipe.real_l2a`` of them drawn from reBEN's real L2A land (train split, clear by
+    reBEN's flags; given the simulated chips' per-band jitter, no TOA->BOA map) with the clouds and shadows of the
+    simulated chip they replace pasted over it, and reBEN's val patches added to the validation items."""
+    from pipeline.datasets.boa import SimulatedBOAChips
+    from pipeline.datasets.chips import MixedChips, RandomChips
+    from pipeline.datasets.reben import mosaics
+    from pipeline.sensors import SENTINEL2_L2A
+
+    land = mosaics("train")
+    real = RandomChips([(s.dn, lab) for s, lab in land], samples=args.samples_per_epoch, size=recipe.train_size or 512,
+                       seed=recipe.seed + 1, nodata_prob=0.3, class_prob=0.0)
+    real = SimulatedBOAChips(real, SENTINEL2_L2A.bands, recipe.seed + 1, lam=(0.0, 0.0))  # L2A already: jitter only
+    val = val + [(s.dn, lab) for s, lab in mosaics("val")]
+    split = json.dumps(dict(json.loads(split), real_l2a_train=[s.name for s, _ in land]))
+    # the simulated chip's clouds and shadows pasted over the real land: real L2A is not a cue for "clear"
+    return MixedChips(train, real, recipe.real_l2a, recipe.seed, paste=(1, 2, 3)), val, split
+
+
 def run(args: argparse.Namespace) -> int:
     recipe = RECIPES[args.recipe]
     if dataset_of(args, recipe) != "starter" and (args.brightness or args.shadows is not None):  # before torch loads
         raise ConfigError("--brightness and --shadows change the starter's chips and teacher labels; they apply to "
                           "--dataset starter only")
+    if args.real_l2a is not None and (recipe.name != "starter-l2a" or dataset_of(args, recipe) != "starter"):
+        raise ConfigError(f"--real-l2a mixes real L2A chips into simulated L2A ones: it needs --recipe starter-l2a "
+                          f"(got --recipe {args.recipe})")
     try:
         model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
     except json.JSONDecodeError as exc:
@@ -169,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, device=args.device,
                      warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
                      bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs, init=args.init,
-                     shadows=args.shadows)
+                     shadows=args.shadows, real_l2a=args.real_l2a)
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     if args.brightness:
         from .parsers import csv_list

@@ -33,6 +33,7 @@ class Recipe:
     class_weights: str | None = None  # CE weights (median frequency / class frequency) ** power (CLASS_WEIGHT_POWERS)
     brightness: tuple[float, float] | None = None  # starter: chips scaled by a gain in this range, thick/thin re-split
     shadows: float | None = None  # starter: share of cloudy chips whose cloud casts a synthetic shadow (datasets/shadows.py)
+    real_l2a: float | None = None  # starter-l2a: share of chips drawn from real L2A land (datasets/reben.py)
     init: str | None = None  # start from these weights (path or URL; same model and classes, bands matched by name)
 
     def __post_init__(self) -> None:
@@ -51,5 +52,7 @@ class Recipe:
             raise ConfigError(f"brightness={self.brightness}; expected (low, high) gains with 0 < low <= high")
         if self.shadows is not None and not 0 <= self.shadows <= 1:
             raise ConfigError(f"shadows={self.shadows}; expected the share of chips given a synthetic shadow, 0 to 1")
+        if self.real_l2a is not None and not 0 <= self.real_l2a <= 1:
+            raise ConfigError(f"real_l2a={self.real_l2a}; expected the share of chips drawn from real L2A land, 0 to 1")
         if self.save_dtype not in ("fp32", "fp16"):
             raise ConfigError(f"save_dtype={self.save_dtype!r}; expected fp32 or fp16")

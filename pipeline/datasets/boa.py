@@ -17,7 +17,9 @@ Matching the two levels' first two moments per band gives ``BOA ≈ gain · TOA 
 
 (aerosol and Rayleigh scattering removed: blue and green darken over dark ground, every band brightens over
 bright ground). The other bands are interpolated by wavelength (B01 as B02; B05–B07 between B04 and B08;
-B8A and B09 as B08). One global map is only a centre: scenes differ in aerosol, water vapour and sun angle, so
+B8A as B08), but B09, the water-vapour band, is not: Sen2Cor's L2A B09 equals B8A over land, where TOA B09 is a
+tenth to a half of it, so its gain is set per scene from the scene's own land (:func:`b09_gain`; until
+2026-12-01 it was B08's, which left simulated L2A's B09 at TOA level: a cue that told simulated from real L2A). One global map is only a centre: scenes differ in aerosol, water vapour and sun angle, so
 training chips move a random fraction ``λ ∈ [0, 1.25]`` of the way from TOA to the measured BOA, then get an
 independent per-band gain (±8 %) and offset (±0.015). ``λ = 0`` keeps L1C (the weights also suit L1C products
 without B10), ``λ = 1`` is the measured L2A centre, beyond it a stronger correction than average.
@@ -38,7 +40,7 @@ _MEASURED = {"B02": (1.374, -0.1116), "B03": (1.373, -0.0731), "B04": (1.226, -0
 def _interpolated() -> dict[str, tuple[float, float]]:
     from ..sensors import SENTINEL2_L2A
 
-    m = dict(_MEASURED, B01=_MEASURED["B02"], B8A=_MEASURED["B08"], B09=_MEASURED["B08"])
+    m = dict(_MEASURED, B01=_MEASURED["B02"], B8A=_MEASURED["B08"], B09=(1.0, 0.0))  # B09: per scene, b09_gain
     red, nir = np.array(_MEASURED["B04"]), np.array(_MEASURED["B08"])
     for band in ("B05", "B06", "B07"):  # by wavelength between B04 (0.665 µm) and B08 (0.842 µm)
         f = (SENTINEL2_L2A.wavelength(band) - 0.665) / (0.842 - 0.665)
@@ -47,7 +49,14 @@ def _interpolated() -> dict[str, tuple[float, float]]:
 
 
 BOA_MAP: dict[str, tuple[float, float]] = _interpolated()
-"""Per L2A band (B01–B09, B8A, B11, B12): ``(gain, offset)`` with BOA reflectance ≈ gain · TOA + offset."""
+"""Per L2A band (B01–B09, B8A, B11, B12): ``(gain, offset)`` with BOA reflectance ≈ gain · TOA + offset (B09's gain
+is set per scene by :func:`b09_gain`; its entry here is (1, 0))."""
+# B09 (945 nm, water-vapour absorption): Sen2Cor's L2A B09 equals B8A over land (median B09 / B8A over dark land
+# 1.00 in each of 27 cloud-free real L2A patches here: reBEN's and bigearthnet-common's, 0.98-1.05), while TOA B09 is
+# 0.11-0.44 of B8A (the training scenes' dark land, median 0.275: the scene's water vapour). Brighter over clouds
+# in both: less vapour above a cloud top (real L2A thick cloud: 1.55 B8A).
+L2A_B09_RATIO = 1.0
+TOA_B09_RATIO = 0.275  # the fallback where a chip has too little dark land to measure its own
 REFLECTANCE_DN = 10000.0  # DN of reflectance 1 in both levels (the baseline-04.00 offset is removed before)
 LAMBDA = (0.0, 1.25)
 JITTER_GAIN, JITTER_OFFSET = 0.08, 0.015
@@ -58,11 +67,24 @@ def l2a_bands(dn: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
     return dn[[bands.index(b) for b in BOA_MAP]]
 
 
+def b09_gain(dn: np.ndarray) -> float:
+    """The gain that takes TOA B09 of ``dn (12, y, x)`` (L2A band order) to L2A's level: ``L2A_B09_RATIO`` over the
+    median B09 / B8A of its dark land (B02 < 0.15, B8A > 0.05; ``TOA_B09_RATIO`` when under 100 such pixels), so its
+    land ends at B09 ≈ B8A as in real L2A and its clouds above it, as there."""
+    bands = tuple(BOA_MAP)
+    b02, b8a, b09 = (dn[bands.index(b)].astype(np.float32) for b in ("B02", "B8A", "B09"))
+    land = (b02 > 0) & (b02 < 0.15 * REFLECTANCE_DN) & (b8a > 0.05 * REFLECTANCE_DN)
+    ratio = float(np.median(b09[land] / b8a[land])) if land.sum() >= 100 else TOA_B09_RATIO
+    return L2A_B09_RATIO / max(ratio, 0.05)
+
+
 def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np.ndarray:
     """TOA DN ``(12, y, x)`` (L2A band order) -> simulated BOA DN ``(12, y, x)`` float32: ``lam`` of the way to the
-    measured map, then ``gain``/``offset`` per band (arrays of 12; default 1 and 0). Pixels that are 0 in every
-    band (nodata) stay 0; others are clipped to [1, 65535]."""
+    measured map (B09: to :func:`b09_gain`), then ``gain``/``offset`` per band (arrays of 12; default 1 and 0).
+    Pixels that are 0 in every band (nodata) stay 0; others are clipped to [1, 65535]."""
     g = np.array([v[0] for v in BOA_MAP.values()], np.float32)
+    if lam:
+        g[tuple(BOA_MAP).index("B09")] = b09_gain(dn)
     o = np.array([v[1] for v in BOA_MAP.values()], np.float32) * REFLECTANCE_DN
     g_all = (1 + lam * (g - 1)) * (1 if gain is None else np.asarray(gain, np.float32))
     o_all = lam * o + (0 if offset is None else np.asarray(offset, np.float32) * REFLECTANCE_DN)
@@ -74,17 +96,18 @@ def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np
 
 class SimulatedBOAChips(TransformedChips):
     """Chips of an L1C chip dataset (items ``(dn (13, S, S) float32, labels)``, 13 L1C bands in ``bands`` order)
-    as simulated L2A: ``(dn (12, S, S) float32, labels)``, each with its own random ``λ`` and per-band jitter,
-    reproducible per (seed, epoch, index) like the chips themselves."""
+    as simulated L2A: ``(dn (12, S, S) float32, labels)``, each with its own random ``λ`` in ``lam`` and per-band
+    jitter, reproducible per (seed, epoch, index) like the chips themselves. Given chips that are L2A already
+    (``bands`` without B10) and ``lam=(0, 0)``, only the jitter."""
 
     stream = 2
 
-    def __init__(self, chips, bands: tuple[str, ...], seed: int = 42) -> None:
+    def __init__(self, chips, bands: tuple[str, ...], seed: int = 42, lam: tuple[float, float] = LAMBDA) -> None:
         super().__init__(chips, seed)
-        self.bands = tuple(bands)
+        self.bands, self.lam = tuple(bands), lam
 
     def transform(self, dn, labels, rng):
         n = len(BOA_MAP)
-        boa = simulate_boa(l2a_bands(np.asarray(dn), self.bands), float(rng.uniform(*LAMBDA)),
+        boa = simulate_boa(l2a_bands(np.asarray(dn), self.bands), float(rng.uniform(*self.lam)),
                            1 + rng.uniform(-JITTER_GAIN, JITTER_GAIN, n), rng.uniform(-JITTER_OFFSET, JITTER_OFFSET, n))
         return torch.from_numpy(boa), labels

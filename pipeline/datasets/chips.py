@@ -99,6 +99,44 @@ class FixedChips(torch.utils.data.Dataset):
                 torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64)))
 
 
+class MixedChips(torch.utils.data.Dataset):
+    """Items of ``main`` where, for a share ``share`` of the indices (drawn per (seed, epoch, index), so a resumed
+    run sees the same mix), the item of the same index of ``extra`` comes instead, with the pixels that the main
+    chip labels as one of the ``paste`` classes pasted over it (pixels and labels: e.g. clouds and their shadows
+    over other land, so that ``extra``'s kind of chip is not always cloudless). Both are chip datasets of equal
+    length with items ``(dn (C, S, S) float32, labels (S, S) int64)`` and optionally ``set_epoch``."""
+
+    stream = 5  # apart from the draws of TransformedChips' streams
+
+    def __init__(self, main, extra, share: float, seed: int = 42, paste: tuple[int, ...] = ()) -> None:
+        if len(main) != len(extra):
+            raise ValueError(f"main has {len(main)} chips an epoch, extra {len(extra)}; expected equal lengths")
+        self.main, self.extra, self.share, self.seed, self.epoch = main, extra, share, seed, 0
+        self.paste = tuple(paste)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for chips in (self.main, self.extra):
+            if hasattr(chips, "set_epoch"):
+                chips.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.main)
+
+    def from_extra(self, index: int) -> bool:
+        return bool(np.random.default_rng([self.seed, self.epoch, index, self.stream]).random() < self.share)
+
+    def __getitem__(self, index: int):
+        if not self.from_extra(index):
+            return self.main[index]
+        dn, labels = self.extra[index]
+        if self.paste:
+            main_dn, main_labels = self.main[index]
+            where = torch.from_numpy(np.isin(main_labels.numpy(), self.paste))
+            dn, labels = torch.where(where, main_dn, dn), torch.where(where, main_labels, labels)
+        return dn, labels
+
+
 class TransformedChips(torch.utils.data.Dataset):
     """Base of chip datasets that change each chip of another (``chips``: items ``(dn (C, S, S), labels (S, S))``,
     optionally with ``set_epoch``) by a random draw reproducible per (seed, epoch, index, ``stream``), like the

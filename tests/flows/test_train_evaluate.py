@@ -151,7 +151,11 @@ def test_train_argument_errors(tmp_path):
     assert p.returncode == 2 and "shadows=1.5; expected the share of chips" in p.stderr
     p = run("--dataset", "cloudsen12", "--data", "x.taco", "--out", str(tmp_path / "k"), "--shadows", "0.5")
     assert p.returncode == 2 and "--dataset starter only" in p.stderr
-    assert not (tmp_path / "j").exists() and not (tmp_path / "k").exists()
+    p = run("--recipe", "starter", "--out", str(tmp_path / "l"), "--real-l2a", "0.25")
+    assert p.returncode == 2 and "--real-l2a mixes real L2A chips" in p.stderr and "--recipe starter)" in p.stderr
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "m"), "--real-l2a", "1.5")
+    assert p.returncode == 2 and "real_l2a=1.5; expected the share of chips" in p.stderr
+    assert not any((tmp_path / d).exists() for d in "jklm")
 
 
 def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
@@ -248,6 +252,12 @@ def test_evaluate_l2a_weights_per_level(test_weights_file, tmp_path):
     got = json.loads((tmp_path / "e.json").read_text())
     assert got["teachers"]["ukis-csmask"]["pixels"] == 6 * 120 * 120 and got["dataset"] == "bigearthnet"
     assert 0 < got["pixels"] <= 6 * 120 * 120  # ukis' confident pixels
+
+    p = evaluate("--weights", str(l2a), "--dataset", "reben", "--teachers")  # real L2A with real clouds
+    assert p.returncode == 0, p.stderr
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["teachers"]["ukis-csmask"]["pixels"] == 10 * 120 * 120 and got["dataset"] == "reben"
+    assert sum(got["confusion"][1]) + sum(got["confusion"][2]) > 5000  # the flagged patches' clouds, by ukis
 
     p = evaluate("--weights", str(l2a), "--dataset", "starter", "--level", "l2a", "--teachers")
     assert p.returncode == 0, p.stderr
