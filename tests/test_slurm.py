@@ -105,7 +105,7 @@ def test_a_worker_job_cancelled_mid_run_loses_nothing_and_adaptive_scaling_repla
         client.close()
         cluster.close()
     assert cancelled, "no mask task was seen starting on a SLURM worker"
-    assert [s.status for s in result.stats].count("ok") == 3
+    assert [s.status for s in result.stats].count("ok") == 3, [(s.item_id, s.status, s.reason) for s in result.stats]
     assert_same_store(first_run[0], tmp_path / "adaptive.zarr")
     # scale 1 without adapt: a second job means adaptive scaling asked for it; never more than its maximum
     assert cancelled[0] in seen_jobs and len(seen_jobs) >= 2 and most <= 2, (seen_jobs, most)
