@@ -84,11 +84,9 @@ def load_items(args) -> tuple[list, tuple[str, ...] | None]:
                 raise ConfigError("--dataset bigearthnet has only a test split (six held-out L2A patches)")
             dns = [s.dn for s in l2a_patches()]
         else:
-            from pipeline.datasets.reben import held_out, patches
+            from pipeline.datasets.reben import patches_of
 
-            # test: reBEN's test split and every patch flagged cloudy or shadowed; train/val: the others (clear)
-            dns = [p.dn for p in patches() if (held_out(p) if args.split == "test" else
-                                               p.split == args.split and not held_out(p))]
+            dns = [p.dn for p in patches_of(args.split)]  # test: reBEN's test split and every patch flagged cloudy
         return [(dn, l2a_teacher_labels(dn, bands, 10.0)) for dn in dns], bands
     if not args.data:
         raise ConfigError(f"--data is required for --dataset {args.dataset}")

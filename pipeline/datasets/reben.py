@@ -99,13 +99,21 @@ def held_out(p: Patch) -> bool:
     return p.split == "test" or p.cloud_or_shadow
 
 
+def patches_of(split: str) -> list[Patch]:
+    """The patches of one of our splits: ``test`` = every :func:`held_out` patch; ``train``/``val`` = reBEN's split
+    without them (all clear by reBEN's flags)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r}; expected one of {', '.join(SPLITS)}")
+    return [p for p in patches() if (held_out(p) if split == "test" else p.split == split and not held_out(p))]
+
+
 def mosaics(split: str) -> list[tuple[Scene, np.ndarray]]:
     """``[(scene, labels (y, x) uint8)]`` for training: the patches of ``split`` (``train`` or ``val``) that are not
     :func:`held_out`, neighbours of one product placed side by side on their tile grid; dn 0 and labels 255 (ignored)
     where a cell has no patch, labels clear (0) elsewhere, by reBEN's flags."""
     if split not in ("train", "val"):
         raise ConfigError(f"split {split!r}: reBEN mosaics are for training; expected train or val")
-    chosen = [p for p in patches() if p.split == split and not held_out(p)]
+    chosen = patches_of(split)
     out = []
     for product in sorted({p.product for p in chosen}):
         group = [p for p in chosen if p.product == product]
