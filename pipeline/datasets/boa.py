@@ -52,9 +52,10 @@ BOA_MAP: dict[str, tuple[float, float]] = _interpolated()
 """Per L2A band (B01–B09, B8A, B11, B12): ``(gain, offset)`` with BOA reflectance ≈ gain · TOA + offset (B09's gain
 is set per scene by :func:`b09_gain`; its entry here is (1, 0))."""
 # B09 (945 nm, water-vapour absorption): Sen2Cor's L2A B09 equals B8A over land (median B09 / B8A over dark land
-# 1.00 in each of 27 cloud-free real L2A patches here: reBEN's and bigearthnet-common's, 0.98-1.05), while TOA B09 is
-# 0.11-0.44 of B8A (the training scenes' dark land, median 0.275: the scene's water vapour). Brighter over clouds
-# in both: less vapour above a cloud top (real L2A thick cloud: 1.55 B8A).
+# 0.98-1.05 in 26 of the 27 cloud-free real L2A patches here, reBEN's and bigearthnet-common's), while TOA B09 is
+# 0.11-0.44 of B8A (the L1C scenes' dark land; median 0.275 over the training scenes: the scene's water vapour).
+# Brighter over clouds in both: less vapour above a cloud top (real L2A thick cloud: 1.34-1.54 B8A). Measured with
+# the lines in weights/README.md (L2A card, "Data").
 L2A_B09_RATIO = 1.0
 TOA_B09_RATIO = 0.275  # the fallback where a chip has too little dark land to measure its own
 REFLECTANCE_DN = 10000.0  # DN of reflectance 1 in both levels (the baseline-04.00 offset is removed before)
