@@ -54,6 +54,7 @@ def _interpolated() -> dict[str, tuple[float, float]]:
 BOA_MAP: dict[str, tuple[float, float]] = _interpolated()
 """Per L2A band (B01–B09, B8A, B11, B12): ``(gain, offset)`` with BOA reflectance ≈ gain · TOA + offset (B09's gain
 is set per scene by :func:`b09_gain`; its entry here is (1, 0))."""
+_INDEX = {b: i for i, b in enumerate(BOA_MAP)}  # band name -> row of a (12, y, x) L2A array
 # B09 (945 nm, water-vapour absorption): Sen2Cor's L2A B09 equals B8A over land (median B09 / B8A over dark land
 # 0.98-1.05 in 26 of the 27 cloud-free real L2A patches here, reBEN's and bigearthnet-common's), while TOA B09 is
 # 0.11-0.44 of B8A (the L1C scenes' dark land; median 0.275 over the training scenes: the scene's water vapour).
@@ -84,8 +85,7 @@ def b09_gain(dn: np.ndarray) -> float:
     """The gain that takes TOA B09 of ``dn (12, y, x)`` (L2A band order) to L2A's level: ``L2A_B09_RATIO`` over the
     median B09 / B8A of its dark land (B02 < 0.15, B8A > 0.05; ``TOA_B09_RATIO`` when under 100 such pixels), so its
     land ends at B09 ≈ B8A as in real L2A and its clouds above it, as there."""
-    bands = tuple(BOA_MAP)
-    b02, b8a, b09 = (dn[bands.index(b)].astype(np.float32) for b in ("B02", "B8A", "B09"))
+    b02, b8a, b09 = (dn[_INDEX[b]].astype(np.float32) for b in ("B02", "B8A", "B09"))
     land = (b02 > 0) & (b02 < 0.15 * REFLECTANCE_DN) & (b8a > 0.05 * REFLECTANCE_DN)
     ratio = float(np.median(b09[land] / b8a[land])) if land.sum() >= 100 else TOA_B09_RATIO
     return L2A_B09_RATIO / max(ratio, 0.05)
@@ -94,8 +94,7 @@ def b09_gain(dn: np.ndarray) -> float:
 def dark_vegetation(dn: np.ndarray) -> np.ndarray:
     """Dark vegetation of ``dn (12, y, x)`` (L2A band order, either level): ``(y, x)`` bool, B02 < 0.15, B8A > 0.2
     and B8A > 2 × B04."""
-    bands = tuple(BOA_MAP)
-    b02, b04, b8a = (dn[bands.index(b)].astype(np.float32) for b in ("B02", "B04", "B8A"))
+    b02, b04, b8a = (dn[_INDEX[b]].astype(np.float32) for b in ("B02", "B04", "B8A"))
     return (b02 > 0) & (b02 < 0.15 * REFLECTANCE_DN) & (b8a > 0.2 * REFLECTANCE_DN) & (b8a > 2 * b04)
 
 
@@ -106,10 +105,8 @@ def visible_offsets(dn: np.ndarray, gains: np.ndarray) -> dict[int, float]:
     veg = dark_vegetation(dn)
     if veg.sum() < 100:
         return {}
-    bands = tuple(BOA_MAP)
-    return {bands.index(b): float(t * REFLECTANCE_DN - gains[bands.index(b)]
-                                  * np.percentile(dn[bands.index(b)][veg], VEGETATION_PERCENTILE))
-            for b, t in L2A_DARK_VEGETATION.items()}
+    return {i: float(t * REFLECTANCE_DN - gains[i] * np.percentile(dn[i][veg], VEGETATION_PERCENTILE))
+            for i, t in ((_INDEX[b], t) for b, t in L2A_DARK_VEGETATION.items())}
 
 
 def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np.ndarray:
@@ -120,7 +117,7 @@ def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np
     g = np.array([v[0] for v in BOA_MAP.values()], np.float32)
     o = np.array([v[1] for v in BOA_MAP.values()], np.float32) * REFLECTANCE_DN
     if lam:
-        g[tuple(BOA_MAP).index("B09")] = b09_gain(dn)
+        g[_INDEX["B09"]] = b09_gain(dn)
         for i, value in visible_offsets(dn, g).items():
             o[i] = value
     g_all = (1 + lam * (g - 1)) * (1 if gain is None else np.asarray(gain, np.float32))
