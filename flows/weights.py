@@ -1,4 +1,4 @@
-"""``cloudmask weights``: inspect weights files and convert trusted PyTorch checkpoints to safetensors."""
+"""``cloudmask weights``: inspect weights files, convert trusted PyTorch checkpoints to safetensors, blend two files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pipeline.sensors import CLASS_CODES, CLASS_NAMES, get_sensor
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("weights", help="inspect or convert model weights files",
-                       description="Inspect weights files or convert a trusted PyTorch checkpoint to the "
-                                   "project's safetensors format.")
+    p = sub.add_parser("weights", help="inspect, convert or blend model weights files",
+                       description="Inspect weights files, convert a trusted PyTorch checkpoint to the "
+                                   "project's safetensors format, or blend a model with one fine-tuned from it.")
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
 
     info = wsub.add_parser("info", help="print a weights file's contract (bands, classes, normalisation, sha256)")
@@ -40,6 +40,23 @@ def add_parser(sub) -> None:
     conv.add_argument("--provenance", default="{}", help="JSON object: data, recipe, metrics")
     conv.add_argument("--fp16", action="store_true", help="store tensors as float16 (half the size)")
     conv.set_defaults(func=run_convert)
+
+    blend = wsub.add_parser(
+        "blend", help="interpolate two weights files of one model: (1 - alpha) * A + alpha * B",
+        description="Weight-space interpolation (WiSE-FT): every floating tensor becomes (1 - alpha) * A + alpha * B. "
+                    "With A a model and B one fine-tuned from it, alpha trades what B learnt (alpha 1) against what "
+                    "A kept (alpha 0); score a few values with 'cloudmask evaluate' and keep the best. Both files "
+                    "must have the same contract (bands, classes, model); the output keeps B's and records both "
+                    "files' sha256 and alpha in its provenance.",
+        epilog="example: cloudmask weights blend weights/mscloudcam_s2l2a_starter.safetensors "
+               "runs/l2a-tuned/last.safetensors blended.safetensors --alpha 0.35 --fp16",
+    )
+    blend.add_argument("a", metavar="A", help="first weights file (local path or fsspec URL), weight 1 - alpha")
+    blend.add_argument("b", metavar="B", help="second weights file, weight alpha; its contract and provenance are kept")
+    blend.add_argument("output", metavar="OUTPUT", help="the .safetensors file to write (must not exist yet)")
+    blend.add_argument("--alpha", type=float, required=True, help="share of B, 0 to 1")
+    blend.add_argument("--fp16", action="store_true", help="store tensors as float16 (half the size)")
+    blend.set_defaults(func=run_blend)
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -101,4 +118,22 @@ def run_convert(args: argparse.Namespace) -> int:
         os.remove(args.output)
         raise
     print(f"wrote {args.output} (sha256 {sha})")
+    return 0
+
+
+def run_blend(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from pipeline.model.weights import blend_weights, load_weights, save_weights
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise WeightsError(f"--alpha {args.alpha}; expected the share of B, 0 to 1")
+    if os.path.exists(args.output):
+        raise WeightsError(f"{args.output} exists; blend writes a new file: remove it or choose another name")
+    state, meta = blend_weights(load_weights(args.a), load_weights(args.b), args.alpha)
+    sha = save_weights(args.output, state, meta, dtype=torch.float16 if args.fp16 else None)
+    load_weights(args.output).build_model()
+    print(f"wrote {args.output} (sha256 {sha}): {1 - args.alpha:g} x {args.a} + {args.alpha:g} x {args.b}")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import fsspec
@@ -140,6 +140,37 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor] | nn.Module, m
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)  # never leave a half-written weights file under the real name
     return file_sha256(path)
+
+
+def blend_weights(a: Weights, b: Weights, alpha: float) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+    """Weight-space interpolation of two files of one contract (WiSE-FT, Wortsman et al., CVPR 2022): each
+    floating tensor becomes ``(1 - alpha) * a + alpha * b`` (float32), e.g. ``a`` a model and ``b`` one fine-tuned
+    from it, so ``alpha`` trades what ``b`` learnt against what ``a`` kept; ``alpha`` 0 gives ``a``'s values
+    exactly, 1 ``b``'s. Integer tensors (counters such as BatchNorm's ``num_batches_tracked``) are ``b``'s.
+
+    Returns the state and ``b``'s contract, its provenance recording both files' sha256 and ``alpha``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise WeightsError(f"alpha={alpha}; expected the share of the second file, 0 to 1")
+    ours, theirs = json.loads(a.meta.to_json()), json.loads(b.meta.to_json())
+    for key in ("model", "model_kwargs", "bands", "classes", "class_codes", "normalisation", "tile_size", "sensor",
+                "level", "also_levels", "format_version"):
+        if ours.get(key) != theirs.get(key):
+            raise WeightsMismatchError(f"{a.source} and {b.source} differ in {key} ({ours.get(key)!r} vs "
+                                       f"{theirs.get(key)!r}); only files of one contract can be blended")
+    if a.state.keys() != b.state.keys():
+        odd = sorted(a.state.keys() ^ b.state.keys())
+        raise WeightsMismatchError(f"{a.source} and {b.source} hold different tensors ({odd[:3]}...); only files of "
+                                   f"one model can be blended")
+    state = {}
+    for key, x in a.state.items():
+        y = b.state[key]
+        if x.shape != y.shape:
+            raise WeightsMismatchError(f"tensor {key} has shape {tuple(x.shape)} in {a.source} but {tuple(y.shape)} "
+                                       f"in {b.source}; only files of one model can be blended")
+        state[key] = torch.lerp(x.float(), y.float(), alpha) if x.is_floating_point() else y
+    blend = {"alpha": alpha, "a_sha256": a.sha256, "b_sha256": b.sha256}
+    return state, replace(b.meta, provenance=dict(b.meta.provenance, blend=blend))
 
 
 def _local_copy(source: str, cache_dir: str | Path | None) -> Path:

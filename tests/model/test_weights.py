@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from pipeline.errors import WeightsError, WeightsMismatchError
 from pipeline.model import create_model
-from pipeline.model.weights import WeightsMeta, load_weights, save_weights
+from pipeline.model.weights import WeightsMeta, blend_weights, load_weights, save_weights
 from pipeline.sensors import CLASS_NAMES, SENTINEL2_L1C
 
 
@@ -176,3 +177,35 @@ def test_fine_tuning_starts_from_a_file_and_keeps_the_kernels_of_its_own_bands(t
     model = create_model(src.meta.model, in_chans=13, num_classes=4, **{**src.meta.model_kwargs, "context_channels": 32})
     with pytest.raises(ConfigError, match="does not fit the model being trained"):
         init_from(model, str(test_weights_file), SENTINEL2_L1C.bands)
+
+
+def test_blend_mixes_each_tensor_and_records_both_files(tmp_path, test_weights_file):
+    """WiSE-FT interpolation of two different files: each floating tensor is (1 - alpha) a + alpha b, exact at the ends."""
+    a = load_weights(test_weights_file)
+    torch.manual_seed(0)
+    moved = {k: v + torch.randn_like(v) if v.is_floating_point() else v for k, v in a.state.items()}  # "fine-tuned"
+    save_weights(tmp_path / "b.safetensors", moved, replace(a.meta, provenance={"recipe": "moved"}))
+    b = load_weights(tmp_path / "b.safetensors")
+    floating = [k for k, v in a.state.items() if v.is_floating_point()]
+    assert all(not torch.equal(a.state[k], b.state[k]) for k in floating)
+    state, meta = blend_weights(a, b, 0.25)
+    for key in floating:
+        torch.testing.assert_close(state[key], 0.75 * a.state[key].float() + 0.25 * b.state[key].float())
+    assert meta.provenance == dict(b.meta.provenance, blend={"alpha": 0.25, "a_sha256": a.sha256, "b_sha256": b.sha256})
+    assert meta.bands == b.meta.bands and meta.tile_size == b.meta.tile_size
+    for alpha, ends in ((0.0, a), (1.0, b)):
+        state, _ = blend_weights(a, b, alpha)
+        assert all(torch.equal(state[k], ends.state[k].float()) for k in floating), alpha
+
+
+def test_blend_refuses_other_contracts_and_alphas_outside_0_1(tmp_path, test_weights_file):
+    a = load_weights(test_weights_file)
+    with pytest.raises(WeightsError, match=r"alpha=1.5; expected the share of the second file, 0 to 1"):
+        blend_weights(a, a, 1.5)
+    save_weights(tmp_path / "l2a.safetensors", a.state, replace(a.meta, bands=tuple(b for b in a.meta.bands if b != "B10")))
+    with pytest.raises(WeightsMismatchError, match=r"differ in bands .*'B10'"):
+        blend_weights(a, load_weights(tmp_path / "l2a.safetensors"), 0.5)
+    shaped = dict(a.state, **{"decoder.head.weight": torch.zeros(1)})
+    save_weights(tmp_path / "shape.safetensors", shaped, a.meta)
+    with pytest.raises(WeightsMismatchError, match=r"tensor decoder.head.weight has shape"):
+        blend_weights(a, load_weights(tmp_path / "shape.safetensors"), 0.5)
