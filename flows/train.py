@@ -87,6 +87,11 @@ def add_parser(sub) -> None:
                    help="starter-l2a: in this share of the chips, real L2A land (reBEN's patches in configilm's mock "
                         "data, clear by reBEN's flags) replaces the simulated chip's ground, under its clouds and "
                         "shadows, e.g. 0.25 (pipeline/datasets/reben.py)")
+    p.add_argument("--translucent", action="store_true", default=None,
+                   help="with --real-l2a: the clouds laid over real L2A land fade out towards their edges (opacity "
+                        "rising over 2-24 px, at most 0.35-1, drawn per chip) and are re-labelled thick or thin by "
+                        "the mixed blue band, so that thin cloud is seen over real L2A ground "
+                        "(pipeline/datasets/translucent.py)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fast on recent CPUs and GPUs)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
@@ -152,7 +157,7 @@ def load_data(args, recipe: Recipe) -> TrainData:
             if recipe.real_l2a:
                 train, val, split = _with_real_l2a(train, val, split, args, recipe)
                 dataset += (f", {recipe.real_l2a:g} of the chips real L2A land (reBEN patches, clear by their flags) under the "
-                            f"simulated chips' clouds and shadows")
+                            f"simulated chips' {'translucent ' if recipe.translucent else ''}clouds and shadows")
             return TrainData(train=train, val=val, bands=tuple(BOA_MAP), level="L2A", also_levels=("L1C",),
                              ignore_index=255, class_counts=counts, split=split, dataset=dataset)
         return TrainData(train=chips, val=val, bands=SENTINEL2_L1C.bands, dataset="starter (real S2 L1C scenes, teacher labels)",
@@ -180,6 +185,11 @@ def _with_real_l2a(train, val, split: str, args, recipe: Recipe):
     val = val + [(s.dn, lab) for s, lab in mosaics("val")]
     split = json.dumps(dict(json.loads(split), real_l2a_train=[s.name for s, _ in land]))
     # the simulated chip's clouds and shadows pasted over the real land: real L2A is not a cue for "clear"
+    if recipe.translucent:
+        from pipeline.datasets.translucent import TranslucentOverlay
+
+        overlay = TranslucentOverlay(SENTINEL2_L2A.bands)
+        return MixedChips(train, real, recipe.real_l2a, recipe.seed, overlay=overlay), val, split
     return MixedChips(train, real, recipe.real_l2a, recipe.seed, paste=(1, 2, 3)), val, split
 
 
@@ -191,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
     if args.real_l2a is not None and (recipe.name != "starter-l2a" or dataset_of(args, recipe) != "starter"):
         raise ConfigError(f"--real-l2a mixes real L2A chips into simulated L2A ones: it needs --recipe starter-l2a "
                           f"(got --recipe {args.recipe})")
+    if args.translucent and not args.real_l2a:
+        raise ConfigError("--translucent changes how clouds are laid over real L2A land: it needs --real-l2a SHARE "
+                          "above 0, e.g. --real-l2a 0.5")
     try:
         model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
     except json.JSONDecodeError as exc:
@@ -203,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, device=args.device,
                      warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
                      bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs, init=args.init,
-                     shadows=args.shadows, real_l2a=args.real_l2a)
+                     shadows=args.shadows, real_l2a=args.real_l2a, translucent=args.translucent)
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     if args.brightness:
         from .parsers import csv_list

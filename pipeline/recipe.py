@@ -34,6 +34,7 @@ class Recipe:
     brightness: tuple[float, float] | None = None  # starter: chips scaled by a gain in this range, thick/thin re-split
     shadows: float | None = None  # starter: share of cloudy chips whose cloud casts a synthetic shadow (datasets/shadows.py)
     real_l2a: float | None = None  # starter-l2a: share of chips drawn from real L2A land (datasets/reben.py)
+    translucent: bool = False  # starter-l2a with real_l2a: clouds over real land fade at their edges (datasets/translucent.py)
     init: str | None = None  # start from these weights (path or URL; same model and classes, bands matched by name)
 
     def __post_init__(self) -> None:

@@ -104,15 +104,17 @@ class MixedChips(torch.utils.data.Dataset):
     run sees the same mix), the item of the same index of ``extra`` comes instead, with the pixels that the main
     chip labels as one of the ``paste`` classes pasted over it (pixels and labels: e.g. clouds and their shadows
     over other land, so that ``extra``'s kind of chip is not always cloudless). Both are chip datasets of equal
-    length with items ``(dn (C, S, S) float32, labels (S, S) int64)`` and optionally ``set_epoch``."""
+    length with items ``(dn (C, S, S) float32, labels (S, S) int64)`` and optionally ``set_epoch``. ``overlay``
+    (e.g. ``translucent.TranslucentOverlay``), when given, does the pasting instead: ``overlay(main_dn, main_labels,
+    extra_dn, extra_labels, rng) -> (dn, labels)``, ``rng`` drawn per (seed, epoch, index) too."""
 
     stream = 5  # apart from the draws of TransformedChips' streams
 
-    def __init__(self, main, extra, share: float, seed: int = 42, paste: tuple[int, ...] = ()) -> None:
+    def __init__(self, main, extra, share: float, seed: int = 42, paste: tuple[int, ...] = (), overlay=None) -> None:
         if len(main) != len(extra):
             raise ValueError(f"main has {len(main)} chips an epoch, extra {len(extra)}; expected equal lengths")
         self.main, self.extra, self.share, self.seed, self.epoch = main, extra, share, seed, 0
-        self.paste = tuple(paste)
+        self.paste, self.overlay = tuple(paste), overlay
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -130,6 +132,9 @@ class MixedChips(torch.utils.data.Dataset):
         if not self.from_extra(index):
             return self.main[index]
         dn, labels = self.extra[index]
+        if self.overlay is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index, self.stream, 1])
+            return self.overlay(*self.main[index], dn, labels, rng)
         if self.paste:
             main_dn, main_labels = self.main[index]
             where = torch.from_numpy(np.isin(main_labels.numpy(), self.paste))

@@ -122,3 +122,14 @@ def test_starter_l2a_data_with_real_l2a_chips(tmp_path):
         else:
             assert np.array_equal(dn, sim_dn) and np.array_equal(labels, sim_labels)  # the simulated chip, unchanged
     assert pasted >= 2  # planted labels: every chip holds clouds; real chips carry them too
+    seen = load_data(args, replace(RECIPES["starter-l2a"], real_l2a=0.5, translucent=True))  # --translucent
+    assert "translucent clouds" in seen.dataset and [seen.train.from_extra(i) for i in range(24)] == [i in real for i in range(24)]
+    mixed = 0
+    for i in real:
+        dn, labels = (t.numpy() for t in seen.train[i])
+        sim_dn, sim_labels = (t.numpy() for t in plain.train[i])
+        shadow, cloud = sim_labels == 3, np.isin(sim_labels, (1, 2))
+        assert np.array_equal(dn[:, shadow], sim_dn[:, shadow]) and (labels[shadow] == 3).all()
+        assert set(np.unique(labels[cloud])) <= {1, 2, 255}
+        mixed += int((dn[:, cloud] != sim_dn[:, cloud]).any())  # seen through, not pasted whole
+    assert mixed >= 2

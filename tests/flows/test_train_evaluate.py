@@ -155,7 +155,9 @@ def test_train_argument_errors(tmp_path):
     assert p.returncode == 2 and "--real-l2a mixes real L2A chips" in p.stderr and "--recipe starter)" in p.stderr
     p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "m"), "--real-l2a", "1.5")
     assert p.returncode == 2 and "real_l2a=1.5; expected the share of chips" in p.stderr
-    assert not any((tmp_path / d).exists() for d in "jklm")
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "n"), "--translucent")
+    assert p.returncode == 2 and "--translucent changes how clouds are laid over real L2A land: it needs --real-l2a" in p.stderr
+    assert not any((tmp_path / d).exists() for d in "jklmn")
 
 
 def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
