@@ -7,8 +7,9 @@ patch: blue 0.122 over land 0.019, thick cores 0.458). A cloud is seen through w
 edges most of all; so a pasted cloud pixel becomes ``a · cloud + (1 − a) · land`` with an opacity ``a`` that rises
 from the cloud's rim inwards over ``width`` pixels and tops out at ``opacity``, both drawn per chip. Its label then
 follows the labelling rule's own split (``pipeline.pseudolabels``): thick where the mixed blue is ≥ 0.25
-reflectance, else thin; a rim that adds under 0.02 to the land's blue is left unlabelled (``IGNORE``), as the
-teachers could not say. Shadows are pasted as they are.
+reflectance, else thin; a rim that adds under ``FAINT_BLUE`` (0.05) to the land's blue is left unlabelled
+(``IGNORE``), as the teachers could not say. Shadows are pasted as they are. What runs with it gave, and why none
+was shipped (bright bare soil called thin): weights/README.md, "Translucent clouds".
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .brightness import REFLECTANCE_DN
 IGNORE = 255
 WIDTH = (2.0, 24.0)  # px over which a cloud's opacity rises from its rim (10 m pixels)
 OPACITY = (0.35, 1.0)  # the most a chip's clouds hide of the land beneath
-FAINT_BLUE = 0.02  # reflectance added to the land's blue under which a cloud pixel is left unlabelled
+FAINT_BLUE = 0.05  # reflectance added to the land's blue under which a cloud pixel is left unlabelled (run 20: 0.02; card)
 
 
 def opacity_map(cloud: np.ndarray, width: float, opacity: float) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.datasets.chips import MixedChips, RandomChips
 from pipeline.datasets.reben import mosaics
-from pipeline.datasets.translucent import IGNORE, TranslucentOverlay, opacity_map, translucent_paste
+from pipeline.datasets.translucent import FAINT_BLUE, IGNORE, TranslucentOverlay, opacity_map, translucent_paste
 from pipeline.pseudolabels import CLEAR, SHADOW, THICK, THIN
 from pipeline.sensors import SENTINEL2_L2A
 
@@ -60,8 +60,8 @@ def test_clouds_over_real_land_fade_at_their_edges_and_are_relabelled_by_their_b
         blue, below = dn[BLUE][cloud], land_dn[BLUE][cloud]
         got = labels[cloud]
         assert ((blue >= 2500) == (got == THICK)).all()
-        assert ((got == THIN) == ((blue < 2500) & (blue - below >= 200))).all()
-        assert (got[(blue < 2500) & (blue - below < 200)] == IGNORE).all()
+        assert ((got == THIN) == ((blue < 2500) & (blue - below >= FAINT_BLUE * 1e4))).all()
+        assert (got[(blue < 2500) & (blue - below < FAINT_BLUE * 1e4)] == IGNORE).all()
         rim = cloud & ~np.roll(cloud, 1, axis=1)
         assert (labels[rim] != THICK).all()  # no chip's rim is opaque
         for k in seen:
