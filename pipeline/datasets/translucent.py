@@ -41,15 +41,16 @@ def translucent_paste(cloud_dn: np.ndarray, cloud_labels: np.ndarray, land_dn: n
     mixed with it by :func:`opacity_map` (width and opacity drawn from ``rng``; pasted whole over nodata, all bands 0)
     and re-labelled thick, thin or ``IGNORE`` by the mixed blue. Returns ``(dn (C, S, S) float32, labels (S, S) int64)``."""
     cloud_labels, land_labels = np.asarray(cloud_labels), np.asarray(land_labels)
-    dn, labels = np.array(land_dn, np.float32), land_labels.astype(np.int64)
+    cloud_dn, land_dn = np.asarray(cloud_dn, np.float32), np.asarray(land_dn, np.float32)
+    dn, labels = land_dn.copy(), land_labels.astype(np.int64)
     shadow = cloud_labels == SHADOW
-    dn[:, shadow], labels[shadow] = np.asarray(cloud_dn, np.float32)[:, shadow], SHADOW
+    dn[:, shadow], labels[shadow] = cloud_dn[:, shadow], SHADOW
     cloud = np.isin(cloud_labels, (THICK, THIN))
     a = opacity_map(cloud, rng.uniform(*WIDTH), rng.uniform(*OPACITY))
     a[~dn.any(axis=0)] = 1.0  # over the land chip's nodata strips the cloud is pasted whole, as before
     a = a[cloud]
-    dn[:, cloud] = a * np.asarray(cloud_dn, np.float32)[:, cloud] + (1 - a) * dn[:, cloud]
-    mixed, below = dn[blue][cloud], np.asarray(land_dn, np.float32)[blue][cloud]
+    dn[:, cloud] = a * cloud_dn[:, cloud] + (1 - a) * dn[:, cloud]
+    mixed, below = dn[blue][cloud], land_dn[blue][cloud]
     labels[cloud] = np.where(mixed >= THICK_BLUE * REFLECTANCE_DN, THICK,
                              np.where(mixed - below < FAINT_BLUE * REFLECTANCE_DN, IGNORE, THIN))
     return dn, labels
@@ -63,6 +64,5 @@ class TranslucentOverlay:
         self.blue = tuple(bands).index("B02")
 
     def __call__(self, cloud_dn, cloud_labels, land_dn, land_labels, rng):
-        dn, labels = translucent_paste(np.asarray(cloud_dn), np.asarray(cloud_labels), np.asarray(land_dn),
-                                       np.asarray(land_labels), rng, self.blue)
+        dn, labels = translucent_paste(cloud_dn, cloud_labels, land_dn, land_labels, rng, self.blue)
         return torch.from_numpy(dn), torch.from_numpy(labels)

@@ -92,20 +92,20 @@ def test_weights_blend(tmp_path, test_weights_file):
     from pipeline.model.weights import save_weights
 
     a = load_weights(test_weights_file)
-    random_weights_file = tmp_path / "moved.safetensors"  # the test model with every value moved: another file, one contract
-    save_weights(random_weights_file, {k: v * 0.5 + 0.01 if v.is_floating_point() else v for k, v in a.state.items()}, a.meta)
+    moved = tmp_path / "moved.safetensors"  # the test model with every value moved: another file, one contract
+    save_weights(moved, {k: v * 0.5 + 0.01 if v.is_floating_point() else v for k, v in a.state.items()}, a.meta)
     out = tmp_path / "blend.safetensors"
-    said = run("weights", "blend", str(random_weights_file), str(test_weights_file), str(out), "--alpha", "0.4", "--fp16")
+    said = run("weights", "blend", str(moved), str(test_weights_file), str(out), "--alpha", "0.4", "--fp16")
     assert "sha256" in said.stdout and "0.4 x" in said.stdout
-    a, b, w = load_weights(random_weights_file), a, load_weights(out)
+    a, b, w = load_weights(moved), a, load_weights(out)
     assert w.meta.provenance["blend"] == {"alpha": 0.4, "a_sha256": a.sha256, "b_sha256": b.sha256}
     key = "decoder.head.weight"
     torch.testing.assert_close(w.state[key].float(), 0.6 * a.state[key].float() + 0.4 * b.state[key].float(),
                                atol=2e-3, rtol=2e-3)
     before = out.read_bytes()
-    again = run("weights", "blend", str(random_weights_file), str(test_weights_file), str(out), "--alpha", "0.5", check=False)
+    again = run("weights", "blend", str(moved), str(test_weights_file), str(out), "--alpha", "0.5", check=False)
     assert again.returncode == 2 and "exists" in again.stderr and out.read_bytes() == before
-    wrong = run("weights", "blend", str(random_weights_file), str(test_weights_file), str(tmp_path / "x.safetensors"),
+    wrong = run("weights", "blend", str(moved), str(test_weights_file), str(tmp_path / "x.safetensors"),
                 "--alpha", "40", check=False)
     assert wrong.returncode == 2 and "--alpha 40.0; expected the share of B, 0 to 1" in wrong.stderr
     assert not (tmp_path / "x.safetensors").exists()
