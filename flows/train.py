@@ -92,8 +92,14 @@ def add_parser(sub) -> None:
                         "rising over 2-24 px, at most 0.35-1, drawn per chip) and are re-labelled thick or thin by "
                         "the mixed blue band, so that thin cloud is seen over real L2A ground "
                         "(pipeline/datasets/translucent.py)")
+    p.add_argument("--land-gain", metavar="LOW,HIGH",
+                   help="with --real-l2a: scale each real L2A land chip by a random gain in LOW..HIGH before clouds are "
+                        "laid over it; it stays clear, so brighter ground (bare soil, built-up) is seen as clear, "
+                        "not as thin cloud, e.g. 1,2 (pipeline/datasets/brightness.py)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fast on recent CPUs and GPUs)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast, fast on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX); --no-bf16 trains in "
+                        "fp32, much faster on CPUs without (default: the recipe's)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--samples-per-epoch", type=int, default=256, help="starter: random chips per epoch (default: %(default)s)")
     p.add_argument("--label-cache", help="starter: folder to cache teacher labels in (default: OUT/labels)")
@@ -158,6 +164,8 @@ def load_data(args, recipe: Recipe) -> TrainData:
                 train, val, split = _with_real_l2a(train, val, split, args, recipe)
                 dataset += (f", {recipe.real_l2a:g} of the chips real L2A land (reBEN patches, clear by their flags) under the "
                             f"simulated chips' {'translucent ' if recipe.translucent else ''}clouds and shadows")
+                if recipe.land_gain:
+                    dataset += f", the real land scaled by gains {recipe.land_gain[0]:g} to {recipe.land_gain[1]:g}"
             return TrainData(train=train, val=val, bands=tuple(BOA_MAP), level="L2A", also_levels=("L1C",),
                              ignore_index=255, class_counts=counts, split=split, dataset=dataset)
         return TrainData(train=chips, val=val, bands=SENTINEL2_L1C.bands, dataset="starter (real S2 L1C scenes, teacher labels)",
@@ -182,6 +190,10 @@ def _with_real_l2a(train, val, split: str, args, recipe: Recipe):
     real = RandomChips([(s.dn, lab) for s, lab in land], samples=args.samples_per_epoch, size=recipe.train_size or 512,
                        seed=recipe.seed + 1, nodata_prob=0.3, class_prob=0.0)
     real = SimulatedBOAChips(real, SENTINEL2_L2A.bands, recipe.seed + 1, lam=(0.0, 0.0))  # L2A already: jitter only
+    if recipe.land_gain:  # brighter ground, still clear (no clouds on these chips yet)
+        from pipeline.datasets.brightness import BrightenedChips
+
+        real = BrightenedChips(real, SENTINEL2_L2A.bands, recipe.land_gain, recipe.seed + 1)
     val = val + [(s.dn, lab) for s, lab in mosaics("val")]
     split = json.dumps(dict(json.loads(split), real_l2a_train=[s.name for s, _ in land]))
     # the simulated chip's clouds and shadows pasted over the real land: real L2A is not a cue for "clear"
@@ -201,9 +213,10 @@ def run(args: argparse.Namespace) -> int:
     if args.real_l2a is not None and (recipe.name != "starter-l2a" or dataset_of(args, recipe) != "starter"):
         raise ConfigError(f"--real-l2a mixes real L2A chips into simulated L2A ones: it needs --recipe starter-l2a "
                           f"(got --recipe {args.recipe})")
-    if args.translucent and not args.real_l2a:
-        raise ConfigError("--translucent changes how clouds are laid over real L2A land: it needs --real-l2a SHARE "
-                          "above 0, e.g. --real-l2a 0.5")
+    for flag, given in (("--translucent", args.translucent), ("--land-gain", args.land_gain)):
+        if given and not args.real_l2a:
+            raise ConfigError(f"{flag} changes the real L2A land chips: it needs --real-l2a SHARE above 0, "
+                              f"e.g. --real-l2a 0.5")
     try:
         model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
     except json.JSONDecodeError as exc:
@@ -218,15 +231,24 @@ def run(args: argparse.Namespace) -> int:
                      bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs, init=args.init,
                      shadows=args.shadows, real_l2a=args.real_l2a, translucent=args.translucent)
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
-    if args.brightness:
-        from .parsers import csv_list
+    for name, example in (("brightness", "0.75,1.35"), ("land_gain", "1,2")):
+        text = getattr(args, name)
+        if text:
+            from .parsers import csv_list
 
-        gains = csv_list(args.brightness, float, "brightness")
-        if len(gains) != 2:
-            raise ConfigError(f"--brightness {args.brightness!r}: expected two gains LOW,HIGH, e.g. 0.75,1.35")
-        recipe = replace(recipe, brightness=tuple(gains))
+            gains = csv_list(text, float, name)
+            if len(gains) != 2:
+                raise ConfigError(f"--{name.replace('_', '-')} {text!r}: expected two gains LOW,HIGH, e.g. {example}")
+            recipe = replace(recipe, **{name: tuple(gains)})
     if args.class_weights:
         recipe = replace(recipe, class_weights=None if args.class_weights == "none" else args.class_weights)
+    if args.bf16 is None and recipe.bf16:
+        from pipeline.infer import cpu_has_native_bf16, resolve_device
+
+        if resolve_device(recipe.device).type == "cpu" and not cpu_has_native_bf16():
+            print("training in fp32: this CPU has no native bf16 (AVX512-BF16 or AMX), where the recipe's bf16 autocast "
+                  "runs many times slower; --bf16 asks for it anyway", flush=True)
+            recipe = replace(recipe, bf16=False)
     from pipeline.training import check_out_dir, train
 
     check_out_dir(Path(args.out), args.resume)  # before the (possibly slow) data loading

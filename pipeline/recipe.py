@@ -35,6 +35,7 @@ class Recipe:
     shadows: float | None = None  # starter: share of cloudy chips whose cloud casts a synthetic shadow (datasets/shadows.py)
     real_l2a: float | None = None  # starter-l2a: share of chips drawn from real L2A land (datasets/reben.py)
     translucent: bool = False  # starter-l2a with real_l2a: clouds over real land fade at their edges (datasets/translucent.py)
+    land_gain: tuple[float, float] | None = None  # starter-l2a with real_l2a: real land chips scaled by a gain in this range
     init: str | None = None  # start from these weights (path or URL; same model and classes, bands matched by name)
 
     def __post_init__(self) -> None:
@@ -49,8 +50,10 @@ class Recipe:
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and grad_clip={self.grad_clip} > 0")
         if self.class_weights not in (None, *CLASS_WEIGHT_POWERS):
             raise ConfigError(f"class_weights={self.class_weights!r}; expected None or one of {', '.join(CLASS_WEIGHT_POWERS)}")
-        if self.brightness is not None and not 0 < self.brightness[0] <= self.brightness[1]:
-            raise ConfigError(f"brightness={self.brightness}; expected (low, high) gains with 0 < low <= high")
+        for name in ("brightness", "land_gain"):
+            gains = getattr(self, name)
+            if gains is not None and not 0 < gains[0] <= gains[1]:
+                raise ConfigError(f"{name}={gains}; expected (low, high) gains with 0 < low <= high")
         if self.shadows is not None and not 0 <= self.shadows <= 1:
             raise ConfigError(f"shadows={self.shadows}; expected the share of chips given a synthetic shadow, 0 to 1")
         if self.real_l2a is not None and not 0 <= self.real_l2a <= 1:

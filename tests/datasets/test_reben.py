@@ -133,3 +133,12 @@ def test_starter_l2a_data_with_real_l2a_chips(tmp_path):
         assert set(np.unique(labels[cloud])) <= {1, 2, 255}
         mixed += int((dn[:, cloud] != sim_dn[:, cloud]).any())  # seen through, not pasted whole
     assert mixed >= 2
+    bright = load_data(args, replace(RECIPES["starter-l2a"], real_l2a=0.5, land_gain=(1.5, 1.5)))  # --land-gain 1.5,1.5
+    assert bright.dataset.endswith("the real land scaled by gains 1.5 to 1.5")
+    for i in range(24):
+        dn, labels = (t.numpy() for t in bright.train[i])
+        base_dn, base_labels = (t.numpy() for t in data.train[i])
+        assert np.array_equal(labels, base_labels)  # the land stays clear, pasted clouds keep their labels
+        ground = ~np.isin(base_labels, (1, 2, 3)) if i in real else np.zeros(labels.shape, bool)
+        np.testing.assert_allclose(dn[:, ground], np.minimum(base_dn[:, ground] * 1.5, 65535), rtol=1e-5)
+        assert np.array_equal(dn[:, ~ground], base_dn[:, ~ground])  # clouds, shadows and simulated chips untouched

@@ -137,6 +137,14 @@ def test_train_argument_errors(tmp_path):
     assert p.returncode == 2 and "does not exist" in p.stderr
     p = run("--recipe", "starter", "--out", str(tmp_path / "d"), "--resume")
     assert p.returncode == 2 and "start without --resume" in p.stderr
+    import torch
+
+    from pipeline.infer import cpu_has_native_bf16
+
+    emulated = not torch.cuda.is_available() and not cpu_has_native_bf16()  # the recipe's bf16 only where it is fast
+    assert ("training in fp32: this CPU has no native bf16" in p.stdout) == emulated
+    p = run("--recipe", "starter", "--out", str(tmp_path / "d"), "--resume", "--bf16")  # asked for: kept
+    assert p.returncode == 2 and "no native bf16" not in p.stdout
     p = run("--recipe", "starter", "--out", str(tmp_path / "e"), "--model-kwargs", "{bad")
     assert p.returncode == 2 and "--model-kwargs is not valid JSON" in p.stderr
     p = run("--recipe", "starter", "--out", str(tmp_path / "f"), "--brightness", "1.3,0.8")
@@ -156,8 +164,14 @@ def test_train_argument_errors(tmp_path):
     p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "m"), "--real-l2a", "1.5")
     assert p.returncode == 2 and "real_l2a=1.5; expected the share of chips" in p.stderr
     p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "n"), "--translucent")
-    assert p.returncode == 2 and "--translucent changes how clouds are laid over real L2A land: it needs --real-l2a" in p.stderr
-    assert not any((tmp_path / d).exists() for d in "jklmn")
+    assert p.returncode == 2 and "--translucent changes the real L2A land chips: it needs --real-l2a" in p.stderr
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "o"), "--land-gain", "1,2")
+    assert p.returncode == 2 and "--land-gain changes the real L2A land chips: it needs --real-l2a" in p.stderr
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "p"), "--real-l2a", "0.5", "--land-gain", "2,1")
+    assert p.returncode == 2 and "land_gain=(2.0, 1.0); expected (low, high) gains" in p.stderr
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "q"), "--real-l2a", "0.5", "--land-gain", "2")
+    assert p.returncode == 2 and "--land-gain '2': expected two gains LOW,HIGH, e.g. 1,2" in p.stderr
+    assert not any((tmp_path / d).exists() for d in "jklmnopq")
 
 
 def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
