@@ -6,8 +6,10 @@ thin pixels, blue 0.087 over land 0.028), while real L2A thin cloud here is the 
 patch: blue 0.122 over land 0.019, thick cores 0.458). A cloud is seen through where it is optically thin, at its
 edges most of all; so a pasted cloud pixel becomes ``a · cloud + (1 − a) · land`` with an opacity ``a`` that rises
 from the cloud's rim inwards over ``width`` pixels and tops out at ``opacity``, both drawn per chip. Its label then
-follows the labelling rule's own split (``pipeline.pseudolabels``): thick where the mixed blue is ≥ 0.25
-reflectance, else thin; a rim that adds under ``FAINT_BLUE`` (0.05) to the land's blue is left unlabelled
+follows the labelling rule's own split (``pipeline.pseudolabels``) applied to the cloud, not to the ground beneath:
+thick where the blue it would show over dark land (``DARK_BLUE``, reBEN's green land) is ≥ 0.25 reflectance, else
+thin, so that faint cloud over bright ground (snow, bare soil) is not called thick (run 22 learnt snow as thick
+under the mixed-blue split); a rim that adds under ``FAINT_BLUE`` (0.05) to the land's blue is left unlabelled
 (``IGNORE``), as the teachers could not say. Shadows are pasted as they are. What runs with it gave, and why none
 was shipped (bright bare soil called thin): weights/README.md, "Translucent clouds".
 """
@@ -25,6 +27,7 @@ IGNORE = 255
 WIDTH = (2.0, 24.0)  # px over which a cloud's opacity rises from its rim (10 m pixels)
 OPACITY = (0.35, 1.0)  # the most a chip's clouds hide of the land beneath
 FAINT_BLUE = 0.05  # reflectance added to the land's blue under which a cloud pixel is left unlabelled (run 20: 0.02; card)
+DARK_BLUE = 0.03  # the blue of the dark ground the thick/thin split is made over (reBEN's clear land: 0.019-0.032)
 
 
 def opacity_map(cloud: np.ndarray, width: float, opacity: float) -> np.ndarray:
@@ -39,7 +42,8 @@ def translucent_paste(cloud_dn: np.ndarray, cloud_labels: np.ndarray, land_dn: n
     """The clouds and shadows of a chip ``(cloud_dn (C, S, S), cloud_labels (S, S))`` laid over another chip of land
     ``(land_dn, land_labels)`` (DN = reflectance × 10000, band ``blue`` = B02): shadows replace the land, clouds are
     mixed with it by :func:`opacity_map` (width and opacity drawn from ``rng``; pasted whole over nodata, all bands 0)
-    and re-labelled thick, thin or ``IGNORE`` by the mixed blue. Returns ``(dn (C, S, S) float32, labels (S, S) int64)``."""
+    and re-labelled by their blue: ``IGNORE`` where they add under ``FAINT_BLUE`` to the land's, else thick where
+    ``a · cloud + (1 − a) · DARK_BLUE`` ≥ 0.25, else thin. Returns ``(dn (C, S, S) float32, labels (S, S) int64)``."""
     cloud_labels, land_labels = np.asarray(cloud_labels), np.asarray(land_labels)
     cloud_dn, land_dn = np.asarray(cloud_dn, np.float32), np.asarray(land_dn, np.float32)
     dn, labels = land_dn.copy(), land_labels.astype(np.int64)
@@ -50,9 +54,10 @@ def translucent_paste(cloud_dn: np.ndarray, cloud_labels: np.ndarray, land_dn: n
     a[~dn.any(axis=0)] = 1.0  # over the land chip's nodata strips the cloud is pasted whole, as before
     a = a[cloud]
     dn[:, cloud] = a * cloud_dn[:, cloud] + (1 - a) * dn[:, cloud]
-    mixed, below = dn[blue][cloud], land_dn[blue][cloud]
-    labels[cloud] = np.where(mixed >= THICK_BLUE * REFLECTANCE_DN, THICK,
-                             np.where(mixed - below < FAINT_BLUE * REFLECTANCE_DN, IGNORE, THIN))
+    added = dn[blue][cloud] - land_dn[blue][cloud]
+    over_dark = a * cloud_dn[blue][cloud] + (1 - a) * DARK_BLUE * REFLECTANCE_DN
+    labels[cloud] = np.where(added < FAINT_BLUE * REFLECTANCE_DN, IGNORE,
+                             np.where(over_dark >= THICK_BLUE * REFLECTANCE_DN, THICK, THIN))
     return dn, labels
 
 

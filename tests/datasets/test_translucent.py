@@ -1,12 +1,12 @@
 """Translucent clouds over real L2A land (``cloudmask train --recipe starter-l2a --real-l2a S --translucent``):
-clouds fade out towards their edges, and thick/thin follow the mixed blue band."""
+clouds fade out towards their edges, and thick/thin follow the cloud's own blue (as over dark land)."""
 
 import numpy as np
 import pytest
 
 from pipeline.datasets.chips import MixedChips, RandomChips
 from pipeline.datasets.reben import mosaics
-from pipeline.datasets.translucent import FAINT_BLUE, IGNORE, TranslucentOverlay, opacity_map, translucent_paste
+from pipeline.datasets.translucent import DARK_BLUE, FAINT_BLUE, IGNORE, TranslucentOverlay, opacity_map, translucent_paste
 from pipeline.pseudolabels import CLEAR, SHADOW, THICK, THIN
 from pipeline.sensors import SENTINEL2_L2A
 
@@ -57,17 +57,36 @@ def test_clouds_over_real_land_fade_at_their_edges_and_are_relabelled_by_their_b
         share = (dn[:, cloud] - land_dn[:, cloud]) / (cloud_dn[:, cloud] - land_dn[:, cloud])
         assert ((share >= 0) & (share <= 1 + 1e-5)).all() and np.ptp(share, axis=0).max() < 1e-4
         assert share[0].min() < 0.2  # the rim lets the land through
-        blue, below = dn[BLUE][cloud], land_dn[BLUE][cloud]
-        got = labels[cloud]
-        assert ((blue >= 2500) == (got == THICK)).all()
-        assert ((got == THIN) == ((blue < 2500) & (blue - below >= FAINT_BLUE * 1e4))).all()
-        assert (got[(blue < 2500) & (blue - below < FAINT_BLUE * 1e4)] == IGNORE).all()
+        blue, below, got = dn[BLUE][cloud], land_dn[BLUE][cloud], labels[cloud]
+        faint = blue - below < FAINT_BLUE * 1e4
+        over_dark = share[BLUE] * cloud_dn[BLUE][cloud] + (1 - share[BLUE]) * DARK_BLUE * 1e4
+        assert ((got == IGNORE) == faint).all()
+        assert ((got == THICK) == (~faint & (over_dark >= 2500 - 1))).all()  # 1 DN: share is recovered in float32
+        assert ((got == THIN) == (~faint & (over_dark < 2500 - 1))).all()
         rim = cloud & ~np.roll(cloud, 1, axis=1)
         assert (labels[rim] != THICK).all()  # no chip's rim is opaque
         for k in seen:
             seen[k] += int((got == k).sum())
     assert min(seen.values()) > 0, seen  # cores thick, rims thin, faintest rims left out
     assert seen[THIN] > 0.1 * seen[THICK]
+
+
+def test_faint_cloud_over_bright_ground_is_thin_not_thick(land):
+    """Over bright ground (bare soil's blue 0.15) a cloud pixel that hides a fifth of it is thin, though its mixed
+    blue passes the rule's 0.25: the split follows the cloud, not the ground."""
+    land_dn, land_labels = land
+    bright = np.full_like(land_dn, 1500.0)
+    cloud_dn, cloud_labels = cloud_chip(land_dn.shape)
+    cloud_dn[:, cloud_labels == THICK] = 8000.0
+    above = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        dn, labels = translucent_paste(cloud_dn, cloud_labels, bright, land_labels, rng, BLUE)
+        share = (dn[BLUE] - 1500.0) / (8000.0 - 1500.0)
+        hazy = (cloud_labels == THICK) & (share > 0.1) & (share < 0.25)  # mixed blue 0.22-0.31, over dark 0.11-0.22
+        assert (labels[hazy] == THIN).all() and (labels[(cloud_labels == THICK) & (share > 0.5)] == THICK).all()
+        above += int((dn[BLUE][hazy] >= 2500).sum())
+    assert above > 0  # some of them past the mixed-blue threshold, which would have made them thick
 
 
 def test_nodata_land_gets_the_cloud_whole(land):
