@@ -232,13 +232,13 @@ def run(args: argparse.Namespace) -> int:
                      shadows=args.shadows, real_l2a=args.real_l2a, translucent=args.translucent)
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     for name, example in (("brightness", "0.75,1.35"), ("land_gain", "1,2")):
-        text = getattr(args, name)
+        text, flag = getattr(args, name), name.replace("_", "-")
         if text:
             from .parsers import csv_list
 
-            gains = csv_list(text, float, name)
+            gains = csv_list(text, float, flag)
             if len(gains) != 2:
-                raise ConfigError(f"--{name.replace('_', '-')} {text!r}: expected two gains LOW,HIGH, e.g. {example}")
+                raise ConfigError(f"--{flag} {text!r}: expected two gains LOW,HIGH, e.g. {example}")
             recipe = replace(recipe, **{name: tuple(gains)})
     if args.class_weights:
         recipe = replace(recipe, class_weights=None if args.class_weights == "none" else args.class_weights)

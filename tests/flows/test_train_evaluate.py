@@ -171,6 +171,8 @@ def test_train_argument_errors(tmp_path):
     assert p.returncode == 2 and "land_gain=(2.0, 1.0); expected (low, high) gains" in p.stderr
     p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "q"), "--real-l2a", "0.5", "--land-gain", "2")
     assert p.returncode == 2 and "--land-gain '2': expected two gains LOW,HIGH, e.g. 1,2" in p.stderr
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "q"), "--real-l2a", "0.5", "--land-gain", "1,x")
+    assert p.returncode == 2 and "--land-gain '1,x' is not a comma-separated list" in p.stderr
     assert not any((tmp_path / d).exists() for d in "jklmnopq")
 
 
