@@ -174,6 +174,9 @@ def test_cuda_autocast_agrees_with_cpu(test_weights_file, scene):
     assert (cpu == gpu).mean() > 0.98
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() and not cpu_has_native_bf16(),
+                    reason="this CPU has no native bf16, so its default is fp32 (tested below); the full model in "
+                           "emulated bf16 ran 5x slower than fp32 on one (19 s against 3.8 s a 512 px tile)")
 def test_starter_weights_bf16_agrees_with_fp32_on_real_scenes(scene):
     """The CPU default (bf16 where the CPU has it) keeps >= 99.5 % of the shipped weights' classes on real scenes."""
     fp32 = Predictor(load_weights(default_weights()), InferSpec(precision="fp32"))
