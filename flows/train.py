@@ -90,7 +90,7 @@ def add_parser(sub) -> None:
     p.add_argument("--translucent", action="store_true", default=None,
                    help="with --real-l2a: the clouds laid over real L2A land fade out towards their edges (opacity "
                         "rising over 2-24 px, at most 0.35-1, drawn per chip) and are re-labelled thick or thin by "
-                        "the mixed blue band, so that thin cloud is seen over real L2A ground "
+                        "the blue the cloud would show over dark land, so that thin cloud is seen over real L2A ground "
                         "(pipeline/datasets/translucent.py)")
     p.add_argument("--land-gain", metavar="LOW,HIGH",
                    help="with --real-l2a: scale each real L2A land chip by a random gain in LOW..HIGH before clouds are "
