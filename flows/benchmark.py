@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
     m = bsub.add_parser(
         "model", help="params, GMAC and seconds per 512x512 tile for batch sizes and precisions",
         description="Times the model's forward pass on random tiles. CPU defaults: batch 1 and 8, fp32 (and "
-                    "bf16 where the CPU has it natively), 1 warm-up and 3 timed batches. GPU defaults: the paper's protocol, batch 8, 10 "
-                    "warm-up and 40 timed batches, synchronised around each.",
+                    "bf16 where the CPU has it natively), 1 warm-up and 3 timed batches. GPU defaults: the "
+                    "paper's protocol, batch 8, 10 warm-up and 40 timed batches, synchronised around each.",
         epilog="examples:\n  cloudmask benchmark model\n  cloudmask benchmark model --batch-sizes 8 "
                "--precisions bf16 --repeats 5\n  cloudmask benchmark model --device cuda --json gpu.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,10 +141,12 @@ def matmul_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
 
 
 def default_precisions(device) -> str:
-    """fp32 and bf16 where bf16 runs in hardware (CUDA, or a CPU with AVX512-BF16/AMX); fp32 alone elsewhere."""
-    from pipeline.infer import cpu_has_native_bf16
+    """fp32 and bf16 where inference's ``auto`` leaves fp32 (a GPU, or a CPU with native bf16); fp32 alone elsewhere."""
+    import torch
 
-    if device.type == "cuda" or cpu_has_native_bf16():
+    from pipeline.infer import resolve_precision
+
+    if resolve_precision("auto", device) != torch.float32:
         return "fp32,bf16"
     print("precisions: fp32 only -- this CPU has no native bf16 (emulated bf16 is many times slower); "
           "ask for it with --precisions fp32,bf16")

