@@ -27,8 +27,8 @@ RECIPES = {
     # The same distillation for Level-2A (weights/README.md): the 12 bands without B10, every chip moved a random
     # part of the way from TOA to surface reflectance by the map measured in pipeline/datasets/boa.py, and
     # class-weighted CE (the first L1C starter, unweighted, scored thick-cloud IoU 0.0 and shadow 0.2). The first L2A
-    # starter was 40 epochs of it from scratch; the shipped one is four 8-epoch fine-tunings of the L1C starter with
-    # --real-l2a 0.25 --shadows 1.0 --class-weights root4-inverse (model card), each kept at its last epoch.
+    # starter was 40 epochs of it from scratch; the shipped one is the L1C starter fine-tuned in thirteen stages with
+    # --real-l2a, --shadows, --translucent, --land-gain and --snow, and two weight-space blends (model card, "Recipe").
     "starter-l2a": Recipe(name="starter-l2a", model_kwargs={"norm": "group"}, epochs=40, batch_size=8, lr=2e-4,
                           bf16=True, save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0,
                           class_weights="sqrt-inverse"),
@@ -96,6 +96,11 @@ def add_parser(sub) -> None:
                    help="with --real-l2a: scale each real L2A land chip by a random gain in LOW..HIGH before clouds are "
                         "laid over it; it stays clear, so brighter ground (bare soil, built-up) is seen as clear, "
                         "not as thin cloud, e.g. 1,2 (pipeline/datasets/brightness.py)")
+    p.add_argument("--snow", type=float, metavar="SHARE",
+                   help="with --real-l2a: in this share of the real L2A land chips, lay a snow cover (real snow spectra "
+                        "of reBEN's Finnish training patch, brightened as by a higher sun, patchy with soft edges) "
+                        "before clouds are laid over it; it stays clear, so bright ground with dark shortwave infrared "
+                        "is not called cloud, e.g. 0.5 (pipeline/datasets/snow.py)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast, fast on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX); --no-bf16 trains in "
@@ -166,6 +171,8 @@ def load_data(args, recipe: Recipe) -> TrainData:
                             f"simulated chips' {'translucent ' if recipe.translucent else ''}clouds and shadows")
                 if recipe.land_gain:
                     dataset += f", the real land scaled by gains {recipe.land_gain[0]:g} to {recipe.land_gain[1]:g}"
+                if recipe.snow:
+                    dataset += f", {recipe.snow:g} of the real land chips under synthetic snow (clear)"
             return TrainData(train=train, val=val, bands=tuple(BOA_MAP), level="L2A", also_levels=("L1C",),
                              ignore_index=255, class_counts=counts, split=split, dataset=dataset)
         return TrainData(train=chips, val=val, bands=SENTINEL2_L1C.bands, dataset="starter (real S2 L1C scenes, teacher labels)",
@@ -194,6 +201,14 @@ def _with_real_l2a(train, val, split: str, args, recipe: Recipe):
         from pipeline.datasets.brightness import BrightenedChips
 
         real = BrightenedChips(real, SENTINEL2_L2A.bands, recipe.land_gain, recipe.seed + 1)
+    if recipe.snow:  # after the gain: the snow's own brightness range
+        import numpy as np
+
+        from pipeline.datasets.reben import patches_of
+        from pipeline.datasets.snow import SnowedChips, snow_library
+
+        library = np.concatenate([snow_library(p.dn, SENTINEL2_L2A.bands) for p in patches_of("train") if p.snow])
+        real = SnowedChips(real, SENTINEL2_L2A.bands, library, recipe.snow, recipe.seed + 1)
     val = val + [(s.dn, lab) for s, lab in mosaics("val")]
     split = json.dumps(dict(json.loads(split), real_l2a_train=[s.name for s, _ in land]))
     # the simulated chip's clouds and shadows pasted over the real land: real L2A is not a cue for "clear"
@@ -213,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
     if args.real_l2a is not None and (recipe.name != "starter-l2a" or dataset_of(args, recipe) != "starter"):
         raise ConfigError(f"--real-l2a mixes real L2A chips into simulated L2A ones: it needs --recipe starter-l2a "
                           f"(got --recipe {args.recipe})")
-    for flag, given in (("--translucent", args.translucent), ("--land-gain", args.land_gain)):
+    for flag, given in (("--translucent", args.translucent), ("--land-gain", args.land_gain),
+                        ("--snow", args.snow is not None)):
         if given and not args.real_l2a:
             raise ConfigError(f"{flag} changes the real L2A land chips: it needs --real-l2a SHARE above 0, "
                               f"e.g. --real-l2a 0.5")
@@ -229,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, device=args.device,
                      warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
                      bf16=args.bf16, workers=args.workers, model=args.model, model_kwargs=model_kwargs, init=args.init,
-                     shadows=args.shadows, real_l2a=args.real_l2a, translucent=args.translucent)
+                     shadows=args.shadows, real_l2a=args.real_l2a, translucent=args.translucent,
+                     snow=args.snow)
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     for name, example in (("brightness", "0.75,1.35"), ("land_gain", "1,2")):
         text, flag = getattr(args, name), name.replace("_", "-")

@@ -36,6 +36,7 @@ class Recipe:
     real_l2a: float | None = None  # starter-l2a: share of chips drawn from real L2A land (datasets/reben.py)
     translucent: bool = False  # starter-l2a with real_l2a: clouds over real land fade at their edges (datasets/translucent.py)
     land_gain: tuple[float, float] | None = None  # starter-l2a with real_l2a: real land chips scaled by a gain in this range
+    snow: float | None = None  # starter-l2a with real_l2a: share of real land chips under synthetic snow (datasets/snow.py)
     init: str | None = None  # start from these weights (path or URL; same model and classes, bands matched by name)
 
     def __post_init__(self) -> None:
@@ -58,5 +59,7 @@ class Recipe:
             raise ConfigError(f"shadows={self.shadows}; expected the share of chips given a synthetic shadow, 0 to 1")
         if self.real_l2a is not None and not 0 <= self.real_l2a <= 1:
             raise ConfigError(f"real_l2a={self.real_l2a}; expected the share of chips drawn from real L2A land, 0 to 1")
+        if self.snow is not None and not 0 <= self.snow <= 1:
+            raise ConfigError(f"snow={self.snow}; expected the share of real L2A land chips given a snow cover, 0 to 1")
         if self.save_dtype not in ("fp32", "fp16"):
             raise ConfigError(f"save_dtype={self.save_dtype!r}; expected fp32 or fp16")

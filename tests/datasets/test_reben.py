@@ -142,3 +142,14 @@ def test_starter_l2a_data_with_real_l2a_chips(tmp_path):
         ground = ~np.isin(base_labels, (1, 2, 3)) if i in real else np.zeros(labels.shape, bool)
         np.testing.assert_allclose(dn[:, ground], np.minimum(base_dn[:, ground] * 1.5, 65535), rtol=1e-5)
         assert np.array_equal(dn[:, ~ground], base_dn[:, ~ground])  # clouds, shadows and simulated chips untouched
+    snowy = load_data(args, replace(RECIPES["starter-l2a"], real_l2a=0.5, snow=1.0))  # --snow 1
+    assert snowy.dataset.endswith("1 of the real land chips under synthetic snow (clear)")
+    blue, whiter = SENTINEL2_L2A.bands.index("B02"), 0
+    for i in range(24):
+        dn, labels = (t.numpy() for t in snowy.train[i])
+        base_dn, base_labels = (t.numpy() for t in data.train[i])
+        assert np.array_equal(labels, base_labels)  # snow is clear ground; pasted clouds keep their labels
+        ground = ~np.isin(base_labels, (1, 2, 3)) & base_dn.any(axis=0) if i in real else np.zeros(labels.shape, bool)
+        assert np.array_equal(dn[:, ~ground], base_dn[:, ~ground])  # clouds, shadows, nodata, simulated chips
+        whiter += int(ground.any() and (dn[blue][ground] > base_dn[blue][ground] + 1000).mean() > 0.05)
+    assert whiter >= 3

@@ -173,7 +173,11 @@ def test_train_argument_errors(tmp_path):
     assert p.returncode == 2 and "--land-gain '2': expected two gains LOW,HIGH, e.g. 1,2" in p.stderr
     p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "q"), "--real-l2a", "0.5", "--land-gain", "1,x")
     assert p.returncode == 2 and "--land-gain '1,x' is not a comma-separated list" in p.stderr
-    assert not any((tmp_path / d).exists() for d in "jklmnopq")
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "r"), "--snow", "0.5")
+    assert p.returncode == 2 and "--snow changes the real L2A land chips: it needs --real-l2a" in p.stderr
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "s"), "--real-l2a", "0.5", "--snow", "2")
+    assert p.returncode == 2 and "snow=2.0; expected the share of real L2A land chips" in p.stderr
+    assert not any((tmp_path / d).exists() for d in "jklmnopqrs")
 
 
 def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
