@@ -225,8 +225,8 @@ def test_a_plain_run_on_l2a_items_runs_mscloudcam_with_the_l2a_starter(replicas,
     """No --weights, no --model: Earth Search's L2A product is masked by MSCloudCAM with the shipped L2A starter
     (12 bands, no B10), recorded in the store's provenance; the mask is the starter's own prediction of the served
     real pixels. (The served window holds no cloud, by the teachers' labels: a mask with cloud there would be wrong.
-    With the JP2s' offset left in, the starter calls 96 % of it thin cloud; with the bands out of order, 68 % cloud
-    or shadow: either would fail here.)"""
+    With the JP2s' offset left in, the starter calls 99 % of it cloud; with the bands in reverse order, 52 %: either
+    would fail here.)"""
     import hashlib
 
     import zarr
