@@ -202,13 +202,9 @@ def _with_real_l2a(train, val, split: str, args, recipe: Recipe):
 
         real = BrightenedChips(real, SENTINEL2_L2A.bands, recipe.land_gain, recipe.seed + 1)
     if recipe.snow:  # after the gain: the snow's own brightness range
-        import numpy as np
+        from pipeline.datasets.snow import SnowedChips, training_library
 
-        from pipeline.datasets.reben import patches_of
-        from pipeline.datasets.snow import SnowedChips, snow_library
-
-        library = np.concatenate([snow_library(p.dn, SENTINEL2_L2A.bands) for p in patches_of("train") if p.snow])
-        real = SnowedChips(real, SENTINEL2_L2A.bands, library, recipe.snow, recipe.seed + 1)
+        real = SnowedChips(real, SENTINEL2_L2A.bands, training_library(), recipe.snow, recipe.seed + 1)
     val = val + [(s.dn, lab) for s, lab in mosaics("val")]
     split = json.dumps(dict(json.loads(split), real_l2a_train=[s.name for s, _ in land]))
     # the simulated chip's clouds and shadows pasted over the real land: real L2A is not a cue for "clear"

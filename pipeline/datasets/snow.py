@@ -44,6 +44,15 @@ def snow_library(dn: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
     return np.asarray(dn, np.float32)[:, pure].T.copy()
 
 
+def training_library() -> np.ndarray:
+    """:func:`snow_library` of reBEN's snowy training patches (the held-out ones left out), in
+    ``SENTINEL2_L2A.bands`` order: ``(N, 12) float32``."""
+    from ..sensors import SENTINEL2_L2A
+    from .reben import patches_of
+
+    return np.concatenate([snow_library(p.dn, SENTINEL2_L2A.bands) for p in patches_of("train") if p.snow])
+
+
 def snow_cover(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """``(y, x) float32`` snow fraction in [0, maximum]: 0 on bare ground, the chip's maximum (``FULL``) inside
     the snow, rising over ``EDGE`` of the field's spread at its edges; ``COVER`` of the pixels are snow."""
