@@ -112,3 +112,11 @@ def test_each_chip_s_snow_is_one_library_spectrum_under_one_illumination_gain(li
         blues.append(out[B02][snow].max() / 1e4)
     assert min(blues) < 0.45 and max(blues) > 0.7  # illumination from low winter sun to a high one
     assert max(blues) < BLUE[1] * 1.5
+
+
+def test_the_library_leaves_the_held_out_snow_out(library):
+    lib, _ = library
+    held = [p for p in patches_of("test") if p.snow]  # reBEN's test snow patch: for evaluation only
+    assert held and all(len(snow_library(p.dn, BANDS)) for p in held)
+    rows = {r.tobytes() for r in lib}
+    assert not any(r.tobytes() in rows for p in held for r in snow_library(p.dn, BANDS))
