@@ -103,7 +103,10 @@ def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpe
     starts_y, starts_x = np.cumsum((0,) + cy).tolist(), np.cumsum((0,) + cx).tolist()
     slices = []
     for t in range(data.shape[0]):
-        scene = data[t].rechunk((nb, cy, cx))
+        # "tasks", never P2P: each block is cut from at most four read windows' bands, a local split that
+        # survives a lost worker as any task does; Dask picks P2P under a distributed client for blocks much
+        # smaller than the read windows, and a worker lost mid-shuffle then failed the scene (seen on SLURM)
+        scene = data[t].rechunk((nb, cy, cx), method="tasks")
         padded = _with_halo(scene, before, after)
         name = f"{task_prefix(names[t] if names else str(t))}-{dask.base.tokenize(scene, weights, spec)}"
         layers = {"chunks": ((1 + len(meta.classes),), cy, cx)} if probabilities else {"chunks": (cy, cx), "drop_axis": 0}

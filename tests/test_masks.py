@@ -79,6 +79,20 @@ def test_task_names_carry_the_scene(cube, test_weights_file):
     assert {"mask_S2A_sceneA", "mask_S2B_sceneB"} <= shown
 
 
+def test_blocks_are_cut_from_the_read_windows_by_tasks_not_a_p2p_shuffle(test_weights_file):
+    """Under a distributed client Dask rechunks by a P2P shuffle when blocks are much smaller than the read
+    windows (as with ``--chunk 96`` against 2016 px windows); a worker lost mid-shuffle then failed the whole
+    scene (seen when SLURM cancelled a worker's job). The block cut is a local split: plain tasks."""
+    import dask.array as da
+
+    scene = xr.DataArray(da.zeros((1, 13, 1200, 1200), np.uint16, chunks=(1, 1, 2016, 2016)),
+                         dims=("time", "band", "y", "x"), coords={"band": list(SENTINEL2_L1C.bands)})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster):
+        layers = predict_masks(scene, str(test_weights_file), SPEC, chunk=96).data.__dask_graph__().layers
+    assert len(layers) > 2 and not [name for name in layers if "p2p" in name or "transfer" in name], list(layers)
+
+
 @pytest.mark.slow
 def test_distributed_workers_build_the_model_once(cube, test_weights_file):
     test_weights = str(test_weights_file)
