@@ -53,7 +53,8 @@ def add_parser(sub) -> None:
                                      ".yaml path, when no --scheduler (default: local); see `cloudmask cluster list`")
     p.add_argument("--workers", type=int, help="workers to start (local: processes, default 1 with a thread per "
                                                "core; slurm: jobs; kubernetes: pods)")
-    p.add_argument("--chunk", type=int, help="Dask block side in pixels (default: 2048)")
+    p.add_argument("--chunk", type=int, help="Dask block side in pixels, rounded down to a multiple of the tile "
+                                             "stride (default: 2048)")
     p.add_argument("--in-flight", type=int, help="scenes computing at once (default: two per GPU, or per worker "
                                                  "without GPUs, re-read as workers join and leave)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the weights' tile: 32 "

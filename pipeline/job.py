@@ -21,7 +21,7 @@ from .access import Access, access_for, configure, needs_signing, redact, requir
 from .config import InferSpec, SearchSpec
 from .cube import READ_WINDOW, load_scene, unreadable_asset
 from .detectors import detector_weights
-from .errors import CloudmaskError, raise_if_stopped
+from .errors import CloudmaskError, ConfigError, raise_if_stopped
 from .masks import aligned_chunk, predict_masks, task_prefix
 from .model.weights import default_weights
 from .plans import ScenePlan, check_items, plan_scene
@@ -49,6 +49,11 @@ class JobSpec:
     strict: bool = False
     probabilities: bool = False  # also store probability (time, class, y, x) uint8
     verify: bool = False  # read back the done scenes first and redo the damaged ones (pipeline.integrity)
+
+    def __post_init__(self):
+        if self.chunk < 1:
+            raise ConfigError(f"chunk={self.chunk} must be at least 1: the Dask block side in pixels (default 2048; "
+                              f"rounded down to a multiple of the tile stride, at least one stride)")
 
 
 @dataclass

@@ -127,6 +127,15 @@ def test_run_without_weights_fails_before_starting_a_cluster(tmp_path):
     assert "Dask dashboard" not in proc.stdout and not (tmp_path / "o.zarr").exists()
 
 
+@pytest.mark.parametrize("chunk", ["0", "-5"])
+def test_run_with_a_block_side_under_one_pixel_fails_before_the_search(tmp_path, chunk):
+    """Refused before the STAC API is asked (it is not there: that error would come otherwise) and before any store."""
+    proc = run("run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr"),
+               "--chunk", chunk, check=False)
+    assert proc.returncode == 2 and f"chunk={chunk} must be at least 1" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_weights_info_on_missing_file():
     proc = run("weights", "info", "/nonexistent/w.safetensors", check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
