@@ -16,6 +16,8 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 from pipeline.shipped import shipped_dir
 
+from .parsers import yaml_mapping
+
 RECIPES = shipped_dir("clusters")
 ENGINES = ("local", "gpu", "slurm", "kubernetes")
 WORKER_MEMORY_GB = 3  # what one local worker needs for a 2048 px block of 13 bands and the model
@@ -28,13 +30,11 @@ def names() -> list[str]:
 def load_recipe(name: str, options: dict | None = None, scale: int | None = None) -> dict:
     """The recipe ``name`` (in deploy/clusters) or at path ``name``, with ``options`` merged over its
     options and ``scale`` (worker count) over its scale."""
-    import yaml
-
     path = Path(name) if name.endswith((".yaml", ".yml")) else RECIPES / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"cluster recipe {name!r} not found; known recipes: {', '.join(names())} "
                           f"(or pass the path of a recipe .yaml file)")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    recipe = yaml_mapping(path, "cluster recipe")
     if recipe.get("engine") not in ENGINES:
         raise ConfigError(f"{path}: engine {recipe.get('engine')!r}; expected one of {', '.join(ENGINES)}")
     if options:

@@ -1,10 +1,11 @@
 """Helpers the subcommands share: a documented subcommand (help line, the module docstring's body as description,
-examples), comma-separated option values, the machine's name for benchmark reports."""
+examples), comma-separated option values, YAML files of settings, the machine's name for benchmark reports."""
 
 from __future__ import annotations
 
 import argparse
 import platform
+from pathlib import Path
 
 from pipeline.errors import ConfigError
 
@@ -26,6 +27,24 @@ def csv_list(text: str, cast, name: str) -> list:
     if not values:
         raise ConfigError(f"--{name} is empty")
     return values
+
+
+def yaml_mapping(path: Path, what: str) -> dict:
+    """The mapping in the YAML file ``path`` (``what`` it is, for errors: e.g. "job file"); an empty file is an
+    empty mapping. A file that is not YAML, or holds a list or a scalar, is a clear error naming it."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}" if mark else " ".join(str(e).split())
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML ({where})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} holds a {type(data).__name__}; expected a mapping of keys to values")
+    return data
 
 
 def machine_name(device) -> str:

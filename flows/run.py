@@ -9,6 +9,8 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 from pipeline.peers import DETECTORS
 
+from .parsers import yaml_mapping
+
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
           "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "precision",
           "probabilities", "verify")
@@ -92,12 +94,10 @@ def add_parser(sub) -> None:
 def settings(args) -> dict:
     conf: dict = {}
     if args.config:
-        import yaml
-
         path = Path(args.config)
         if not path.is_file():
             raise ConfigError(f"job file {args.config!r} does not exist")
-        conf = yaml.safe_load(path.read_text()) or {}
+        conf = yaml_mapping(path, "job file")
         unknown = set(conf) - set(FIELDS)
         if unknown:
             raise ConfigError(f"{args.config}: unknown keys {sorted(unknown)}; known keys: {', '.join(FIELDS)}")

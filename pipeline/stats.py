@@ -72,6 +72,8 @@ def to_frame(records: list[SceneStats]):
 def write_table(frame, path: str | Path) -> Path:
     """Write the table as CSV or Parquet, by the file's suffix."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise ConfigError(f"table file {str(path)!r}: its folder {str(path.parent)!r} does not exist")
     if path.suffix == ".csv":
         frame.to_csv(path)
     elif path.suffix in (".parquet", ".pq"):

@@ -42,6 +42,9 @@ def test_stats_fractions_and_table(tmp_path):
     assert "item_id" in (tmp_path / "t.csv").read_text().splitlines()[0]
     with pytest.raises(ConfigError, match=r"\.csv or \.parquet"):
         write_table(frame, tmp_path / "t.xlsx")
+    with pytest.raises(ConfigError, match=r"t\.csv': its folder '.*no-such-folder' does not exist"):
+        write_table(frame, tmp_path / "no-such-folder" / "t.csv")
+    assert not (tmp_path / "no-such-folder").exists()
 
 
 def test_store_round_trip_in_a_fresh_process(tmp_path):

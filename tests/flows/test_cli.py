@@ -136,6 +136,27 @@ def test_run_with_a_block_side_under_one_pixel_fails_before_the_search(tmp_path,
     assert not (tmp_path / "o.zarr").exists()
 
 
+@pytest.mark.parametrize("text,message", [
+    ("stac_url: [x\n", "is not valid YAML (line 2, column 1: expected ',' or ']'"),
+    ("stac_url: x\n  out: : y\n", "is not valid YAML (line 2, column 6: mapping values are not allowed here)"),
+    ("- stac_url\n- out\n", "holds a list; expected a mapping of keys to values"),
+    ("\udcff", "is not valid YAML ('utf-8' codec can't decode byte 0xff"),
+])
+@pytest.mark.parametrize("command", ["job", "cluster"])
+def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(tmp_path, text, message, command):
+    """A job file (``--config``) or a cluster recipe that does not parse, or holds no mapping: one line naming the
+    file and the place, no traceback, nothing started."""
+    path = tmp_path / "settings.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    args = (["run", "--config", str(path)] if command == "job" else
+            ["run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr"),
+             "--cluster", str(path)])
+    proc = run(*args, check=False)
+    what = "job file" if command == "job" else "cluster recipe"
+    assert proc.returncode == 2 and f"{what} '{path}' {message}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o.zarr").exists()
+
+
 def test_weights_info_on_missing_file():
     proc = run("weights", "info", "/nonexistent/w.safetensors", check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
