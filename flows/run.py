@@ -197,9 +197,12 @@ def execute(spec, s: dict):
 def run_stats(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from pipeline.stats import SceneStats, to_frame, write_table
+    from pipeline.stats import SceneStats, table_path, to_frame, write_table
     from pipeline.store import MaskStore
 
+    for path in (args.csv, args.parquet):  # a file that cannot be written is refused before the table is read
+        if path:
+            table_path(path)
     store = MaskStore(args.store, "store")
     table = "_cloudmask/scenes.csv"
     done = {k: e["stats"] for k, e in store.done().items() if e.get("stats")}

@@ -69,15 +69,22 @@ def to_frame(records: list[SceneStats]):
     return pd.DataFrame([r.row() for r in records]).set_index("item_id")
 
 
-def write_table(frame, path: str | Path) -> Path:
-    """Write the table as CSV or Parquet, by the file's suffix."""
+def table_path(path: str | Path) -> Path:
+    """``path`` as a table file to write: a .csv, .parquet or .pq suffix, in a folder that exists (else a
+    ConfigError naming what to fix)."""
     path = Path(path)
+    if path.suffix not in (".csv", ".parquet", ".pq"):
+        raise ConfigError(f"table file {str(path)!r}: use a .csv or .parquet suffix")
     if not path.parent.is_dir():
         raise ConfigError(f"table file {str(path)!r}: its folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def write_table(frame, path: str | Path) -> Path:
+    """Write the table as CSV or Parquet, by the file's suffix (see ``table_path``)."""
+    path = table_path(path)
     if path.suffix == ".csv":
         frame.to_csv(path)
-    elif path.suffix in (".parquet", ".pq"):
-        frame.to_parquet(path)
     else:
-        raise ConfigError(f"table file {str(path)!r}: use a .csv or .parquet suffix")
+        frame.to_parquet(path)
     return path

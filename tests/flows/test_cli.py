@@ -157,6 +157,17 @@ def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(
     assert "Traceback" not in proc.stderr and not (tmp_path / "o.zarr").exists()
 
 
+@pytest.mark.parametrize("option,name,message", [
+    ("--csv", "missing/t.csv", "its folder '{tmp}/missing' does not exist"),
+    ("--parquet", "t.xlsx", "use a .csv or .parquet suffix"),
+])
+def test_stats_refuses_a_table_file_it_cannot_write_before_reading_the_store(tmp_path, option, name, message):
+    """The store is not even read (it does not exist here: that error would come otherwise)."""
+    proc = run("stats", str(tmp_path / "none.zarr"), option, str(tmp_path / name), check=False)
+    assert proc.returncode == 2 and message.format(tmp=tmp_path) in proc.stderr, proc.stderr
+    assert not proc.stdout and not (tmp_path / "missing").exists()
+
+
 def test_weights_info_on_missing_file():
     proc = run("weights", "info", "/nonexistent/w.safetensors", check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
