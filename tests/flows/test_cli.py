@@ -1,9 +1,11 @@
 """The ``cloudmask`` console script: help, benchmark figures, weights tools and error messages."""
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +23,26 @@ def run(*args, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cloudmask`` in this process (``flows.cli.main``, its signal handlers put back after): for argument errors,
+    which need no fresh process. Returns ``(returncode, stdout, stderr)`` as ``run`` does."""
+    from flows.cli import main
+
+    def call(*args):
+        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        finally:
+            for s, handler in saved.items():
+                signal.signal(s, handler)
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call
 
 
 def test_help_lists_the_subcommands():
@@ -128,10 +150,10 @@ def test_run_without_weights_fails_before_starting_a_cluster(tmp_path):
 
 
 @pytest.mark.parametrize("chunk", ["0", "-5"])
-def test_run_with_a_block_side_under_one_pixel_fails_before_the_search(tmp_path, chunk):
+def test_run_with_a_block_side_under_one_pixel_fails_before_the_search(tmp_path, chunk, cli):
     """Refused before the STAC API is asked (it is not there: that error would come otherwise) and before any store."""
-    proc = run("run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr"),
-               "--chunk", chunk, check=False)
+    proc = cli("run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr"),
+               "--chunk", chunk)
     assert proc.returncode == 2 and f"chunk={chunk} must be at least 1" in proc.stderr, proc.stderr
     assert not (tmp_path / "o.zarr").exists()
 
@@ -143,7 +165,7 @@ def test_run_with_a_block_side_under_one_pixel_fails_before_the_search(tmp_path,
     ("\udcff", "is not valid YAML ('utf-8' codec can't decode byte 0xff"),
 ])
 @pytest.mark.parametrize("command", ["job", "cluster"])
-def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(tmp_path, text, message, command):
+def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(tmp_path, text, message, command, cli):
     """A job file (``--config``) or a cluster recipe that does not parse, or holds no mapping: one line naming the
     file and the place, no traceback, nothing started."""
     path = tmp_path / "settings.yaml"
@@ -151,19 +173,19 @@ def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(
     args = (["run", "--config", str(path)] if command == "job" else
             ["run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr"),
              "--cluster", str(path)])
-    proc = run(*args, check=False)
+    proc = cli(*args)
     what = "job file" if command == "job" else "cluster recipe"
     assert proc.returncode == 2 and f"{what} '{path}' {message}" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "o.zarr").exists()
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o.zarr").exists()  # main prints no traceback: it raises
 
 
 @pytest.mark.parametrize("option,name,message", [
     ("--csv", "missing/t.csv", "its folder '{tmp}/missing' does not exist"),
     ("--parquet", "t.xlsx", "use a .csv or .parquet suffix"),
 ])
-def test_stats_refuses_a_table_file_it_cannot_write_before_reading_the_store(tmp_path, option, name, message):
+def test_stats_refuses_a_table_file_it_cannot_write_before_reading_the_store(tmp_path, option, name, message, cli):
     """The store is not even read (it does not exist here: that error would come otherwise)."""
-    proc = run("stats", str(tmp_path / "none.zarr"), option, str(tmp_path / name), check=False)
+    proc = cli("stats", str(tmp_path / "none.zarr"), option, str(tmp_path / name))
     assert proc.returncode == 2 and message.format(tmp=tmp_path) in proc.stderr, proc.stderr
     assert not proc.stdout and not (tmp_path / "missing").exists()
 
