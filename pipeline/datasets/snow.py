@@ -53,11 +53,17 @@ def training_library() -> np.ndarray:
     return np.concatenate([snow_library(p.dn, SENTINEL2_L2A.bands) for p in patches_of("train") if p.snow])
 
 
+def _smoothed(noise: np.ndarray, sigma: float, spread: float = 1.0) -> np.ndarray:
+    """``noise (y, x)`` smoothed by a Gaussian of ``sigma`` px and scaled to a standard deviation of ``spread``:
+    ``(y, x) float32``."""
+    field = ndimage.gaussian_filter(noise.astype(np.float32), sigma)
+    return spread * field / max(float(field.std()), 1e-6)
+
+
 def snow_cover(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """``(y, x) float32`` snow fraction in [0, maximum]: 0 on bare ground, the chip's maximum (``FULL``) inside
     the snow, rising over ``EDGE`` of the field's spread at its edges; ``COVER`` of the pixels are snow."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), rng.uniform(*GRAIN))
-    field /= max(float(field.std()), 1e-6)
+    field = _smoothed(rng.standard_normal(shape), rng.uniform(*GRAIN))
     level = np.quantile(field, 1 - rng.uniform(*COVER))
     return (np.clip((field - level) / EDGE, 0, 1) * rng.uniform(*FULL)).astype(np.float32)
 
@@ -94,6 +100,5 @@ class SnowedChips(TransformedChips):
         gain = min(rng.uniform(*BLUE) * REFLECTANCE_DN / max(float(pixel[self.blue]), 1.0), MAX_GAIN)
         spectrum = pixel * np.float32(gain)
         shape = np.asarray(dn).shape[1:]
-        grain = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 2.0)
-        texture = 1 + TEXTURE * grain / max(float(grain.std()), 1e-6)
+        texture = 1 + _smoothed(rng.standard_normal(shape), 2.0, TEXTURE)
         return torch.from_numpy(lay_snow(dn, spectrum, snow_cover(shape, rng), texture)), labels
