@@ -14,6 +14,10 @@ from .parsers import yaml_mapping
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
           "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "precision",
           "probabilities", "verify")
+# what each job-file field holds (the command line's options parse theirs): YAML numbers, true/false, text
+WHOLE = {"limit": 100, "workers": 4, "chunk": 2048, "in_flight": 4, "overlap": 32}  # with an example each
+SWITCHES = ("strict", "probabilities", "verify")
+TEXTS = ("stac_url", "collection", "datetime", "out", "model", "weights", "profile", "scheduler", "cluster", "precision")
 DEFAULTS = dict(profile=None, cluster="local", workers=None, chunk=2048, in_flight=None, strict=False, overlap=None,
                 probabilities=False, verify=False)
 
@@ -101,6 +105,7 @@ def settings(args) -> dict:
         unknown = set(conf) - set(FIELDS)
         if unknown:
             raise ConfigError(f"{args.config}: unknown keys {sorted(unknown)}; known keys: {', '.join(FIELDS)}")
+        conf = {k: _job_value(args.config, k, v) for k, v in conf.items()}
     out = dict(DEFAULTS, **conf)
     out.update({k: v for k, v in vars(args).items() if k in FIELDS and v is not None})
     for key in ("stac_url", "collection", "out"):
@@ -119,6 +124,33 @@ def settings(args) -> dict:
         except ValueError:
             raise ConfigError(f"--bbox {out['bbox']!r} must be four numbers: min_lon,min_lat,max_lon,max_lat") from None
     return out
+
+
+def _job_value(path: str, key: str, value):
+    """A job file's ``value`` of ``key``, checked against what the field holds (a date YAML read as one becomes
+    its ISO text); a ConfigError naming the file, key and value otherwise."""
+    import datetime
+
+    def wrong(expected: str):
+        return ConfigError(f"{path}: {key}: {value!r}; expected {expected}")
+
+    if value is None:
+        return value
+    if key == "datetime" and isinstance(value, datetime.date):  # datetime: 2024-06-01, unquoted
+        return value.isoformat()
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in WHOLE and not (number and float(value).is_integer()):
+        raise wrong(f"a whole number, e.g. {key}: {WHOLE[key]}")
+    if key == "max_cloud" and not number:
+        raise wrong("a percentage, e.g. max_cloud: 30")
+    if key in SWITCHES and not isinstance(value, bool):
+        raise wrong(f"true or false, e.g. {key}: true")
+    if key in TEXTS and not isinstance(value, str):
+        raise wrong(f"text, e.g. {key}: \"...\" (quoted)")
+    if key == "bbox" and not isinstance(value, str) and not (
+            isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise wrong("four numbers, e.g. bbox: [13.0, 52.3, 13.8, 52.7]")
+    return value
 
 
 def table_text(frame) -> str:

@@ -179,6 +179,37 @@ def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(
     assert "Traceback" not in proc.stderr and not (tmp_path / "o.zarr").exists()  # main prints no traceback: it raises
 
 
+@pytest.mark.parametrize("line,message", [
+    ("chunk: abc", "chunk: 'abc'; expected a whole number, e.g. chunk: 2048"),
+    ("chunk: 512.5", "chunk: 512.5; expected a whole number"),
+    ("workers: two", "workers: 'two'; expected a whole number"),
+    ("max_cloud: lots", "max_cloud: 'lots'; expected a percentage"),
+    ("strict: maybe", "strict: 'maybe'; expected true or false"),
+    ("bbox: [a, 1, 2, 3]", "bbox: ['a', 1, 2, 3]; expected four numbers"),
+    ("collection: [a, b]", "collection: ['a', 'b']; expected text"),
+])
+def test_a_job_file_value_of_the_wrong_kind_is_named(tmp_path, cli, line, message):
+    """Each field is checked for what it holds (YAML gives numbers, true/false, lists and dates, not only text):
+    one line naming the file, key and value, before the search (the STAC API is not there)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(f"stac_url: http://127.0.0.1:9\ncollection: c\nout: {tmp_path / 'o.zarr'}\n{line}\n")
+    proc = cli("run", "--config", str(path))
+    assert proc.returncode == 2 and f"{path}: {message}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_job_file_date_written_unquoted_is_searched_as_that_date(tmp_path):
+    """``datetime: 2024-06-01`` is a date to YAML, not text: it reaches the search as the ISO date."""
+    import argparse
+
+    from flows.run import job_spec, settings
+
+    path = tmp_path / "job.yaml"
+    path.write_text("stac_url: http://127.0.0.1:9\ncollection: c\nout: o.zarr\ndatetime: 2024-06-01\nchunk: 512\n")
+    spec = job_spec(settings(argparse.Namespace(config=str(path))))
+    assert spec.search.datetime == "2024-06-01" and spec.chunk == 512
+
+
 @pytest.mark.parametrize("option,name,message", [
     ("--csv", "missing/t.csv", "its folder '{tmp}/missing' does not exist"),
     ("--parquet", "t.xlsx", "use a .csv or .parquet suffix"),
