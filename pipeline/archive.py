@@ -25,12 +25,15 @@ EXTENSIONS = ["https://stac-extensions.github.io/projection/v1.1.0/schema.json",
 
 
 def _downsample(band: np.ndarray, factor: int) -> np.ndarray:
-    """Block-mean of a 10 m band to ``factor`` x coarser pixels; blocks with any nodata become nodata."""
+    """Block-mean of a 10 m band to ``factor`` x coarser pixels covering the whole band (a last row or column of
+    blocks cut short by the band's edge averages the pixels it has, as a product's coarser bands cover its whole
+    tile); blocks with any nodata become nodata."""
     if factor == 1:
         return band
-    h, w = band.shape[0] // factor * factor, band.shape[1] // factor * factor
-    blocks = band[:h, :w].reshape(h // factor, factor, w // factor, factor)
-    out = blocks.mean(axis=(1, 3)).round().astype(np.uint16)
+    h, w = -(-band.shape[0] // factor) * factor, -(-band.shape[1] // factor) * factor
+    padded = np.pad(band.astype(np.float64), ((0, h - band.shape[0]), (0, w - band.shape[1])), constant_values=np.nan)
+    blocks = padded.reshape(h // factor, factor, w // factor, factor)
+    out = np.nanmean(blocks, axis=(1, 3)).round().astype(np.uint16)
     out[(blocks == 0).any(axis=(1, 3))] = 0
     return out
 

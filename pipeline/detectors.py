@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import InferSpec
+from .errors import WeightsChangedError
 from .infer import Predictor
 from .model.weights import Weights, cached_weights, default_weights
 from .peers import DETECTORS, PEER_MODELS, PeerPredictor, peer_weights  # noqa: F401 (DETECTORS: re-exported)
@@ -39,13 +40,23 @@ _CACHE: dict[tuple, Predictor | PeerPredictor] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_predictor(weights: str | Path | Weights | None = None, spec: InferSpec = InferSpec()) -> Predictor | PeerPredictor:
+def get_predictor(weights: str | Path | Weights | None = None, spec: InferSpec = InferSpec(),
+                  sha256: str | None = None) -> Predictor | PeerPredictor:
     """The process's predictor for these weights (default: the shipped starter weights) and settings, built
-    on first use and reused after."""
+    on first use and reused after. ``sha256``: the content the caller checked; a predictor of exactly that
+    content is used (even if the file has been replaced since), and a file that no longer holds it is refused
+    (``WeightsChangedError``), so a job never runs other weights than the ones it recorded."""
     if weights is None:
         weights = default_weights()
+    with _CACHE_LOCK:
+        if sha256 is not None and (sha256, spec) in _CACHE:
+            return _CACHE[(sha256, spec)]
     if not isinstance(weights, Weights):
         weights = detector_weights(weights)
+    if sha256 is not None and weights.sha256 != sha256:
+        raise WeightsChangedError(f"the weights at {weights.source} changed after the job checked them (sha256 "
+                                  f"{sha256[:12]}..., now {weights.sha256[:12]}...); the job stops rather than mix "
+                                  f"two models in one store: run it again to check the new file")
     key = (weights.sha256, spec)
     with _CACHE_LOCK:
         if key not in _CACHE:

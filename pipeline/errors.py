@@ -24,6 +24,10 @@ class WeightsMismatchError(WeightsError):
     """A weights file's bands or classes differ from what the data or caller needs."""
 
 
+class WeightsChangedError(WeightsError):
+    """The weights file a job checked holds other content now: the job stops."""
+
+
 class InputError(CloudmaskError, ValueError):
     """An input array or file does not have the shape, dtype or content expected."""
 

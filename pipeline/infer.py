@@ -1,14 +1,22 @@
-"""Tiled MSCloudCAM prediction on one in-memory block: normalise, tile, batch, blend, argmax.
+"""MSCloudCAM on blocks of a scene: tiles cut on the scene's global grid, batched across blocks, blended, argmax.
 
-The model is built once per process and weights file (``pipeline.detectors.get_predictor`` caches it), so
-Dask workers reuse it across tasks instead of receiving it inside every task.
+One model per process and weights file (``pipeline.detectors.get_predictor`` caches it), run by the process's one
+model thread (``pipeline.runtime``). Callers (Dask tasks, the Python API) queue *blocks*; the model thread brings
+each block onto the model's device (its bands upsampled there from their native resolution, ``pipeline.upsample``),
+cuts its tiles and fills every forward pass with the next ``batch_size`` tiles of whichever blocks are queued
+(empty tiles only when nothing else waits). Batches are always full, so a tile's result never depends on its
+neighbours in the batch or on how its scene was cut into blocks. Softmax, blending and argmax stay on the device;
+only uint8 classes (and probabilities when asked) come back.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,8 +26,9 @@ from .errors import ConfigError, InputError
 from .model.weights import Weights
 from .runtime import (Prediction, PredictorStats, dask_worker_threads, heap_for_activations, on_model_thread,
                       submit_on_model_thread)
-from .sensors import MASK_NODATA
-from .tiles import Blender, TileGrid, read_tile
+from .sensors import MASK_NODATA, PROBABILITY_SCALE
+from .tiles import TileGrid
+from .bands import NativeBlock, assemble
 
 
 def resolve_device(device: str) -> torch.device:
@@ -57,8 +66,28 @@ def precision_name(dtype: torch.dtype) -> str:
     return next(name for name, d in PRECISION_DTYPES.items() if d == dtype)
 
 
+@dataclass(eq=False)
+class _Job:
+    """One block queued for the model: how to bring it onto the device, its tiles and its canvas."""
+
+    prepare: object  # () -> (image (C, H, W) on the device, valid (H, W) bool), on the model thread
+    offset: tuple[int, int]  # scene position of image[:, 0, 0]
+    shape: tuple[int, int]  # the image's (H, W)
+    needed: tuple[slice, slice]  # local window whose classes are wanted
+    origins: list
+    probabilities: str | None  # None, "float" (float32 out) or "scaled" (uint8 p x 250 out)
+    mask_nodata: bool
+    future: Future = field(default_factory=Future)
+    image: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    acc: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    queued: int = 0  # tiles put into batches so far
+    blended: int = 0
+
+
 class Predictor:
-    """A model on a device with its weights' contract, predicting class maps for arrays of any size."""
+    """A model on a device with its weights' contract, predicting class maps for blocks and arrays of any size."""
 
     def __init__(self, weights: Weights, spec: InferSpec = InferSpec(), model: torch.nn.Module | None = None) -> None:
         """``model``: an already built model to use instead of building one from ``weights.state``."""
@@ -75,8 +104,7 @@ class Predictor:
             raise ConfigError(f"overlap={overlap} must be less than half the tile size {tile}")
         self.grid = TileGrid(tile=tile, overlap=overlap)
         self.divisor = float(self.meta.normalisation["divisor"])
-        # CPU: batch 2 ran 20 % faster per tile than batch 1 on 256 px tiles and tied on 512 px ones; short
-        # batches are filled up to this size (see predict), so small tiles stop at 4
+        # CPU: batch 2 ran 20 % faster per tile than batch 1 on 256 px tiles and tied on 512 px ones
         self.batch_size = spec.batch_size or (8 if self.device.type == "cuda" else min(4, max(1, 2 * 256 ** 2 // tile ** 2)))
         if self.device.type == "cpu":
             threads = spec.threads or dask_worker_threads()
@@ -84,59 +112,34 @@ class Predictor:
                 on_model_thread(torch.set_num_threads, threads)
         heap_for_activations()
         self.model = on_model_thread(self._build, weights, model)
+        self.window = on_model_thread(lambda: torch.from_numpy(self.grid.window()).to(self.device))
+        self.codes = on_model_thread(lambda: torch.tensor(self.meta.class_codes, dtype=torch.uint8, device=self.device))
         self.stats = PredictorStats()
-        self._active, self._active_lock = 0, threading.Lock()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._lock = threading.RLock()
 
     def _autocast(self):
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def submit_forward(self, batch: np.ndarray, tiles: int | None = None):
-        """Softmax probabilities ``(N, K, T, T)`` float32 of normalised tiles ``batch (N, C, T, T)``, queued on the
-        model thread: a ``concurrent.futures.Future`` of them."""
-        return submit_on_model_thread(self._forward, batch, len(batch) if tiles is None else tiles)
-
     def _build(self, weights: Weights, model: torch.nn.Module | None) -> torch.nn.Module:
         if model is not None:  # a model being trained: used as it is (inputs still go channels_last)
             return model.eval().to(self.device)
         # channels_last measured faster on CPU too: `cloudmask benchmark model --variants default,contiguous`
-        # (bf16 180 vs 218 ms, fp32 418 vs 455 ms per 512 px tile)
         return weights.build_model().eval().to(self.device).to(memory_format=torch.channels_last)
 
-    def _forward(self, batch: np.ndarray, tiles: int) -> np.ndarray:
-        """``tiles``: how many of the batch are real tiles (the rest fill a short batch up)."""
-        start = time.perf_counter()
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
-            probs = torch.softmax(self.model(x).float(), dim=1).cpu().numpy()
-        self.stats.add(tiles, time.perf_counter() - start, filler=len(x) - tiles)
-        return probs
-
-    def predict(self, image: np.ndarray, **kwargs) -> Prediction:
-        """``_predict`` (below); on a GPU, the last prediction running in the process hands PyTorch's cached
-        memory back to the driver when it ends (on the worker that used it, not by a broadcast from the client)."""
-        with self._active_lock:
-            self._active += 1
-        try:
-            return self._predict(image, **kwargs)
-        finally:
-            with self._active_lock:
-                self._active -= 1
-                idle = self._active == 0
-            if idle and self.device.type == "cuda":
-                submit_on_model_thread(release_gpu_memory)
-
-    def _predict(self, image: np.ndarray, *, offset: tuple[int, int] = (0, 0),
-                 needed: tuple[slice, slice] | None = None, probabilities: bool = False,
-                 mask_nodata: bool = True) -> Prediction:
-        """Predict classes for ``image (band, y, x)`` (integer DN or float, band order of the weights).
+    # -- what callers use ----------------------------------------------------------------------------------
+    def predict(self, image: np.ndarray, *, offset: tuple[int, int] = (0, 0),
+                needed: tuple[slice, slice] | None = None, probabilities: bool = False,
+                mask_nodata: bool = True) -> Prediction:
+        """Classes of ``image (band, y, x)`` (integer DN or float, in the weights' band order, on the model's grid).
 
         ``offset``: global pixel position of ``image[:, 0, 0]`` on the scene grid the tiles are anchored to.
-        ``needed``: the local window whose pixels must be right (default: all); tiles that do not touch it
-        are skipped, and pixels outside it may differ from a whole-scene prediction.
-        Pixels that are 0 (or NaN) in every band are nodata: class 255, probabilities NaN -- unless
-        ``mask_nodata=False`` (the paper's evaluation protocol, which scores zero padding too).
+        ``needed``: the local window whose pixels are wanted (default: all); only tiles touching it run, and the
+        pixels outside it are 255 (probabilities NaN). A pixel that is 0 (or NaN) in any band is nodata: class 255,
+        probabilities NaN -- unless ``mask_nodata=False`` (the paper's evaluation protocol, which scores zero
+        padding too). Returns classes ``(y, x)`` uint8 and, with ``probabilities``, ``(class, y, x)`` float32.
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[0] != len(self.meta.bands):
@@ -147,47 +150,172 @@ class Predictor:
         _, h, w = image.shape
         ys, xs = needed or (slice(0, h), slice(0, w))
         ys, xs = slice(*ys.indices(h)[:2]), slice(*xs.indices(w)[:2])
+        host = self._host(image)
+        prepare = lambda: self._image_on_device(host)  # noqa: E731
+        return self._run(prepare, offset, (h, w), (ys, xs), "float" if probabilities else None, mask_nodata)
+
+    def predict_block(self, block: NativeBlock, probabilities: bool = False) -> Prediction:
+        """Classes ``(y, x)`` uint8 of a block's interior (``block.needed``), its bands upsampled on the device;
+        with ``probabilities``, ``(class, y, x)`` uint8 as stored (p x 250, 255 for nodata)."""
+        if len(block.bands) != len(self.meta.bands):
+            raise InputError(f"block has {len(block.bands)} bands; the weights take {len(self.meta.bands)}")
+        (r0, r1), (c0, c1) = block.rows, block.cols
+        (y0, y1), (x0, x1) = block.needed
+        host = [self._host(b.data) for b in block.bands]
+        prepare = lambda: assemble(block, self.device, host)  # noqa: E731
+        pred = self._run(prepare, (r0, c0), (r1 - r0, c1 - c0), (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0)),
+                         "scaled" if probabilities else None, True)
+        return Prediction(pred.classes[y0 - r0:y1 - r0, x0 - c0:x1 - c0],
+                          None if pred.probabilities is None else pred.probabilities[:, y0 - r0:y1 - r0, x0 - c0:x1 - c0])
+
+    # -- the queue ------------------------------------------------------------------------------------------
+    def _run(self, prepare, offset, shape, needed, probabilities, mask_nodata) -> Prediction:
+        ys, xs = needed
         gy, gx = offset
         origins = self.grid.origins((gy + ys.start, gy + ys.stop), (gx + xs.start, gx + xs.stop))
-        blender = Blender(len(self.meta.classes), (h, w), offset, self.grid)
-        bs = self.batch_size
-        chunks = [origins[i:i + bs] for i in range(0, len(origins), bs)]
+        job = _Job(prepare, offset, shape, needed, origins, probabilities, mask_nodata)
+        with self._lock:
+            self._queue.append(job)
+        submit_on_model_thread(self._pump)
+        return job.future.result()
 
-        def batch(k: int) -> np.ndarray:
-            """Tiles ``(bs, C, T, T)`` float32, normalised per tile (the block is never copied as float). A short
-            last batch is filled up with empty tiles: kernels chosen per batch size round differently, and a
-            tile's classes must not depend on how many tiles its block had (chunking invariance)."""
-            tiles = np.zeros((bs, len(self.meta.bands), self.grid.tile, self.grid.tile), np.float32)
-            for n, o in enumerate(chunks[k]):
-                tiles[n] = read_tile(image, offset, o, self.grid.tile)
-            tiles /= self.divisor
-            return np.nan_to_num(tiles, copy=False)
+    def _host(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` as a host tensor ready to go to the device (pinned for CUDA, so the copy runs asynchronously)."""
+        if array.dtype == np.uint16:
+            array = array.astype(np.int32)  # torch's uint16 has few kernels; DN fit in int32 exactly
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        return t.pin_memory() if self.device.type == "cuda" else t
 
-        # Double-buffered: the model starts on the first batch at once; the next batch is cut and the last
-        # one blended while it runs.
-        running = self.submit_forward(batch(0), len(chunks[0])) if chunks else None
-        if not mask_nodata:
-            nodata = np.zeros((h, w), bool)
-        elif np.issubdtype(image.dtype, np.floating):
-            nodata = np.all((image == 0) | np.isnan(image), axis=0)
+    def _image_on_device(self, host: torch.Tensor):
+        image = host.to(self.device, non_blocking=True)
+        if image.is_floating_point():
+            valid = ~((image == 0) | torch.isnan(image)).any(dim=0)
+            image = torch.nan_to_num(image, nan=0.0)
         else:
-            nodata = ~image.any(axis=0)
-        for k in range(len(chunks)):
-            upcoming = batch(k + 1) if k + 1 < len(chunks) else None
-            done = running.result()
-            if upcoming is not None:
-                running = self.submit_forward(upcoming, len(chunks[k + 1]))
-            for probs, origin in zip(done, chunks[k]):
-                blender.add(probs, origin)
-        probs = blender.result()
-        codes = np.asarray(self.meta.class_codes, dtype=np.uint8)
-        classes = codes[np.nan_to_num(probs, nan=-1.0).argmax(axis=0)]
-        classes[nodata] = MASK_NODATA
-        probs[:, nodata] = np.nan
-        outside = np.ones((h, w), dtype=bool)
-        outside[ys, xs] = False
-        classes[outside & ~np.isfinite(probs[0])] = MASK_NODATA
-        return Prediction(classes=classes, probabilities=probs if probabilities else None)
+            valid = (image != 0).all(dim=0)
+        return image, valid
+
+    def _pump(self) -> None:
+        """On the model thread: run full batches of the queued blocks' tiles until none is left."""
+        while True:
+            with self._lock:
+                jobs = [j for j in self._queue if j.queued < len(j.origins)]
+                for j in [j for j in self._queue if not j.origins]:  # nothing to run: an empty window
+                    self._queue.remove(j)
+                    self._finish(j)
+            if not jobs:
+                if self.device.type == "cuda":  # idle: hand PyTorch's cached memory back to the driver
+                    release_gpu_memory()
+                return
+            batch: list[tuple[_Job, tuple[int, int]]] = []
+            for job in jobs:
+                if job.image is None:
+                    try:
+                        self._open(job)
+                    except BaseException as exc:  # noqa: BLE001 - the block's caller gets it
+                        self._fail([job], exc)
+                        continue
+                take = job.origins[job.queued:job.queued + self.batch_size - len(batch)]
+                batch += [(job, o) for o in take]
+                job.queued += len(take)
+                if len(batch) == self.batch_size:
+                    break
+            if not batch:
+                continue
+            try:
+                probs = self._forward(batch)
+                for n, (job, origin) in enumerate(batch):
+                    self._blend(job, probs[n], origin)
+                for job in {j for j, _ in batch}:
+                    if job.blended == len(job.origins):
+                        self._finish(job)
+            except BaseException as exc:  # noqa: BLE001
+                self._fail({j for j, _ in batch}, exc)
+
+    def _open(self, job: _Job) -> None:
+        job.image, job.valid = job.prepare()
+        if not job.mask_nodata:
+            job.valid = torch.ones_like(job.valid)
+        else:  # nodata is no data: every band zero there, as a pixel outside the swath is
+            job.image *= job.valid
+        ys, xs = job.needed
+        k = len(self.meta.classes)
+        job.acc = torch.zeros((k, ys.stop - ys.start, xs.stop - xs.start), dtype=torch.float32, device=self.device)
+        job.weight = torch.zeros(job.acc.shape[1:], dtype=torch.float32, device=self.device)
+
+    def _forward(self, batch: list) -> torch.Tensor:
+        """Softmax probabilities ``(batch_size, K, T, T)`` float32 of the batch's tiles (empty tiles fill it up)."""
+        start = time.perf_counter()
+        t = self.grid.tile
+        x = torch.zeros((self.batch_size, len(self.meta.bands), t, t), dtype=torch.float32, device=self.device)
+        for n, (job, (oy, ox)) in enumerate(batch):
+            y0, x0 = oy - job.offset[0], ox - job.offset[1]
+            h, w = job.image.shape[1:]
+            sy0, sx0, sy1, sx1 = max(0, y0), max(0, x0), min(h, y0 + t), min(w, x0 + t)
+            if sy1 > sy0 and sx1 > sx0:
+                x[n, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = job.image[:, sy0:sy1, sx0:sx1]
+        x /= self.divisor
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            probs = torch.softmax(self.model(x).float(), dim=1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # so forward_s is the forward's time
+        self.stats.add(len(batch), time.perf_counter() - start, filler=self.batch_size - len(batch))
+        return probs
+
+    def _blend(self, job: _Job, probs: torch.Tensor, origin: tuple[int, int]) -> None:
+        """Add one tile's probabilities ``(K, T, T)`` to its job's canvas with the tile grid's blend window."""
+        ys, xs = job.needed
+        t = self.grid.tile
+        y0, x0 = origin[0] - job.offset[0] - ys.start, origin[1] - job.offset[1] - xs.start
+        h, w = job.weight.shape
+        cy0, cx0, cy1, cx1 = max(0, y0), max(0, x0), min(h, y0 + t), min(w, x0 + t)
+        if cy1 > cy0 and cx1 > cx0:
+            ty, tx = slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0)
+            win = self.window[ty, tx]
+            job.acc[:, cy0:cy1, cx0:cx1] += probs[:, ty, tx] * win
+            job.weight[cy0:cy1, cx0:cx1] += win
+        job.blended += 1
+
+    def _finish(self, job: _Job) -> None:
+        """The job's classes (and probabilities) from its canvas, back on the host; its future resolved."""
+        with self._lock:
+            if job in self._queue:
+                self._queue.remove(job)
+        try:
+            h, w = job.shape
+            ys, xs = job.needed
+            classes = np.full((h, w), MASK_NODATA, np.uint8)
+            probs = None
+            if job.probabilities:
+                probs = np.full((len(self.meta.classes), h, w), np.nan if job.probabilities == "float" else MASK_NODATA,
+                                np.float32 if job.probabilities == "float" else np.uint8)
+            if job.acc is not None and job.acc.numel():
+                p = job.acc / job.weight
+                valid = job.valid[ys, xs]
+                c = self.codes[p.argmax(dim=0)]
+                c[~valid] = MASK_NODATA
+                classes[ys, xs] = c.cpu().numpy()
+                if job.probabilities == "float":
+                    probs[:, ys, xs] = torch.where(valid, p, torch.nan).cpu().numpy()
+                elif job.probabilities == "scaled":
+                    scaled = torch.round(p * PROBABILITY_SCALE).to(torch.uint8)
+                    probs[:, ys, xs] = torch.where(valid, scaled, MASK_NODATA).cpu().numpy()
+            job.future.set_result(Prediction(classes=classes, probabilities=probs))
+        except BaseException as exc:  # noqa: BLE001
+            job.future.set_exception(exc)
+        finally:
+            job.image = job.valid = job.acc = job.weight = None
+
+    def _fail(self, jobs, exc: BaseException) -> None:
+        with self._lock:
+            for job in jobs:
+                if job in self._queue:
+                    self._queue.remove(job)
+        for job in jobs:
+            job.image = job.valid = job.acc = job.weight = None
+            if not job.future.done():
+                job.future.set_exception(exc)
 
 
 def release_gpu_memory() -> int:

@@ -1,8 +1,12 @@
-"""The masking job: search -> per-scene lazy cube -> masks on Dask -> region writes -> manifest + statistics.
+"""The masking job: search and check -> ``plan_job`` (metadata only) -> ``JobRun``: the plan executed on Dask.
 
-Scenes are submitted one graph each, with at most ``in_flight`` computing at once, never one archive-sized
-graph. A scene is marked done only after its mask regions are written; a re-run skips done scenes and redoes
-the rest (failed or interrupted). A failing scene is recorded with its reason and the job goes on.
+Executing a plan takes the store's writer lock, checks and records the model (one per store), writes each grid
+group's template, then submits each scene as one small graph -- a task per block (read, predict, write its chunks;
+``pipeline.tasks``), the Sentinel-2 L1C radiometry check where there is one, and the sum of the blocks' counts --
+with at most ``in_flight`` scenes at once, earlier scenes first. The client keeps the books: a scene is marked done
+in the manifest once its blocks are written; a re-run skips done scenes and redoes the rest. A scene that fails is
+recorded with its reason and the job goes on; the job's own bookkeeping failing (a lost lease, a store that cannot
+be written, weights that changed) is never a scene failure: the job stops with one line (``JobStopped``).
 """
 
 from __future__ import annotations
@@ -13,26 +17,32 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-import dask
-import dask.array as da
 import numpy as np
 
 from .access import Access, access_for, configure, needs_signing, redact, require_signing, sign
 from .config import InferSpec, SearchSpec
-from .cube import READ_WINDOW, load_scene, unreadable_asset
 from .detectors import detector_weights
-from .errors import CloudmaskError, ConfigError, raise_if_stopped
-from .masks import aligned_chunk, predict_masks, task_prefix
+from .errors import CloudmaskError, ConfigError, WeightsChangedError, raise_if_stopped
+from .grids import MAX_GRID_PX
+from .locks import LeaseLostError
 from .model.weights import default_weights
-from .plans import ScenePlan, check_items, plan_scene
-from .sensors import MASK_NODATA, get_profile
+from .plans import JobPlan, ScenePlan, check_items, plan_job
+from .sensors import get_profile
 from .stac import search_items
 from .stats import SceneStats, to_frame
 from .store import MaskStore
+from .tasks import ModelRef, Writer, mask_block, radiometry, scene_counts, task_prefix
 from .tiles import TileGrid
 
-
 FLUSH_S = 5.0  # per-scene statistics variables are written at most this often (the manifest at once)
+# each task of a GPU cluster asks for this share of its worker's GPU resource: tasks run only on GPU workers, as
+# many at once as a worker has threads (they read while the model thread runs one forward pass at a time)
+GPU_SHARE = 2 ** -6
+
+
+class JobStopped(CloudmaskError):
+    """The job's own bookkeeping cannot go on (its lease was lost, the store cannot be written, the weights
+    changed): it stopped; what it finished is recorded, nothing is recorded wrong."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +59,14 @@ class JobSpec:
     strict: bool = False
     probabilities: bool = False  # also store probability (time, class, y, x) uint8
     verify: bool = False  # read back the done scenes first and redo the damaged ones (pipeline.integrity)
+    max_grid: int = MAX_GRID_PX  # the largest scene side accepted, in pixels
 
     def __post_init__(self):
         if self.chunk < 1:
             raise ConfigError(f"chunk={self.chunk} must be at least 1: the Dask block side in pixels (default 2048; "
                               f"rounded down to a multiple of the tile stride, at least one stride)")
+        if self.max_grid < 1:
+            raise ConfigError(f"max_grid={self.max_grid} must be at least 1 (pixels a side)")
 
 
 @dataclass
@@ -67,46 +80,6 @@ class JobResult:
         return [s for s in self.stats if s.status == "failed"]
 
 
-def _scene_graph(item, plan: ScenePlan, chunk: int, spec: JobSpec, targets: dict, t: int,
-                 client=None, gpu: bool = False, priority: int = 0, *, read: int, access: Access):
-    """The lazy work of one scene: a delayed ``(counts (256,) int64, Harmonisation)``: its mask as written and
-    the radiometry applied, and what must be kept referenced until it is done (the persisted masks). The model
-    runs once per block: the counts are read back from the written region (a mask is 1/26 of the input's
-    bytes), not computed from the mask graph a second time. ``item`` is signed here when the assets it reads
-    are Planetary Computer blobs, so tokens are fresh when each scene's work is built.
-
-    ``targets``: the group's zarr arrays (``MaskStore.region_targets``); the scene's blocks are stored into
-    time slot ``t`` with ``da.store``, whole Zarr chunks each (block edges are multiples of the chunk).
-    With a ``client`` the masks are first persisted on the workers as their own graph, unfused: fusion would
-    drop the model tasks' GPU annotation. ``priority``: Dask's (higher first), so scenes submitted earlier are
-    read first and finish first. ``read``: the side of the windows the scene is read in (fixed, not ``chunk``:
-    see ``cube.READ_WINDOW``)."""
-    if needs_signing(item, plan.assets.values()):
-        item = sign(item)
-    cube = load_scene(item, plan, read, access)
-    out = predict_masks(cube.data, plan.model, spec.infer, chunk=chunk, names=[item.id], probabilities=spec.probabilities,
-                        gpu=gpu)
-    arrays = {"mask": (("time", "y", "x"), (out["mask"].data if spec.probabilities else out.data)[:1])}
-    if spec.probabilities:
-        arrays["probability"] = (("time", "class", "y", "x"), out["probability"].data)
-    persisted = []
-    if client is not None:  # one graph, unfused (fusion also drops annotations), computing from now on
-        persisted = client.persist([a for _, a in arrays.values()], optimize_graph=not gpu, priority=priority)
-        arrays = {k: (dims, a) for (k, (dims, _)), a in zip(arrays.items(), persisted)}
-    sources = [a for _, a in arrays.values()]
-    write = da.store(sources, [targets[k] for k in arrays], regions=[(slice(t, t + 1),) for _ in sources],
-                     lock=False, compute=False)
-    name = f"{task_prefix(item.id, 'counts')}-{dask.base.tokenize(item.id, t, write)}"
-    counted = dask.delayed(_written_counts, name=name, pure=True)(write, targets["mask"], t, cube.harmonisation)
-    return counted, persisted
-
-
-def _written_counts(_written, mask, t: int, harmonisation):
-    """``((256,) int64 pixel counts per mask value of scene t as stored (after _written), harmonisation)``;
-    ``mask``: the group's mask array (zarr)."""
-    return np.bincount(np.asarray(mask[t]).ravel(), minlength=256), harmonisation
-
-
 def provenance(spec: JobSpec, loaded) -> dict:
     """What the masks of this run depend on (``store.PROVENANCE``), for the store's one-model check."""
     meta = loaded.meta
@@ -114,6 +87,11 @@ def provenance(spec: JobSpec, loaded) -> dict:
     return {"model": meta.model, "weights_sha256": loaded.sha256, "bands": list(meta.bands),
             "classes": list(meta.classes), "tile": tile, "overlap": spec.infer.overlap_for(tile),
             "precision": spec.infer.precision, "probabilities": spec.probabilities}
+
+
+def tile_grid(spec: JobSpec, loaded) -> TileGrid:
+    tile = spec.infer.tile or loaded.meta.tile_size
+    return TileGrid(tile, spec.infer.overlap_for(tile))
 
 
 def job_weights(spec: JobSpec, items: list | None = None) -> str:
@@ -157,14 +135,15 @@ def check_job(spec: JobSpec, items: list | None = None):
 
 
 def check_search(spec: JobSpec) -> list:
-    """Search, then check the first items against the model (bands, sensor and level, grid) and the access
+    """Search, then check the first items against the model (bands, sensor and level, grid size) and the access
     they need (signing installed): the items found; ``PreflightError``/``ConfigError`` before anything starts."""
     checked = check_job(spec)  # weights, store and lock before the search
     items = search_items(spec.search)
     if job_weights(spec, items) != checked[1]:  # the items' level picks another starter: check that one
         checked = check_job(spec, items)
     profile, _, loaded = checked
-    item, plan = check_items(items, loaded, f"{spec.search.collection!r} at {spec.search.url}", profile)
+    item, plan = check_items(items, loaded, f"{spec.search.collection!r} at {spec.search.url}", profile,
+                             max_grid=spec.max_grid)
     if needs_signing(item, plan.assets.values()):
         require_signing()
     return items
@@ -191,8 +170,7 @@ def store_table(store: MaskStore, results: list[SceneStats]):
 def scenes_in_flight(client, fixed: int | None = None) -> int:
     """Scenes to keep computing at once: ``fixed`` when given, else two per model slot of the cluster as it is
     now (its workers' ``GPU`` resources where they have any, else one per worker: each runs one model thread), so
-    every model has a scene's blocks queued behind the one it runs; at least 2. Workers hold the data and Dask
-    bounds their memory: more scenes in flight means more queued tasks, not more pixels held."""
+    every model has a scene's blocks queued behind the one it runs; at least 2."""
     if fixed:
         return max(1, fixed)
     if client is None:
@@ -210,145 +188,238 @@ def gpu_workers(client) -> int:
 
 
 def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, items: list | None = None) -> JobResult:
-    """Run the job on ``client`` (a ``distributed.Client``; None: Dask's local threads); ``items``: those
-    ``check_search`` found (searched and checked here when None).
-
-    Where workers advertise a ``GPU`` resource, the model tasks ask for one (so they run only there, one
-    at a time per GPU); each GPU worker returns PyTorch's cached memory when its model falls idle."""
+    """Search and check (unless ``items``, those ``check_search`` found, are given), plan, and run the plan on
+    ``client`` (a ``distributed.Client``; None: Dask's local threads)."""
     if items is None:
         items = check_search(spec)
-    profile, weights, loaded = check_job(spec, items)
-    meta = loaded.meta
-    access = access_for(items)
-    configure(access)
-    gpus = gpu_workers(client)
-    gpu = gpus > 0
-    if gpu:
-        log(f"{gpus} GPU workers: model tasks ask for the GPU resource")
-    log(f"found {len(items)} scenes in {spec.search.collection!r} at {spec.search.url}")
-    store = MaskStore(spec.out)
-    tile = spec.infer.tile or meta.tile_size
-    stride = TileGrid(tile, spec.infer.overlap_for(tile)).stride
-    chunk, read = aligned_chunk(spec.chunk, stride), aligned_chunk(READ_WINDOW, stride)
-    results: list[SceneStats] = []
-    with store.lock():
-        log(f"writing {spec.out} (locked for this job)")
-        store.check_provenance(provenance(spec, loaded))  # again, under the lock
-        store.write_provenance(provenance(spec, loaded))
-        by_grid: dict = {}
-        plans: dict[str, ScenePlan] = {}
-        failed_early = []
-        for item in items:
-            try:
-                plans[item.id] = plan = plan_scene(item, loaded, profile)
-                by_grid.setdefault(plan.grid, []).append(item)
-            except CloudmaskError as exc:
-                failed_early.append(SceneStats(item.id, str(item.datetime), "failed", str(exc)))
-                log(f"{item.id}: failed before reading: {exc}")
+    profile, _, loaded = check_job(spec, items)
+    plan = plan_job(items, loaded, profile, chunk=spec.chunk, tiles=tile_grid(spec, loaded), max_grid=spec.max_grid)
+    return JobRun(spec, plan, loaded, access_for(items), client, log).run()
+
+
+class JobRun:
+    """One execution of a ``JobPlan`` into its store (see the module's docstring)."""
+
+    def __init__(self, spec: JobSpec, plan: JobPlan, weights, access: Access, client=None,
+                 log: Callable[[str], None] = print) -> None:
+        self.spec, self.plan, self.weights, self.access, self.client, self.log = spec, plan, weights, access, client, log
+        self.store = MaskStore(spec.out)
+        self.model = ModelRef(weights.source, weights.sha256, spec.infer)
+        self.run_id = uuid.uuid4().hex  # this run's task keys are its own: writes are side effects
+        self.gpus = gpu_workers(client)
+        self.results: list[SceneStats] = []
+        self.finished = 0
+        self.flushed = time.monotonic()
+
+    # -- the whole run ----------------------------------------------------------------------------------
+    def run(self) -> JobResult:
+        spec, store, log = self.spec, self.store, self.log
+        configure(self.access)
+        if self.gpus:
+            log(f"{self.gpus} GPU workers: the job's tasks run on them")
+        log(f"found {len(self.plan.scenes) + len(self.plan.failed)} scenes in {spec.search.collection!r} at "
+            f"{spec.search.url}")
+        with store.lock():
+            log(f"writing {spec.out} (locked for this job)")
+            store.check_provenance(provenance(spec, self.weights))  # again, under the lock
+            store.write_provenance(provenance(spec, self.weights))
+            work = self.layout()
+            if spec.verify:
+                from .integrity import verify_store
+
+                checks = verify_store(store, repair=True, log=log)
+                log(f"verified {len(checks)} done scenes: {sum(1 for c in checks if c.problem)} damaged, redone below")
+            done = store.done()
+            self.bookkeeping(store.sync_stats, done)  # statistics of scenes a stopped job finished after its flush
+            todo = [w for w in work if w[0].item_id not in done]
+            skipped = len(work) - len(todo)
+            if skipped:
+                log(f"skipping {skipped} scenes already done in {spec.out} (resume)")
+            in_job = {w[0].item_id for w in work}
+            self.results += [SceneStats.from_row(e["stats"]) for e in done.values()
+                             if e.get("stats") and e["stats"]["item_id"] in in_job]
+            for item_id, when, reason in self.plan.failed:
+                self.results.append(SceneStats(item_id, when, "failed", reason))
+                log(f"{item_id}: failed before reading: {reason}")
+            self.execute(todo)
+            self.bookkeeping(store.flush_stats)
+            order = {s.item_id: i for i, s in enumerate(self.plan.scenes)}
+            self.results.sort(key=lambda s: order.get(s.item_id, -1))
+            table = self.bookkeeping(store.write_table, store_table(store, self.results))
+        return JobResult(self.results, skipped, table)
+
+    def layout(self) -> list[tuple[ScenePlan, str, int]]:
+        """Every grid's group in the store (created, or grown by this job's scenes): ``(scene, group, time index)``
+        of every scene planned."""
+        store, meta = self.store, self.weights.meta
+        by_group: dict[str, list[ScenePlan]] = {}
+        for scene in self.plan.scenes:
+            by_group.setdefault(scene.group, []).append(scene)
         work = []
-        for grid, its in by_grid.items():
-            group = store.ensure_group(grid, [np.datetime64(i.datetime.replace(tzinfo=None)) for i in its],
-                                       [i.id for i in its], (chunk, chunk),
-                                       attrs={"model": meta.model, "weights_sha256": loaded.sha256,
-                                              "stac_api": spec.search.url, "collection": spec.search.collection},
-                                       probabilities=spec.probabilities)
+        for group, scenes in by_group.items():
+            store.ensure_group(self.plan.groups[group], [s.time for s in scenes],
+                               [s.item_id for s in scenes], (self.plan.chunk, self.plan.chunk),
+                               attrs={"model": meta.model, "weights_sha256": self.weights.sha256,
+                                      "stac_api": self.spec.search.url, "collection": self.spec.search.collection},
+                               probabilities=self.spec.probabilities)
             index = store.scene_index(group)  # scenes already there keep their places; new ones were appended
-            work += [(item, group, index[item.id]) for item in its]
+            work += [(s, group, index[s.item_id]) for s in scenes]
         store.consolidate()  # the layout is complete: one metadata document for readers
-        run = uuid.uuid4().hex  # this run's write tasks are its own (store.RegionTarget)
-        targets = {group: store.region_targets(group, run) for group in {w[1] for w in work}}
-        if spec.verify:
-            from .integrity import verify_store
+        order = {s.item_id: i for i, s in enumerate(self.plan.scenes)}
+        return sorted(work, key=lambda w: order[w[0].item_id])
 
-            checks = verify_store(store, repair=True, log=log)
-            log(f"verified {len(checks)} done scenes: {sum(1 for c in checks if c.problem)} damaged, redone below")
-        done = store.done()
-        store.sync_stats(done)  # statistics of scenes a stopped job finished after its last flush
-        todo = [w for w in work if w[0].id not in done]
-        skipped = len(work) - len(todo)
-        if skipped:
-            log(f"skipping {skipped} scenes already done in {spec.out} (resume)")
-        in_job = {w[0].id for w in work}
-        results += [SceneStats.from_row(e["stats"]) for e in done.values()
-                    if e.get("stats") and e["stats"]["item_id"] in in_job]
-        results += failed_early
-        pending: list = []
+    # -- scenes -----------------------------------------------------------------------------------------
+    def graph(self, scene: ScenePlan, group: str, t: int) -> tuple[dict, str]:
+        """The tasks of one scene (``dask._task_spec`` graph) and the key of its counts. Planetary Computer hrefs
+        are signed here, when the scene's work is built, so tokens are fresh."""
+        from dask._task_spec import DataNode, Task, TaskRef
+        from dask.base import tokenize
+
+        read, b10 = scene.read, scene.offset_check
+        hrefs = _HrefItem(scene)
+        if needs_signing(hrefs, hrefs.assets):
+            signed = {k: a.href for k, a in sign(hrefs.as_item()).assets.items()}
+            read, b10 = read.signed(signed), signed.get("_b10", b10)
+        token = tokenize(scene.item_id, t, self.run_id)
+        writer = Writer(self.store.url, tuple(sorted(self.store.location.options.items())), group,
+                        self.spec.probabilities, self.run_id, self.store.lease())
+        dsk: dict = {}
+        read_key = f"{task_prefix(scene.item_id, 'plan')}-{token}"
+        dsk[read_key] = DataNode(read_key, read)
+        if scene.harmonisation is not None:
+            harm = scene.harmonisation
+        else:
+            key = f"{task_prefix(scene.item_id, 'radiometry')}-{token}"
+            dsk[key] = Task(key, radiometry, scene.properties, b10, self.access)
+            harm = TaskRef(key)
+        name = f"{task_prefix(scene.item_id, 'mask')}-{token}"
+        blocks = []
+        for block in scene.blocks:
+            key = (name, *block.index)
+            dsk[key] = Task(key, mask_block, TaskRef(read_key), block, harm, self.model, writer, t, self.access)
+            blocks.append(TaskRef(key))
+        counts = f"{task_prefix(scene.item_id, 'counts')}-{token}"
+        dsk[counts] = Task(counts, scene_counts, harm, *blocks)
+        return dsk, counts
+
+    def execute(self, todo: list) -> None:
+        """Submit the scenes of ``todo`` with at most ``in_flight`` computing, earlier ones first, and keep the
+        books as each ends."""
+        client, spec = self.client, self.spec
         queue = collections.deque(todo)
-        total = len(todo)
-        finished = 0
-        flushed = time.monotonic()
-
-        def finish(entry, outcome):
-            nonlocal finished, flushed
-            item, group, t, start, built = entry
-            harm = None if isinstance(outcome, BaseException) else outcome[1]
-            stats = SceneStats(item.id, str(item.datetime),
-                               provider_cloud_cover=float(item.properties.get("eo:cloud_cover", float("nan"))),
-                               processing_baseline=str((harm.baseline or "") if harm else ""),
-                               offset_applied=int(harm.offset if harm else 0),
-                               radiometry=harm.reason if harm else "")
-            if isinstance(outcome, BaseException):
-                culprit = unreadable_asset(item, plans[item.id], access) if built else None
-                stats.status = "failed"
-                stats.reason = redact(f"{culprit + '; ' if culprit else ''}{type(outcome).__name__}: {outcome}")[:2000]
-            else:
-                counts = np.asarray(outcome[0])
-                stats.set_counts(np.append(counts[:4], counts[MASK_NODATA]))
-                stats.status = "ok" if stats.valid_pixels else "failed"
-                if not stats.valid_pixels:
-                    stats.reason = "no valid pixels: the scene is entirely nodata"
-            stats.runtime_s = round(time.time() - start, 2)
-            store.write_scene_stats(group, t, stats)
-            if stats.status == "ok":
-                store.mark_done(item.id, {"status": "ok", "group": group, "time_index": t, "stats": stats.row()})
-            finished += 1
-            detail = f"{stats.cloud_cover:.1f} % cloud" if stats.status == "ok" else stats.reason
-            log(f"[{finished}/{total}] {item.id}: {stats.status}, {detail} ({stats.runtime_s:.1f} s)")
-            results.append(stats)
-            if time.monotonic() - flushed > FLUSH_S:
-                store.flush_stats()
-                flushed = time.monotonic()
-
+        self.total = len(todo)
+        pending: dict = {}
         in_flight, sized = scenes_in_flight(client, spec.in_flight), time.monotonic()
-        while queue or pending:
-            raise_if_stopped()  # a SIGTERM/SIGINT whose exception was swallowed where it landed
-            if spec.in_flight is None and time.monotonic() - sized > 2:  # workers join and leave (adaptive scaling)
-                in_flight, sized = scenes_in_flight(client), time.monotonic()
-            while queue and len(pending) < in_flight:
-                raise_if_stopped()
-                item, group, t = queue.popleft()
-                start = time.time()
-                try:
-                    counted, keep = _scene_graph(item, plans[item.id], chunk, spec, targets[group], t, client, gpu,
-                                                 priority=len(queue), read=read, access=access)
-                except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
-                    finish((item, group, t, start, False), exc)
-                    continue
-                if client is None:
+        try:
+            while queue or pending:
+                raise_if_stopped()  # a SIGTERM/SIGINT whose exception was swallowed where it landed
+                if spec.in_flight is None and time.monotonic() - sized > 2:  # workers join and leave
+                    in_flight, sized = scenes_in_flight(client), time.monotonic()
+                while queue and len(pending) < in_flight:
+                    raise_if_stopped()
+                    scene, group, t = queue.popleft()
+                    start = time.time()
                     try:
-                        finish((item, group, t, start, True), counted.compute())
-                    except Exception as exc:  # noqa: BLE001
-                        finish((item, group, t, start, True), exc)
-                    continue
-                # one future per scene; its masks are already computing
-                future = client.compute(counted, priority=len(queue))
-                pending.append(((item, group, t, start, True), (future, keep)))
-            if pending:
-                from distributed import wait
+                        dsk, key = self.graph(scene, group, t)
+                    except CloudmaskError as exc:  # e.g. signing failed: this scene alone
+                        self.finish(scene, group, t, start, exc)
+                        continue
+                    if client is None:
+                        self.finish(scene, group, t, start, self.outcome(lambda: _local_get(dsk, key)))
+                        continue
+                    resources = {"GPU": GPU_SHARE} if self.gpus else None
+                    future = client.get(dsk, [key], sync=False, priority=len(queue), resources=resources)[0]
+                    pending[future] = (scene, group, t, start)
+                if pending:
+                    from distributed import wait
 
-                # unbounded: a stop signal raises here; one swallowed elsewhere is raised at the next check
-                wait([f for _, (f, _) in pending], return_when="FIRST_COMPLETED")
-                still = []
-                for entry, (future, keep) in pending:
-                    if future.done():
-                        try:
-                            finish(entry, future.result())
-                        except Exception as exc:  # noqa: BLE001
-                            finish(entry, exc)
-                    else:
-                        still.append((entry, (future, keep)))
-                pending = still
-        store.flush_stats()
-    order = {w[0].id: i for i, w in enumerate(work)}
-    results.sort(key=lambda s: order.get(s.item_id, -1))
-    return JobResult(results, skipped, store.write_table(store_table(store, results)))
+                    # unbounded: a stop signal raises here; one swallowed elsewhere is raised at the next check
+                    done, _ = wait(list(pending), return_when="FIRST_COMPLETED")
+                    for future in done:
+                        scene, group, t, start = pending.pop(future)
+                        self.finish(scene, group, t, start, self.outcome(future.result))
+        finally:
+            if pending and client is not None:
+                client.cancel(list(pending), force=True)
+
+    def outcome(self, result):
+        """``result()``'s value, or the exception that failed the scene; an exception that is the job's own
+        (lease lost, weights changed) stops the job instead."""
+        try:
+            return result()
+        except (LeaseLostError, WeightsChangedError) as exc:
+            raise JobStopped(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the job
+            return exc
+
+    def finish(self, scene: ScenePlan, group: str, t: int, start: float, outcome) -> None:
+        """Record a scene's outcome: its statistics (queued, flushed now and then) and, for a good scene, its
+        manifest entry (at once). Failing to write them stops the job (``bookkeeping``)."""
+        harm = None if isinstance(outcome, BaseException) else outcome[1]
+        stats = SceneStats(scene.item_id, scene.datetime, provider_cloud_cover=scene.provider_cloud_cover,
+                           processing_baseline=str((harm.baseline or "") if harm else ""),
+                           offset_applied=int(harm.offset if harm else 0), radiometry=harm.reason if harm else "")
+        if isinstance(outcome, BaseException):
+            stats.status = "failed"
+            stats.reason = redact(f"{type(outcome).__name__}: {outcome}")[:2000]
+        else:
+            stats.set_counts(np.asarray(outcome[0]))
+            stats.status = "ok" if stats.valid_pixels else "failed"
+            if not stats.valid_pixels:
+                stats.reason = "no valid pixels: the scene is entirely nodata"
+        stats.runtime_s = round(time.time() - start, 2)
+        self.store.write_scene_stats(group, t, stats)
+        if stats.status == "ok":
+            self.bookkeeping(self.store.mark_done, scene.item_id,
+                             {"status": "ok", "group": group, "time_index": t, "stats": stats.row()})
+        self.finished += 1
+        detail = f"{stats.cloud_cover:.1f} % cloud" if stats.status == "ok" else stats.reason
+        self.log(f"[{self.finished}/{self.total}] {scene.item_id}: {stats.status}, {detail} ({stats.runtime_s:.1f} s)")
+        self.results.append(stats)
+        if time.monotonic() - self.flushed > FLUSH_S:
+            self.bookkeeping(self.store.flush_stats)
+            self.flushed = time.monotonic()
+
+    def bookkeeping(self, write, *args):
+        """``write(*args)`` (a manifest, statistics or table write, checked against the lease), or ``JobStopped``
+        with one line when it cannot be done."""
+        try:
+            return write(*args)
+        except LeaseLostError as exc:
+            raise JobStopped(str(exc)) from None
+        except CloudmaskError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the store itself failing: stop, say where
+            raise JobStopped(f"could not write the job's records to {self.store.url} ({type(exc).__name__}: "
+                             f"{redact(exc)}); the job stopped: what it finished is recorded, run it again once the "
+                             f"store can be written") from None
+
+
+def _local_get(dsk: dict, key: str):
+    """Compute ``key`` of ``dsk`` on Dask's local threads (no cluster)."""
+    import dask.threaded
+
+    return dask.threaded.get(dsk, key)
+
+
+class _HrefItem:
+    """The assets a scene reads, as the item-like object ``access.needs_signing``/``sign`` take."""
+
+    def __init__(self, scene: ScenePlan) -> None:
+        self.scene = scene
+        self.assets = {b.asset: _Asset(b.href) for b in scene.read.bands}
+        if scene.offset_check:
+            self.assets["_b10"] = _Asset(scene.offset_check)
+
+    def as_item(self):
+        import pystac
+
+        item = pystac.Item(self.scene.item_id, None, None, self.scene.time.astype("datetime64[us]").item(), {})
+        for key, asset in self.assets.items():
+            item.add_asset(key, pystac.Asset(asset.href))
+        return item
+
+
+@dataclass
+class _Asset:
+    href: str

@@ -76,7 +76,13 @@ class FileLock:
         return _acquire(self.path, self.me)
 
     def check(self) -> None:
-        """Nothing to check: a folder's lock cannot be taken from a live job."""
+        """Raise ``LeaseLostError`` unless the lock file still holds this job's record (it was deleted by hand, or
+        taken by a job that judged this one gone)."""
+        held = _read_json(self.path)
+        if not isinstance(held, dict) or held.get("token") != self.me["token"]:
+            raise LeaseLostError(f"stopped writing {self.path.parent.parent}: its lock file {self.path} no longer holds "
+                                 f"this job's record (deleted, or taken over by another job); nothing this job "
+                                 f"finished is lost; run it again once no other job writes the store")
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -158,6 +164,8 @@ class LeaseLock:
         self._key = location.key(*LOCK)
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._renewing = threading.Lock()  # the heartbeat and check() renew one at a time (ETags in order)
+        self._renewed_at = time.monotonic()
 
     def acquire(self) -> dict | None:
         """None once held (and renewed from now on), else the live holder's record."""
@@ -192,24 +200,34 @@ class LeaseLock:
         try:
             self.etag = self.objects.put(self._key, self._body, if_match=self.etag)
         except (PreconditionFailed, FileNotFoundError):
-            self.lost = "another job took the store's lease over (this job stalled for longer than the lease)"
+            self.lost = ("another job took the store's lease over, or its lock object was overwritten or deleted "
+                         "(this job stalled for longer than the lease, or the lock was changed by hand)")
             return False
+        self._renewed_at = time.monotonic()
         self.renewed.set()
         return True
 
     def _heartbeat(self) -> None:
-        renewed = time.monotonic()
         while not self._stop.wait(self.ttl / 4):
             try:
-                if not self.renew():
-                    return
-                renewed = time.monotonic()
+                with self._renewing:
+                    if self.lost or not self.renew():
+                        return
             except Exception as exc:  # noqa: BLE001 - the store unreachable: retry until the lease runs out
-                if time.monotonic() - renewed > self.ttl:
+                if time.monotonic() - self._renewed_at > self.ttl:
                     self.lost = f"the lease could not be renewed for {self.ttl:.0f} s ({type(exc).__name__}: {exc})"
                     return
 
     def check(self) -> None:
+        """Renew the lease now, conditionally on this job's last ETag: ``LeaseLostError`` if it is not this job's
+        any more (taken over, overwritten or deleted), so nothing is recorded after the loss."""
+        with self._renewing:
+            if not self.lost:
+                try:
+                    self.renew()
+                except Exception:  # the store unreachable: the lease renewed under half a ttl ago is still ours
+                    if time.monotonic() - self._renewed_at > self.ttl / 2:
+                        raise
         if self.lost:
             raise LeaseLostError(f"stopped writing {self.location.url}: {self.lost}; nothing this job finished is "
                                  f"lost; run it again once the other job is done")

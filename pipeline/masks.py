@@ -21,31 +21,11 @@ from .detectors import detector_weights, get_predictor
 from .errors import ConfigError
 from .model.weights import default_weights
 from .sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
+from .plans import aligned_chunks
+from .tasks import task_prefix
 from .tiles import TileGrid
 
 FLAG_MEANINGS = " ".join(CLASS_NAMES)
-
-
-def task_prefix(scene: str, stage: str = "mask") -> str:
-    """The dashboard's name for a scene's tasks, e.g. ``mask_S2A_MSIL1C_20170216_T33UUU``: Dask names tasks
-    by the key's first dash-separated word, so the scene id joins the stage with underscores."""
-    return f"{stage}_{scene.replace('-', '_')}"
-
-
-def aligned_chunk(target: int, stride: int) -> int:
-    """The block side used for ``target``: a multiple of ``stride`` at most ``target`` (at least one stride)."""
-    return max(stride, (target // stride) * stride)
-
-
-def aligned_chunks(size: int, target: int, stride: int) -> tuple[int, ...]:
-    """Chunk sizes along an axis of ``size`` pixels: multiples of ``stride`` near ``target``, remainder last.
-    A remainder under one stride joins the last chunk: as a block of its own it would rerun a whole row of
-    tiles for a sliver of pixels."""
-    step = aligned_chunk(target, stride)
-    full, rest = divmod(size, step)
-    if full and 0 < rest < stride:
-        return (step,) * (full - 1) + (step + rest,)
-    return (step,) * full + ((rest,) if rest else ())
 
 
 def _predict_block(block: np.ndarray, weights: str, spec: InferSpec, before: int, starts_y, starts_x,

@@ -189,12 +189,28 @@ class PeerPredictor:
         self.stats.add(1, time.perf_counter() - start)
         return out
 
+    def predict_block(self, block, probabilities: bool = False):
+        """Classes (and stored probabilities, uint8 p x 250) of a block's interior (``pipeline.bands.NativeBlock``),
+        its bands brought onto the scene grid on the CPU."""
+        from .bands import block_image
+        from .sensors import MASK_NODATA, PROBABILITY_SCALE
+
+        (r0, _), (c0, _) = block.rows, block.cols
+        (y0, y1), (x0, x1) = block.needed
+        pred = self.predict(block_image(block), offset=(r0, c0), probabilities=probabilities)
+        inner = (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0))
+        probs = None
+        if probabilities:
+            p = pred.probabilities[(slice(None), *inner)]
+            probs = np.where(np.isfinite(p), np.round(np.nan_to_num(p) * PROBABILITY_SCALE), MASK_NODATA).astype(np.uint8)
+        return Prediction(classes=pred.classes[inner], probabilities=probs)
+
     def predict(self, image: np.ndarray, *, offset=(0, 0), needed=None, probabilities: bool = False,
                 mask_nodata: bool = True):
         from .sensors import MASK_NODATA
 
         image = np.asarray(image)
-        nodata = np.all(image == 0, axis=0) if mask_nodata else np.zeros(image.shape[1:], bool)
+        nodata = np.any(image == 0, axis=0) if mask_nodata else np.zeros(image.shape[1:], bool)
         probs = np.zeros((4, *image.shape[1:]), np.float32)
         # like MSCloudCAM: one model call at a time per process, on all the worker's threads
         if self.name == "s2cloudless":

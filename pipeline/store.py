@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -26,6 +25,7 @@ import xarray as xr
 
 from . import __version__
 from .errors import ConfigError
+from .grids import grid_name
 from .locations import location_of
 from .locks import LOCK, StoreLockedError, lock_for, refusal  # noqa: F401  (StoreLockedError: the store's error)
 from .sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
@@ -38,29 +38,6 @@ STAT_VARS = {  # name: (dtype, fill)
     "cloud_cover": (np.float32, np.nan), "provider_cloud_cover": (np.float32, np.nan),
     "offset_applied": (np.int16, -1), "status": (np.int8, 0), "runtime_s": (np.float32, np.nan),
 }
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A pixel grid: ``crs`` (EPSG code or WKT), GDAL-order ``transform`` (x0, dx, 0, y0, 0, dy), ``shape`` (h, w)."""
-
-    crs: str
-    transform: tuple[float, float, float, float, float, float]
-    shape: tuple[int, int]
-
-    @property
-    def name(self) -> str:
-        from rasterio.crs import CRS
-
-        epsg = CRS.from_user_input(self.crs).to_epsg()
-        x0, dx, _, y0, _, dy = self.transform
-        return f"epsg{epsg or 'wkt'}_x{x0:.10g}_y{y0:.10g}_res{abs(dx):.10g}_{self.shape[0]}x{self.shape[1]}"
-
-    def coords(self) -> dict:
-        """Pixel-centre coordinates ``y (h,)`` and ``x (w,)`` float64."""
-        x0, dx, _, y0, _, dy = self.transform
-        h, w = self.shape
-        return {"y": y0 + dy * (np.arange(h) + 0.5), "x": x0 + dx * (np.arange(w) + 0.5)}
 
 
 def store_path(out: str | Path) -> str:
@@ -103,6 +80,19 @@ class MaskStore:
         finally:
             self._held = None
             held.release()
+
+    def lease(self) -> tuple[str, str] | None:
+        """``(lock object key, this job's token)`` while this job holds an object-storage store's lease (workers
+        check it before writing), None otherwise."""
+        if self._held is None or self.location.local:
+            return None
+        return self.location.key(*LOCK), self._held.me["token"]
+
+    def _confirm(self) -> None:
+        """Before a record is written: the lock is still this job's (on object storage, renewed now with a
+        conditional write); ``LeaseLostError`` otherwise."""
+        if self._held is not None:
+            self._held.check()
 
     def check_free(self, job: str = "cloudmask run") -> None:
         """Refuse (StoreLockedError) now, before any cluster starts, when a live job holds the store's lock (the
@@ -183,6 +173,7 @@ class MaskStore:
 
     def write_table(self, frame) -> str:
         """Write the statistics table (CSV) into the store; its URL."""
+        self._confirm()
         self.location.write(frame.to_csv().encode(), *TABLE)
         return self.location.key(*TABLE) if self.location.local else f"{self.url}/{'/'.join(TABLE)}"
 
@@ -191,14 +182,13 @@ class MaskStore:
         self.location.delete(*MANIFEST, manifest_name(item_id))
 
     def mark_done(self, item_id: str, entry: dict) -> None:
-        """Record scene ``item_id`` as done (written last, whole). Under an object-storage lease, first checks
-        that the lease is still this job's (``LeaseLostError`` otherwise)."""
-        if self._held is not None:
-            self._held.check()
+        """Record scene ``item_id`` as done (written last, whole), once the lock is confirmed to be this job's
+        (``LeaseLostError`` otherwise)."""
+        self._confirm()
         self.location.write(json.dumps(entry, indent=1, default=str).encode(), *MANIFEST, manifest_name(item_id))
 
     # -- groups ---------------------------------------------------------------------------------------
-    def ensure_group(self, grid: Grid, times: list, item_ids: list[str], chunks: tuple[int, int],
+    def ensure_group(self, grid, times: list, item_ids: list[str], chunks: tuple[int, int],
                      attrs: dict | None = None, probabilities: bool = False) -> str:
         """Write the group's template (metadata and coordinates only) unless it exists; return its name.
 
@@ -206,7 +196,7 @@ class MaskStore:
         chunks are written by their scenes' jobs), the scenes it holds keep their places. The time axis is in the
         order scenes were added (sorted within each run); ``ds.sortby("time")`` gives the sorted view.
         """
-        group = grid.name
+        group = grid_name(grid)
         if self.location.exists(group, "zarr.json"):
             try:
                 have = set(self.location.names(group))
@@ -250,9 +240,9 @@ class MaskStore:
         return {str(i): t for t, i in enumerate(ids)}
 
     @staticmethod
-    def _template(grid: Grid, times: list, item_ids: list[str], chunks: tuple[int, int], probabilities: bool,
+    def _template(grid, times: list, item_ids: list[str], chunks: tuple[int, int], probabilities: bool,
                   attrs: dict | None = None) -> xr.Dataset:
-        """The lazy Dataset of ``len(times)`` scenes on ``grid``: masks (and probabilities) all nodata, statistics
+        """The lazy Dataset of ``len(times)`` scenes on ``grid`` (a GeoBox): masks (and probabilities) all nodata, statistics
         at their fill values, coordinates, CRS and encodings."""
         import dask.array as da
         import rioxarray  # noqa: F401  (registers .rio)
@@ -266,7 +256,7 @@ class MaskStore:
                                    da.full((n, len(CLASS_NAMES), h, w), MASK_NODATA, np.uint8, chunks=(1, len(CLASS_NAMES), cy, cx)))
         for name, (dtype, fill) in STAT_VARS.items():
             data[name] = (("time",), np.full(n, fill, dtype))
-        coords = dict(grid.coords(), time=np.asarray(times, dtype="datetime64[ns]"),
+        coords = dict({k: c.values for k, c in grid.coords.items()}, time=np.asarray(times, dtype="datetime64[ns]"),
                       item_id=("time", np.asarray(item_ids, dtype=object)))
         ds = xr.Dataset(data, coords=coords, attrs=dict(attrs or {}, code_version=__version__))
         ds["mask"].attrs.update(flag_values=[0, 1, 2, 3], flag_meanings=" ".join(CLASS_NAMES),
@@ -276,7 +266,7 @@ class MaskStore:
             ds = ds.assign_coords({"class": np.asarray(CLASS_NAMES, dtype=object)})  # variable-length strings in Zarr v3
         ds["status"].attrs.update(flag_values=list(STATUS.values()), flag_meanings=" ".join(STATUS))
         ds["cloud_cover"].attrs.update(units="%", long_name="thick + thin cloud among valid pixels")
-        ds = ds.rio.write_crs(grid.crs).rio.write_transform(_affine(grid.transform))
+        ds = ds.rio.write_crs(str(grid.crs)).rio.write_transform(grid.affine)
         # zarr's own fill_value, not a CF _FillValue attribute: xarray then keeps uint8 on reading (no NaN masking)
         ds["mask"].encoding.update(chunks=(1, cy, cx), fill_value=MASK_NODATA, dtype="uint8")
         if probabilities:
@@ -289,15 +279,6 @@ class MaskStore:
                                      coordinates=" ".join(c for c in ("item_id", "spatial_ref") if c in ds.coords))
         return ds
 
-    def write_scene(self, group: str, t: int, mask, stats: SceneStats, probability=None) -> None:
-        """Region-write scene ``t``: ``mask (y, x)`` uint8 (numpy or dask), its statistics, optionally
-        ``probability (class, y, x)`` uint8."""
-        vars_ = dict(_stat_vars(stats), mask=(("time", "y", "x"), mask[None]))
-        if probability is not None:
-            vars_["probability"] = (("time", "class", "y", "x"), probability[None])
-        xr.Dataset(vars_).to_zarr(**self.location.zarr_args(), group=group, region={"time": slice(t, t + 1)}, zarr_format=3,
-                                  consolidated=False)
-
     def write_scene_stats(self, group: str, t: int, stats: SceneStats) -> None:
         """Queue scene ``t``'s statistics for the per-scene variables (its mask is written by the Dask graph);
         ``flush_stats`` writes what is queued. The manifest entry, written at once, is what counts: statistics
@@ -308,6 +289,8 @@ class MaskStore:
         """Write the queued statistics: one coordinate write per variable and group; the number of scenes."""
         import zarr
 
+        if self._stats:
+            self._confirm()
         pending, self._stats = self._stats, {}
         for group, rows in pending.items():
             g = zarr.open_group(**self.location.zarr_args(), path=group, mode="r+")
@@ -337,16 +320,6 @@ class MaskStore:
                     self.write_scene_stats(group, t, SceneStats.from_row(e["stats"]))
         return self.flush_stats()
 
-    def region_targets(self, group: str, run: str) -> dict:
-        """The group's ``mask`` (and ``probability``) as ``RegionTarget``s of job run ``run`` (a unique id), for
-        scenes' region writes (``da.store``): opened once per job, pickled into the write tasks; no metadata is
-        read per scene."""
-        import zarr
-
-        g = zarr.open_group(**self.location.zarr_args(), path=group, mode="r+")
-        return {name: RegionTarget(g[name], run) for name in ("mask", "probability") if name in g}
-
-
     def open(self, group: str) -> xr.Dataset:
         return xr.open_zarr(**self.location.zarr_args(), group=group, consolidated=False)
 
@@ -369,36 +342,8 @@ def _stat_vars(stats: SceneStats) -> dict:
     return {name: (("time",), np.asarray([row[name]], dtype=dtype)) for name, (dtype, _) in STAT_VARS.items()}
 
 
-def _affine(transform):
-    from affine import Affine
-
-    x0, dx, rx, y0, ry, dy = transform
-    return Affine(dx, rx, x0, ry, dy, y0)
-
-
 def _parse_json(data: bytes | None):
     try:
         return json.loads(data) if data is not None else None
     except (ValueError, TypeError):
         return None
-
-
-class RegionTarget:
-    """A zarr array as a ``da.store`` target whose Dask token names the job run: writes are side effects, so two
-    runs must never share a write task. Dask tokenises a zarr array by its location, so a second run of the same
-    scenes in one client process (a notebook re-running a job into a re-created store) would otherwise get the
-    first run's keys and, while those results were still held, skip its writes: scenes marked ok over blank
-    masks. ``shape``/``dtype``/indexing are the array's."""
-
-    def __init__(self, array, run: str) -> None:
-        self.array, self.run = array, run
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-
-    def __setitem__(self, key, value) -> None:
-        self.array[key] = value
-
-    def __getitem__(self, key):
-        return self.array[key]
-
-    def __dask_tokenize__(self):
-        return ("RegionTarget", self.run, self.array.path)

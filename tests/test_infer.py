@@ -102,13 +102,16 @@ def test_all_nodata_gives_255(predictor):
     assert (p.classes == 255).all() and np.isnan(p.probabilities).all()
 
 
-def test_nodata_pixels_only_where_every_band_is_zero(predictor, scene):
+def test_a_pixel_is_nodata_where_any_band_is(predictor, scene):
+    """Outside the swath every band is 0; at a band's edge only that band is: both are nodata, nothing else is."""
     img = scene.copy()
     img[:, :10, :] = 0  # outside the swath
-    img[3, 50:60, 50:60] = 0  # one band zero: still data
-    p = predictor.predict(img)
-    assert (p.classes[:10] == 255).all()
-    assert (p.classes[10:] != 255).all()
+    img[3, 50:60, 50:60] = 0  # one band's footprint ends
+    p = predictor.predict(img, probabilities=True)
+    nodata = np.zeros(img.shape[1:], bool)
+    nodata[:10], nodata[50:60, 50:60] = True, True
+    np.testing.assert_array_equal(p.classes == 255, nodata)
+    assert np.isnan(p.probabilities[:, nodata]).all() and np.isfinite(p.probabilities[:, ~nodata]).all()
 
 
 def test_float_input_with_nan_is_nodata(predictor, scene):

