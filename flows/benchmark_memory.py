@@ -15,6 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
+from pipeline.config import BLOCK
+
 from .parsers import subcommand
 
 LIMIT_GB = 4.0  # issue 6: a worker masking a full-size scene stays under this
@@ -29,7 +31,7 @@ def add_parser(bsub) -> None:
     p.add_argument("--scenes", type=int, default=2, help="acquisitions to mask one after another (default: %(default)s)")
     p.add_argument("--weights", help="MSCloudCAM weights (default: the shipped starter weights)")
     p.add_argument("--threads", type=int, help="threads of the one worker (default: one per core)")
-    p.add_argument("--chunk", type=int, default=2048, help="Dask block side in pixels (default: %(default)s)")
+    p.add_argument("--chunk", type=int, default=BLOCK, help="Dask block side in pixels (default: %(default)s)")
     p.add_argument("--in-flight", type=int, default=2, help="scenes computing at once (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=run)

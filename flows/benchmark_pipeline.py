@@ -19,6 +19,8 @@ import shutil
 import time
 from pathlib import Path
 
+from pipeline.config import BLOCK
+
 from .parsers import subcommand
 
 MODELS = ("mscloudcam", "ukis-csmask", "s2cloudless")
@@ -34,7 +36,7 @@ def add_parser(bsub) -> None:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: %(default)s)")
     p.add_argument("--weights", help="MSCloudCAM weights (default: the shipped starter weights)")
     p.add_argument("--threads", type=int, help="threads of the one worker (default: one per core)")
-    p.add_argument("--chunk", type=int, default=2048, help="Dask block side in pixels (default: %(default)s)")
+    p.add_argument("--chunk", type=int, default=BLOCK, help="Dask block side in pixels (default: %(default)s)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the weights' tile)")
     p.add_argument("--precision", default="auto", help="MSCloudCAM precision: auto, fp32 or bf16 (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1, help="times each model masks the archive; the best counts "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.config import BLOCK
+
 from .parsers import subcommand
 
 
@@ -23,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
     p.add_argument("--workers", type=int, help="local Dask worker processes (default: 1, with a thread per core)")
-    p.add_argument("--chunk", type=int, default=2048, help="Dask block side in pixels (default: %(default)s)")
+    p.add_argument("--chunk", type=int, default=BLOCK, help="Dask block side in pixels (default: %(default)s)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the weights' tile)")
     p.set_defaults(func=run)
 

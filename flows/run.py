@@ -9,16 +9,18 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 from pipeline.peers import DETECTORS
 
+from pipeline.config import BLOCK
+
 from .parsers import yaml_mapping
 
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
           "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "precision",
           "probabilities", "verify")
 # what each job-file field holds (the command line's options parse theirs): YAML numbers, true/false, text
-WHOLE = {"limit": 100, "workers": 4, "chunk": 2048, "in_flight": 4, "overlap": 32}  # with an example each
+WHOLE = {"limit": 100, "workers": 4, "chunk": BLOCK, "in_flight": 4, "overlap": 32}  # with an example each
 SWITCHES = ("strict", "probabilities", "verify")
 TEXTS = ("stac_url", "collection", "datetime", "out", "model", "weights", "profile", "scheduler", "cluster", "precision")
-DEFAULTS = dict(profile=None, cluster="local", workers=None, chunk=2048, in_flight=None, strict=False, overlap=None,
+DEFAULTS = dict(profile=None, cluster="local", workers=None, chunk=BLOCK, in_flight=None, strict=False, overlap=None,
                 probabilities=False, verify=False)
 
 
@@ -60,7 +62,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="workers to start (local: processes, default 1 with a thread per "
                                                "core; slurm: jobs; kubernetes: pods)")
     p.add_argument("--chunk", type=int, help="Dask block side in pixels, rounded down to a multiple of the tile "
-                                             "stride (default: 2048)")
+                                             f"stride (default: {BLOCK})")
     p.add_argument("--in-flight", type=int, help="scenes computing at once (default: two per GPU, or per worker "
                                                  "without GPUs, re-read as workers join and leave)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the weights' tile: 32 "

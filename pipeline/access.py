@@ -39,6 +39,9 @@ class Access:
     gdal: tuple[tuple[str, str], ...]
     requester_pays: bool = False
 
+    def __dask_tokenize__(self):
+        return ("Access", self.gdal, self.requester_pays)
+
     def aws(self) -> dict:
         """Arguments of rasterio's ``AWSSession`` (credentials from the process's own environment)."""
         g = dict(self.gdal)
@@ -126,6 +129,16 @@ def sign(item):
 
         raise InputError(f"item {item.id}: could not sign its Planetary Computer URLs: {type(exc).__name__}: "
                          f"{redact(exc)} (token endpoint: PC_SDK_SAS_URL, default the Planetary Computer's)") from exc
+
+
+def read_failure(what: str, href: str, exc: BaseException) -> str:
+    """One line saying that ``what`` (e.g. "item X: asset 'B04' (B04)") could not be read from ``href``, why, and,
+    for an S3 read that was refused, what to set."""
+    hint = ""
+    if str(href).startswith("s3://") and re.search(r"403|Access ?Denied|Forbidden", str(exc), re.I):
+        hint = (" (s3 access refused: set AWS credentials; for a requester-pays bucket also "
+                "AWS_REQUEST_PAYER=requester)")
+    return f"{what} could not be read ({redact(href)}): {redact(exc)}{hint}"
 
 
 def redact(text: str) -> str:

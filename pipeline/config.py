@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
+# The block side in pixels, the job's unit of work: a full 10,980 px Sentinel-2 tile is 3 x 3 blocks (4,032 px on the
+# starter weights' 224 px stride), so 10 tasks; against 2,048 px blocks (36 blocks) the tiles that blocks share
+# with their neighbours cost 8 % of the model's work instead of 25 %, and Dask's overhead a quarter.
+BLOCK = 4096
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -14,6 +14,7 @@ import xarray as xr
 
 from .access import Access
 from .bands import SceneRead, block_image, read_block
+from .config import BLOCK
 from .plans import ScenePlan, plan_blocks
 from .radiometry import Harmonisation
 from .tiles import TileGrid
@@ -35,7 +36,7 @@ def _chunk(read: SceneRead, rows: tuple[int, int], cols: tuple[int, int], harmon
     return block_image(block)[None]
 
 
-def load_scene(plan: ScenePlan, chunk: int = 2048, access: Access | None = None) -> SceneCube:
+def load_scene(plan: ScenePlan, chunk: int = BLOCK, access: Access | None = None) -> SceneCube:
     """The scene of ``plan`` (``pipeline.plans.plan_scene``) as a lazy cube in ``chunk`` px blocks."""
     import dask
     import dask.array as da

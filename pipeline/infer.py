@@ -165,8 +165,9 @@ class Predictor:
         prepare = lambda: assemble(block, self.device, host)  # noqa: E731
         pred = self._run(prepare, (r0, c0), (r1 - r0, c1 - c0), (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0)),
                          "scaled" if probabilities else None, True)
-        return Prediction(pred.classes[y0 - r0:y1 - r0, x0 - c0:x1 - c0],
-                          None if pred.probabilities is None else pred.probabilities[:, y0 - r0:y1 - r0, x0 - c0:x1 - c0])
+        inner = (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0))
+        return Prediction(pred.classes[inner], None if pred.probabilities is None else pred.probabilities[(slice(None), *inner)],
+                          pred.counts)
 
     # -- the queue ------------------------------------------------------------------------------------------
     def _run(self, prepare, offset, shape, needed, probabilities, mask_nodata) -> Prediction:
@@ -238,6 +239,8 @@ class Predictor:
             job.valid = torch.ones_like(job.valid)
         else:  # nodata is no data: every band zero there, as a pixel outside the swath is
             job.image *= job.valid
+        if job.image.dtype == torch.int32:  # DN kept as their 16 bits until tiles are cut: half the memory
+            job.image = job.image.to(torch.int16)
         ys, xs = job.needed
         k = len(self.meta.classes)
         job.acc = torch.zeros((k, ys.stop - ys.start, xs.stop - xs.start), dtype=torch.float32, device=self.device)
@@ -253,7 +256,10 @@ class Predictor:
             h, w = job.image.shape[1:]
             sy0, sx0, sy1, sx1 = max(0, y0), max(0, x0), min(h, y0 + t), min(w, x0 + t)
             if sy1 > sy0 and sx1 > sx0:
-                x[n, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = job.image[:, sy0:sy1, sx0:sx1]
+                part = job.image[:, sy0:sy1, sx0:sx1]
+                if part.dtype == torch.int16:
+                    part = part.to(torch.int32) & 0xFFFF
+                x[n, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = part
         x /= self.divisor
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
@@ -286,6 +292,8 @@ class Predictor:
             h, w = job.shape
             ys, xs = job.needed
             classes = np.full((h, w), MASK_NODATA, np.uint8)
+            counts = np.zeros(len(self.meta.classes) + 1, np.int64)
+            counts[-1] = (ys.stop - ys.start) * (xs.stop - xs.start)
             probs = None
             if job.probabilities:
                 probs = np.full((len(self.meta.classes), h, w), np.nan if job.probabilities == "float" else MASK_NODATA,
@@ -296,12 +304,14 @@ class Predictor:
                 c = self.codes[p.argmax(dim=0)]
                 c[~valid] = MASK_NODATA
                 classes[ys, xs] = c.cpu().numpy()
+                counted = torch.bincount(c.flatten().to(torch.int32), minlength=256).cpu().numpy()
+                counts = np.append(counted[:len(self.meta.classes)], counted[MASK_NODATA]).astype(np.int64)
                 if job.probabilities == "float":
                     probs[:, ys, xs] = torch.where(valid, p, torch.nan).cpu().numpy()
                 elif job.probabilities == "scaled":
                     scaled = torch.round(p * PROBABILITY_SCALE).to(torch.uint8)
                     probs[:, ys, xs] = torch.where(valid, scaled, MASK_NODATA).cpu().numpy()
-            job.future.set_result(Prediction(classes=classes, probabilities=probs))
+            job.future.set_result(Prediction(classes=classes, probabilities=probs, counts=counts))
         except BaseException as exc:  # noqa: BLE001
             job.future.set_exception(exc)
         finally:

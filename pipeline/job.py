@@ -2,8 +2,8 @@
 
 Executing a plan takes the store's writer lock, checks and records the model (one per store), writes each grid
 group's template, then submits each scene as one small graph -- a task per block (read, predict, write its chunks;
-``pipeline.tasks``), the Sentinel-2 L1C radiometry check where there is one, and the sum of the blocks' counts --
-with at most ``in_flight`` scenes at once, earlier scenes first. The client keeps the books: a scene is marked done
+``pipeline.tasks``) and the sum of the blocks' counts -- with at most ``in_flight`` scenes at once, earlier scenes
+first. The client keeps the books: a scene is marked done
 in the manifest once its blocks are written; a re-run skips done scenes and redoes the rest. A scene that fails is
 recorded with its reason and the job goes on; the job's own bookkeeping failing (a lost lease, a store that cannot
 be written, weights that changed) is never a scene failure: the job stops with one line (``JobStopped``).
@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .access import Access, access_for, configure, needs_signing, redact, require_signing, sign
-from .config import InferSpec, SearchSpec
+from .config import BLOCK, InferSpec, SearchSpec
 from .detectors import detector_weights
 from .errors import CloudmaskError, ConfigError, WeightsChangedError, raise_if_stopped
 from .grids import MAX_GRID_PX
@@ -31,7 +31,7 @@ from .sensors import get_profile
 from .stac import search_items
 from .stats import SceneStats, to_frame
 from .store import MaskStore
-from .tasks import ModelRef, Writer, mask_block, radiometry, scene_counts, task_prefix
+from .tasks import ModelRef, Writer, mask_block, scene_counts, task_prefix
 from .tiles import TileGrid
 
 FLUSH_S = 5.0  # per-scene statistics variables are written at most this often (the manifest at once)
@@ -54,7 +54,7 @@ class JobSpec:
     profile: str | None = None  # an asset-key override for catalogues without band metadata (sensors.PROFILES)
     weights: str | None = None
     infer: InferSpec = field(default_factory=InferSpec)
-    chunk: int = 2048
+    chunk: int = BLOCK
     in_flight: int | None = None  # scenes computing at once; None: sized to the cluster (``scenes_in_flight``)
     strict: bool = False
     probabilities: bool = False  # also store probability (time, class, y, x) uint8
@@ -63,7 +63,7 @@ class JobSpec:
 
     def __post_init__(self):
         if self.chunk < 1:
-            raise ConfigError(f"chunk={self.chunk} must be at least 1: the Dask block side in pixels (default 2048; "
+            raise ConfigError(f"chunk={self.chunk} must be at least 1: the Dask block side in pixels (default {BLOCK}; "
                               f"rounded down to a multiple of the tile stride, at least one stride)")
         if self.max_grid < 1:
             raise ConfigError(f"max_grid={self.max_grid} must be at least 1 (pixels a side)")
@@ -204,11 +204,12 @@ class JobRun:
                  log: Callable[[str], None] = print) -> None:
         self.spec, self.plan, self.weights, self.access, self.client, self.log = spec, plan, weights, access, client, log
         self.store = MaskStore(spec.out)
-        self.model = ModelRef(weights.source, weights.sha256, spec.infer)
+        self.models: dict[str, ModelRef] = {}  # by the model source a scene runs (a peer's differs per sensor)
         self.run_id = uuid.uuid4().hex  # this run's task keys are its own: writes are side effects
         self.gpus = gpu_workers(client)
         self.results: list[SceneStats] = []
         self.finished = 0
+        self.submitted_all: float | None = None  # time.time() when the last scene was submitted
         self.flushed = time.monotonic()
 
     # -- the whole run ----------------------------------------------------------------------------------
@@ -272,7 +273,7 @@ class JobRun:
     def graph(self, scene: ScenePlan, group: str, t: int) -> tuple[dict, str]:
         """The tasks of one scene (``dask._task_spec`` graph) and the key of its counts. Planetary Computer hrefs
         are signed here, when the scene's work is built, so tokens are fresh."""
-        from dask._task_spec import DataNode, Task, TaskRef
+        from dask._task_spec import Task, TaskRef
         from dask.base import tokenize
 
         read, b10 = scene.read, scene.offset_check
@@ -284,23 +285,25 @@ class JobRun:
         writer = Writer(self.store.url, tuple(sorted(self.store.location.options.items())), group,
                         self.spec.probabilities, self.run_id, self.store.lease())
         dsk: dict = {}
-        read_key = f"{task_prefix(scene.item_id, 'plan')}-{token}"
-        dsk[read_key] = DataNode(read_key, read)
-        if scene.harmonisation is not None:
-            harm = scene.harmonisation
-        else:
-            key = f"{task_prefix(scene.item_id, 'radiometry')}-{token}"
-            dsk[key] = Task(key, radiometry, scene.properties, b10, self.access)
-            harm = TaskRef(key)
+        harm = scene.harmonisation or (scene.properties, b10)  # Sentinel-2 L1C: each worker checks B10 once
         name = f"{task_prefix(scene.item_id, 'mask')}-{token}"
+        model = self.model(scene)
         blocks = []
         for block in scene.blocks:
             key = (name, *block.index)
-            dsk[key] = Task(key, mask_block, TaskRef(read_key), block, harm, self.model, writer, t, self.access)
+            dsk[key] = Task(key, mask_block, read, block, harm, model, writer, t, self.access)
             blocks.append(TaskRef(key))
         counts = f"{task_prefix(scene.item_id, 'counts')}-{token}"
-        dsk[counts] = Task(counts, scene_counts, harm, *blocks)
+        dsk[counts] = Task(counts, scene_counts, *blocks)
         return dsk, counts
+
+    def model(self, scene: ScenePlan) -> ModelRef:
+        """What the scene's tasks run: its model source (the job's weights, or a peer for the scene's sensor) with
+        the content hash the job checked."""
+        if scene.model not in self.models:
+            sha = self.weights.sha256 if scene.model == self.weights.source else detector_weights(scene.model).sha256
+            self.models[scene.model] = ModelRef(scene.model, sha, self.spec.infer)
+        return self.models[scene.model]
 
     def execute(self, todo: list) -> None:
         """Submit the scenes of ``todo`` with at most ``in_flight`` computing, earlier ones first, and keep the
@@ -309,6 +312,11 @@ class JobRun:
         queue = collections.deque(todo)
         self.total = len(todo)
         pending: dict = {}
+        ended = None
+        if client is not None:
+            from distributed import as_completed
+
+            ended = as_completed()
         in_flight, sized = scenes_in_flight(client, spec.in_flight), time.monotonic()
         try:
             while queue or pending:
@@ -328,14 +336,15 @@ class JobRun:
                         self.finish(scene, group, t, start, self.outcome(lambda: _local_get(dsk, key)))
                         continue
                     resources = {"GPU": GPU_SHARE} if self.gpus else None
-                    future = client.get(dsk, [key], sync=False, priority=len(queue), resources=resources)[0]
+                    future = client.get(_named_graph(dsk, key), [key], sync=False, priority=len(queue),
+                                        resources=resources)[0]
                     pending[future] = (scene, group, t, start)
+                    ended.add(future)
+                if not queue and self.submitted_all is None:
+                    self.submitted_all = time.time()
                 if pending:
-                    from distributed import wait
-
-                    # unbounded: a stop signal raises here; one swallowed elsewhere is raised at the next check
-                    done, _ = wait(list(pending), return_when="FIRST_COMPLETED")
-                    for future in done:
+                    # blocks until a scene ends (a stop signal raises here); then takes every scene ended by then
+                    for future in [next(ended), *ended.next_batch(block=False)]:
                         scene, group, t, start = pending.pop(future)
                         self.finish(scene, group, t, start, self.outcome(future.result))
         finally:
@@ -393,6 +402,15 @@ class JobRun:
             raise JobStopped(f"could not write the job's records to {self.store.url} ({type(exc).__name__}: "
                              f"{redact(exc)}); the job stopped: what it finished is recorded, run it again once the "
                              f"store can be written") from None
+
+
+def _named_graph(dsk: dict, name: str):
+    """``dsk`` as the low-level graph expression ``Client.get`` makes of a dict, with its token given (its keys are
+    this run's own already): Dask would otherwise tokenise every task's arguments to name it, which was the
+    client's largest cost per scene."""
+    from dask._expr import LLGExpr
+
+    return LLGExpr(dsk, _determ_token=name)
 
 
 def _local_get(dsk: dict, key: str):

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .config import InferSpec
+from .config import BLOCK, InferSpec
 from .detectors import detector_weights, get_predictor
 from .errors import ConfigError
 from .model.weights import default_weights
@@ -56,7 +56,7 @@ def _with_halo(scene: da.Array, before: int, after: int) -> da.Array:
     return da.overlap.overlap(scene, depth=depth, boundary={0: "none", 1: "none", 2: "none"})
 
 
-def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpec = InferSpec(), chunk: int = 2048,
+def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpec = InferSpec(), chunk: int = BLOCK,
                   names: list[str] | None = None, gpu: bool = False, probabilities: bool = False):
     """Lazy masks of ``cube (time, band, y, x)`` harmonised DN (uint16, bands in the weights' order), with
     ``weights`` (path or URL; default: the shipped starter weights).

@@ -19,6 +19,7 @@ from odc.geo.geobox import GeoBox
 
 from .assets import asset_resolution, band_assets, sensor_of
 from .bands import BandSource, SceneRead
+from .config import BLOCK
 from .errors import CloudmaskError, InputError
 from .grids import MAX_GRID_PX, axes_on, check_size, declared_grid, grid_name
 from .model.weights import STARTERS, Weights
@@ -49,6 +50,9 @@ class Block:
     cols: tuple[int, int]
     read_rows: tuple[int, int]
     read_cols: tuple[int, int]
+
+    def __dask_tokenize__(self):
+        return ("Block", self.index, self.rows, self.cols, self.read_rows, self.read_cols)
 
     def band_windows(self, scene: SceneRead) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
         """``{band: ((row0, row1), (col0, col1))}``: the file pixels each band's window covers, as declared."""
@@ -233,7 +237,7 @@ def _radiometry(item, sensor: Sensor, assets: dict, read: SceneRead, props: dict
     return decide(props), None
 
 
-def plan_job(items: list, weights: Weights, profile: Profile | None = None, *, chunk: int = 2048,
+def plan_job(items: list, weights: Weights, profile: Profile | None = None, *, chunk: int = BLOCK,
              tiles: TileGrid, max_grid: int = MAX_GRID_PX) -> JobPlan:
     """The plan of a job over ``items`` (pystac Items) with ``weights``: every item planned (``plan_scene``) with
     blocks of about ``chunk`` px on the ``tiles`` grid, or listed as failed with its reason; scenes ordered by

@@ -38,6 +38,9 @@ class Harmonisation:
     reason: str
     scale: tuple[tuple[float, float], ...] = ()
 
+    def __dask_tokenize__(self):
+        return ("Harmonisation", self.offset, self.baseline, self.reason, self.scale)
+
 
 def processing_baseline(properties: dict) -> str | None:
     """``"04.00"``-style baseline from STAC properties (``s2:processing_baseline``) or a product id (``_N0400_``)."""

@@ -13,10 +13,12 @@ import numpy as np
 
 @dataclass
 class Prediction:
-    """``classes (y, x) uint8`` with 255 for nodata; ``probabilities (class, y, x) float32`` or None."""
+    """``classes (y, x) uint8`` with 255 for nodata; ``probabilities (class, y, x)`` (float32, or uint8 as stored)
+    or None; ``counts``: ``(5,)`` int64 pixels of classes 0..3 and nodata, where the predictor counted them."""
 
     classes: np.ndarray
     probabilities: np.ndarray | None = None
+    counts: np.ndarray | None = None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .access import Access, redact
+from .access import Access, read_failure
 from .bands import SceneRead, read_block
 from .config import InferSpec
 from .errors import InputError
@@ -37,6 +37,9 @@ class ModelRef:
     sha256: str
     infer: InferSpec
 
+    def __dask_tokenize__(self):
+        return ("ModelRef", self.source, self.sha256, repr(self.infer))
+
 
 @dataclass(frozen=True)
 class Writer:
@@ -51,6 +54,9 @@ class Writer:
     probabilities: bool = False
     run: str = ""
     lease: tuple | None = None
+
+    def __dask_tokenize__(self):
+        return ("Writer", self.url, self.options, self.group, self.probabilities, self.run, self.lease)
 
     def arrays(self):
         return _arrays(self.url, self.options, self.group, self.run)
@@ -82,7 +88,10 @@ def _arrays(url: str, options: tuple, group: str, run: str) -> dict:
             g = zarr.open_group(**args, path=group, mode="r+")
             for old in [k for k in _ARRAYS if k[:3] == key[:3]]:  # an earlier run's view of the group
                 del _ARRAYS[old]
-            _ARRAYS[key] = {name: g[name] for name in ("mask", "probability") if name in g}
+            # every chunk written whole, nodata ones too: no read-back, and no comparison of each chunk with the
+            # fill value (that check cost four times the write of a 2,016 px chunk)
+            _ARRAYS[key] = {name: g[name].with_config({"write_empty_chunks": True})
+                            for name in ("mask", "probability") if name in g}
         return _ARRAYS[key]
 
 
@@ -107,7 +116,12 @@ def _check_lease(url: str, options: tuple, key: str, token: str) -> None:
 
 
 def radiometry(properties: tuple, b10_href: str | None, access: Access) -> Harmonisation:
-    """Sentinel-2's offset decision, on a worker: metadata, checked against B10 read at reduced resolution."""
+    """Sentinel-2's offset decision, on a worker: metadata, checked against B10 read at reduced resolution. Made
+    once per process and scene (the blocks of a scene on one worker share it; it is the same on every worker)."""
+    key = (properties, b10_href)
+    with _DECISIONS_LOCK:
+        if key in _DECISIONS:
+            return _DECISIONS[key]
     props = dict(properties)
     b10 = None
     if b10_href is not None:
@@ -118,23 +132,39 @@ def radiometry(properties: tuple, b10_href: str | None, access: Access) -> Harmo
                 step = max(1, max(src.width, src.height) // 256)
                 b10 = src.read(1, out_shape=(max(1, src.height // step), max(1, src.width // step)))
         except rasterio.errors.RasterioIOError as exc:
-            raise InputError(f"item {props['id']}: could not read B10 ({redact(b10_href)}): {redact(exc)}") from exc
-    return decide(props, b10)
+            raise InputError(read_failure(f"item {props['id']}: B10 (the offset check)", b10_href, exc)) from exc
+    decision = decide(props, b10)
+    with _DECISIONS_LOCK:
+        _DECISIONS[key] = decision
+        while len(_DECISIONS) > 256:  # scenes long done
+            _DECISIONS.pop(next(iter(_DECISIONS)))
+    return decision
 
 
-def mask_block(scene: SceneRead, block: Block, harmonisation: Harmonisation, model: ModelRef, writer: Writer,
-               t: int, access: Access) -> np.ndarray:
-    """Read, predict and write one block; its class counts ``(5,)`` int64 (classes 0..3, then nodata)."""
+_DECISIONS: dict = {}
+_DECISIONS_LOCK = threading.Lock()
+
+
+def mask_block(scene: SceneRead, block: Block, radiometry_of, model: ModelRef, writer: Writer, t: int,
+               access: Access) -> tuple[np.ndarray, Harmonisation]:
+    """Read, predict and write one block: ``(class counts (5,) int64 (classes 0..3, then nodata), the radiometry
+    applied)``. ``radiometry_of``: the scene's ``Harmonisation``, or ``(properties, B10 href)`` for the Sentinel-2
+    L1C check (``radiometry``)."""
     from .detectors import get_predictor
 
+    harmonisation = radiometry_of if isinstance(radiometry_of, Harmonisation) else radiometry(*radiometry_of, access)
     native = read_block(scene, block.read_rows, block.read_cols, (block.rows, block.cols), harmonisation, access)
     predictor = get_predictor(model.source, model.infer, sha256=model.sha256)
     pred = predictor.predict_block(native, probabilities=writer.probabilities)
     writer.write(t, block, pred.classes, pred.probabilities)
-    counts = np.bincount(pred.classes.ravel(), minlength=256)
-    return np.append(counts[:len(CLASS_NAMES)], counts[MASK_NODATA]).astype(np.int64)
+    counts = pred.counts  # counted where the classes were made (on the GPU, nearly free)
+    if counts is None:
+        counted = np.bincount(pred.classes.ravel(), minlength=256)
+        counts = np.append(counted[:len(CLASS_NAMES)], counted[MASK_NODATA]).astype(np.int64)
+    return counts, harmonisation
 
 
-def scene_counts(harmonisation: Harmonisation, *counts: np.ndarray) -> tuple[np.ndarray, Harmonisation]:
-    """A scene's class counts ``(5,)`` int64, the sum of its blocks', with the radiometry applied."""
-    return np.sum(counts, axis=0, dtype=np.int64), harmonisation
+def scene_counts(*blocks: tuple[np.ndarray, Harmonisation]) -> tuple[np.ndarray, Harmonisation]:
+    """A scene's class counts ``(5,)`` int64, the sum of its blocks', with the radiometry applied (the same in
+    every block)."""
+    return np.sum([c for c, _ in blocks], axis=0, dtype=np.int64), blocks[0][1]

@@ -37,7 +37,8 @@ class Axis:
         clipped to the file; ``(0, 0)`` when none of them lies over the file."""
         f = self.factor
         first = (2 * (start + self.shift) + 1 - f) // (2 * f)  # the kernel's lower pixel of the first scene pixel
-        last = (2 * (stop - 1 + self.shift) + 1 - f) // (2 * f) + 1  # and the upper one of the last
+        end = 2 * (stop - 1 + self.shift) + 1 - f
+        last = end // (2 * f) + (1 if end % (2 * f) else 0)  # and the upper one of the last, where it weighs
         a, b = max(0, first), min(self.size, last + 1)
         return (a, b) if b > a else (0, 0)
 

@@ -77,8 +77,9 @@ def read_masks(store) -> list:
 
 
 def test_scale_benchmark_prints_real_and_simulated_figures(test_weights_file, tmp_path):
-    out = run("benchmark", "scale", "--out", str(tmp_path), "--scenes", "2,4", "--gpus", "2", "--sim-scenes", "4",
-              "--latency", "0.3", "--weights", str(test_weights_file), "--json", str(tmp_path / "s.json")).stdout
+    out = run("benchmark", "scale", "--out", str(tmp_path), "--scenes", "2,4", "--gpus", "2,3", "--sim-scenes", "6",
+              "--latency", "0.9", "--read-seconds", "0.9", "--weights", str(test_weights_file),
+              "--json", str(tmp_path / "s.json")).stdout
     figures = json.loads((tmp_path / "s.json").read_text())
     real, sim = figures["real"], figures["simulated"]
     assert [r["scenes"] for r in real] == [2, 4] and all(r["ok"] == r["scenes"] for r in real)
@@ -86,11 +87,37 @@ def test_scale_benchmark_prints_real_and_simulated_figures(test_weights_file, tm
     for n in (2, 4):  # every run wrote its own masks (a re-run in the same process once reused the first's writes)
         assert all((v.values != 255).any() for v in read_masks(tmp_path / f"real-{n}.zarr")), n
     assert "marginal_s_per_scene" in real[1] and real[1]["non_model_per_scene_s"] > 0
-    (row,) = sim
-    assert row["gpus"] == 2 and row["ok"] == 4
-    # the stand-in held each GPU 0.3 s per scene: 4 scenes on 2 GPUs take at least 0.6 s, and busy is that share
-    assert row["wall_s"] >= 0.6 and row["gpu_busy"] == pytest.approx(4 * 0.3 / (2 * row["wall_s"]), rel=0.2)
-    assert set(row["cpu_s_per_scene"]) == {"client", "scheduler", "workers"}
-    assert "SIMULATED W=  2 GPUs x 0.30 s/scene" in out and "real   N=    4" in out
+    for row, w in zip(sim, (2, 3)):
+        # full-size scenes: the test model's 48 px stride gives 4,080 px blocks, 3 x 3 of them
+        assert row["gpus"] == w and row["ok"] == 6 and row["blocks_per_scene"] == 9
+        # each scene held a GPU 0.9 s (0.1 s a block): 6 scenes on w GPUs take at least 6 x 0.9 / w, and the GPUs
+        # were busy that long, no more, within the job
+        assert row["wall_s"] >= 6 * 0.9 / w and 0.1 < row["gpu_busy"] <= 1
+        assert row["gpu_busy"] * w * row["wall_s"] == pytest.approx(6 * 0.9, rel=0.1)
+        assert set(row["cpu_s_per_scene"]) == {"client", "scheduler", "workers"}
+    # 2 GPUs keep 4 scenes in flight: the last 2 are submitted once GPUs ran; 3 GPUs take all 6 at once
+    assert sim[0]["gpu_busy"] <= sim[0]["gpu_busy_steady"] <= 1 and sim[1]["gpu_busy_steady"] is None
+    assert sim[1]["worker_processes"] == 1
+    # every scene of the simulation is counted and recorded: one class per block, so the fractions vary
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "sim-3.zarr" / "_cloudmask" / "scenes.csv")
+    assert len(table) == 6 and (table["status"] == "ok").all() and (table["valid_pixels"] == 10980 ** 2).all()
+    assert (table[["frac_clear", "frac_thick_cloud", "frac_thin_cloud", "frac_cloud_shadow"]] > 0.05).all().all()
+    assert "SIMULATED W=  2 GPUs x 0.90 s/scene" in out and "real   N=    4" in out
     bad = run("benchmark", "scale", "--latency", "0", check=False)
     assert bad.returncode == 2 and "--latency 0.0 must be positive" in bad.stderr
+
+
+def test_read_benchmark_prints_the_read_path_next_to_the_decode_floor(tmp_path):
+    out = run("benchmark", "read", "--out", str(tmp_path), "--size", "2048", "--formats", "cog,jp2", "--warp",
+              "--json", str(tmp_path / "r.json")).stdout
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["format"] for r in rows] == ["cog", "jp2"]
+    for row in rows:  # the starter's 224 px stride: 2,048 px is one 2,016 px block and a 32 px remainder: 1 block
+        assert row["blocks"] == 1 and row["decode_floor_s"] > 0 and row["read_path_s"] > 0
+        assert row["read_over_floor"] == pytest.approx(row["read_path_s"] / row["decode_floor_s"])
+        assert row["cpu_upsampling_s"] > 0 and row["warp_s"] > row["read_path_s"]
+    assert "the job's read path" in out and "cores reading" in out
+    bad = run("benchmark", "read", "--formats", "png", check=False)
+    assert bad.returncode == 2 and "expected some of cog, jp2" in bad.stderr
