@@ -247,7 +247,7 @@ def simulated_run(api: str, out: Path, w: int, n: int, latency: float, read_s: f
     from distributed import Client
 
     from pipeline.config import SearchSpec
-    from pipeline.job import JobSpec, run_job
+    from pipeline.job import JobSpec, job_run, run_job
 
     blocks = len(full_scene_blocks(weights))
     folder = Path(tempfile.mkdtemp(prefix="sim-workers-"))
@@ -279,7 +279,7 @@ def simulated_run(api: str, out: Path, w: int, n: int, latency: float, read_s: f
             t0 = time.perf_counter()
             started = time.time()
             with PeakMemory() as memory:
-                run = job_run(spec, client)
+                run = job_run(spec, client, log=lambda _: None)
                 result = run.run()
             wall, ended = time.perf_counter() - t0, time.time()
             cpu = {k: (sum(map(cpu_seconds, pids)) - cpu0[k]) / n for k, pids in procs.items()}
@@ -353,15 +353,3 @@ def busy_share(intervals: list, gpus: int, start: float, end: float) -> float:
     """The share of ``gpus`` x ``[start, end)`` covered by the busy ``intervals`` (each clipped to it)."""
     busy = sum(max(0.0, min(b, end) - max(a, start)) for a, b in intervals)
     return busy / (gpus * (end - start)) if end > start else 0.0
-
-
-def job_run(spec, client):
-    """The ``JobRun`` ``run_job`` would run (searched, checked and planned here), so its timeline can be read."""
-    from pipeline.access import access_for
-    from pipeline.job import JobRun, check_job, check_search, tile_grid
-    from pipeline.plans import plan_job
-
-    items = check_search(spec)
-    profile, _, loaded = check_job(spec, items)
-    plan = plan_job(items, loaded, profile, chunk=spec.chunk, tiles=tile_grid(spec, loaded), max_grid=spec.max_grid)
-    return JobRun(spec, plan, loaded, access_for(items), client, log=lambda _: None)

@@ -11,9 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline.errors import CloudmaskError, Terminated, raise_if_stopped, request_stop  # noqa: E402
 
-from . import benchmark, clusters, compare, demo, evaluate, run, train, weights  # noqa: E402
+from . import benchmark, clusters, compare, demo, evaluate, export, run, train, weights  # noqa: E402
 
-FLOWS = (run, demo, compare, train, evaluate, benchmark, weights, clusters)
+FLOWS = (run, demo, export, compare, train, evaluate, benchmark, weights, clusters)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,7 @@ def load_recipe(name: str, options: dict | None = None, scale: int | None = None
         if not isinstance(options, dict):
             raise ConfigError(f"cluster_options must be a mapping of {recipe['engine']} options, not {options!r}")
         recipe["options"] = dict(recipe.get("options") or {}, **options)
+        recipe["overridden"] = sorted(options)  # named as the job file's cluster_options in messages
     if scale is not None:
         if scale < 1:
             raise ConfigError(f"workers={scale} must be at least 1")
@@ -72,7 +73,7 @@ def slurm_cluster(recipe: dict):
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
-        raise ConfigError("--cluster slurm needs dask-jobqueue: pip install dask-jobqueue") from None
+        raise ConfigError("--cluster slurm needs dask-jobqueue: pip install 'cloudmask-pipeline[clusters]'") from None
     options = dict(recipe.get("options") or {})
     options["job_script_prologue"] = list(options.get("job_script_prologue") or []) + [
         f"export {k}={v}" for k, v in worker_env(recipe).items()]
@@ -107,7 +108,7 @@ def kubernetes_spec(recipe: dict) -> dict:
     try:
         from dask_kubernetes.operator import make_cluster_spec
     except ImportError:
-        raise ConfigError("--cluster kubernetes needs dask-kubernetes: pip install dask-kubernetes") from None
+        raise ConfigError("--cluster kubernetes needs dask-kubernetes: pip install 'cloudmask-pipeline[clusters]'") from None
     worker = recipe.get("worker") or {}
     command = ["dask", "worker", "--nthreads", str(worker.get("nthreads", 1))]
     if worker.get("dask_resources"):
@@ -162,11 +163,78 @@ def render(recipe: dict) -> str:
     return yaml.safe_dump({"engine": recipe["engine"], "options": recipe.get("options") or {}}, sort_keys=False)
 
 
+# what an option of a recipe must hold, where its engine's own default does not say (None)
+KINDS = {"n_workers": (int, "auto"), "threads_per_worker": (int, "auto"), "processes": (bool, int),
+         "memory_limit": (str, int, float), "memory": (str,), "cores": (int,), "walltime": (str,), "queue": (str,),
+         "env": (dict,), "resources": (dict,), "job_extra_directives": (list,), "worker_extra_args": (list,),
+         "job_script_prologue": (list,), "local_directory": (str,), "host": (str,), "dashboard_address": (str,),
+         "memory_target_fraction": (float, bool), "memory_spill_fraction": (float, bool),
+         "memory_pause_fraction": (float, bool), "CUDA_VISIBLE_DEVICES": (str, list), "rmm_pool_size": (str, int)}
+
+
+def engine_options(engine: str) -> set[str]:
+    """The keyword options the engine's cluster (and the workers it starts) take."""
+    import inspect
+
+    def names(*callables) -> set[str]:
+        return {p.name for c in callables for p in inspect.signature(c).parameters.values()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+
+    if engine == "slurm":
+        from dask_jobqueue.core import Job, JobQueueCluster
+        from dask_jobqueue.slurm import SLURMJob
+
+        return names(JobQueueCluster.__init__, SLURMJob.__init__, Job.__init__)
+    from distributed import LocalCluster, Nanny, Worker
+
+    found = names(LocalCluster.__init__, Nanny.__init__, Worker.__init__)
+    if engine == "gpu":
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            found |= names(LocalCUDACluster.__init__)
+        except ImportError:
+            found |= set(KINDS)  # checked once dask-cuda is there; its own options are not known without it
+    return found
+
+
+def check_options(recipe: dict) -> None:
+    """Refuse (``ConfigError``, one line naming the recipe, the option and its value) options the recipe's engine does
+    not take or values of the wrong kind, before the search or any cluster starts."""
+    import difflib
+
+    options = recipe.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{recipe.get('path')}: options must be a mapping of {recipe['engine']} options, "
+                          f"not {options!r}")
+    if recipe["engine"] == "kubernetes":
+        return  # a manifest, checked against the operator's CRD when rendered
+    known = engine_options(recipe["engine"])
+    for key, value in options.items():
+        where = (f"cluster_options (over the {recipe['engine']} recipe {recipe.get('path')})"
+                 if key in recipe.get("overridden", ()) else str(recipe.get("path")))
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=2)
+            raise ConfigError(f"{where}: option {key!r} is not one {recipe['engine']} clusters take"
+                              f"{f' (did you mean {close[0]!r}?)' if close else ''}")
+        kinds = KINDS.get(key)
+        if kinds is None or value is None:
+            continue
+        ok = any(value == k if isinstance(k, str) else isinstance(value, k) and not (
+            k is int and isinstance(value, bool)) for k in kinds)
+        if not ok:
+            want = " or ".join(repr(k) if isinstance(k, str) else {int: "a whole number", float: "a number",
+                                                                   str: "text", bool: "true/false", dict: "a mapping",
+                                                                   list: "a list"}[k] for k in kinds)
+            raise ConfigError(f"{where}: option {key}: {value!r}; expected {want}")
+
+
 def check_recipe(recipe: dict) -> None:
-    """Refuse, before anything starts, a recipe this machine cannot run: the gpu engine without a visible GPU or
-    without dask-cuda, the slurm engine without SLURM's ``sbatch``."""
+    """Refuse, before anything starts, a recipe this machine cannot run: options its engine does not take, the gpu
+    engine without a visible GPU or without dask-cuda, the slurm engine without SLURM's ``sbatch``."""
     if recipe.get("adapt"):
         adapt_options(recipe)
+    check_options(recipe)
     if recipe["engine"] == "slurm" and not shutil.which("sbatch"):
         raise ConfigError("--cluster slurm needs SLURM's sbatch on PATH (run from a SLURM login node, or install "
                           "slurm-client); or start workers yourself and pass --scheduler")
@@ -178,7 +246,7 @@ def check_recipe(recipe: dict) -> None:
         try:
             import dask_cuda  # noqa: F401
         except ImportError:
-            raise ConfigError("--cluster gpu needs dask-cuda: pip install -e '.[gpu]'") from None
+            raise ConfigError("--cluster gpu needs dask-cuda: pip install 'cloudmask-pipeline[gpu]'") from None
 
 
 def check_scheduler(address: str, timeout: float = 5.0) -> None:

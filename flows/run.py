@@ -15,13 +15,13 @@ from .parsers import yaml_mapping
 
 FIELDS = ("stac_url", "collection", "bbox", "datetime", "max_cloud", "limit", "out", "model", "weights", "profile", "scheduler",
           "cluster", "cluster_options", "workers", "chunk", "in_flight", "strict", "overlap", "precision",
-          "probabilities", "verify")
+          "probabilities", "verify", "max_grid", "allowed_hrefs")
 # what each job-file field holds (the command line's options parse theirs): YAML numbers, true/false, text
-WHOLE = {"limit": 100, "workers": 4, "chunk": BLOCK, "in_flight": 4, "overlap": 32}  # with an example each
+WHOLE = {"limit": 100, "workers": 4, "chunk": BLOCK, "in_flight": 4, "overlap": 32, "max_grid": 40000}  # examples
 SWITCHES = ("strict", "probabilities", "verify")
 TEXTS = ("stac_url", "collection", "datetime", "out", "model", "weights", "profile", "scheduler", "cluster", "precision")
 DEFAULTS = dict(profile=None, cluster="local", workers=None, chunk=BLOCK, in_flight=None, strict=False, overlap=None,
-                probabilities=False, verify=False)
+                probabilities=False, verify=False, max_grid=None, allowed_hrefs=None)
 
 
 def add_parser(sub) -> None:
@@ -74,6 +74,13 @@ def add_parser(sub) -> None:
     p.add_argument("--verify", action="store_true", default=None,
                    help="before resuming, read back every scene marked done and redo those whose masks are lost or "
                         "damaged (see cloudmask verify)")
+    p.add_argument("--max-grid", type=int, metavar="PX",
+                   help="largest scene side accepted, in pixels (default: 32768; a Sentinel-2 tile is 10,980): items "
+                        "declaring larger grids fail with their reason")
+    p.add_argument("--allowed-hrefs", metavar="PATTERNS",
+                   help="comma-separated patterns (fnmatch) every asset href must match, e.g. "
+                        "'s3://sentinel-cogs/*,https://sentinel-cogs.s3.*'; items naming other places fail (default: "
+                        "any href: workers read whatever the items of the catalogue you chose name)")
     p.add_argument("--strict", action="store_true", default=None,
                    help="exit 1 if any scene failed (without it: only when every scene failed)")
     p.set_defaults(func=run)
@@ -120,6 +127,10 @@ def settings(args) -> dict:
     if out.get("in_flight") is not None and int(out["in_flight"]) < 1:
         raise ConfigError(f"--in-flight {out['in_flight']} must be at least 1 (or left out: two scenes per GPU or "
                           f"worker)")
+    if isinstance(out.get("allowed_hrefs"), str):
+        out["allowed_hrefs"] = [p.strip() for p in out["allowed_hrefs"].split(",") if p.strip()]
+    if out.get("allowed_hrefs") is not None and not out["allowed_hrefs"]:
+        raise ConfigError("--allowed-hrefs is empty; give patterns such as 's3://sentinel-cogs/*', or leave it out")
     if isinstance(out.get("bbox"), str):
         try:
             out["bbox"] = tuple(float(v) for v in out["bbox"].split(","))
@@ -149,16 +160,26 @@ def _job_value(path: str, key: str, value):
         raise wrong(f"true or false, e.g. {key}: true")
     if key in TEXTS and not isinstance(value, str):
         raise wrong(f"text, e.g. {key}: \"...\" (quoted)")
+    if key == "allowed_hrefs" and not isinstance(value, str) and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise wrong("patterns, e.g. allowed_hrefs: [\"s3://sentinel-cogs/*\"]")
     if key == "bbox" and not isinstance(value, str) and not (
             isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
         raise wrong("four numbers, e.g. bbox: [13.0, 52.3, 13.8, 52.7]")
     return value
 
 
+SHOWN = {"status": "status", "valid_pixels": "valid px", "pct_clear": "clear %", "pct_thick_cloud": "thick %",
+         "pct_thin_cloud": "thin %", "pct_cloud_shadow": "shadow %", "cloud_cover": "cloud %",
+         "provider_cloud_cover": "provider cloud %", "offset_applied": "offset", "runtime_s": "s", "reason": "reason"}
+
+
 def table_text(frame) -> str:
-    cols = ["status", "valid_pixels", "cloud_cover", "provider_cloud_cover", "frac_clear", "frac_cloud_shadow",
-            "offset_applied", "runtime_s", "reason"]
-    return frame[cols].to_string(float_format=lambda v: f"{v:.3f}", max_colwidth=60)
+    """The statistics table as people read it: every class's share of the valid pixels and the cloud cover in %
+    (the provider's beside it), an empty reason for scenes that are fine."""
+    shown = frame[[c for c in SHOWN if c in frame.columns]].copy()
+    shown["reason"] = shown["reason"].fillna("").astype(str)
+    return shown.rename(columns=SHOWN).to_string(float_format=lambda v: f"{v:.2f}", max_colwidth=60)
 
 
 def job_spec(s: dict):
@@ -175,7 +196,9 @@ def job_spec(s: dict):
 
     return JobSpec(search=search, out=out, profile=s["profile"], weights=s.get("weights"), infer=infer,
                    chunk=int(s["chunk"]), in_flight=None if s.get("in_flight") is None else int(s["in_flight"]),
-                   strict=bool(s["strict"]), probabilities=bool(s["probabilities"]), verify=bool(s["verify"]))
+                   strict=bool(s["strict"]), probabilities=bool(s["probabilities"]), verify=bool(s["verify"]),
+                   **({"max_grid": int(s["max_grid"])} if s.get("max_grid") is not None else {}),
+                   allowed_hrefs=tuple(s["allowed_hrefs"]) if s.get("allowed_hrefs") else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -267,9 +290,15 @@ def run_verify(args: argparse.Namespace) -> int:
     store = MaskStore(args.store, "store")
     if not store.has_manifest():
         raise ConfigError(f"{args.store!r} has no manifest (_cloudmask/manifest); is it a store written by cloudmask run?")
-    checks = verify_store(store, repair=args.repair)
-    bad = [c for c in checks if c.problem]
+    found = verify_store(store, repair=args.repair)
+    bad = found.damaged
     what = "marked for redo: run the same cloudmask run again" if args.repair else "run with --repair to redo them"
-    print(f"{len(checks)} scenes checked, {len(checks) - len(bad)} intact, {len(bad)} damaged"
+    print(f"{len(found.scenes)} scenes checked, {len(found.scenes) - len(bad)} intact, {len(bad)} damaged"
           f"{f' ({what})' if bad else ''}")
-    return 1 if bad and not args.repair else 0
+    for group, problem in found.groups.items():
+        rebuilt = any(r.startswith(f"{group}:") for r in found.rebuilt)
+        print(f"group {group}: {problem}" + (" (rebuilt from the manifest)" if rebuilt else
+                                             "" if args.repair else " (run with --repair to rebuild what the manifest "
+                                                                     "can; scenes whose masks are lost are redone)"))
+    unrepaired = len(found.groups) - len(found.rebuilt)
+    return 1 if (bad and not args.repair) or (found.groups and not args.repair) or (args.repair and unrepaired) else 0

@@ -4,9 +4,10 @@ Planetary Computer URLs.
 ``access_for(items)`` -> ``Access``: GDAL's standard AWS settings taken from the environment (endpoint, region,
 unsigned access, requester pays, profile; credentials stay where GDAL and boto3 look for them: the environment,
 ``~/.aws``, an instance role), requester pays switched on where an item says ``storage:requester_pays``, HTTP
-retries for https. ``configure(access)`` hands them to odc-stac, whose load tasks carry them to every worker;
-``access.env()`` applies them to the pipeline's own reads. Secrets are never part of ``Access``, never logged
-and never stored; ``redact`` strips signatures from URLs that end up in messages.
+retries for https. The job's tasks carry an ``Access`` to every worker, where ``access.env()`` applies it to the
+reads. Secrets are never part of ``Access``, never logged and never stored; ``redact`` strips signatures from
+URLs that end up in messages. boto3 (the ``providers`` extra) is optional: without it GDAL finds credentials in
+the environment and ``~/.aws`` itself; with it, rasterio's AWS session adds boto3's whole credentials chain.
 
 Planetary Computer's Azure blobs need a SAS token: ``sign(item)`` signs a copy with the ``planetary-computer``
 package (the ``providers`` extra) when each scene's work is built, so long jobs never run on expired tokens.
@@ -61,9 +62,13 @@ class Access:
     def env(self):
         """These settings for the pipeline's own ``rasterio.open`` calls."""
         import rasterio
-        from rasterio.session import AWSSession
 
-        with rasterio.Env(session=AWSSession(**self.aws()), **dict(self.gdal)):
+        session = {}
+        if _has_boto3():
+            from rasterio.session import AWSSession
+
+            session = {"session": AWSSession(**self.aws())}
+        with rasterio.Env(**session, **dict(self.gdal)):
             yield
 
 
@@ -99,12 +104,10 @@ def access_for(items, environ=None) -> Access:
     return Access(tuple(sorted(gdal.items())), requester_pays=rp)
 
 
-def configure(access: Access) -> None:
-    """Make odc-stac's loads use ``access``: its load tasks capture these settings where the graph is built
-    and apply them on whichever worker reads."""
-    import odc.stac
+def _has_boto3() -> bool:
+    import importlib.util
 
-    odc.stac.configure_rio(cloud_defaults=True, aws=access.aws(), **dict(access.gdal))
+    return importlib.util.find_spec("boto3") is not None
 
 
 def require_signing() -> None:
@@ -113,8 +116,8 @@ def require_signing() -> None:
         import planetary_computer  # noqa: F401
     except ImportError:
         raise ConfigError("these items' assets are Planetary Computer blobs that must be signed: install the "
-                          "providers extra (pip install -e '.[providers]'); a subscription key is optional "
-                          "(PC_SDK_SUBSCRIPTION_KEY)") from None
+                          "providers extra: pip install 'cloudmask-pipeline[providers]' (a subscription key is optional: "
+                          "PC_SDK_SUBSCRIPTION_KEY)") from None
 
 
 def sign(item):

@@ -19,7 +19,11 @@ from odc.geo.geobox import GeoBox
 from .access import Access, read_failure, redact
 from .errors import InputError
 from .radiometry import Harmonisation, harmonise
+from .retries import retrying
 from .upsample import Axis, Span, upsample
+
+
+READ_RETRY_S = 30.0  # how long a band read waits for an unreachable server
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,20 @@ def open_checked(src, source: BandSource, scene: SceneRead) -> tuple[Axis, Axis]
     return y, x
 
 
+def check_files(scene: SceneRead, access: Access | None = None) -> None:
+    """Open every band file of ``scene`` and check it against its item (``open_checked``): ``InputError`` naming the
+    first that does not match. A file that cannot be opened from here is left to the workers, which may reach it."""
+    import rasterio
+
+    access = access or Access(())
+    for source in scene.bands:
+        try:
+            with access.env(), rasterio.open(source.href) as src:
+                open_checked(src, source, scene)
+        except rasterio.errors.RasterioIOError:
+            continue
+
+
 def read_window(source: BandSource, scene: SceneRead, rows: tuple[int, int], cols: tuple[int, int],
                 access: Access | None = None) -> tuple[np.ndarray, Span, Span]:
     """The file pixels of ``source`` that scene pixels ``rows`` x ``cols`` need: ``(data (h, w) uint16 with the
@@ -167,17 +185,21 @@ def read_window(source: BandSource, scene: SceneRead, rows: tuple[int, int], col
     from rasterio.windows import Window
 
     access = access or Access(())
-    try:
+
+    def read():
         with access.env(), rasterio.open(source.href) as src:
             y, x = open_checked(src, source, scene)
             ys, xs = Span.of(y, *rows), Span.of(x, *cols)
             h, w = ys.src_stop - ys.src_start, xs.src_stop - xs.src_start
-            if h and w:
-                data = src.read(1, window=Window(xs.src_start, ys.src_start, w, h))
-                if src.nodata not in (None, 0) and not np.isnan(src.nodata):
-                    data[data == src.nodata] = 0
-            else:
-                data = np.zeros((h, w), np.uint16)
+            if not (h and w):
+                return np.zeros((h, w), np.uint16), ys, xs
+            data = src.read(1, window=Window(xs.src_start, ys.src_start, w, h))
+            if src.nodata not in (None, 0) and not np.isnan(src.nodata):
+                data[data == src.nodata] = 0
+            return data, ys, xs
+
+    try:  # an unreachable server is waited for a while (GDAL retries HTTP 5xx itself: GDAL_HTTP_MAX_RETRY)
+        data, ys, xs = retrying(read, seconds=READ_RETRY_S)
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(read_failure(f"item {scene.item_id}: asset {source.asset!r} ({source.band})", source.href,
                                       exc)) from exc

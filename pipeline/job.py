@@ -19,14 +19,16 @@ from typing import Callable
 
 import numpy as np
 
-from .access import Access, access_for, configure, needs_signing, redact, require_signing, sign
+from .access import Access, access_for, needs_signing, redact, require_signing, sign
 from .config import BLOCK, InferSpec, SearchSpec
 from .detectors import detector_weights
-from .errors import CloudmaskError, ConfigError, WeightsChangedError, raise_if_stopped
+from .errors import CloudmaskError, ConfigError, InputError, WeightsChangedError, raise_if_stopped
 from .grids import MAX_GRID_PX
-from .locks import LeaseLostError
+from .locks import LeaseLostError, lease_seconds
 from .model.weights import default_weights
-from .plans import JobPlan, ScenePlan, check_items, plan_job
+from .bands import check_files
+from .plans import JobPlan, PreflightError, ScenePlan, check_items, plan_job
+from .retries import retrying, transient
 from .sensors import get_profile
 from .stac import search_items
 from .stats import SceneStats, to_frame
@@ -60,6 +62,7 @@ class JobSpec:
     probabilities: bool = False  # also store probability (time, class, y, x) uint8
     verify: bool = False  # read back the done scenes first and redo the damaged ones (pipeline.integrity)
     max_grid: int = MAX_GRID_PX  # the largest scene side accepted, in pixels
+    allowed_hrefs: tuple[str, ...] | None = None  # fnmatch patterns every asset href must match (None: any)
 
     def __post_init__(self):
         if self.chunk < 1:
@@ -143,9 +146,16 @@ def check_search(spec: JobSpec) -> list:
         checked = check_job(spec, items)
     profile, _, loaded = checked
     item, plan = check_items(items, loaded, f"{spec.search.collection!r} at {spec.search.url}", profile,
-                             max_grid=spec.max_grid)
+                             max_grid=spec.max_grid, allowed_hrefs=spec.allowed_hrefs)
+    read = plan.read
     if needs_signing(item, plan.assets.values()):
         require_signing()
+        read = read.signed({k: a.href for k, a in sign(item).assets.items()})
+    try:  # the files of the first item as its metadata says, before anything starts
+        check_files(read, access_for([item]))
+    except InputError as exc:
+        raise PreflightError(f"the first runnable item of {spec.search.collection!r} does not describe its files: "
+                             f"{exc}") from None
     return items
 
 
@@ -187,14 +197,20 @@ def gpu_workers(client) -> int:
     return sum(1 for w in client.scheduler_info(n_workers=-1)["workers"].values() if w.get("resources", {}).get("GPU"))
 
 
-def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, items: list | None = None) -> JobResult:
-    """Search and check (unless ``items``, those ``check_search`` found, are given), plan, and run the plan on
-    ``client`` (a ``distributed.Client``; None: Dask's local threads)."""
+def job_run(spec: JobSpec, client=None, log: Callable[[str], None] = print, items: list | None = None) -> "JobRun":
+    """The job planned and ready to run: searched and checked (unless ``items``, those ``check_search`` found, are
+    given), then planned from their metadata; ``client``: a ``distributed.Client`` (None: Dask's local threads)."""
     if items is None:
         items = check_search(spec)
     profile, _, loaded = check_job(spec, items)
-    plan = plan_job(items, loaded, profile, chunk=spec.chunk, tiles=tile_grid(spec, loaded), max_grid=spec.max_grid)
-    return JobRun(spec, plan, loaded, access_for(items), client, log).run()
+    plan = plan_job(items, loaded, profile, chunk=spec.chunk, tiles=tile_grid(spec, loaded), max_grid=spec.max_grid,
+                    allowed_hrefs=spec.allowed_hrefs)
+    return JobRun(spec, plan, loaded, access_for(items), client, log)
+
+
+def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, items: list | None = None) -> JobResult:
+    """Search, check, plan and run the job (``job_run(...).run()``)."""
+    return job_run(spec, client, log, items).run()
 
 
 class JobRun:
@@ -210,12 +226,12 @@ class JobRun:
         self.results: list[SceneStats] = []
         self.finished = 0
         self.submitted_all: float | None = None  # time.time() when the last scene was submitted
+        self.retried: set[str] = set()  # scenes submitted again after a transient fault
         self.flushed = time.monotonic()
 
     # -- the whole run ----------------------------------------------------------------------------------
     def run(self) -> JobResult:
         spec, store, log = self.spec, self.store, self.log
-        configure(self.access)
         if self.gpus:
             log(f"{self.gpus} GPU workers: the job's tasks run on them")
         log(f"found {len(self.plan.scenes) + len(self.plan.failed)} scenes in {spec.search.collection!r} at "
@@ -224,12 +240,12 @@ class JobRun:
             log(f"writing {spec.out} (locked for this job)")
             store.check_provenance(provenance(spec, self.weights))  # again, under the lock
             store.write_provenance(provenance(spec, self.weights))
-            work = self.layout()
-            if spec.verify:
+            if spec.verify:  # first: a damaged group is rebuilt or its scenes redone before the layout is read
                 from .integrity import verify_store
 
-                checks = verify_store(store, repair=True, log=log)
-                log(f"verified {len(checks)} done scenes: {sum(1 for c in checks if c.problem)} damaged, redone below")
+                found = verify_store(store, repair=True, log=log)
+                log(f"verified {len(found.scenes)} done scenes: {len(found.damaged)} damaged, redone below")
+            work = self.layout()
             done = store.done()
             self.bookkeeping(store.sync_stats, done)  # statistics of scenes a stopped job finished after its flush
             todo = [w for w in work if w[0].item_id not in done]
@@ -265,6 +281,7 @@ class JobRun:
                                probabilities=self.spec.probabilities)
             index = store.scene_index(group)  # scenes already there keep their places; new ones were appended
             work += [(s, group, index[s.item_id]) for s in scenes]
+        store.describe()
         store.consolidate()  # the layout is complete: one metadata document for readers
         order = {s.item_id: i for i, s in enumerate(self.plan.scenes)}
         return sorted(work, key=lambda w: order[w[0].item_id])
@@ -333,7 +350,9 @@ class JobRun:
                         self.finish(scene, group, t, start, exc)
                         continue
                     if client is None:
-                        self.finish(scene, group, t, start, self.outcome(lambda: _local_get(dsk, key)))
+                        outcome = self.outcome(lambda: _local_get(dsk, key))
+                        if not self.retry(queue, scene, group, t, outcome):
+                            self.finish(scene, group, t, start, outcome)
                         continue
                     resources = {"GPU": GPU_SHARE} if self.gpus else None
                     future = client.get(_named_graph(dsk, key), [key], sync=False, priority=len(queue),
@@ -346,10 +365,22 @@ class JobRun:
                     # blocks until a scene ends (a stop signal raises here); then takes every scene ended by then
                     for future in [next(ended), *ended.next_batch(block=False)]:
                         scene, group, t, start = pending.pop(future)
-                        self.finish(scene, group, t, start, self.outcome(future.result))
+                        outcome = self.outcome(future.result)
+                        if not self.retry(queue, scene, group, t, outcome):
+                            self.finish(scene, group, t, start, outcome)
         finally:
             if pending and client is not None:
                 client.cancel(list(pending), force=True)
+
+    def retry(self, queue, scene: ScenePlan, group: str, t: int, outcome) -> bool:
+        """Put a scene that failed on a transient fault (``pipeline.retries``) back at the head of the queue, once;
+        whether it was."""
+        if not isinstance(outcome, BaseException) or not transient(outcome) or scene.item_id in self.retried:
+            return False
+        self.retried.add(scene.item_id)
+        self.log(f"{scene.item_id}: {type(outcome).__name__}: {redact(outcome)[:300]}; trying it once more")
+        queue.appendleft((scene, group, t))
+        return True
 
     def outcome(self, result):
         """``result()``'s value, or the exception that failed the scene; an exception that is the job's own
@@ -390,10 +421,11 @@ class JobRun:
             self.flushed = time.monotonic()
 
     def bookkeeping(self, write, *args):
-        """``write(*args)`` (a manifest, statistics or table write, checked against the lease), or ``JobStopped``
-        with one line when it cannot be done."""
+        """``write(*args)`` (a manifest, statistics or table write, checked against the lease), retried through
+        transient faults for up to half a lease (``pipeline.retries``), or ``JobStopped`` with one line when it
+        cannot be done."""
         try:
-            return write(*args)
+            return retrying(write, *args, seconds=lease_seconds() / 2)
         except LeaseLostError as exc:
             raise JobStopped(str(exc)) from None
         except CloudmaskError:

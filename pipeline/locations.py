@@ -73,9 +73,12 @@ class Location:
             self.fs.pipe_file(path, data)
             return
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        Path(tmp).write_bytes(data)
-        os.replace(tmp, path)
+        tmp = Path(f"{path}.tmp{os.getpid()}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a write cut short (a full disk) leaves nothing behind
 
     def delete(self, *parts: str) -> None:
         try:
@@ -141,7 +144,7 @@ def _s3(text: str, label: str) -> Location:
     try:
         import s3fs  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"{label} {text}: writing to S3 needs s3fs: pip install '.[providers]'") from exc
+        raise ConfigError(f"{label} {text}: writing to S3 needs s3fs: pip install 'cloudmask-pipeline[providers]'") from exc
     root = text.split("://", 1)[1].strip("/")
     bucket = root.split("/", 1)[0]
     if "/" not in root:

@@ -37,6 +37,10 @@ class StoreLockedError(CloudmaskError):
     """Another job is writing this store."""
 
 
+class LockWriteError(CloudmaskError):
+    """The store's lock cannot be written (a full disk, a read-only store): nothing was started."""
+
+
 class LeaseLostError(CloudmaskError):
     """This job's lease on an object-storage store was taken over: it must stop writing."""
 
@@ -100,8 +104,13 @@ def _acquire(lock: Path, me: dict) -> dict | None:
         except FileExistsError:
             pass
         else:
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            except OSError as exc:  # a full disk: no half-written lock to block the next job
+                lock.unlink(missing_ok=True)
+                raise LockWriteError(f"cannot write the store's lock {lock}: {exc}; free space on that disk or write "
+                                     f"to another --out") from None
             return None
         seen = _read_json(lock)
         if not _stale(lock, seen, me):
@@ -119,8 +128,13 @@ def _acquire(lock: Path, me: dict) -> dict | None:
             if lock.exists() and (again != seen or not _stale(lock, again, me)):
                 continue  # it changed hands meanwhile: look again
             tmp = lock.with_name(lock.name + ".tmp")
-            tmp.write_text(json.dumps(me))
-            os.replace(tmp, lock)  # atomic replace: there is no moment without a lock
+            try:
+                tmp.write_text(json.dumps(me))
+                os.replace(tmp, lock)  # atomic replace: there is no moment without a lock
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise LockWriteError(f"cannot write the store's lock {lock}: {exc}; free space on that disk or write "
+                                     f"to another --out") from None
             return None
         finally:
             os.close(mfd)

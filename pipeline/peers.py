@@ -31,7 +31,7 @@ def _require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ConfigError(f"{module} is not installed; install it with: pip install -e '.[{extra}]'") from exc
+        raise ConfigError(f"{module} is not installed; install it with: pip install 'cloudmask-pipeline[{extra}]'") from exc
 
 
 def s2cloudless_probability(dn: np.ndarray, threads: int = 0) -> np.ndarray:
@@ -162,7 +162,7 @@ def peer_weights(source: str):
     try:
         release = version(package)
     except PackageNotFoundError:
-        raise ConfigError(f"{package} is not installed; install it with: pip install -e '.[peers]'") from None
+        raise ConfigError(f"{package} is not installed; install it with: pip install 'cloudmask-pipeline[peers]'") from None
     meta = WeightsMeta(model=name, bands=bands, classes=CLASS_NAMES, class_codes=CLASS_CODES,
                        normalisation={"kind": "scale", "divisor": 10000.0}, tile_size=512, sensor=sensor.name,
                        level=sensor.level,

@@ -196,10 +196,24 @@ def band_source(item, band: str, key: str, scene: GeoBox, sensor: Sensor) -> Ban
     return BandSource(band, key, asset.href, y, x, str(dtype), declared is not None, band_scale(extra))
 
 
+def check_href(item_id: str, key: str, href: str, allowed: tuple[str, ...] | None) -> None:
+    """Refuse (``InputError``) an asset href that matches none of the ``allowed`` patterns (fnmatch, e.g.
+    ``s3://sentinel-cogs/*``); None allows every href."""
+    from fnmatch import fnmatchcase
+
+    from .access import redact
+
+    if allowed is not None and not any(fnmatchcase(href, p) for p in allowed):
+        raise InputError(f"item {item_id}: asset {key!r} is at {redact(href)}, which matches none of the allowed "
+                         f"hrefs ({', '.join(allowed)}); the workers read whatever the items name: add a pattern to "
+                         f"--allowed-hrefs only for places you trust")
+
+
 def plan_scene(item, weights: Weights, profile: Profile | None = None, *, chunk: int | None = None,
-               tiles: TileGrid | None = None, max_grid: int = MAX_GRID_PX) -> ScenePlan:
+               tiles: TileGrid | None = None, max_grid: int = MAX_GRID_PX,
+               allowed_hrefs: tuple[str, ...] | None = None) -> ScenePlan:
     """The plan of one item (a ``pystac.Item``) for ``weights``; ``InputError`` when it cannot be run. Blocks are
-    planned when ``chunk`` and ``tiles`` are given."""
+    planned when ``chunk`` and ``tiles`` are given; ``allowed_hrefs``: the patterns every href read must match."""
     sensor = profile.sensor if profile is not None else sensor_of(item)
     try:
         model, bands = model_for(weights, sensor)
@@ -217,6 +231,8 @@ def plan_scene(item, weights: Weights, profile: Profile | None = None, *, chunk:
     props = {k: item.properties[k] for k in RADIOMETRY_KEYS if k in item.properties}
     props["id"] = item.id
     harmonisation, check = _radiometry(item, sensor, assets, read, props)
+    for key, href in [*((b.asset, b.href) for b in read.bands), *((("B10", check),) if check else ())]:
+        check_href(item.id, key, href, allowed_hrefs)
     blocks = plan_blocks(tuple(grid.shape), chunk, tiles) if chunk and tiles else ()
     cover = item.properties.get("eo:cloud_cover")
     return ScenePlan(item.id, str(item.datetime), sensor, assets, grid, model, read, blocks, harmonisation, check,
@@ -238,7 +254,7 @@ def _radiometry(item, sensor: Sensor, assets: dict, read: SceneRead, props: dict
 
 
 def plan_job(items: list, weights: Weights, profile: Profile | None = None, *, chunk: int = BLOCK,
-             tiles: TileGrid, max_grid: int = MAX_GRID_PX) -> JobPlan:
+             tiles: TileGrid, max_grid: int = MAX_GRID_PX, allowed_hrefs: tuple[str, ...] | None = None) -> JobPlan:
     """The plan of a job over ``items`` (pystac Items) with ``weights``: every item planned (``plan_scene``) with
     blocks of about ``chunk`` px on the ``tiles`` grid, or listed as failed with its reason; scenes ordered by
     acquisition time, then id."""
@@ -246,7 +262,8 @@ def plan_job(items: list, weights: Weights, profile: Profile | None = None, *, c
     side = aligned_chunk(chunk, tiles.stride)
     for item in sorted(items, key=lambda i: (str(i.datetime), i.id)):
         try:
-            scenes.append(plan_scene(item, weights, profile, chunk=side, tiles=tiles, max_grid=max_grid))
+            scenes.append(plan_scene(item, weights, profile, chunk=side, tiles=tiles, max_grid=max_grid,
+                                     allowed_hrefs=allowed_hrefs))
         except CloudmaskError as exc:
             failed.append((item.id, str(item.datetime), str(exc)))
     groups = {s.group: s.grid for s in scenes}
@@ -254,14 +271,14 @@ def plan_job(items: list, weights: Weights, profile: Profile | None = None, *, c
 
 
 def check_items(items: list, weights: Weights, where: str, profile: Profile | None = None,
-                sample: int = SAMPLE, max_grid: int = MAX_GRID_PX) -> tuple:
+                sample: int = SAMPLE, max_grid: int = MAX_GRID_PX, allowed_hrefs: tuple[str, ...] | None = None) -> tuple:
     """``(item, plan)`` of the first of the first ``sample`` items that can be run with ``weights``; else
     ``PreflightError`` with one line naming what they are and what would work. ``where``: the collection and
     API, for the message."""
     reasons, sensors = [], []
     for item in items[:sample]:
         try:
-            return item, plan_scene(item, weights, profile, max_grid=max_grid)
+            return item, plan_scene(item, weights, profile, max_grid=max_grid, allowed_hrefs=allowed_hrefs)
         except InputError as exc:
             reasons.append(str(exc))
             try:

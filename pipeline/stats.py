@@ -10,7 +10,7 @@ import numpy as np
 from .errors import ConfigError
 from .sensors import CLASS_NAMES, MASK_NODATA
 
-FRACTIONS = tuple(f"frac_{c}" for c in CLASS_NAMES)  # frac_clear, frac_thick_cloud, ...
+SHARES = tuple(f"pct_{c}" for c in CLASS_NAMES)  # pct_clear, pct_thick_cloud, ...: % of the valid pixels
 STATUS = {"pending": 0, "ok": 1, "failed": 2}
 
 
@@ -29,12 +29,12 @@ class SceneStats:
     status: str = "pending"
     reason: str = ""
     valid_pixels: int = 0
-    frac_clear: float = float("nan")
-    frac_thick_cloud: float = float("nan")
-    frac_thin_cloud: float = float("nan")
-    frac_cloud_shadow: float = float("nan")
+    pct_clear: float = float("nan")  # every share in % of the valid pixels, as STAC's eo:cloud_cover is
+    pct_thick_cloud: float = float("nan")
+    pct_thin_cloud: float = float("nan")
+    pct_cloud_shadow: float = float("nan")
     cloud_cover: float = float("nan")  # % of valid pixels that are thick or thin cloud
-    provider_cloud_cover: float = float("nan")  # the provider's eo:cloud_cover, for comparison
+    provider_cloud_cover: float = float("nan")  # the provider's eo:cloud_cover (%), for comparison
     processing_baseline: str = ""
     offset_applied: int = 0
     radiometry: str = ""  # what was applied to the DN and why (pipeline.radiometry)
@@ -45,9 +45,9 @@ class SceneStats:
         valid = int(counts[: len(CLASS_NAMES)].sum())
         self.valid_pixels = valid
         if valid:
-            f = counts[: len(CLASS_NAMES)] / valid
-            self.frac_clear, self.frac_thick_cloud, self.frac_thin_cloud, self.frac_cloud_shadow = map(float, f)
-            self.cloud_cover = float(100 * (f[1] + f[2]))
+            p = 100 * counts[: len(CLASS_NAMES)] / valid
+            self.pct_clear, self.pct_thick_cloud, self.pct_thin_cloud, self.pct_cloud_shadow = map(float, p)
+            self.cloud_cover = float(p[1] + p[2])
         return self
 
     @classmethod

@@ -29,12 +29,12 @@ from .grids import grid_name
 from .locations import location_of
 from .locks import LOCK, StoreLockedError, lock_for, refusal  # noqa: F401  (StoreLockedError: the store's error)
 from .sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
-from .stats import FRACTIONS, STATUS, SceneStats
+from .stats import SHARES, STATUS, SceneStats
 
 MANIFEST = ("_cloudmask", "manifest")
 TABLE = ("_cloudmask", "scenes.csv")
 STAT_VARS = {  # name: (dtype, fill)
-    "valid_pixels": (np.int64, -1), **{f: (np.float32, np.nan) for f in FRACTIONS},
+    "valid_pixels": (np.int64, -1), **{f: (np.float32, np.nan) for f in SHARES},
     "cloud_cover": (np.float32, np.nan), "provider_cloud_cover": (np.float32, np.nan),
     "offset_applied": (np.int16, -1), "status": (np.int8, 0), "runtime_s": (np.float32, np.nan),
 }
@@ -137,6 +137,17 @@ class MaskStore:
         if not root.attrs.get("cloudmask"):
             root.attrs.update(cloudmask={k: _plain(v) for k, v in wanted.items()}, code_version=__version__)
 
+    def describe(self) -> None:
+        """Say at the root how to open the store (its grid groups, and the calls that open them): ``xr.open_zarr``
+        without a group shows these attributes rather than an empty Dataset with no hint."""
+        import zarr
+
+        root = zarr.open_group(**self.location.zarr_args(), mode="a", zarr_format=3)
+        groups = self.groups()
+        root.attrs.update(groups=groups, how_to_open=(
+            f"one Dataset per pixel grid: xarray.open_zarr(STORE, group=NAME) with NAME one of the groups; all of "
+            f"them: xarray.open_datatree(STORE, engine='zarr'); a scene as GeoTIFF: cloudmask export STORE --item ID"))
+
     def consolidate(self) -> None:
         """Write the hierarchy's consolidated metadata at the root, after every change of layout or attributes
         (scenes' region writes change no metadata): analysts' ``xr.open_zarr``/``xr.open_datatree`` then read
@@ -154,8 +165,9 @@ class MaskStore:
         """Manifest entries of finished scenes, by item id. An entry that cannot be read (truncated, empty: a
         crash or a full disk while it was written) is left out, so its scene is redone."""
         names = [n for n in self.location.names(*MANIFEST) if n.endswith(".json")]
-        entries = ((unquote(n[:-5]), _parse_json(self.location.read(*MANIFEST, n))) for n in names)
-        return {item_id: e for item_id, e in entries if isinstance(e, dict) and isinstance(e.get("stats", {}), dict)}
+        entries = ((n, _parse_json(self.location.read(*MANIFEST, n))) for n in names)
+        return {str(e.get("item_id") or unquote(n[:-5])): e for n, e in entries
+                if isinstance(e, dict) and isinstance(e.get("stats", {}), dict)}
 
     def has_manifest(self) -> bool:
         return bool(self.location.names(*MANIFEST)) or self.location.exists(*TABLE)
@@ -185,6 +197,7 @@ class MaskStore:
         """Record scene ``item_id`` as done (written last, whole), once the lock is confirmed to be this job's
         (``LeaseLostError`` otherwise)."""
         self._confirm()
+        entry = dict(entry, item_id=item_id)  # the file name may be shortened: the entry names its item
         self.location.write(json.dumps(entry, indent=1, default=str).encode(), *MANIFEST, manifest_name(item_id))
 
     # -- groups ---------------------------------------------------------------------------------------
@@ -264,8 +277,7 @@ class MaskStore:
         if probabilities:
             ds["probability"].attrs.update(long_name=f"class probability x {PROBABILITY_SCALE}", nodata=MASK_NODATA)
             ds = ds.assign_coords({"class": np.asarray(CLASS_NAMES, dtype=object)})  # variable-length strings in Zarr v3
-        ds["status"].attrs.update(flag_values=list(STATUS.values()), flag_meanings=" ".join(STATUS))
-        ds["cloud_cover"].attrs.update(units="%", long_name="thick + thin cloud among valid pixels")
+        _statistics_attrs(ds)
         ds = ds.rio.write_crs(str(grid.crs)).rio.write_transform(grid.affine)
         # zarr's own fill_value, not a CF _FillValue attribute: xarray then keeps uint8 on reading (no NaN masking)
         ds["mask"].encoding.update(chunks=(1, cy, cx), fill_value=MASK_NODATA, dtype="uint8")
@@ -291,18 +303,21 @@ class MaskStore:
 
         if self._stats:
             self._confirm()
-        pending, self._stats = self._stats, {}
-        for group, rows in pending.items():
+        written = 0
+        for group in list(self._stats):  # a group's rows are dropped once written: a failed flush can be retried
+            rows = self._stats[group]
             g = zarr.open_group(**self.location.zarr_args(), path=group, mode="r+")
             index = np.asarray(sorted(rows))
             values = [_stat_vars(rows[t]) for t in index]
             for name in STAT_VARS:
                 g[name].set_coordinate_selection((index,), np.concatenate([v[name][1] for v in values]))
-        return sum(len(rows) for rows in pending.values())
+            written += len(self._stats.pop(group))
+        return written
 
-    def sync_stats(self, done: dict[str, dict]) -> int:
-        """Queue and write the statistics of done scenes (manifest ``done``) whose variables do not say ``ok``: a
-        job stopped between a scene's manifest entry and the next flush. The number of scenes written."""
+    def sync_stats(self, done: dict[str, dict], force: bool = False) -> int:
+        """Queue and write the statistics of done scenes (manifest ``done``) whose variables do not say ``ok`` (a
+        job stopped between a scene's manifest entry and the next flush), or of all of them with ``force``. The
+        number of scenes written."""
         import zarr
 
         by_group: dict[str, list[dict]] = {}
@@ -315,13 +330,37 @@ class MaskStore:
             except (KeyError, FileNotFoundError):
                 continue
             for e in entries:
-                t = int(e["time_index"])
-                if t < len(status) and status[t] != STATUS["ok"]:
+                t = e.get("time_index")
+                if isinstance(t, int) and 0 <= t < len(status) and (force or status[t] != STATUS["ok"]):
                     self.write_scene_stats(group, t, SceneStats.from_row(e["stats"]))
         return self.flush_stats()
 
+    def rebuild_statistics(self, group: str, names: list[str], done: dict[str, dict]) -> None:
+        """Re-create the lost statistics variables ``names`` of ``group`` (as its template has them, at their fill
+        values) and fill them from the manifest entries ``done`` of the group's scenes."""
+        n = self.open(group).sizes["time"]
+        ds = xr.Dataset({name: (("time",), np.full(n, STAT_VARS[name][1], STAT_VARS[name][0])) for name in names})
+        _statistics_attrs(ds)
+        for name in names:
+            ds[name].encoding.update(grid_mapping="spatial_ref", coordinates="item_id spatial_ref")
+        ds.to_zarr(**self.location.zarr_args(), group=group, mode="a", zarr_format=3, consolidated=False)
+        self.sync_stats({i: e for i, e in done.items() if e.get("group") == group}, force=True)
+
     def open(self, group: str) -> xr.Dataset:
         return xr.open_zarr(**self.location.zarr_args(), group=group, consolidated=False)
+
+
+def _statistics_attrs(ds: xr.Dataset) -> None:
+    """The attributes of the per-scene statistics variables ``ds`` holds."""
+    if "status" in ds:
+        ds["status"].attrs.update(flag_values=list(STATUS.values()), flag_meanings=" ".join(STATUS))
+    if "cloud_cover" in ds:
+        ds["cloud_cover"].attrs.update(units="%", long_name="thick + thin cloud among valid pixels")
+    if "provider_cloud_cover" in ds:
+        ds["provider_cloud_cover"].attrs.update(units="%", long_name="the provider's eo:cloud_cover")
+    for name in SHARES:
+        if name in ds:
+            ds[name].attrs.update(units="%", long_name=f"{name[4:].replace('_', ' ')} among valid pixels")
 
 
 def _plain(value):
@@ -329,11 +368,24 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str))
 
 
+MAX_NAME = 200  # bytes of a manifest file name: file systems allow 255, and object keys more
+
+
 def manifest_name(item_id: str) -> str:
     """The manifest file name of an item id, safe for any id: every character but letters, digits and ``_.-``
-    percent-encoded (``a/b`` -> ``a%2Fb``, ``../x`` -> ``..%2Fx``), so ids never name other paths."""
+    percent-encoded (``a/b`` -> ``a%2Fb``, ``../x`` -> ``..%2Fx``), so ids never name other paths; an id whose name
+    would be longer than ``MAX_NAME`` is cut and given the sha256 of the whole id (the entry itself names its item),
+    the same on local folders and object storage."""
+    import hashlib
+
     name = quote(item_id, safe="")
-    return ("%2E" + name[1:] if name.startswith(".") else name) + ".json"
+    name = "%2E" + name[1:] if name.startswith(".") else name
+    if len(name) + 5 > MAX_NAME:
+        cut = name[:MAX_NAME - 5 - 65]
+        if "%" in cut[-2:]:  # not inside a percent-escape
+            cut = cut[:cut.rindex("%")]
+        name = f"{cut}~{hashlib.sha256(item_id.encode()).hexdigest()}"
+    return name + ".json"
 
 
 def _stat_vars(stats: SceneStats) -> dict:

@@ -18,7 +18,9 @@ from .bands import SceneRead, read_block
 from .config import InferSpec
 from .errors import InputError
 from .plans import Block
+from .locks import lease_seconds
 from .radiometry import Harmonisation, decide
+from .retries import retrying
 from .sensors import CLASS_NAMES, MASK_NODATA
 
 
@@ -63,7 +65,11 @@ class Writer:
 
     def write(self, t: int, block: Block, classes: np.ndarray, probabilities: np.ndarray | None = None) -> None:
         """Write a block's ``classes (y, x)`` uint8 (and ``probabilities (class, y, x)`` uint8) into time slot ``t``:
-        whole chunks, so a retried task writes the same bytes."""
+        whole chunks, so a retried task writes the same bytes. A store that is unreachable for a while is waited
+        for (``pipeline.retries``), up to a lease's time."""
+        retrying(self._write, t, block, classes, probabilities, seconds=lease_seconds())
+
+    def _write(self, t, block, classes, probabilities) -> None:
         if self.lease is not None:
             _check_lease(self.url, self.options, *self.lease)
         arrays = self.arrays()

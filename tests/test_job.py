@@ -25,7 +25,7 @@ def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, test_weig
     ok = [s for s in result.stats if s.status == "ok"]
     assert len(ok) == 3
     for s in ok:
-        assert s.frac_clear + s.frac_thick_cloud + s.frac_thin_cloud + s.frac_cloud_shadow == pytest.approx(1.0)
+        assert s.pct_clear + s.pct_thick_cloud + s.pct_thin_cloud + s.pct_cloud_shadow == pytest.approx(100.0)
     assert any("[4/4]" in line for line in lines) and any("failed" in line for line in lines)
     groups = sorted(p.name for p in out.iterdir() if p.name.startswith("epsg"))
     assert [g.split("_")[0] for g in groups] == ["epsg32631", "epsg32633"]

@@ -43,8 +43,8 @@ def test_stats_fractions_and_table(tmp_path):
     assert counts.tolist()[-1] == 10 * 250 and counts.sum() == m.size
     s = SceneStats("A", status="ok", provider_cloud_cover=12.5).set_counts(counts)
     assert s.valid_pixels == 290 * 250
-    assert s.frac_clear + s.frac_thick_cloud + s.frac_thin_cloud + s.frac_cloud_shadow == pytest.approx(1.0)
-    assert s.cloud_cover == pytest.approx(100 * (s.frac_thick_cloud + s.frac_thin_cloud))
+    assert s.pct_clear + s.pct_thick_cloud + s.pct_thin_cloud + s.pct_cloud_shadow == pytest.approx(100.0)
+    assert s.cloud_cover == pytest.approx(s.pct_thick_cloud + s.pct_thin_cloud)
     frame = to_frame([s, SceneStats("B", status="failed", reason="asset B04 missing (HTTP 404)")])
     write_table(frame, tmp_path / "t.csv")
     write_table(frame, tmp_path / "t.parquet")

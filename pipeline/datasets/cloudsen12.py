@@ -30,7 +30,7 @@ def _tacoreader():
     try:
         import tacoreader
     except ImportError as exc:
-        raise ConfigError("reading CloudSEN12 needs tacoreader 0.6.5: pip install -e '.[datasets]'") from exc
+        raise ConfigError("reading CloudSEN12 needs tacoreader 0.6.5: pip install 'cloudmask-pipeline[datasets]'") from exc
     return tacoreader
 
 

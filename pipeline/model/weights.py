@@ -230,8 +230,44 @@ def load_weights(source: str | Path, *, bands=None, classes=None, cache_dir=None
     except (TypeError, KeyError, json.JSONDecodeError) as exc:
         raise WeightsError(f"{source}: malformed '{METADATA_KEY}' metadata: {exc}") from exc
     weights = Weights(meta=meta, state=state, sha256=sha, source=source)
+    check_architecture(weights)
     weights.check(bands=bands, classes=classes)
     return weights
+
+
+# model arguments a file may set without its model being rebuilt to check it: they change no tensor's size
+SWITCHES = {"norm": ("batch", "group"), "cam_bypass": (True, False)}
+MAX_PARAMETERS = 500_000_000  # a model this large is refused unless its file holds every tensor of it
+
+
+def check_architecture(weights: Weights) -> None:
+    """Refuse (``WeightsError``, naming the arguments) a file whose declared model does not match its own tensors,
+    before anything is built at full size: a small file declaring a huge model (``context_channels=4096``) would
+    otherwise allocate gigabytes wherever it is loaded. A registered model with the arguments of ``SWITCHES`` is
+    taken as declared; other arguments are checked by building the model on PyTorch's ``meta`` device (no memory)
+    and comparing every tensor's shape."""
+    meta = weights.meta
+    if all(k in SWITCHES and v in SWITCHES[k] for k, v in meta.model_kwargs.items()):
+        return
+    try:
+        with torch.device("meta"):
+            model = create_model(meta.model, **meta.model_args())
+    except WeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - bad arguments: one line naming them
+        raise WeightsError(f"{weights.source}: model {meta.model!r} cannot be built with its arguments "
+                           f"{meta.model_kwargs}: {type(exc).__name__}: {exc}") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.state.items()}
+    if expected != have:
+        odd = sorted(k for k in expected.keys() | have.keys() if expected.get(k) != have.get(k))
+        raise WeightsError(f"{weights.source}: its model arguments {meta.model_kwargs} describe another model than "
+                           f"its tensors ({len(odd)} differ, e.g. {odd[0]}: declared {expected.get(odd[0])}, in the "
+                           f"file {have.get(odd[0])}); the file is corrupt or its metadata was edited")
+    count = sum(v.numel() for v in model.state_dict().values())
+    if count > MAX_PARAMETERS:
+        raise WeightsError(f"{weights.source}: model {meta.model!r} with {meta.model_kwargs} has {count:,} "
+                           f"parameters, over the {MAX_PARAMETERS:,} this pipeline runs")
 
 
 _CACHE: dict[tuple, Weights] = {}

@@ -103,7 +103,7 @@ def test_scale_benchmark_prints_real_and_simulated_figures(test_weights_file, tm
 
     table = pd.read_csv(tmp_path / "sim-3.zarr" / "_cloudmask" / "scenes.csv")
     assert len(table) == 6 and (table["status"] == "ok").all() and (table["valid_pixels"] == 10980 ** 2).all()
-    assert (table[["frac_clear", "frac_thick_cloud", "frac_thin_cloud", "frac_cloud_shadow"]] > 0.05).all().all()
+    assert (table[["pct_clear", "pct_thick_cloud", "pct_thin_cloud", "pct_cloud_shadow"]] > 5).all().all()
     assert "SIMULATED W=  2 GPUs x 0.90 s/scene" in out and "real   N=    4" in out
     bad = run("benchmark", "scale", "--latency", "0", check=False)
     assert bad.returncode == 2 and "--latency 0.0 must be positive" in bad.stderr
