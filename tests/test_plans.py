@@ -9,7 +9,7 @@ import pystac
 import pytest
 
 from pipeline.access import Access
-from pipeline.config import InferSpec, SearchSpec
+from pipeline.config import BLOCK, InferSpec, SearchSpec
 from pipeline.detectors import detector_weights
 from pipeline.job import JobRun, JobSpec, tile_grid
 from pipeline.model.weights import default_weights
@@ -133,6 +133,8 @@ def test_a_full_scene_is_at_most_100_tasks_and_a_one_block_scene_at_most_5(tmp_p
     assert full == 36 + 1 and one == 1 + 1, count.tasks  # its blocks, and the sum of their counts
     (l2a, _), = scene_graph(tmp_path, starters["L2A"], [ES_L2A])[2]
     assert len(l2a) == 36 + 1
+    (default, _), = scene_graph(tmp_path, starters["L1C"], [ES_L1C], chunk=BLOCK)[2]
+    assert len(default) == 9 + 1  # the default block: 3 x 3 blocks of 4,032 px
 
 
 def test_scene_tasks_are_named_for_the_dashboard_and_belong_to_their_run(tmp_path, starters):

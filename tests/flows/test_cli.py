@@ -180,7 +180,7 @@ def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(
 
 
 @pytest.mark.parametrize("line,message", [
-    ("chunk: abc", "chunk: 'abc'; expected a whole number, e.g. chunk: 2048"),
+    ("chunk: abc", "chunk: 'abc'; expected a whole number, e.g. chunk: 4096"),
     ("chunk: 512.5", "chunk: 512.5; expected a whole number"),
     ("workers: two", "workers: 'two'; expected a whole number"),
     ("max_cloud: lots", "max_cloud: 'lots'; expected a percentage"),
