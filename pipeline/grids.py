@@ -62,6 +62,11 @@ def check_size(item_id: str, grid: GeoBox, limit: int = MAX_GRID_PX) -> None:
                          f"Sentinel-2 tile is 10,980); check its proj:shape, or raise the limit with --max-grid {max(h, w)}")
 
 
+def crs_name(crs) -> str:
+    """``EPSG:n`` where the CRS has an EPSG code, else the start of its WKT."""
+    return f"EPSG:{crs.epsg}" if crs.epsg else crs.to_wkt()[:60] + "..."
+
+
 def grid_name(grid: GeoBox) -> str:
     """The store group's name of a grid, e.g. ``epsg32633_x330000_y5822040_res10_768x1536``."""
     a = grid.affine
@@ -84,7 +89,7 @@ def axes_on(scene: GeoBox, crs, affine: Affine, shape: tuple[int, int]) -> tuple
     from odc.geo.crs import CRS
 
     if CRS(crs) != scene.crs:
-        raise ValueError(f"it is in {CRS(crs)}, the scene's grid in {scene.crs}")
+        raise ValueError(f"it is in {crs_name(CRS(crs))}, the scene's grid in {crs_name(scene.crs)}")
     s = scene.affine
     if affine.b or affine.d or s.b or s.d:
         raise ValueError("its grid is rotated")

@@ -76,7 +76,11 @@ class FileLock:
 
     def acquire(self) -> dict | None:
         """None once held, else the live holder's record."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LockWriteError(f"cannot write the store's lock {self.path}: {exc}; free space on that disk or "
+                                 f"write to another --out") from None
         return _acquire(self.path, self.me)
 
     def check(self) -> None:

@@ -151,6 +151,24 @@ def replica(item: dict, root: Path, http_base: str, s3=None, *, offset: int | di
     return item
 
 
+def cut_band(item: dict, root: Path, http_base: str, key: str, rows: int, cols: int) -> dict:
+    """``item`` (a replica served over https) with the file of asset ``key`` cut short by ``rows`` and ``cols`` at its
+    own resolution, on the bottom and right, as a band whose footprint ends early; the item says so (proj:shape)."""
+    import rasterio
+
+    asset = item["assets"][key]
+    local = root / asset["href"].split(http_base.rstrip("/") + "/", 1)[1]
+    with rasterio.open(local) as src:
+        data, profile = src.read(1), src.profile
+    data = data[:data.shape[0] - rows, :data.shape[1] - cols]
+    profile.update(height=data.shape[0], width=data.shape[1])
+    local.unlink()
+    with rasterio.open(local, "w", **profile) as dst:
+        dst.write(data, 1)
+    asset["proj:shape"] = list(data.shape)
+    return item
+
+
 def collection_of(item: dict) -> dict:
     """A minimal collection for the replica items of ``item['collection']``."""
     from pipeline.archive import collection

@@ -235,6 +235,57 @@ def test_every_forward_runs_a_full_batch(test_weights_file, scene):
     assert p.stats.filler > 0 and p.stats.tiles + p.stats.filler == 4 * len(sizes)
 
 
+def test_batches_are_filled_with_the_tiles_of_other_queued_blocks_and_no_tile_depends_on_it(test_weights_file, scene):
+    """Blocks queued together share batches (every batch full, no empty tiles while other blocks wait), and each
+    block's classes and probabilities are the bytes it gets alone: a tile's result does not depend on its
+    batch-mates. The model thread is held while the blocks queue, so they meet in the queue."""
+    from pipeline.runtime import submit_on_model_thread
+
+    p = Predictor(load_weights(test_weights_file), SPEC)  # batch 4
+    crops = [((y, x), (h, w)) for (y, x), (h, w) in (((0, 0), (64, 64)), ((48, 96), (64, 112)), ((96, 0), (112, 64)),
+                                                     ((144, 144), (64, 64)), ((0, 192), (64, 64)))]
+    alone = [p.predict(scene[:, y:y + h, x:x + w], offset=(y, x), probabilities=True) for (y, x), (h, w) in crops]
+    filler_alone = p.stats.filler
+    assert filler_alone > 0
+    p.stats.reset()
+    gate = threading.Event()
+    submit_on_model_thread(gate.wait)  # the model thread is busy until the gate opens
+    together = [None] * len(crops)
+
+    def predict(i):
+        (y, x), (h, w) = crops[i]
+        together[i] = p.predict(scene[:, y:y + h, x:x + w], offset=(y, x), probabilities=True)
+
+    threads = [threading.Thread(target=predict, args=(i,)) for i in range(len(crops))]
+    for t in threads:
+        t.start()
+    for _ in range(2000):  # every block queued (an event: the queue's length), then the model thread goes
+        if len(p._queue) == len(crops):
+            break
+        threading.Event().wait(0.005)
+    assert len(p._queue) == len(crops)
+    gate.set()
+    for t in threads:
+        t.join()
+    tiles = p.stats.tiles
+    assert p.stats.filler == -tiles % 4 < filler_alone  # only the very last batch is filled up
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a.classes, b.classes)
+        np.testing.assert_array_equal(a.probabilities, b.probabilities)
+
+
+def test_dn_up_to_65535_reach_the_model_exactly(test_weights_file, scene):
+    """Integer DN are kept in 16 bits on the device until tiles are cut: the highest DN come back as themselves
+    (the same classes and probabilities as the same values given as float32)."""
+    p = get_predictor(test_weights_file, SPEC)
+    img = scene[:, :96, :96].astype(np.uint16)
+    img[:, 10:40, 10:40] = 65535
+    img[:, 50:60, 50:60] = 40000
+    a, b = p.predict(img, probabilities=True), p.predict(img.astype(np.float32), probabilities=True)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+
+
 def test_model_thread_takes_the_threads_asked_for(test_weights_file):
     before = on_model_thread(torch.get_num_threads)
     try:

@@ -24,7 +24,7 @@ from pipeline.job import JobSpec, run_job
 from pipeline.plans import plan_scene
 from pipeline.sensors import SENTINEL2_L1C
 from factories import derived_weights
-from providers import collection_of, landsat_toa, real_item, replica, s2_pixels
+from providers import collection_of, cut_band, landsat_toa, real_item, replica, s2_pixels
 from s3server import CREDENTIALS, s3_server
 
 pytestmark = pytest.mark.slow  # S3, HTTP and STAC servers, CLI subprocesses
@@ -97,6 +97,10 @@ def replicas(tmp_path_factory):
             "es-l1c-twin": replica(real_item(ES_L1C), root, http, s3, item_id="S2B_24MVV_twin",
                                    collection="sentinel-2-l1c-twin", edit=_no_offset),
             "es-l2a": replica(real_item(ES_L2A), root, http, s3, offset={k: 1000 for k in jp2_l2a}),
+            # the same product whose 60 m coastal band ends 2 rows and 1 column (of its 32 x 32) short
+            "es-l2a-short": cut_band(replica(real_item(ES_L2A), root, http, s3, offset={k: 1000 for k in jp2_l2a},
+                                             item_id="S2B_24MVV_short", collection="sentinel-2-l2a-short"),
+                                     root, http, "coastal", 2, 1),
             "es-l8": replica(real_item(ES_L8), root, http, s3),
             "es-l8-l1": replica(_as_level1(real_item(ES_L8)), root, http, s3, item_id="LC08_L1TP_033032_20231008"),
             "pc-new": replica(real_item(PC_NEW), root, http, offset=1000),
@@ -242,6 +246,28 @@ def test_a_plain_run_on_l2a_items_runs_mscloudcam_with_the_l2a_starter(replicas,
     own = Predictor(load_weights(starter), InferSpec(overlap=0, device="cpu")).predict(served, mask_nodata=False).classes
     got = np.asarray(masks(out)[item["id"]])
     assert got.shape == own.shape and (got == own).mean() >= 0.99, np.bincount(got.ravel())
+
+
+def test_a_band_whose_footprint_ends_short_makes_exactly_those_pixels_nodata(replicas, aws, weights, tmp_path):
+    """Earth Search's L2A product with its 60 m coastal band ending 2 rows and 1 column short: the 10 m pixels it does
+    not reach (12 rows, 6 columns) are nodata, never a class, and left out of the statistics; away from them (beyond a
+    tile, the model's context) the mask is the full product's."""
+    url = replicas["es"]
+    full = run_here(url, "sentinel-2-l2a", tmp_path / "full.zarr", weights["sentinel-2-l2a"])
+    short = run_here(url, "sentinel-2-l2a-short", tmp_path / "short.zarr", weights["sentinel-2-l2a"])
+    a = masks(tmp_path / "full.zarr")[replicas["items"]["es-l2a"]["id"]]
+    b = masks(tmp_path / "short.zarr")["S2B_24MVV_short"]
+    assert_varied(a)
+    beyond = np.zeros(a.shape, bool)
+    beyond[-12:], beyond[:, -6:] = True, True
+    np.testing.assert_array_equal(b == 255, beyond)
+    assert (a != 255).all()
+    away = np.ones(a.shape, bool)
+    away[-12 - 64:], away[:, -6 - 64:] = False, False  # within a tile of the cut: the model saw it
+    np.testing.assert_array_equal(a[away], b[away])
+    (s,) = [x for x in short.stats if x.item_id == "S2B_24MVV_short"]
+    assert s.status == "ok" and s.valid_pixels == a.size - beyond.sum()
+    assert [x.status for x in full.stats if x.item_id == replicas["items"]["es-l2a"]["id"]] == ["ok"]
 
 
 def test_l1c_weights_on_l2a_items_are_refused_before_any_cluster_starts(replicas, aws, weights, tmp_path):
