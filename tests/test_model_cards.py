@@ -7,9 +7,9 @@ compares every figure with the card, within ``pipeline.cards.TOLERANCE`` (0.05);
 measured the file the card is about (its sha256). The fast tests check that the cards name the shipped files by
 their sha256, that no table of figures lacks its command, and that a figure off by 0.1 is caught.
 
-Time on 2 CPU cores (fp32, measured beside another test run): each command 8-30 s in this process, reBEN's about
-90 s (ukis-csmask builds its ONNX session for each of the 10 patches, twice with ``--teachers``); the nine commands
-3 min 15 s in all.
+Time on 2 CPU cores (fp32, in this process): the nine commands take about 2.7 min of CPU, 3 min 15 s to 5 min 20 s
+of wall time beside another test run; each 8-33 s but bigearthnet's (30-55 s) and reBEN's (90-115 s):
+ukis-csmask builds its ONNX session for every patch, twice with ``--teachers``.
 """
 
 import json
