@@ -51,6 +51,10 @@ def add_parser(sub) -> None:
     p.add_argument("--paper", action="store_true", help="print the paper's MSCloudCAM row beside ours")
     p.add_argument("--teachers", action="store_true", help="starter: also per-class agreement with each teacher")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="model precision (default: auto = bf16 on GPUs and on CPUs with native bf16, fp32 otherwise); "
+                        "the model cards' figures are measured with fp32, so that they do not depend on the CPU's "
+                        "bf16 support")
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
     p.set_defaults(func=run)
 
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--brightness {args.brightness}: a gain > 0, for --dataset starter only (its labels follow "
                           f"the labelling rule, so they can be re-split)")
     from pipeline.config import InferSpec
-    from pipeline.infer import Predictor
+    from pipeline.infer import Predictor, precision_name
     from pipeline.model.weights import load_weights
 
     from pipeline.model.weights import default_weights
@@ -158,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"the weights take {list(weights.meta.bands)} but the {args.dataset} items have no "
                               f"{missing}; use weights for their level (the L2A starter takes no B10)")
         take = [bands.index(b) for b in weights.meta.bands]  # e.g. L2A weights on L1C scenes: B10 left out
-    predictor = Predictor(weights, InferSpec(overlap=0, device=args.device))
+    predictor = Predictor(weights, InferSpec(overlap=0, device=args.device, precision=args.precision))
     cm = np.zeros((4, 4), np.int64)
     predictions = []
     for i, (dn, labels) in enumerate(items):
@@ -187,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"(scenes x {args.brightness:g} in reflectance, cloud labels re-split into thick and thin by the scaled B02)")
     print(f"IoU (%) over {s['pixels']:,} labelled pixels of {len(items)} items, one confusion matrix:")
     print(table(rows))
-    result = dict(dataset=name, split=args.split, brightness=args.brightness, weights=weights.source, sha256=weights.sha256, confusion=cm.tolist(), **s)
+    result = dict(dataset=name, split=args.split, brightness=args.brightness, weights=weights.source,
+                  sha256=weights.sha256, precision=precision_name(predictor.dtype), confusion=cm.tolist(), **s)
     if args.teachers:
         if args.dataset not in ("starter", "bigearthnet", "reben"):
             raise ConfigError("--teachers compares with s2cloudless and ukis-csmask on Sentinel-2: use --dataset starter, "

@@ -28,7 +28,7 @@ RECIPES = {
     # part of the way from TOA to surface reflectance by the map measured in pipeline/datasets/boa.py, and
     # class-weighted CE (the first L1C starter, unweighted, scored thick-cloud IoU 0.0 and shadow 0.2). The first L2A
     # starter was 40 epochs of it from scratch; the shipped one is the L1C starter fine-tuned in twelve stages with
-    # --real-l2a, --shadows, --translucent, --land-gain and --snow, and two weight-space blends (model card, "Recipe").
+    # --real-l2a, --shadows, --translucent, --land-gain and --snow, and two weight-space blends (model card, "How it was trained").
     "starter-l2a": Recipe(name="starter-l2a", model_kwargs={"norm": "group"}, epochs=40, batch_size=8, lr=2e-4,
                           bf16=True, save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0,
                           class_weights="sqrt-inverse"),

@@ -15,10 +15,12 @@ def add_parser(sub) -> None:
                                    "project's safetensors format, or blend a model with one fine-tuned from it.")
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
 
-    info = wsub.add_parser("info", help="print a weights file's contract (bands, classes, normalisation, sha256)")
+    info = wsub.add_parser("info", help="print a weights file's contract (bands, classes, tile, sha256), recipe and "
+                                               "its model card's figures")
     info.add_argument("source", nargs="?", help="local path or fsspec URL of a .safetensors weights file "
                                                 "(default: the weights cloudmask run uses when given none)")
-    info.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    info.add_argument("--json", action="store_true", help="print the file's metadata as JSON, with sha256, source, "
+                                                           "recipe and card (its model card's figure tables, or null)")
     info.set_defaults(func=run_info)
 
     conv = wsub.add_parser(
@@ -59,26 +61,101 @@ def add_parser(sub) -> None:
     blend.set_defaults(func=run_blend)
 
 
+def recipe_line(provenance: dict) -> str | None:
+    """How the file was made, from its provenance, without the machine's paths: the training command with
+    ``--out`` and ``--label-cache`` left out and ``--init PATH`` given as the sha256 of the file it started from; for a
+    blend, the two files' sha256 and alpha before it. None when the provenance records neither."""
+    import shlex
+
+    parts = []
+    blend = provenance.get("blend")
+    if blend:
+        a, b, alpha = blend["a_sha256"][:8], blend["b_sha256"][:8], blend["alpha"]
+        parts.append(f"blend {1 - alpha:g} × {a}… + {alpha:g} × {b}… (cloudmask weights blend --alpha {alpha:g})")
+    command = provenance.get("command")
+    if command:
+        words, out, i = shlex.split(command), [], 0
+        while i < len(words):
+            word = words[i]
+            value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
+            if word in ("--out", "--label-cache") and value is not None:
+                i += 2
+                continue
+            if word == "--init" and value is not None:
+                init = provenance.get("init_sha256")
+                out += [word, f"{init[:8]}…" if init else value]
+                i += 2
+                continue
+            if word.startswith("--") and value in ("True", "False"):
+                out += [word] if value == "True" else [f"--no-{word[2:]}"]
+                i += 2
+                continue
+            out.append(word)
+            i += 1
+        recorded = provenance.get("recipe")
+        if isinstance(recorded, dict) and recorded.get("bf16") is False and "--bf16" not in out:
+            out.append("--no-bf16")  # the recorded command leaves out options that are False
+        parts.append((f"{blend['b_sha256'][:8]}… made by " if blend else "") + " ".join(out))
+    elif isinstance(provenance.get("recipe"), dict):
+        parts.append(f"recipe {provenance['recipe'].get('name', '?')}")
+    return "; ".join(parts) or None
+
+
+def card_figures(card) -> list[dict]:
+    """The figure tables of a model card as JSON: title, command, and each row's figures by column (``clear``,
+    ``thick``, ..., ``miou``, ``agreement`` in %, ``pixels``)."""
+    from pipeline.cards import name
+
+    def figure(column, value):
+        return int(value) if name(column) == "pixels" else value
+
+    return [{"title": t.title, "command": t.command,
+             "rows": [{"row": row, "figures": {name(c): figure(c, v) for c, v in zip(t.columns, values) if v is not None}}
+                      for row, values in t.rows]}
+            for t in card.tables]
+
+
 def run_info(args: argparse.Namespace) -> int:
+    from pipeline.cards import card_for, card_path, name
     from pipeline.model.weights import default_weights, load_weights
 
     w = load_weights(args.source or default_weights())
     meta = json.loads(w.meta.to_json())
+    card = card_for(w.sha256)
+    recipe = recipe_line(meta["provenance"])
     if args.json:
-        print(json.dumps(dict(meta, sha256=w.sha256, source=w.source), indent=2))
+        figures = None if card is None else {"card": str(card_path()), "file": card.file, "tables": card_figures(card)}
+        print(json.dumps(dict(meta, sha256=w.sha256, source=w.source, recipe=recipe, card=figures), indent=2))
         return 0
-    params = sum(t.numel() for t in w.state.values() if t.is_floating_point())
-    print(f"source         {w.source}")
-    print(f"sha256         {w.sha256}")
-    print(f"model          {meta['model']} {meta['model_kwargs'] or ''}".rstrip())
-    print(f"tensor values  {params:,} (parameters and normalisation statistics)")
+    params = sum(t.numel() for k, t in w.state.items() if t.is_floating_point() and ".running_" not in k)
     also = f" (also {', '.join(meta['also_levels'])} with these bands)" if meta.get("also_levels") else ""
+    print(f"file           {w.source}")
+    print(f"model          {meta['model']} {meta['model_kwargs'] or ''}".rstrip() + f", {params:,} parameters")
     print(f"sensor/level   {meta['sensor']} {meta['level']}{also}")
-    print(f"bands          {', '.join(meta['bands'])}")
-    print(f"normalisation  DN / {meta['normalisation']['divisor']:g}")
+    print(f"bands          {', '.join(meta['bands'])} (input DN / {meta['normalisation']['divisor']:g})")
     print(f"classes        {', '.join(f'{c}={n}' for c, n in zip(meta['class_codes'], meta['classes']))}")
-    print(f"tile size      {meta['tile_size']}")
-    print(f"provenance     {json.dumps(meta['provenance'])}")
+    print(f"tile size      {meta['tile_size']} px")
+    print(f"sha256         {w.sha256}")
+    if recipe:
+        print(f"recipe         {recipe}")
+    if meta["provenance"].get("dataset"):
+        print(f"trained on     {meta['provenance']['dataset']}")
+    elif not recipe and meta["provenance"]:
+        print(f"provenance     {json.dumps(meta['provenance'])}")  # e.g. what 'weights convert --provenance' was given
+    if card is None:
+        print("figures        none: no model card names this file's sha256; measure it with 'cloudmask evaluate "
+              "--weights FILE ...' on data of its level")
+        return 0
+    print(f"figures        from its model card, {card_path()}: IoU (%) per class against the teachers' labels, "
+          f"agreement (%) with each teacher; each table is what its command prints")
+    for table in card.tables:
+        print(f"  {table.title}")
+        print(f"    $ {table.command}")
+        for row, values in table.rows:
+            cells = "  ".join(f"{name(c)} {v:,.0f}" if name(c) == "pixels" else f"{c} {v:.2f}"
+                              if name(c) != "agreement" else f"agreement {v:.2f} %"
+                              for c, v in zip(table.columns, values) if v is not None)
+            print(f"    {row:<16}{cells}")
     return 0
 
 

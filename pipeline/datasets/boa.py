@@ -59,7 +59,7 @@ _INDEX = {b: i for i, b in enumerate(BOA_MAP)}  # band name -> row of a (12, y, 
 # 0.98-1.05 in 26 of the 27 cloud-free real L2A patches here, reBEN's and bigearthnet-common's), while TOA B09 is
 # 0.11-0.44 of B8A (the L1C scenes' dark land; median 0.275 over the training scenes: the scene's water vapour).
 # Brighter over clouds in both: less vapour above a cloud top (real L2A thick cloud: 1.34-1.54 B8A). Measured with
-# the lines in weights/README.md (L2A card, "Data").
+# the lines in docs/training-log.md (the L2A starter's former card, "Data").
 L2A_B09_RATIO = 1.0
 TOA_B09_RATIO = 0.275  # the fallback where a chip has too little dark land to measure its own
 REFLECTANCE_DN = 10000.0  # DN of reflectance 1 in both levels (the baseline-04.00 offset is removed before)
@@ -69,7 +69,7 @@ REFLECTANCE_DN = 10000.0  # DN of reflectance 1 in both levels (the baseline-04.
 # real L2A vegetation has B02 0.02-0.03 and B01 0.001-0.005 above it (reBEN's twelve snow-free training patches). So
 # each chip's visible offsets are set from its own dark vegetation (as B09's gain): its lower quartile (haze over
 # part of a chip leaves it alone) reaches the median lower quartile of reBEN's training patches (held-out patches
-# not used), measured with the lines in weights/README.md (L2A card, "Data"):
+# not used), measured with the lines in docs/training-log.md (the L2A starter's former card, "Data"):
 L2A_DARK_VEGETATION = {"B01": 0.0282, "B02": 0.0230, "B03": 0.0484, "B04": 0.0253}
 VEGETATION_PERCENTILE = 25
 LAMBDA = (0.0, 1.25)

@@ -4,7 +4,7 @@ Without B10 a model tells snow from cloud by the shortwave infrared alone: snow 
 B12 about a tenth of its blue), water-droplet cloud does not (B11 half its blue or more; the starter's cloud labels:
 B11 median 0.20-0.46). The training land held one snowy patch (reBEN's ``…T35VNJ_00_00``, Finland, November: 120 ×
 120 px, about a third of the real land chips) and the L2A starters still called bright snow cloud (run 25: 3,218 of
-that very patch's pixels, and 6,826 of bigearthnet-common's held-out snow patch; model card, "Snow").
+that very patch's pixels, and 6,826 of bigearthnet-common's held-out snow patch; docs/training-log.md, "Snow").
 
 So a share of the real land chips gets a snow cover: a smoothed random field, thresholded at a random level, decides
 where (10-90 % of the chip), with soft edges where the ground shows through (forest, thin snow: ``f · snow + (1 −

@@ -1,9 +1,9 @@
 """Translucent clouds over real L2A land: the pasted clouds fade out towards their edges, so that thin cloud at L2A
 is seen over real ground.
 
-Thin cloud in the starter's training labels is almost all one winter haze (model card, "Map v3": 84,823 of 89,691
-thin pixels, blue 0.087 over land 0.028), while real L2A thin cloud here is the rim of cumulus (reBEN's cumulus
-patch: blue 0.122 over land 0.019, thick cores 0.458). A cloud is seen through where it is optically thin, at its
+Thin cloud in the starter's training labels is almost all one winter haze (docs/training-log.md, "Map v3": 84,823
+of 89,691 thin pixels, blue 0.087 over land 0.028), while real L2A thin cloud here is the rim of cumulus (reBEN's
+cumulus patch: blue 0.122 over land 0.019, thick cores 0.458). A cloud is seen through where it is optically thin, at its
 edges most of all; so a pasted cloud pixel becomes ``a · cloud + (1 − a) · land`` with an opacity ``a`` that rises
 from the cloud's rim inwards over ``width`` pixels and tops out at ``opacity``, both drawn per chip. Its label then
 follows the labelling rule's own split (``pipeline.pseudolabels``) applied to the cloud, not to the ground beneath:
@@ -11,7 +11,7 @@ thick where the blue it would show over dark land (``DARK_BLUE``, reBEN's green 
 thin, so that faint cloud over bright ground (snow, bare soil) is not called thick (run 22 learnt snow as thick
 under the mixed-blue split); a rim that adds under ``FAINT_BLUE`` (0.05) to the land's blue is left unlabelled
 (``IGNORE``), as the teachers could not say. Shadows are pasted as they are. What runs with it gave, and why none
-was shipped (bright bare soil called thin): weights/README.md, "Translucent clouds".
+was shipped (bright bare soil called thin): docs/training-log.md, "Translucent clouds".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 GroupNorm normalises each sample by itself, so training and inference behave alike at any batch size; the
 starter weights use it because BatchNorm trained from scratch at batch 8 gave eval-mode predictions far from
-train-mode ones (weights/README.md). Both have the same learnable parameters (a scale and a shift per
+train-mode ones (docs/training-log.md, "History"). Both have the same learnable parameters (a scale and a shift per
 channel), so parameter counts are unchanged.
 """
 

@@ -95,8 +95,33 @@ def test_benchmark_on_cuda_without_gpu_is_a_clear_error():
 def test_weights_info(test_weights_file):
     out = run("weights", "info", str(test_weights_file)).stdout
     assert "mscloudcam_tiny" in out and "B8A" in out and "DN / 3000" in out and "3=cloud_shadow" in out
+    assert "figures        none" in out  # no model card names the test model's sha256
     meta = json.loads(run("weights", "info", str(test_weights_file), "--json").stdout)
-    assert meta["sha256"] == load_weights(test_weights_file).sha256
+    assert meta["sha256"] == load_weights(test_weights_file).sha256 and meta["card"] is None
+
+
+def test_weights_info_shows_what_a_user_needs_and_the_cards_figures(cli, monkeypatch):
+    """The shipped starters: contract, sha256, the recipe without the machine's paths, and their model card's figures
+    with each table's command; not the run's folders or its last epoch's validation scores."""
+    from pipeline.cards import read_cards
+
+    monkeypatch.delenv("CLOUDMASK_WEIGHTS", raising=False)
+    root = Path(__file__).resolve().parents[2]
+    l1c, l2a = read_cards(root / "weights" / "README.md")
+    out = cli("weights", "info").stdout  # the L1C starter
+    for text in ("mscloudcam {'norm': 'group'}", "sentinel-2 L1C", "B8A, B09, B10", "DN / 3000", "3=cloud_shadow",
+                 "tile size      256 px", l1c.sha256, "--recipe starter", "--init 2d022000…", "--shadows 1.0",
+                 f"$ {l1c.tables[0].command}", "Thick 1.04", "agreement 88.49 %"):
+        assert text in out, text
+    assert "runs/" not in out and "val_miou" not in out and "val_iou" not in out
+    info = json.loads(cli("weights", "info", str(root / "weights" / l2a.file), "--json").stdout)
+    assert info["level"] == "L2A" and info["also_levels"] == ["L1C"] and "B10" not in info["bands"]
+    assert "runs/" not in info["recipe"] and info["recipe"].startswith("blend 0.5 × e25cc4ec… + 0.5 × 417a087b…")
+    assert info["card"]["file"] == l2a.file
+    assert [t["command"] for t in info["card"]["tables"]] == [t.command for t in l2a.tables]
+    reben = next(t for t in info["card"]["tables"] if "reben" in t["command"])
+    assert reben["rows"][0] == {"row": "teacher labels", "figures": {
+        "pixels": 142202, "clear": 92.0, "thick": 70.37, "thin": 35.32, "shadow": 26.78, "miou": 56.12, "agreement": 90.91}}
 
 
 def test_weights_convert_a_trusted_checkpoint(tmp_path):
