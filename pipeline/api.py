@@ -57,12 +57,11 @@ def mask(cube, weights=None, *, precision: str = "auto", chunk: int | None = Non
     Example::
 
         import odc.stac, pipeline
-        ds = odc.stac.load(items, bands=["blue", "green", ...], chunks={"x": 2048, "y": 2048})
+        ds = odc.stac.load(items, bands=["coastal", "blue", "green", "red", ...], chunks={"x": 2048, "y": 2048})
         masks = pipeline.mask(ds, "weights.safetensors", offset=1000)   # lazy (time, y, x) uint8
         clear = (masks == 0).sum("time").compute()
     """
     import numpy as np
-    import xarray as xr
 
     from .config import BLOCK, InferSpec
     from .masks import predict_masks
