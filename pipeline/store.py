@@ -26,7 +26,7 @@ import xarray as xr
 from . import __version__
 from .errors import ConfigError
 from .grids import grid_name
-from .locations import location_of
+from .locations import Location, location_of
 from .locks import LOCK, StoreLockedError, lock_for, refusal  # noqa: F401  (StoreLockedError: the store's error)
 from .sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
 from .stats import SHARES, STATUS, SceneStats
@@ -51,10 +51,11 @@ PROVENANCE = ("model", "weights_sha256", "bands", "classes", "tile", "overlap", 
 
 
 class MaskStore:
-    """A job's output store (``out``: a local path or an object-storage URL, see ``pipeline.locations``)."""
+    """A job's output store (``out``: a local path or an object-storage URL, see ``pipeline.locations``, or a
+    ``Location`` already resolved)."""
 
-    def __init__(self, out: str | Path, label: str = "--out") -> None:
-        self.location = location_of(out, label)
+    def __init__(self, out: str | Path | Location, label: str = "--out") -> None:
+        self.location = out if isinstance(out, Location) else location_of(out, label)
         self.url = self.location.url
         self.path = Path(self.location.root) if self.location.local else None  # a local store's folder
         self._held = None
