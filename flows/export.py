@@ -39,7 +39,7 @@ def run(args) -> int:
         raise ConfigError(f"--out {args.out!r}: give a .tif file name")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {args.out!r}: its folder {str(out.parent)!r} does not exist")
-    store = MaskStore(args.store, "store")
+    store = MaskStore(args.store, "store", writable=False)
     if args.item:
         entry = store.done().get(args.item)
         if entry is None:

@@ -260,7 +260,7 @@ def run_stats(args: argparse.Namespace) -> int:
     for path in (args.csv, args.parquet):  # a file that cannot be written is refused before the table is read
         if path:
             table_path(path)
-    store = MaskStore(args.store, "store")
+    store = MaskStore(args.store, "store", writable=False)
     table = "_cloudmask/scenes.csv"
     done = {k: e["stats"] for k, e in store.done().items() if e.get("stats")}
     frame = store.read_table()
@@ -287,7 +287,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from pipeline.integrity import verify_store
     from pipeline.store import MaskStore
 
-    store = MaskStore(args.store, "store")
+    store = MaskStore(args.store, "store", writable=args.repair)
     if not store.has_manifest():
         raise ConfigError(f"{args.store!r} has no manifest (_cloudmask/manifest); is it a store written by cloudmask run?")
     found = verify_store(store, repair=args.repair)

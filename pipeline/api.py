@@ -468,7 +468,7 @@ def open_masks(store):
 
     from .store import MaskStore
 
-    reader = MaskStore(_read_location(store))
+    reader = MaskStore(store, "store", writable=False)
     location = reader.location
     if not location.exists("zarr.json"):
         raise ConfigError(f"{store!r} is not a Zarr store (no zarr.json); give the --out of a cloudmask run")
@@ -495,22 +495,6 @@ def open_masks(store):
         root["group"] = ("scene", np.asarray([where.get(i, "") for i in root["item_id"].values], dtype=object))
         tree.dataset = root.assign_attrs(tree.attrs)
     return tree
-
-
-def _read_location(store):
-    """The ``Location`` of a store to read: ``locations.location_of`` for URLs; a local folder as it is (a
-    read-only one too: ``location_of`` checks that ``--out`` can be written)."""
-    from pathlib import Path
-
-    from .locations import Location, location_of
-
-    text = str(store)
-    if "://" in text and not text.startswith("file://"):
-        return location_of(text, "store")
-    path = Path(text.removeprefix("file://")).expanduser().absolute()
-    if not path.is_dir():
-        raise ConfigError(f"store {text!r} is not a folder; give the --out of a cloudmask run")
-    return Location(str(path), "file", str(path))
 
 
 def _store_table(reader):

@@ -198,11 +198,13 @@ def read_window(source: BandSource, scene: SceneRead, rows: tuple[int, int], col
                 data[data == src.nodata] = 0
             return data, ys, xs
 
+    failure = None
     try:  # an unreachable server is waited for a while (GDAL retries HTTP 5xx itself: GDAL_HTTP_MAX_RETRY)
         data, ys, xs = retrying(read, seconds=READ_RETRY_S)
     except rasterio.errors.RasterioIOError as exc:
-        raise InputError(read_failure(f"item {scene.item_id}: asset {source.asset!r} ({source.band})", source.href,
-                                      exc)) from exc
+        failure = read_failure(f"item {scene.item_id}: asset {source.asset!r} ({source.band})", source.href, exc)
+    if failure:  # raised outside the handler: an error chained to GDAL's does not pickle back to the client
+        raise InputError(failure)
     return data.astype(np.uint16, copy=False), ys, xs
 
 

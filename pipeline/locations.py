@@ -105,14 +105,14 @@ class Location:
         self.fs.rm(self.key(*parts), recursive=True)
 
 
-def location_of(out: str | Path, label: str = "--out") -> Location:
+def location_of(out: str | Path, label: str = "--out", writable: bool = True) -> Location:
     """The ``Location`` of ``--out``, checked before any work: a local folder must not be a file and must be
-    writable where it would be created; an object-storage bucket must exist and be reachable. ``label`` names
-    the argument in messages."""
+    writable where it would be created (with ``writable`` False: a store that is there to be read, read-only
+    too); an object-storage bucket must exist and be reachable. ``label`` names the argument in messages."""
     text = str(out)
     protocol = text.split("://", 1)[0] if "://" in text else "file"
     if protocol == "file":
-        return _local(text, label)
+        return _local(text, label, writable)
     if protocol not in OBJECT_STORES:
         raise ConfigError(f"{label} {text}: {protocol}:// stores are not supported (the store's lock needs "
                           f"conditional writes, implemented for local folders and s3://, including S3-compatible "
@@ -122,10 +122,14 @@ def location_of(out: str | Path, label: str = "--out") -> Location:
     return _s3(text, label)
 
 
-def _local(text: str, label: str) -> Location:
+def _local(text: str, label: str, writable: bool = True) -> Location:
     path = Path(text.removeprefix("file://")).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{label} {text} is a file, not a store folder; give a new folder or a store to resume")
+    if not writable:
+        if not path.is_dir():
+            raise ConfigError(f"{label} {text} is not a folder; give the --out of a cloudmask run")
+        return Location(str(path), "file", str(path))
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{label} {text}: cannot write in {existing} (no permission, or a read-only file system); "

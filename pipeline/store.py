@@ -54,8 +54,9 @@ class MaskStore:
     """A job's output store (``out``: a local path or an object-storage URL, see ``pipeline.locations``, or a
     ``Location`` already resolved)."""
 
-    def __init__(self, out: str | Path | Location, label: str = "--out") -> None:
-        self.location = out if isinstance(out, Location) else location_of(out, label)
+    def __init__(self, out: str | Path | Location, label: str = "--out", writable: bool = True) -> None:
+        """``writable`` False: a store only read (``stats``, ``verify`` without repair, ``export``), read-only too."""
+        self.location = out if isinstance(out, Location) else location_of(out, label, writable)
         self.url = self.location.url
         self.path = Path(self.location.root) if self.location.local else None  # a local store's folder
         self._held = None
@@ -182,7 +183,9 @@ class MaskStore:
         data = self.location.read(*TABLE)
         if data is None:
             return None
-        return pd.read_csv(io.BytesIO(data), index_col="item_id", keep_default_na=False, na_values=[""])
+        text = {"item_id": str, "datetime": str, "status": str, "reason": str, "processing_baseline": str,
+                "radiometry": str}  # "02.04" is a baseline, not the number 2.04
+        return pd.read_csv(io.BytesIO(data), index_col="item_id", keep_default_na=False, na_values=[""], dtype=text)
 
     def write_table(self, frame) -> str:
         """Write the statistics table (CSV) into the store; its URL."""

@@ -133,12 +133,15 @@ def radiometry(properties: tuple, b10_href: str | None, access: Access) -> Harmo
     if b10_href is not None:
         import rasterio
 
+        failure = None
         try:
             with access.env(), rasterio.open(b10_href) as src:
                 step = max(1, max(src.width, src.height) // 256)
                 b10 = src.read(1, out_shape=(max(1, src.height // step), max(1, src.width // step)))
         except rasterio.errors.RasterioIOError as exc:
-            raise InputError(read_failure(f"item {props['id']}: B10 (the offset check)", b10_href, exc)) from exc
+            failure = read_failure(f"item {props['id']}: B10 (the offset check)", b10_href, exc)
+        if failure:  # raised outside the handler: an error chained to GDAL's does not pickle back to the client
+            raise InputError(failure)
     decision = decide(props, b10)
     with _DECISIONS_LOCK:
         _DECISIONS[key] = decision

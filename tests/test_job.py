@@ -401,3 +401,39 @@ def test_a_sigterm_swallowed_where_it_landed_still_stops_the_job(api, tmp_path, 
     monkeypatch.setattr(errors, "_stop_requested", [])
     again = run_job(spec(api, out, test_weights_file), None, log=lambda _: None)
     assert again.skipped == 1 and [s.status for s in again.stats].count("ok") == 3
+
+
+def test_stats_show_every_class_in_one_unit_and_the_store_says_how_to_open_it_and_exports_a_cog(first_run, tmp_path):
+    """``cloudmask stats``: every class's share and the cloud cover in %, an empty reason for good scenes; plain
+    ``xr.open_zarr(store)`` (no group) shows the groups and how to open them; ``cloudmask export`` writes a scene's
+    mask as a COG that GDAL reads with the store's CRS, transform, nodata and values."""
+    import rasterio
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    out, result, _ = first_run
+    cloudmask = str(Path(sys.executable).with_name("cloudmask"))
+    p = subprocess.run([cloudmask, "stats", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert all(h in p.stdout for h in ("clear %", "thick %", "thin %", "shadow %", "cloud %", "provider cloud %"))
+    assert all("nan" not in r.lower() for r in p.stdout.splitlines() if " ok " in r)  # an empty reason
+    ok = next(s for s in result.stats if s.status == "ok")
+    line = next(r for r in p.stdout.splitlines() if r.startswith(ok.item_id))
+    assert f"{ok.pct_thick_cloud:.2f}" in line and f"{ok.cloud_cover:.2f}" in line
+    root = xr.open_zarr(out)
+    assert sorted(root.attrs["groups"]) == sorted(p.name for p in out.iterdir() if p.name.startswith("epsg"))
+    assert "open_datatree" in root.attrs["how_to_open"] and "group=" in root.attrs["how_to_open"]
+    tif = tmp_path / "mask.tif"
+    e = subprocess.run([cloudmask, "export", str(out), "--item", ok.item_id, "--out", str(tif)], capture_output=True,
+                       text=True, timeout=300)
+    assert e.returncode == 0, e.stderr
+    entry = json.loads((out / "_cloudmask" / "manifest" / f"{ok.item_id}.json").read_text())
+    ds = xr.open_zarr(out, group=entry["group"])
+    with rasterio.open(tif) as src:
+        assert src.crs == ds.rio.crs and src.nodata == 255 and src.dtypes == ("uint8",)
+        assert src.tags()["flag_meanings"] == "clear thick_cloud thin_cloud cloud_shadow"
+        assert tuple(src.transform)[:6] == tuple(ds.rio.transform())[:6]
+        np.testing.assert_array_equal(src.read(1), ds.mask.values[entry["time_index"]])
+    bad = subprocess.run([cloudmask, "export", str(out), "--item", "nope", "--out", str(tif)], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "holds no finished scene 'nope'" in bad.stderr
