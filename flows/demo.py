@@ -31,8 +31,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.archive import collection, demo_archive
-    from pipeline.job import check_job
+    from flows.archive import collection, demo_archive
+    from pipeline.job.execute import check_job
 
     from .run import DEFAULTS, execute, job_spec
     from .stacserver import local_stac_api
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     written = quicklooks(out / "masks.zarr", out / "archive", out / "quicklooks")
     for path in written:
         print(f"quicklook: {path}")
-    from pipeline.quicklook import LEGEND
+    from flows.quicklook import LEGEND
 
     print(f"({LEGEND})")
     print(f"open the cube: xarray.open_zarr({str(out / 'masks.zarr')!r}, group=<one of "
@@ -64,8 +64,8 @@ def quicklooks(store: Path, archive: Path, folder: Path) -> list[Path]:
     import numpy as np
     import rasterio
 
-    from pipeline.quicklook import write_quicklook
-    from pipeline.store import MaskStore
+    from flows.quicklook import write_quicklook
+    from pipeline.store.maskstore import MaskStore
 
     ms = MaskStore(store)
     written = []

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.metrics import confusion, scores
+from pipeline.training.metrics import confusion, scores
 
 # The MSCloudCAM rows of docs/mscloudcam.md ("The authors' reported results") (IoU % clear, thick, thin, shadow; mIoU; mF1; aAcc).
 PAPER = {
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="dataset location (cloudsen12: TACO file(s); l8biome: folder)")
     p.add_argument("--level", choices=("l1c", "l2a"), default="l1c",
                    help="cloudsen12: product level for --paper; starter: l2a scores the L1C scenes as simulated L2A "
-                        "(the TOA->BOA map of pipeline/datasets/boa.py)")
+                        "(the TOA->BOA map of pipeline/training/datasets/boa.py)")
     p.add_argument("--brightness", type=float, metavar="GAIN",
                    help="starter: scale the scenes' reflectance by GAIN and re-split their cloud labels into thick and "
                         "thin by the scaled blue band (the labelling rule's threshold): does the model follow brightness?")
@@ -62,43 +62,43 @@ def add_parser(sub) -> None:
 def load_items(args) -> tuple[list, tuple[str, ...] | None]:
     """``(items [(dn (C, y, x), labels (y, x))], band names of dn's first axis, or None when the reader does not
     name them)``."""
-    from pipeline.sensors import SENTINEL2_L1C, SENTINEL2_L2A
+    from pipeline.catalog.sensors import SENTINEL2_L1C, SENTINEL2_L2A
 
     if args.dataset == "starter":
-        from pipeline.datasets.starter import labelled_scenes
+        from pipeline.training.datasets.starter import labelled_scenes
 
         items = [(s.dn, lab) for s, lab in labelled_scenes(args.split)]
         if args.brightness is not None:
-            from pipeline.datasets.brightness import brighten
+            from pipeline.training.datasets.brightness import brighten
 
             items = [brighten(dn, lab, args.brightness, SENTINEL2_L1C.bands.index("B02")) for dn, lab in items]
         if args.level == "l2a":
-            from pipeline.datasets.boa import BOA_MAP, l2a_bands, simulate_boa
+            from pipeline.training.datasets.boa import BOA_MAP, l2a_bands, simulate_boa
 
             return [(simulate_boa(l2a_bands(dn, SENTINEL2_L1C.bands)), lab) for dn, lab in items], tuple(BOA_MAP)
         return items, SENTINEL2_L1C.bands
     if args.dataset in ("bigearthnet", "reben"):
-        from pipeline.pseudolabels import l2a_teacher_labels
+        from pipeline.training.pseudolabels import l2a_teacher_labels
 
         bands = SENTINEL2_L2A.bands
         if args.dataset == "bigearthnet":
-            from pipeline.datasets.bigearthnet import l2a_patches
+            from pipeline.training.datasets.bigearthnet import l2a_patches
 
             if args.split != "test":
                 raise ConfigError("--dataset bigearthnet has only a test split (six held-out L2A patches)")
             dns = [s.dn for s in l2a_patches()]
         else:
-            from pipeline.datasets.reben import patches_of
+            from pipeline.training.datasets.reben import patches_of
 
             dns = [p.dn for p in patches_of(args.split)]  # test: reBEN's test split and every patch flagged cloudy
         return [(dn, l2a_teacher_labels(dn, bands, 10.0)) for dn in dns], bands
     if not args.data:
         raise ConfigError(f"--data is required for --dataset {args.dataset}")
     if args.dataset == "cloudsen12":
-        from pipeline.datasets.cloudsen12 import CloudSEN12
+        from pipeline.training.datasets.cloudsen12 import CloudSEN12
 
         return CloudSEN12(args.data, split=args.split, split_mode=args.split_mode), None
-    from pipeline.datasets.l8biome import L8Biome
+    from pipeline.training.datasets.l8biome import L8Biome
 
     return L8Biome(args.data, split=args.split), None
 
@@ -115,7 +115,7 @@ def teacher_agreement(items, predictions, bands: tuple[str, ...]) -> dict:
     """Per-class IoU of our classes against each teacher that runs on the items' level, in the teacher's own
     (coarser) classes: on L1C (``bands`` has B10) s2cloudless and ukis-csmask's L1C model; on L2A ukis-csmask's
     L2A model only (s2cloudless needs top-of-atmosphere B10)."""
-    from pipeline.peers import (S2CLOUDLESS_THRESHOLD, TO_S2CLOUDLESS, TO_UKIS, UKIS_BANDS, coarse,
+    from pipeline.detect.peers import (S2CLOUDLESS_THRESHOLD, TO_S2CLOUDLESS, TO_UKIS, UKIS_BANDS, coarse,
                                 s2cloudless_probability, ukis_probabilities)
 
     l1c = "B10" in bands
@@ -145,10 +145,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--brightness {args.brightness}: a gain > 0, for --dataset starter only (its labels follow "
                           f"the labelling rule, so they can be re-split)")
     from pipeline.config import InferSpec
-    from pipeline.infer import Predictor, precision_name
-    from pipeline.model.weights import load_weights
+    from pipeline.detect.infer import Predictor, precision_name
+    from pipeline.detect.weights import load_weights
 
-    from pipeline.model.weights import default_weights
+    from pipeline.detect.weights import default_weights
 
     items, bands = load_items(args)
     # no --weights: the shipped starter of the items' level (L2A for bigearthnet, reben and --level l2a)

@@ -31,8 +31,8 @@ def run(args) -> int:
     import numpy as np
     import rioxarray  # noqa: F401  (registers .rio)
 
-    from pipeline.sensors import CLASS_NAMES, MASK_NODATA
-    from pipeline.store import MaskStore
+    from pipeline.catalog.sensors import CLASS_NAMES, MASK_NODATA
+    from pipeline.store.maskstore import MaskStore
 
     out = Path(args.out)
     if out.suffix.lower() not in (".tif", ".tiff"):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.peers import DETECTORS
+from pipeline.detect.peers import DETECTORS
 
 from pipeline.config import BLOCK
 
@@ -50,12 +50,12 @@ def add_parser(sub) -> None:
                                  "AWS_ENDPOINT_URL for S3-compatible services)")
     p.add_argument("--model", choices=DETECTORS,
                    help="mscloudcam (default, with --weights) or a peer detector through the same pipeline, its "
-                        "classes mapped to ours (see pipeline/peers.py); compare cubes with `cloudmask compare`")
+                        "classes mapped to ours (see pipeline/detect/peers.py); compare cubes with `cloudmask compare`")
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
     p.add_argument("--profile", help="asset-key override for a catalogue whose assets carry no band metadata "
                                      "(eo:bands/bands); not needed for Earth Search, Planetary Computer, CDSE, USGS "
                                      "or the demo, whose bands, sensor and level are read from the items "
-                                     "(profiles: pipeline/sensors.py)")
+                                     "(profiles: pipeline/catalog/sensors.py)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://127.0.0.1:8786")
     p.add_argument("--cluster", help="cluster recipe (deploy/clusters: local, gpu, slurm, kubernetes) or a recipe "
                                      ".yaml path, when no --scheduler (default: local); see `cloudmask cluster list`")
@@ -123,7 +123,7 @@ def settings(args) -> dict:
     if out.get("model") not in (None, "mscloudcam"):
         if out.get("weights"):
             raise ConfigError(f"--model {out['model']} brings its own trained model; drop --weights {out['weights']}")
-        out["weights"] = out["model"]  # the peers stand in for a weights file (pipeline.peers.peer_weights)
+        out["weights"] = out["model"]  # the peers stand in for a weights file (pipeline.detect.peers.peer_weights)
     if out.get("in_flight") is not None and int(out["in_flight"]) < 1:
         raise ConfigError(f"--in-flight {out['in_flight']} must be at least 1 (or left out: two scenes per GPU or "
                           f"worker)")
@@ -186,13 +186,13 @@ def job_spec(s: dict):
     """The JobSpec of resolved settings ``s`` (see ``settings``); the search, inference and store settings are
     checked before the job's modules (torch, dask) load, so a wrong value is answered at once."""
     from pipeline.config import InferSpec, SearchSpec
-    from pipeline.store import store_path
+    from pipeline.store.maskstore import store_path
 
     search = SearchSpec(s["stac_url"], s["collection"], bbox=tuple(s["bbox"]) if s.get("bbox") else None,
                         datetime=s.get("datetime"), max_cloud=s.get("max_cloud"), limit=s.get("limit"))
     infer = InferSpec(overlap=None if s.get("overlap") is None else int(s["overlap"]), precision=s.get("precision") or "auto")
     out = str(store_path(s["out"]))
-    from pipeline.job import JobSpec
+    from pipeline.job.execute import JobSpec
 
     return JobSpec(search=search, out=out, profile=s["profile"], weights=s.get("weights"), infer=infer,
                    chunk=int(s["chunk"]), in_flight=None if s.get("in_flight") is None else int(s["in_flight"]),
@@ -214,8 +214,8 @@ def run(args: argparse.Namespace) -> int:
 def execute(spec, s: dict):
     """Start the cluster ``s`` asks for (or connect to ``s['scheduler']``), run ``spec`` on it, print the
     dashboard link, progress and the statistics table; return the JobResult."""
-    from pipeline.job import check_search, run_job
-    from pipeline.stats import to_frame
+    from pipeline.job.execute import check_search, run_job
+    from pipeline.store.stats import to_frame
 
     from .clusters import check_recipe, check_scheduler, load_recipe, start
 
@@ -254,8 +254,8 @@ def execute(spec, s: dict):
 def run_stats(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from pipeline.stats import SceneStats, table_path, to_frame, write_table
-    from pipeline.store import MaskStore
+    from pipeline.store.stats import SceneStats, table_path, to_frame, write_table
+    from pipeline.store.maskstore import MaskStore
 
     for path in (args.csv, args.parquet):  # a file that cannot be written is refused before the table is read
         if path:
@@ -284,8 +284,8 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from pipeline.integrity import verify_store
-    from pipeline.store import MaskStore
+    from pipeline.store.integrity import verify_store
+    from pipeline.store.maskstore import MaskStore
 
     store = MaskStore(args.store, "store", writable=args.repair)
     if not store.has_manifest():

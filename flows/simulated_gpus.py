@@ -60,36 +60,36 @@ def measured_write() -> float:
 
 
 def simulated_write(self, t, block, classes, probabilities=None) -> None:
-    """Stands in for ``pipeline.tasks.Writer.write``: waits WRITE_S."""
+    """Stands in for ``pipeline.job.tasks.Writer.write``: waits WRITE_S."""
     time.sleep(WRITE_S)
 
 
 def simulated_radiometry(properties, b10_href, access):
-    """Stands in for ``pipeline.tasks.radiometry``: the metadata's decision, without reading B10."""
-    from pipeline.radiometry import decide
+    """Stands in for ``pipeline.job.tasks.radiometry``: the metadata's decision, without reading B10."""
+    from pipeline.read.radiometry import decide
 
     return decide(dict(properties))
 
 
 def simulated_read(scene, rows, cols, needed, harmonisation, access=None):
-    """Stands in for ``pipeline.bands.read_block``: waits READ_S, returns the block without pixels."""
-    from pipeline.bands import NativeBlock
+    """Stands in for ``pipeline.read.bands.read_block``: waits READ_S, returns the block without pixels."""
+    from pipeline.read.bands import NativeBlock
 
     time.sleep(READ_S)
     return NativeBlock([], rows, cols, needed)
 
 
 class SimulatedGPU:
-    """Stands in for ``pipeline.infer.Predictor`` on one GPU: one block at a time, ``latency`` seconds each."""
+    """Stands in for ``pipeline.detect.infer.Predictor`` on one GPU: one block at a time, ``latency`` seconds each."""
 
     def __init__(self, weights, latency: float) -> None:
-        from pipeline.runtime import PredictorStats
+        from pipeline.detect.runtime import PredictorStats
 
         self.meta, self.latency, self.stats = weights.meta, latency, PredictorStats()
         self.gpu = threading.Lock()
 
     def predict_block(self, block, probabilities: bool = False):
-        from pipeline.runtime import Prediction
+        from pipeline.detect.runtime import Prediction
 
         (y0, y1), (x0, x1) = block.needed
         with self.gpu:
@@ -106,7 +106,8 @@ class SimulatedGPU:
 async def main(address: str, w: int, threads: int, read_s: float, forward_s: float, tag: str = "0") -> None:
     from distributed import Worker
 
-    from pipeline import detectors, tasks
+    from pipeline.detect import detectors
+    from pipeline.job import tasks
 
     from flows import simulated_gpus  # this module as tasks import it (not __main__): one BUSY for both
 
@@ -132,11 +133,11 @@ async def main(address: str, w: int, threads: int, read_s: float, forward_s: flo
 
 
 class _PerWorker:
-    """The process's predictor (``pipeline.detectors`` keeps one per process) dispatching to the simulated GPU of
+    """The process's predictor (``pipeline.detect.detectors`` keeps one per process) dispatching to the simulated GPU of
     the worker whose thread calls it."""
 
     def __init__(self, weights, latency: float, gpus: dict) -> None:
-        from pipeline.runtime import PredictorStats
+        from pipeline.detect.runtime import PredictorStats
 
         self.weights, self.latency, self.gpus, self.stats = weights, latency, gpus, PredictorStats()
         self.meta = weights.meta

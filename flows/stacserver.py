@@ -22,12 +22,11 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.errors import CloudmaskError
+from pipeline.errors import StacServerError
 
 PASSWORD = "cloudmask"  # trust auth on 127.0.0.1 only; stac-fastapi-pgstac still requires one to be set
 
 
-class StacServerError(CloudmaskError):
-    """The local STAC API could not be started."""
 
 
 def _free_port() -> int:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
-from pipeline.recipe import CLASS_WEIGHT_POWERS, Recipe
+from pipeline.training.recipe import CLASS_WEIGHT_POWERS, Recipe
 
 if TYPE_CHECKING:  # imported where used: torch takes seconds to load, and argument errors should not wait for it
-    from pipeline.training import TrainData
+    from pipeline.training.trainer import TrainData
 
 RECIPES = {
     "paper": Recipe(),
@@ -25,7 +25,7 @@ RECIPES = {
     "starter": Recipe(name="starter", model_kwargs={"norm": "group"}, epochs=80, batch_size=8, lr=2e-4, bf16=True,
                       save_dtype="fp16", train_size=256, warmup_steps=200, grad_clip=1.0),
     # The same distillation for Level-2A (weights/README.md): the 12 bands without B10, every chip moved a random
-    # part of the way from TOA to surface reflectance by the map measured in pipeline/datasets/boa.py, and
+    # part of the way from TOA to surface reflectance by the map measured in pipeline/training/datasets/boa.py, and
     # class-weighted CE (the first L1C starter, unweighted, scored thick-cloud IoU 0.0 and shadow 0.2). The first L2A
     # starter was 40 epochs of it from scratch; the shipped one is the L1C starter fine-tuned in twelve stages with
     # --real-l2a, --shadows, --translucent, --land-gain and --snow, and two weight-space blends (model card, "How it was trained").
@@ -78,29 +78,29 @@ def add_parser(sub) -> None:
                    help="cross-entropy class weights (median count / class count) ** 1/2 or 1/4 (default: the recipe's)")
     p.add_argument("--brightness", metavar="LOW,HIGH",
                    help="starter: scale each chip by a random gain in LOW..HIGH and re-split its cloud labels into thick "
-                        "and thin by the scaled blue band (e.g. 0.75,1.35; pipeline/datasets/brightness.py)")
+                        "and thin by the scaled blue band (e.g. 0.75,1.35; pipeline/training/datasets/brightness.py)")
     p.add_argument("--shadows", type=float, metavar="SHARE",
                    help="starter: in this share of the chips that hold cloud, the cloud casts a synthetic shadow (its "
                         "shape moved by a random offset, the ground darkened as by a blocked sun, labelled by the "
-                        "labelling rule's shadow test), e.g. 0.8 (pipeline/datasets/shadows.py)")
+                        "labelling rule's shadow test), e.g. 0.8 (pipeline/training/datasets/shadows.py)")
     p.add_argument("--real-l2a", type=float, metavar="SHARE",
                    help="starter-l2a: in this share of the chips, real L2A land (reBEN's patches in configilm's mock "
                         "data, clear by reBEN's flags) replaces the simulated chip's ground, under its clouds and "
-                        "shadows, e.g. 0.25 (pipeline/datasets/reben.py)")
+                        "shadows, e.g. 0.25 (pipeline/training/datasets/reben.py)")
     p.add_argument("--translucent", action="store_true", default=None,
                    help="with --real-l2a: the clouds laid over real L2A land fade out towards their edges (opacity "
                         "rising over 2-24 px, at most 0.35-1, drawn per chip) and are re-labelled thick or thin by "
                         "the blue the cloud would show over dark land, so that thin cloud is seen over real L2A ground "
-                        "(pipeline/datasets/translucent.py)")
+                        "(pipeline/training/datasets/translucent.py)")
     p.add_argument("--land-gain", metavar="LOW,HIGH",
                    help="with --real-l2a: scale each real L2A land chip by a random gain in LOW..HIGH before clouds are "
                         "laid over it; it stays clear, so brighter ground (bare soil, built-up) is seen as clear, "
-                        "not as thin cloud, e.g. 1,2 (pipeline/datasets/brightness.py)")
+                        "not as thin cloud, e.g. 1,2 (pipeline/training/datasets/brightness.py)")
     p.add_argument("--snow", type=float, metavar="SHARE",
                    help="with --real-l2a: in this share of the real L2A land chips, lay a snow cover (real snow spectra "
                         "of reBEN's Finnish training patch, brightened as by a higher sun, patchy with soft edges) "
                         "before clouds are laid over it; it stays clear, so bright ground with dark shortwave infrared "
-                        "is not called cloud, e.g. 0.5 (pipeline/datasets/snow.py)")
+                        "is not called cloud, e.g. 0.5 (pipeline/training/datasets/snow.py)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast, fast on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX); --no-bf16 trains in "
@@ -133,13 +133,13 @@ def dataset_of(args, recipe: Recipe) -> str:
 
 
 def load_data(args, recipe: Recipe) -> TrainData:
-    from pipeline.training import TrainData
+    from pipeline.training.trainer import TrainData
 
     dataset = dataset_of(args, recipe)
     if dataset == "starter":
-        from pipeline.datasets.chips import RandomChips
-        from pipeline.datasets.starter import SPLITS, labelled_scenes
-        from pipeline.sensors import SENTINEL2_L1C
+        from pipeline.training.datasets.chips import RandomChips
+        from pipeline.training.datasets.starter import SPLITS, labelled_scenes
+        from pipeline.catalog.sensors import SENTINEL2_L1C
 
         cache = args.label_cache or str(Path(args.out) / "labels")
         train_scenes = labelled_scenes("train", cache)
@@ -149,17 +149,17 @@ def load_data(args, recipe: Recipe) -> TrainData:
                             weights=[scene_weight(lab) for _, lab in train_scenes], nodata_prob=0.3,
                             class_prob=STARTER_CLASS_PROB)
         if recipe.brightness:
-            from pipeline.datasets.brightness import BrightenedChips
+            from pipeline.training.datasets.brightness import BrightenedChips
 
             chips = BrightenedChips(chips, SENTINEL2_L1C.bands, recipe.brightness, recipe.seed)
         if recipe.shadows:
-            from pipeline.datasets.shadows import ShadowedChips
+            from pipeline.training.datasets.shadows import ShadowedChips
 
             chips = ShadowedChips(chips, SENTINEL2_L1C.bands, recipe.shadows, recipe.seed)  # in TOA, before any BOA map
         counts = tuple(int(sum((lab == c).sum() for _, lab in train_scenes)) for c in range(4))
         split = json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes]))
         if recipe.name == "starter-l2a":
-            from pipeline.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
+            from pipeline.training.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
 
             bands = SENTINEL2_L1C.bands
             train = SimulatedBOAChips(chips, bands, recipe.seed)
@@ -178,9 +178,9 @@ def load_data(args, recipe: Recipe) -> TrainData:
         return TrainData(train=chips, val=val, bands=SENTINEL2_L1C.bands, dataset="starter (real S2 L1C scenes, teacher labels)",
                          split=split, ignore_index=255, class_counts=counts)
     if dataset == "cloudsen12":
-        from pipeline.datasets.cloudsen12 import train_data
+        from pipeline.training.datasets.cloudsen12 import train_data
     else:
-        from pipeline.datasets.l8biome import train_data
+        from pipeline.training.datasets.l8biome import train_data
     return train_data(args.data, split_mode=args.split_mode)
 
 
@@ -188,28 +188,28 @@ def _with_real_l2a(train, val, split: str, args, recipe: Recipe):
     """starter-l2a's chips with ``recipe.real_l2a`` of them drawn from reBEN's real L2A land (train split, clear by
     reBEN's flags; given the simulated chips' per-band jitter, no TOA->BOA map) with the clouds and shadows of the
     simulated chip they replace pasted over it, and reBEN's val patches added to the validation items."""
-    from pipeline.datasets.boa import SimulatedBOAChips
-    from pipeline.datasets.chips import MixedChips, RandomChips
-    from pipeline.datasets.reben import mosaics
-    from pipeline.sensors import SENTINEL2_L2A
+    from pipeline.training.datasets.boa import SimulatedBOAChips
+    from pipeline.training.datasets.chips import MixedChips, RandomChips
+    from pipeline.training.datasets.reben import mosaics
+    from pipeline.catalog.sensors import SENTINEL2_L2A
 
     land = mosaics("train")
     real = RandomChips([(s.dn, lab) for s, lab in land], samples=args.samples_per_epoch, size=recipe.train_size or 512,
                        seed=recipe.seed + 1, nodata_prob=0.3, class_prob=0.0)
     real = SimulatedBOAChips(real, SENTINEL2_L2A.bands, recipe.seed + 1, lam=(0.0, 0.0))  # L2A already: jitter only
     if recipe.land_gain:  # brighter ground, still clear (no clouds on these chips yet)
-        from pipeline.datasets.brightness import BrightenedChips
+        from pipeline.training.datasets.brightness import BrightenedChips
 
         real = BrightenedChips(real, SENTINEL2_L2A.bands, recipe.land_gain, recipe.seed + 1)
     if recipe.snow:  # after the gain: the snow's own brightness range
-        from pipeline.datasets.snow import SnowedChips, training_library
+        from pipeline.training.datasets.snow import SnowedChips, training_library
 
         real = SnowedChips(real, SENTINEL2_L2A.bands, training_library(), recipe.snow, recipe.seed + 1)
     val = val + [(s.dn, lab) for s, lab in mosaics("val")]
     split = json.dumps(dict(json.loads(split), real_l2a_train=[s.name for s, _ in land]))
     # the simulated chip's clouds and shadows pasted over the real land: real L2A is not a cue for "clear"
     if recipe.translucent:
-        from pipeline.datasets.translucent import TranslucentOverlay
+        from pipeline.training.datasets.translucent import TranslucentOverlay
 
         overlay = TranslucentOverlay(SENTINEL2_L2A.bands)
         return MixedChips(train, real, recipe.real_l2a, recipe.seed, overlay=overlay), val, split
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--model-kwargs is not valid JSON ({exc}): {args.model_kwargs!r}") from None
     if args.model is not None:
-        from pipeline.model import list_models
+        from pipeline.detect.model import list_models
 
         if args.model not in list_models():
             raise ConfigError(f"--model {args.model!r} is unknown; known models: {', '.join(list_models())}")
@@ -256,18 +256,18 @@ def run(args: argparse.Namespace) -> int:
     if args.class_weights:
         recipe = replace(recipe, class_weights=None if args.class_weights == "none" else args.class_weights)
     if args.bf16 is None and recipe.bf16:
-        from pipeline.infer import cpu_has_native_bf16, resolve_device
+        from pipeline.detect.infer import cpu_has_native_bf16, resolve_device
 
         if resolve_device(recipe.device).type == "cpu" and not cpu_has_native_bf16():
             print("training in fp32: this CPU has no native bf16 (AVX512-BF16 or AMX), where the recipe's bf16 autocast "
                   "runs many times slower; --bf16 asks for it anyway", flush=True)
             recipe = replace(recipe, bf16=False)
-    from pipeline.training import check_out_dir, train
+    from pipeline.training.trainer import check_out_dir, train
 
     check_out_dir(Path(args.out), args.resume)  # before the (possibly slow) data loading
     init = None
     if recipe.init:
-        from pipeline.model.weights import load_weights
+        from pipeline.detect.weights import load_weights
 
         init = load_weights(recipe.init)  # a missing or broken file is refused before the data loading, and read once
     data = load_data(args, recipe)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from pipeline.errors import WeightsError
-from pipeline.sensors import CLASS_CODES, CLASS_NAMES, get_sensor
+from pipeline.catalog.sensors import CLASS_CODES, CLASS_NAMES, get_sensor
 
 
 def add_parser(sub) -> None:
@@ -104,7 +104,7 @@ def recipe_line(provenance: dict) -> str | None:
 def card_figures(card) -> list[dict]:
     """The figure tables of a model card as JSON: title, command, and each row's figures by column (``clear``,
     ``thick``, ..., ``miou``, ``agreement`` in %, ``pixels``)."""
-    from pipeline.cards import name
+    from pipeline.detect.cards import name
 
     def figure(column, value):
         return int(value) if name(column) == "pixels" else value
@@ -116,8 +116,8 @@ def card_figures(card) -> list[dict]:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from pipeline.cards import card_for, card_path, name
-    from pipeline.model.weights import default_weights, load_weights
+    from pipeline.detect.cards import card_for, card_path, name
+    from pipeline.detect.weights import default_weights, load_weights
 
     w = load_weights(args.source or default_weights())
     meta = json.loads(w.meta.to_json())
@@ -162,7 +162,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.model.weights import WeightsMeta, load_weights, save_weights
+    from pipeline.detect.weights import WeightsMeta, load_weights, save_weights
 
     sensor = get_sensor(args.sensor)
     bands = tuple(args.bands.split(",")) if args.bands else sensor.bands
@@ -203,7 +203,7 @@ def run_blend(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pipeline.model.weights import blend_weights, load_weights, save_weights
+    from pipeline.detect.weights import blend_weights, load_weights, save_weights
 
     if not 0.0 <= args.alpha <= 1.0:
         raise WeightsError(f"--alpha {args.alpha}; expected the share of B, 0 to 1")

@@ -19,7 +19,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-from .api import mask, open_masks, predict, run  # noqa: E402  (after __version__: modules import it)
-from .errors import CloudmaskError  # noqa: E402
+from pipeline.api import mask, open_masks, predict, run  # noqa: E402  (after __version__: modules import it)
+from pipeline.errors import CloudmaskError  # noqa: E402
 
 __all__ = ["CloudmaskError", "__version__", "mask", "open_masks", "predict", "run"]

@@ -10,7 +10,7 @@ import datetime as _dt
 import logging
 from typing import Callable
 
-from .errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError
 
 __all__ = ["mask", "run", "open_masks", "predict"]
 
@@ -63,8 +63,8 @@ def mask(cube, weights=None, *, precision: str = "auto", chunk: int | None = Non
     """
     import numpy as np
 
-    from .config import BLOCK, InferSpec
-    from .masks import predict_masks
+    from pipeline.config import BLOCK, InferSpec
+    from pipeline.detect.masks import predict_masks
 
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
         raise ConfigError(f"chunk={chunk!r} must be a whole number of pixels, at least 1 (or None: {BLOCK})")
@@ -112,8 +112,8 @@ def _as_cube(cube):
 
 def _default_weights(bands) -> str:
     """The shipped starter for the bands a cube has: L1C when one of them is the cirrus band B10, else L2A."""
-    from .model.weights import default_weights
-    from .sensors import SENTINEL2_L1C
+    from pipeline.detect.weights import default_weights
+    from pipeline.catalog.sensors import SENTINEL2_L1C
 
     aliases = _aliases("sentinel-2")
     names = {_canonical(v, SENTINEL2_L1C.bands, aliases) for values in bands for v in values}
@@ -123,8 +123,8 @@ def _default_weights(bands) -> str:
 def _weights_for(weights, bands):
     """``(weights source, meta, sensor or None)``: the weights given (or the starter ``_default_weights`` picks for
     ``bands``, lists of band names)."""
-    from .detectors import detector_weights
-    from .plans import weights_sensor
+    from pipeline.detect.detectors import detector_weights
+    from pipeline.job.plans import weights_sensor
 
     source = str(weights) if weights is not None else _default_weights(bands)
     loaded = detector_weights(source)
@@ -134,7 +134,7 @@ def _weights_for(weights, bands):
 def _aliases(sensor_name: str | None) -> dict[str, str]:
     """``{asset key or common name (lower case): band}`` of the sensor family's catalogues (``sensors.PROFILES``:
     Earth Search's keys are the STAC common names, ``nir08`` for B8A, ``rededge1`` for B05)."""
-    from .sensors import PROFILES
+    from pipeline.catalog.sensors import PROFILES
 
     out: dict[str, str] = {}
     for profile in PROFILES.values():
@@ -146,7 +146,7 @@ def _aliases(sensor_name: str | None) -> dict[str, str]:
 
 def _canonical(value, bands: tuple[str, ...], aliases: dict[str, str]) -> str | None:
     """The band of ``bands`` that a cube's band label names (itself, a zero-padding variant, or an alias)."""
-    from .assets import _normal
+    from pipeline.catalog.assets import _normal
 
     text = str(value)
     if text in bands:
@@ -186,8 +186,8 @@ def _radiometry(cube, offset, sensor, bands: tuple[str, ...]) -> list:
 
     import numpy as np
 
-    from .plans import RADIOMETRY_KEYS
-    from .radiometry import Harmonisation, decide, decide_landsat
+    from pipeline.job.plans import RADIOMETRY_KEYS
+    from pipeline.read.radiometry import Harmonisation, decide, decide_landsat
 
     n = cube.sizes["time"]
     if offset != "auto" and (isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0):
@@ -236,7 +236,7 @@ def _harmonised_dn(cube, harms: list):
     import dask.array as da
     import numpy as np
 
-    from .radiometry import harmonise
+    from pipeline.read.radiometry import harmonise
 
     data = cube.data
     if not isinstance(data, da.Array):
@@ -256,7 +256,7 @@ def _harmonised_dn(cube, harms: list):
 
 def _finish(out, cube, probabilities: bool):
     """Masks (or the mask Dataset) with the mask's attributes and the cube's CRS."""
-    from .sensors import MASK_NODATA
+    from pipeline.catalog.sensors import MASK_NODATA
 
     crs = _crs(cube)
     masks = out["mask"] if probabilities else out
@@ -291,16 +291,16 @@ def predict(array, weights=None, *, precision: str = "auto", overlap: int | None
 
     Example::
 
-        from pipeline.datasets.scenes import sen12mscr_patch
+        from pipeline.training.datasets.scenes import sen12mscr_patch
         import pipeline
         classes = pipeline.predict(sen12mscr_patch())   # (256, 256) uint8
     """
     import numpy as np
     import xarray as xr
 
-    from .config import InferSpec
-    from .detectors import get_predictor
-    from .sensors import SENTINEL2_L2A
+    from pipeline.config import InferSpec
+    from pipeline.detect.detectors import get_predictor
+    from pipeline.catalog.sensors import SENTINEL2_L2A
 
     spec = InferSpec(overlap=overlap, precision=precision)
     if isinstance(array, xr.DataArray):
@@ -325,15 +325,15 @@ def predict(array, weights=None, *, precision: str = "auto", overlap: int | None
     if image.dtype.kind in "ui" and image.dtype not in (np.uint16, np.int16, np.int32, np.int64, np.uint8):
         image = np.clip(image, 0, 65535).astype(np.int32)
     if weights is None:
-        from .model.weights import default_weights
+        from pipeline.detect.weights import default_weights
 
         weights = default_weights("L2A" if image.shape[0] == len(SENTINEL2_L2A.bands) else "L1C")
     return get_predictor(str(weights), spec).predict(image).classes
 
 
 def _mask_attrs() -> dict:
-    from .masks import FLAG_MEANINGS
-    from .sensors import CLASS_CODES, MASK_NODATA
+    from pipeline.detect.masks import FLAG_MEANINGS
+    from pipeline.catalog.sensors import CLASS_CODES, MASK_NODATA
 
     return {"flag_values": list(CLASS_CODES), "flag_meanings": FLAG_MEANINGS, "nodata": MASK_NODATA,
             "_FillValue": MASK_NODATA, "long_name": "cloud mask"}
@@ -374,8 +374,8 @@ def run(stac_url: str, collection: str, out: str, *, bbox=None, datetime=None, w
                              bbox=(13.0, 52.3, 13.8, 52.7), datetime="2024-06-01/2024-06-30", client=Client())
         table[["status", "cloud_cover", "provider_cloud_cover"]]
     """
-    from .config import InferSpec, SearchSpec
-    from .store import store_path
+    from pipeline.config import InferSpec, SearchSpec
+    from pipeline.store.maskstore import store_path
 
     known = (*_SEARCH_OPTIONS, *_INFER_OPTIONS, *_JOB_OPTIONS)
     unknown = sorted(set(options) - set(known))
@@ -392,8 +392,8 @@ def run(stac_url: str, collection: str, out: str, *, bbox=None, datetime=None, w
     if "allowed_hrefs" in job:
         hrefs = job["allowed_hrefs"]
         job["allowed_hrefs"] = (hrefs,) if isinstance(hrefs, str) else tuple(hrefs)
-    from .job import JobSpec, run_job
-    from .stats import to_frame
+    from pipeline.job.execute import JobSpec, run_job
+    from pipeline.store.stats import to_frame
 
     spec = JobSpec(search=search, out=store_path(out), weights=None if weights is None else str(weights),
                    infer=InferSpec(**pick(_INFER_OPTIONS)), **job)
@@ -466,7 +466,7 @@ def open_masks(store):
     import numpy as np
     import xarray as xr
 
-    from .store import MaskStore
+    from pipeline.store.maskstore import MaskStore
 
     reader = MaskStore(store, "store", writable=False)
     location = reader.location
@@ -503,7 +503,7 @@ def _store_table(reader):
     when there is neither."""
     import pandas as pd
 
-    from .stats import SceneStats, to_frame
+    from pipeline.store.stats import SceneStats, to_frame
 
     frame = reader.read_table()
     done = [SceneStats.from_row(e["stats"]) for e in reader.done().values() if e.get("stats")]

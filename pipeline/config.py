@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from pipeline.errors import ConfigError
 
 # The block side in pixels, the job's unit of work: a full 10,980 px Sentinel-2 tile is 3 x 3 blocks (4,032 px on the
 # starter weights' 224 px stride), so 10 tasks; against 2,048 px blocks (36 blocks) the tiles that blocks share

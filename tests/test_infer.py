@@ -9,11 +9,11 @@ import torch
 
 from pipeline.config import InferSpec
 from pipeline.errors import ConfigError, InputError
-from pipeline.detectors import get_predictor, predict, predictor_stats, reset_predictor_stats
-from pipeline.infer import Predictor, cpu_has_native_bf16, resolve_precision
-from pipeline.runtime import heap_for_activations, on_model_thread
-from pipeline.model.weights import default_weights, load_weights
-from pipeline.datasets.scenes import eolearn_scenes, sen12mscr_patch
+from pipeline.detect.detectors import get_predictor, predict, predictor_stats, reset_predictor_stats
+from pipeline.detect.infer import Predictor, cpu_has_native_bf16, resolve_precision
+from pipeline.detect.runtime import heap_for_activations, on_model_thread
+from pipeline.detect.weights import default_weights, load_weights
+from pipeline.training.datasets.scenes import eolearn_scenes, sen12mscr_patch
 
 SPEC = InferSpec(overlap=16, batch_size=4)  # tiny weights: 64 px tiles, stride 48
 
@@ -239,7 +239,7 @@ def test_batches_are_filled_with_the_tiles_of_other_queued_blocks_and_no_tile_de
     """Blocks queued together share batches (every batch full, no empty tiles while other blocks wait), and each
     block's classes and probabilities are the bytes it gets alone: a tile's result does not depend on its
     batch-mates. The model thread is held while the blocks queue, so they meet in the queue."""
-    from pipeline.runtime import submit_on_model_thread
+    from pipeline.detect.runtime import submit_on_model_thread
 
     p = Predictor(load_weights(test_weights_file), SPEC)  # batch 4
     crops = [((y, x), (h, w)) for (y, x), (h, w) in (((0, 0), (64, 64)), ((48, 96), (64, 112)), ((96, 0), (112, 64)),

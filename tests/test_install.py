@@ -71,7 +71,7 @@ def test_a_plain_install_runs_the_job_on_the_demo_archive(installed, tmp_path, t
     import pandas as pd
 
     from flows.stacserver import local_stac_api
-    from pipeline.archive import collection, demo_archive
+    from flows.archive import collection, demo_archive
 
     _, cloudmask = installed
     items = demo_archive(tmp_path / "archive", log=lambda _: None)

@@ -9,15 +9,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pystac
 import pytest
 
-from pipeline.access import access_for, needs_signing, redact, sign
-from pipeline.assets import band_assets, sensor_of
-import pipeline.cube  # noqa: F401 (the module imports cleanly without a cluster)
-from pipeline.detectors import detector_weights
+from pipeline.catalog.access import access_for, needs_signing, redact, sign
+from pipeline.catalog.assets import band_assets, sensor_of
+import pipeline.read.cube  # noqa: F401 (the module imports cleanly without a cluster)
+from pipeline.detect.detectors import detector_weights
 from pipeline.errors import InputError
-from pipeline.plans import PreflightError, check_items, plan_scene, scene_grid
-from pipeline.radiometry import band_scale, decide, decide_landsat
-from pipeline.sensors import LANDSAT_C2_L1, LANDSAT_C2_L2, SENTINEL2_L1C, SENTINEL2_L2A
-from pipeline.stac import dedupe
+from pipeline.job.plans import PreflightError, check_items, plan_scene, scene_grid
+from pipeline.read.radiometry import band_scale, decide, decide_landsat
+from pipeline.catalog.sensors import LANDSAT_C2_L1, LANDSAT_C2_L2, SENTINEL2_L1C, SENTINEL2_L2A
+from pipeline.catalog.stac import dedupe
 from providers import real_item
 
 ES_L1C = "earth-search/sentinel-2-l1c/S2B_24MVV_20250731_0_L1C.json"
@@ -293,8 +293,8 @@ def test_a_job_without_weights_gets_the_starter_of_its_items_level(monkeypatch, 
     B10), which can run them; L1C items the L1C starter. Before the search the collection or profile decides;
     --weights and $CLOUDMASK_WEIGHTS always win."""
     from pipeline.config import SearchSpec
-    from pipeline.job import JobSpec, job_weights
-    from pipeline.model.weights import STARTERS
+    from pipeline.job.execute import JobSpec, job_weights
+    from pipeline.detect.weights import STARTERS
 
     monkeypatch.delenv("CLOUDMASK_WEIGHTS", raising=False)
 
@@ -321,7 +321,7 @@ def test_weights_declared_for_another_level_run_its_items(tmp_path, test_weights
     from dataclasses import replace
 
     from factories import derived_weights
-    from pipeline.model.weights import load_weights, save_weights
+    from pipeline.detect.weights import load_weights, save_weights
 
     l2a = tmp_path / "l2a.safetensors"
     derived_weights(test_weights_file, l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")

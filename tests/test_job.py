@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.job import run_job
-from pipeline.store import MaskStore, StoreLockedError
+from pipeline.job.execute import run_job
+from pipeline.store.maskstore import MaskStore, StoreLockedError
 
 pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
 
@@ -339,7 +339,7 @@ def test_scenes_in_flight_are_sized_to_the_cluster_as_it_scales():
     leave; --in-flight overrides it."""
     from distributed import Client, LocalCluster
 
-    from pipeline.job import scenes_in_flight
+    from pipeline.job.execute import scenes_in_flight
 
     assert scenes_in_flight(None) == 2 and scenes_in_flight(None, 5) == 5
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \

@@ -16,7 +16,7 @@ import time
 import fsspec
 import pytest
 
-from pipeline.locks import LOCK
+from pipeline.store.locks import LOCK
 from stores import assert_same_store, names
 from test_faults import CLOUDMASK, cli_job
 

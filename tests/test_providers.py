@@ -18,11 +18,11 @@ from dask.base import compute
 
 from flows.stacserver import local_file_server, local_stac_api
 from pipeline.config import InferSpec, SearchSpec
-from pipeline.cube import load_scene
-from pipeline.detectors import detector_weights
-from pipeline.job import JobSpec, run_job
-from pipeline.plans import plan_scene
-from pipeline.sensors import SENTINEL2_L1C
+from pipeline.read.cube import load_scene
+from pipeline.detect.detectors import detector_weights
+from pipeline.job.execute import JobSpec, run_job
+from pipeline.job.plans import plan_scene
+from pipeline.catalog.sensors import SENTINEL2_L1C
 from factories import derived_weights
 from providers import collection_of, cut_band, landsat_toa, real_item, replica, s2_pixels
 from s3server import CREDENTIALS, s3_server
@@ -171,7 +171,7 @@ def assert_same_masks(with_offset, without, items, weights_path):
     """The masks of a product read with its offset removed and of the same pixels stored without it: identical,
     as are the two harmonised cubes (the offset is taken off each band at its own resolution, before the exact
     upsampling; GDAL's warp used to round x + 1000 and x to DN 1 apart)."""
-    from pipeline.access import access_for
+    from pipeline.catalog.access import access_for
 
     assert_varied(with_offset)
     assert with_offset.shape == without.shape
@@ -230,8 +230,8 @@ def test_a_plain_run_on_l2a_items_runs_mscloudcam_with_the_l2a_starter(replicas,
 
     import zarr
 
-    from pipeline.infer import Predictor
-    from pipeline.model.weights import STARTERS, default_weights, load_weights
+    from pipeline.detect.infer import Predictor
+    from pipeline.detect.weights import STARTERS, default_weights, load_weights
 
     url, item = replicas["es"], replicas["items"]["es-l2a"]
     out = tmp_path / "plain.zarr"
@@ -327,7 +327,7 @@ def test_planetary_computer_landsat(replicas, aws, tmp_path):
 def test_every_band_comes_from_its_asset_harmonised(replicas, aws, weights, name, model, monkeypatch):
     """The cube of each replica against the pixels written: 10 m (Landsat: 30 m) bands exactly, the resampled
     bands closest to their own source band; offsets removed, Landsat scaled to reflectance x 10000."""
-    from pipeline.access import access_for
+    from pipeline.catalog.access import access_for
 
     monkeypatch.setenv("AWS_REQUEST_PAYER", "requester")
     item = pystac.Item.from_dict(replicas["items"][name])

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline.pseudolabels import combine, teacher_labels
-from pipeline.sensors import SENTINEL2_L1C
-from pipeline.datasets.scenes import eolearn_scenes, sen12mscr_patch
+from pipeline.training.pseudolabels import combine, teacher_labels
+from pipeline.catalog.sensors import SENTINEL2_L1C
+from pipeline.training.datasets.scenes import eolearn_scenes, sen12mscr_patch
 
 B = {b: i for i, b in enumerate(SENTINEL2_L1C.bands)}
 

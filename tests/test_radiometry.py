@@ -7,7 +7,7 @@ import pytest
 import rasterio
 
 from pipeline.errors import InputError
-from pipeline.radiometry import decide, harmonise, metadata_offset, processing_baseline
+from pipeline.read.radiometry import decide, harmonise, metadata_offset, processing_baseline
 
 FIXTURES = Path(__file__).parent / "data"
 

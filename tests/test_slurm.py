@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from flows.clusters import load_recipe, start
-from pipeline.job import run_job
+from pipeline.job.execute import run_job
 from slurm import missing, slurm_cluster, squeue
 from stores import assert_same_store
 

@@ -5,7 +5,7 @@ import pytest
 from flows.stacserver import local_stac_api
 from pipeline.config import SearchSpec
 from pipeline.errors import ConfigError
-from pipeline.stac import StacError, search_items
+from pipeline.catalog.stac import StacError, search_items
 
 COLLECTION = {"type": "Collection", "stac_version": "1.0.0", "id": "sentinel-2-l1c", "description": "test archive",
               "license": "proprietary", "links": [],

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.stats import SceneStats, class_counts, to_frame, write_table
-from pipeline.grids import geobox, grid_name
-from pipeline.plans import Block
-from pipeline.store import MaskStore, StoreLockedError, store_path
-from pipeline.tasks import Writer
+from pipeline.store.stats import SceneStats, class_counts, to_frame, write_table
+from pipeline.read.grids import geobox, grid_name
+from pipeline.job.plans import Block
+from pipeline.store.maskstore import MaskStore, StoreLockedError, store_path
+from pipeline.job.tasks import Writer
 
 GRID = geobox("EPSG:32633", (330000.0, 10.0, 0.0, 5822040.0, 0.0, -10.0), (300, 250))
 SHAPE = tuple(GRID.shape)
@@ -240,7 +240,7 @@ def test_two_jobs_that_both_saw_a_dead_jobs_lock_do_not_both_take_it(tmp_path, m
     either takes it over. Exactly one gets the store; the other is refused."""
     import threading
 
-    import pipeline.locks as st
+    import pipeline.store.locks as st
 
     real, barrier, seen = st._stale, threading.Barrier(2, timeout=10), threading.local()
 
@@ -314,7 +314,7 @@ def test_a_job_that_lost_its_lease_writes_no_more_manifest_entries():
     """A holder whose lease was taken over (it stalled past the lease) stops at its next manifest write."""
     import uuid
 
-    from pipeline.locks import LeaseLostError
+    from pipeline.store.locks import LeaseLostError
 
     store = MaskStore(f"memory://cubes/{uuid.uuid4().hex}.zarr")
     with store.lock():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.tiles import TileGrid
+from pipeline.detect.tiles import TileGrid
 
 
 @pytest.mark.parametrize("tile,overlap", [(512, 64), (64, 16), (32, 0)])

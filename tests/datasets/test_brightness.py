@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from pipeline.datasets.brightness import BrightenedChips, brighten
-from pipeline.datasets.chips import RandomChips
-from pipeline.datasets.scenes import eolearn_scenes
-from pipeline.pseudolabels import THICK_BLUE, teacher_labels
-from pipeline.recipe import Recipe
-from pipeline.sensors import SENTINEL2_L1C
+from pipeline.training.datasets.brightness import BrightenedChips, brighten
+from pipeline.training.datasets.chips import RandomChips
+from pipeline.training.datasets.scenes import eolearn_scenes
+from pipeline.training.pseudolabels import THICK_BLUE, teacher_labels
+from pipeline.training.recipe import Recipe
+from pipeline.catalog.sensors import SENTINEL2_L1C
 
 BLUE = SENTINEL2_L1C.bands.index("B02")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.datasets.cloudsen12 import CloudSEN12, pad_to_512, paper_split
+from pipeline.training.datasets.cloudsen12 import CloudSEN12, pad_to_512, paper_split
 from pipeline.errors import InputError
 
 

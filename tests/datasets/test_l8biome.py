@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.datasets.l8biome import L8Biome, legacy_shuffle, remap, scene_split
+from pipeline.training.datasets.l8biome import L8Biome, legacy_shuffle, remap, scene_split
 from pipeline.errors import InputError
 
 

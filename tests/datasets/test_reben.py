@@ -6,10 +6,10 @@ import argparse
 import numpy as np
 import pytest
 
-from pipeline.datasets.chips import MixedChips, RandomChips
-from pipeline.datasets.reben import PATCH, held_out, mosaics, patches
+from pipeline.training.datasets.chips import MixedChips, RandomChips
+from pipeline.training.datasets.reben import PATCH, held_out, mosaics, patches
 from pipeline.errors import ConfigError
-from pipeline.sensors import SENTINEL2_L2A
+from pipeline.catalog.sensors import SENTINEL2_L2A
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,8 @@ def test_starter_l2a_data_with_real_l2a_chips(tmp_path):
     from dataclasses import replace
 
     from flows.train import RECIPES, load_data
-    from pipeline.datasets.starter import scenes_of
-    from pipeline.pseudolabels import RULE_VERSION
+    from pipeline.training.datasets.starter import scenes_of
+    from pipeline.training.pseudolabels import RULE_VERSION
 
     rng = np.random.default_rng(0)  # planted labels of every class: the teachers' labels are not what this tests
     for part in ("train", "val"):

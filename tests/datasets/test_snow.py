@@ -4,11 +4,11 @@ spectra (reBEN's Finnish training patch) laid patchily over real land, still lab
 import numpy as np
 import pytest
 
-from pipeline.datasets.chips import RandomChips
-from pipeline.datasets.reben import mosaics, patches_of
-from pipeline.datasets.snow import (BLUE, COVER, FULL, SnowedChips, lay_snow, snow_cover, snow_library,
+from pipeline.training.datasets.chips import RandomChips
+from pipeline.training.datasets.reben import mosaics, patches_of
+from pipeline.training.datasets.snow import (BLUE, COVER, FULL, SnowedChips, lay_snow, snow_cover, snow_library,
                                    training_library)
-from pipeline.sensors import SENTINEL2_L2A
+from pipeline.catalog.sensors import SENTINEL2_L2A
 
 BANDS = SENTINEL2_L2A.bands
 B02, B03, B11 = (BANDS.index(b) for b in ("B02", "B03", "B11"))

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline.datasets.chips import RandomChips
-from pipeline.datasets.scenes import B10_FILL_DN, all_scenes, eolearn_scenes, sen12mscr_patch
-from pipeline.datasets.starter import scenes_of, split_of
+from pipeline.training.datasets.chips import RandomChips
+from pipeline.training.datasets.scenes import B10_FILL_DN, all_scenes, eolearn_scenes, sen12mscr_patch
+from pipeline.training.datasets.starter import scenes_of, split_of
 
 
 @pytest.mark.slow
@@ -83,15 +83,15 @@ def test_class_weights_favour_rare_classes_and_change_the_loss():
     import torch
 
     from pipeline.errors import ConfigError
-    from pipeline.model import deep_supervision_loss
-    from pipeline.training import class_weights
+    from pipeline.detect.model import deep_supervision_loss
+    from pipeline.training.trainer import class_weights
 
     w = class_weights((900, 100, 400, 0), "sqrt-inverse")
     assert w.tolist() == pytest.approx([2 / 3, 2.0, 1.0, 1.0])
     assert class_weights((900, 100, 400, 0), "root4-inverse").tolist() == pytest.approx([0.81650, 1.41421, 1.0, 1.0],
                                                                                         abs=1e-5)  # (4/9)**.25, 4**.25
     assert class_weights((900, 100, 400, 0), None) is None
-    from pipeline.training import Recipe
+    from pipeline.training.trainer import Recipe
 
     with pytest.raises(ConfigError, match="class_weights='cube-inverse'; expected None or one of sqrt-inverse"):
         Recipe(class_weights="cube-inverse")
@@ -107,8 +107,8 @@ def test_class_weights_favour_rare_classes_and_change_the_loss():
 def test_label_caches_of_another_rule_version_are_not_reused(tmp_path):
     """A label cache names the rule version that wrote it: labels cached under an older rule are recomputed, a
     cache of the current version is read back as it is."""
-    from pipeline.datasets.starter import labelled_scenes
-    from pipeline.pseudolabels import RULE_VERSION
+    from pipeline.training.datasets.starter import labelled_scenes
+    from pipeline.training.pseudolabels import RULE_VERSION
 
     planted = np.full((101, 100), 3, np.uint8)  # "shadow" everywhere: no rule gives that on eo-learn scene 1
     np.savez_compressed(tmp_path / "eolearn-1.labels.npz", labels=planted)  # version 1's name

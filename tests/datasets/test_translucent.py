@@ -4,11 +4,11 @@ clouds fade out towards their edges, and thick/thin follow the cloud's own blue 
 import numpy as np
 import pytest
 
-from pipeline.datasets.chips import MixedChips, RandomChips
-from pipeline.datasets.reben import mosaics
-from pipeline.datasets.translucent import DARK_BLUE, FAINT_BLUE, IGNORE, TranslucentOverlay, opacity_map, translucent_paste
-from pipeline.pseudolabels import CLEAR, SHADOW, THICK, THIN
-from pipeline.sensors import SENTINEL2_L2A
+from pipeline.training.datasets.chips import MixedChips, RandomChips
+from pipeline.training.datasets.reben import mosaics
+from pipeline.training.datasets.translucent import DARK_BLUE, FAINT_BLUE, IGNORE, TranslucentOverlay, opacity_map, translucent_paste
+from pipeline.training.pseudolabels import CLEAR, SHADOW, THICK, THIN
+from pipeline.catalog.sensors import SENTINEL2_L2A
 
 BLUE = SENTINEL2_L2A.bands.index("B02")
 

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.model import create_model
-from pipeline.model.weights import load_weights
+from pipeline.detect.model import create_model
+from pipeline.detect.weights import load_weights
 
 pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
 
@@ -55,7 +55,7 @@ def test_help_lists_the_subcommands():
 def test_benchmark_model_prints_and_writes_figures(tmp_path):
     import torch
 
-    from pipeline.infer import cpu_has_native_bf16
+    from pipeline.detect.infer import cpu_has_native_bf16
 
     # default precisions: bf16 only where it runs in hardware (emulated on a CPU without it, one 512 px batch
     # took over 10 minutes)
@@ -103,7 +103,7 @@ def test_weights_info(test_weights_file):
 def test_weights_info_shows_what_a_user_needs_and_the_cards_figures(cli, monkeypatch):
     """The shipped starters: contract, sha256, the recipe without the machine's paths, and their model card's figures
     with each table's command; not the run's folders or its last epoch's validation scores."""
-    from pipeline.cards import read_cards
+    from pipeline.detect.cards import read_cards
 
     monkeypatch.delenv("CLOUDMASK_WEIGHTS", raising=False)
     root = Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ def test_weights_convert_a_trusted_checkpoint(tmp_path):
 def test_weights_blend(tmp_path, test_weights_file):
     from dataclasses import replace
 
-    from pipeline.model.weights import save_weights
+    from pipeline.detect.weights import save_weights
 
     a = load_weights(test_weights_file)
     moved = tmp_path / "moved.safetensors"  # the test model with every value moved: another file, one contract

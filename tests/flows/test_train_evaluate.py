@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pipeline.model.weights import load_weights
+from pipeline.detect.weights import load_weights
 
 pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
 
@@ -93,7 +93,7 @@ def test_fine_tuning_starts_from_the_given_weights(cloudsen12_taco, uninterrupte
     random start, three epochs at 1e-3 away from it, is not) and records its sha256; weights without B10 start an
     L1C model with B10's kernel at zero (recorded); a missing file is refused in one line."""
     from factories import derived_weights
-    from pipeline.sensors import SENTINEL2_L1C, SENTINEL2_L2A
+    from pipeline.catalog.sensors import SENTINEL2_L1C, SENTINEL2_L2A
 
     full, _ = uninterrupted
     out = tmp_path / "ft"
@@ -139,7 +139,7 @@ def test_train_argument_errors(tmp_path):
     assert p.returncode == 2 and "start without --resume" in p.stderr
     import torch
 
-    from pipeline.infer import cpu_has_native_bf16
+    from pipeline.detect.infer import cpu_has_native_bf16
 
     emulated = not torch.cuda.is_available() and not cpu_has_native_bf16()  # the recipe's bf16 only where it is fast
     assert ("training in fp32: this CPU has no native bf16" in p.stdout) == emulated
@@ -190,14 +190,14 @@ def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
     assert (w.meta.sensor, w.meta.level) == ("landsat-oli-tirs", "L1") and w.meta.provenance["dataset"] == "L8Biome"
     # the training chips carry fill labelled 255: counted nowhere, the loss stays finite (without the ignore
     # index, cross-entropy refuses a target of 255 for 4 classes and the run fails)
-    from pipeline.datasets.l8biome import train_data
+    from pipeline.training.datasets.l8biome import train_data
 
     data = train_data(l8biome_root)
     assert data.ignore_index == 255
     assert any((data.train[i][1] == 255).any() for i in range(len(data.train)))
     import torch
 
-    from pipeline.model.loss import deep_supervision_loss
+    from pipeline.training.loss import deep_supervision_loss
 
     _, labels = data.train[next(i for i in range(len(data.train)) if (data.train[i][1] == 255).any())]
     y = torch.from_numpy(np.asarray(labels, np.int64))[None]
@@ -259,7 +259,7 @@ def test_evaluate_l2a_weights_per_level(test_weights_file, tmp_path):
     the only teacher that runs there), on the held-out L1C scene as simulated L2A, and on that scene as L1C
     with B10 left out; L1C weights on L2A are refused in one line naming the missing band."""
     from factories import derived_weights
-    from pipeline.sensors import SENTINEL2_L2A
+    from pipeline.catalog.sensors import SENTINEL2_L2A
 
     l2a = tmp_path / "l2a.safetensors"
     derived_weights(test_weights_file, l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")

@@ -9,10 +9,10 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.errors import UnknownModelError
-from pipeline.model import create_model, deep_supervision_loss, list_models
-from pipeline.model.attention import eca_kernel_size
-from pipeline.model.backbone import SwinBackbone
-from pipeline.datasets.scenes import sen12mscr_patch
+from pipeline.detect.model import create_model, deep_supervision_loss, list_models
+from pipeline.detect.model.attention import eca_kernel_size
+from pipeline.detect.model.backbone import SwinBackbone
+from pipeline.training.datasets.scenes import sen12mscr_patch
 
 
 def nparams(module):
@@ -115,7 +115,7 @@ def test_eca_kernel_rule(channels, k):
 
 def test_aux_head_before_upsampling_equals_after():
     """The decoder's auxiliary outputs equal the spec's order (upsample the stage's features, then the 1x1 head)."""
-    from pipeline.model.decoder import Decoder
+    from pipeline.detect.model.decoder import Decoder
 
     torch.manual_seed(3)
     decoder = Decoder(32, (16, 8, 8, 4), num_classes=4).train()

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from pipeline.errors import WeightsError, WeightsMismatchError
-from pipeline.model import create_model
-from pipeline.model.weights import WeightsMeta, blend_weights, load_weights, save_weights
-from pipeline.sensors import CLASS_NAMES, SENTINEL2_L1C
+from pipeline.detect.model import create_model
+from pipeline.detect.weights import WeightsMeta, blend_weights, load_weights, save_weights
+from pipeline.catalog.sensors import CLASS_NAMES, SENTINEL2_L1C
 
 
 def test_round_trip_keeps_tensors_metadata_and_sha(random_weights_file):
@@ -35,7 +35,7 @@ def test_round_trip_keeps_tensors_metadata_and_sha(random_weights_file):
 
 def test_fp16_file_is_half_the_size_and_predicts_the_same(tmp_path, test_weights_file):
     """The test model (classes vary) saved in fp32 and fp16 gives the same classes on a real cloudy scene."""
-    from pipeline.datasets.scenes import sen12mscr_patch
+    from pipeline.training.datasets.scenes import sen12mscr_patch
 
     source = load_weights(test_weights_file)
     model = source.build_model()
@@ -147,9 +147,9 @@ def test_fine_tuning_starts_from_a_file_and_keeps_the_kernels_of_its_own_bands(t
     every tensor as in the file and the input kernels of the 12 bands (B10's left out, the others in the model's
     band order); a band the file lacks starts at zero (the model computes what the file's did); tensors of another
     shape are refused."""
-    from pipeline.datasets.boa import BOA_MAP
+    from pipeline.training.datasets.boa import BOA_MAP
     from pipeline.errors import ConfigError
-    from pipeline.training import init_from
+    from pipeline.training.trainer import init_from
 
     src = load_weights(test_weights_file)
     bands = tuple(reversed(BOA_MAP))  # another order than the file's, so a mere truncation would not pass
