@@ -60,7 +60,7 @@ def test_gpu_extra_is_what_the_gpu_recipe_asks_for(monkeypatch):
     assert re.search(r"'\.\[gpu(,\w+)*\]'", (ROOT / "deploy" / "Dockerfile").read_text())
     if importlib.util.find_spec("dask_cuda") is None:
         monkeypatch.setattr(clusters, "visible_gpus", lambda: 1)  # past the no-GPU refusal, to the import
-        with pytest.raises(ConfigError, match=r"needs dask-cuda: pip install -e '\.\[gpu\]'"):
+        with pytest.raises(ConfigError, match=r"needs dask-cuda: pip install 'cloudmask-pipeline\[gpu\]'"):
             clusters.start(clusters.load_recipe("gpu"))
 
 

@@ -88,7 +88,7 @@ def test_store_round_trip_in_a_fresh_process(tmp_path):
     assert out["transform"] == [10.0, 0.0, 330000.0, 0.0, -10.0, 5822040.0]
     assert out["status"] == [1, 0] and out["unwritten"] == 255
     assert out["first"] == mask()[10:12, :4].tolist()
-    assert store.done() == {"S2A_A": {"status": "ok", "group": group, "time_index": 0}}
+    assert store.done() == {"S2A_A": {"status": "ok", "group": group, "time_index": 0, "item_id": "S2A_A"}}
 
 
 def test_rewriting_a_scene_gives_identical_bytes(tmp_path):

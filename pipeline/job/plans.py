@@ -166,12 +166,20 @@ def plan_blocks(shape: tuple[int, int], chunk: int, tiles: TileGrid) -> tuple[Bl
 
 
 def scene_grid(item, assets: dict) -> tuple[str, GeoBox]:
-    """``(asset key, grid)`` of the finest-resolution asset among ``assets`` (band -> key)."""
-    key = min(assets.values(), key=lambda k: (asset_resolution(item, k) or 1e9, k))
-    grid = declared_grid(item, key)
-    if grid is None:
-        raise InputError(f"item {item.id}: asset {key!r} lacks proj:shape/proj:transform (its grid)")
-    return key, grid
+    """``(asset key, grid)`` of the finest-resolution asset among ``assets`` (band -> key) that declares its grid;
+    assets that declare none are placed on it by their files."""
+    declared = {k: declared_grid(item, k) for k in assets.values()}
+    usable = [k for k, g in declared.items() if g is not None]
+    if not usable:
+        raise InputError(f"item {item.id}: none of its assets {sorted(declared)} declares proj:shape/proj:transform "
+                         f"(its grid); expected at least one, as Earth Search and Planetary Computer publish")
+    res = {k: asset_resolution(item, k) or 1e9 for k in declared}
+    key = min(usable, key=lambda k: (res[k], k))
+    finest = min(declared, key=lambda k: (res[k], k))
+    if res[finest] < res[key]:
+        raise InputError(f"item {item.id}: asset {finest!r} ({res[finest]:g} m) declares no grid and no "
+                         f"{res[finest]:g} m asset does; expected proj:shape/proj:transform on the finest assets")
+    return key, declared[key]
 
 
 def band_source(item, band: str, key: str, scene: GeoBox, sensor: Sensor) -> BandSource:

@@ -202,10 +202,15 @@ def test_blend_refuses_other_contracts_and_alphas_outside_0_1(tmp_path, test_wei
     a = load_weights(test_weights_file)
     with pytest.raises(WeightsError, match=r"alpha=1.5; expected the share of the second file, 0 to 1"):
         blend_weights(a, a, 1.5)
-    save_weights(tmp_path / "l2a.safetensors", a.state, replace(a.meta, bands=tuple(b for b in a.meta.bands if b != "B10")))
+    keep = [i for i, b in enumerate(a.meta.bands) if b != "B10"]  # an L2A-like file: B10's input weights dropped
+    embed = "backbone.body.patch_embed.proj.weight"
+    save_weights(tmp_path / "l2a.safetensors", dict(a.state, **{embed: a.state[embed][:, keep].contiguous()}),
+                 replace(a.meta, bands=tuple(a.meta.bands[i] for i in keep)))
     with pytest.raises(WeightsMismatchError, match=r"differ in bands .*'B10'"):
         blend_weights(a, load_weights(tmp_path / "l2a.safetensors"), 0.5)
     shaped = dict(a.state, **{"decoder.head.weight": torch.zeros(1)})
     save_weights(tmp_path / "shape.safetensors", shaped, a.meta)
+    with pytest.raises(WeightsError, match=r"decoder.head.weight: declared \(4, 8, 1, 1\), in the file \(1,\)"):
+        load_weights(tmp_path / "shape.safetensors")  # such a file does not load; blending in memory refuses it too
     with pytest.raises(WeightsMismatchError, match=r"tensor decoder.head.weight has shape"):
-        blend_weights(a, load_weights(tmp_path / "shape.safetensors"), 0.5)
+        blend_weights(a, replace(a, state=shaped), 0.5)
