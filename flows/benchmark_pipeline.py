@@ -28,19 +28,34 @@ GOALS = {"ukis-csmask": 1.5, "s2cloudless": 5.0}  # issue 6: MSCloudCAM end to e
 
 
 def add_parser(bsub) -> None:
-    p = subcommand(bsub, "pipeline", "end-to-end Mpx/s, efficiency and overlap overhead of MSCloudCAM and the peers",
-                   __doc__, ["cloudmask benchmark pipeline",
-                             "cloudmask benchmark pipeline --models mscloudcam --threads 2 --json pipeline.json",
-                             "cloudmask benchmark pipeline --precision fp32"])
-    p.add_argument("--out", default="benchmark-out", help="folder for the archive and the stores (default: %(default)s)")
+    p = subcommand(
+        bsub,
+        "pipeline",
+        "end-to-end Mpx/s, efficiency and overlap overhead of MSCloudCAM and the peers",
+        __doc__,
+        [
+            "cloudmask benchmark pipeline",
+            "cloudmask benchmark pipeline --models mscloudcam --threads 2 --json pipeline.json",
+            "cloudmask benchmark pipeline --precision fp32",
+        ],
+    )
+    p.add_argument(
+        "--out", default="benchmark-out", help="folder for the archive and the stores (default: %(default)s)"
+    )
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: %(default)s)")
     p.add_argument("--weights", help="MSCloudCAM weights (default: the shipped starter weights)")
     p.add_argument("--threads", type=int, help="threads of the one worker (default: one per core)")
     p.add_argument("--chunk", type=int, default=BLOCK, help="Dask block side in pixels (default: %(default)s)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the weights' tile)")
-    p.add_argument("--precision", default="auto", help="MSCloudCAM precision: auto, fp32 or bf16 (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=1, help="times each model masks the archive; the best counts "
-                                                          "(default: %(default)s)")
+    p.add_argument(
+        "--precision", default="auto", help="MSCloudCAM precision: auto, fp32 or bf16 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="times each model masks the archive; the best counts (default: %(default)s)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--verbose", action="store_true", help="print the job's own progress lines, timed")
     p.set_defaults(func=run)
@@ -62,18 +77,18 @@ def _warm(weights: str, infer) -> None:
 def run(args) -> int:
     import os
 
-    from flows.archive import collection, demo_archive
-    from pipeline.config import InferSpec, SearchSpec
-    from pipeline.errors import ConfigError
-    from pipeline.detect.detectors import detector_weights, predictor_stats, reset_predictor_stats
-    from pipeline.detect.infer import precision_name, resolve_device, resolve_precision
-    from pipeline.job.execute import JobSpec, check_job, run_job
-    from pipeline.detect.weights import default_weights
-
     from distributed import get_task_stream
 
-    from .parsers import csv_list
+    from flows.archive import collection, demo_archive
+    from pipeline.config import InferSpec, SearchSpec
+    from pipeline.detect.detectors import detector_weights, predictor_stats, reset_predictor_stats
+    from pipeline.detect.infer import precision_name, resolve_device, resolve_precision
+    from pipeline.detect.weights import default_weights
+    from pipeline.errors import ConfigError
+    from pipeline.job.execute import JobSpec, check_job, run_job
+
     from .clusters import load_recipe, start
+    from .parsers import csv_list
     from .stacserver import local_stac_api
 
     models = csv_list(args.models, str, "models")
@@ -84,10 +99,14 @@ def run(args) -> int:
         raise ConfigError(f"--repeats {args.repeats} must be at least 1")
     threads = args.threads or len(os.sched_getaffinity(0))
     weights_of = {m: (str(args.weights or default_weights()) if m == "mscloudcam" else m) for m in models}
-    infer = {m: InferSpec(overlap=args.overlap, precision=args.precision if m == "mscloudcam" else "auto") for m in models}
+    infer = {
+        m: InferSpec(overlap=args.overlap, precision=args.precision if m == "mscloudcam" else "auto") for m in models
+    }
     out = Path(args.out)
-    specs = {m: JobSpec(search=None, out=str(out / f"{m}.zarr"), weights=weights_of[m], infer=infer[m], chunk=args.chunk)
-             for m in models}
+    specs = {
+        m: JobSpec(search=None, out=str(out / f"{m}.zarr"), weights=weights_of[m], infer=infer[m], chunk=args.chunk)
+        for m in models
+    }
     for spec in specs.values():
         check_job(spec)
     items = demo_archive(out / "archive", log=lambda line: print(line, flush=True))
@@ -100,8 +119,11 @@ def run(args) -> int:
         cluster, client = start(recipe)
         try:
             info = client.run(_machine)
-            print(f"one local worker, {threads} threads ({next(iter(info.values()))}); {len(items)} scenes, "
-                  f"{mpx:.2f} Mpx at 10 m; dashboard {client.dashboard_link}", flush=True)
+            print(
+                f"one local worker, {threads} threads ({next(iter(info.values()))}); {len(items)} scenes, "
+                f"{mpx:.2f} Mpx at 10 m; dashboard {client.dashboard_link}",
+                flush=True,
+            )
             # An untimed job first: the worker's first one also pays its imports and GDAL's set-up, once.
             warm = dataclasses.replace(specs[models[0]], search=search, out=str(out / "warm-up.zarr"))
             shutil.rmtree(warm.out, ignore_errors=True)
@@ -120,34 +142,59 @@ def run(args) -> int:
                     if result.failed:
                         raise ConfigError(f"{m}: {len(result.failed)} scenes failed: {result.failed[0].reason}")
                     counters = next(iter(client.run(predictor_stats).values()))
-                    counters.update(before_s=counters["first_start"] - w0, after_s=w1 - counters["last_end"],
-                                    **other_work(stream.data, counters["first_start"], counters["last_end"]))
+                    counters.update(
+                        before_s=counters["first_start"] - w0,
+                        after_s=w1 - counters["last_end"],
+                        **other_work(stream.data, counters["first_start"], counters["last_end"]),
+                    )
                     if best is None or wall < best[0]:
                         best = (wall, counters)
                 wall, counters = best
                 tile = detector_weights(spec.weights).meta.tile_size
-                row = dict(model=m, wall_s=wall, mpx_per_s=mpx / wall, forward_s=counters["forward_s"],
-                           efficiency=counters["forward_s"] / wall, before_first_forward_s=counters["before_s"],
-                           after_last_forward_s=counters["after_s"], other_tasks_s=counters["other_s"],
-                           other_tasks_during_model_s=counters["other_during_s"])
+                row = dict(
+                    model=m,
+                    wall_s=wall,
+                    mpx_per_s=mpx / wall,
+                    forward_s=counters["forward_s"],
+                    efficiency=counters["forward_s"] / wall,
+                    before_first_forward_s=counters["before_s"],
+                    after_last_forward_s=counters["after_s"],
+                    other_tasks_s=counters["other_s"],
+                    other_tasks_during_model_s=counters["other_during_s"],
+                )
                 if m == "mscloudcam":
                     needed = sum(tiles_needed(s, tile) for s in shapes)
-                    row.update(tile=tile, overlap=spec.infer.overlap_for(tile), tiles_run=counters["tiles"],
-                               tiles_needed=needed, filler_tiles=counters.get("filler", 0),
-                               overlap_overhead=counters["tiles"] / needed,
-                               precision=precision_name(resolve_precision(spec.infer.precision,
-                                                                          resolve_device(spec.infer.device))))
+                    row.update(
+                        tile=tile,
+                        overlap=spec.infer.overlap_for(tile),
+                        tiles_run=counters["tiles"],
+                        tiles_needed=needed,
+                        filler_tiles=counters.get("filler", 0),
+                        overlap_overhead=counters["tiles"] / needed,
+                        precision=precision_name(
+                            resolve_precision(spec.infer.precision, resolve_device(spec.infer.device))
+                        ),
+                    )
                 rows[m] = row
-                extra = (f"  tiles {row['tiles_run']}/{row['tiles_needed']} = overlap overhead "
-                         f"{row['overlap_overhead']:.2f} (+{row['filler_tiles']} empty tiles filling short batches; "
-                         f"{tile} px tiles, overlap {row['overlap']}, {row['precision']})"
-                         if "tiles_run" in row else "")
-                print(f"{m:12s} wall {wall:7.2f} s  {row['mpx_per_s']:6.3f} Mpx/s  forward {row['forward_s']:7.2f} s  "
-                      f"efficiency {row['efficiency']:.2f}{extra}", flush=True)
-                print(f"{'':12s} model idle {row['before_first_forward_s']:.2f} s before the first forward (search, "
-                      f"store, first read), {row['after_last_forward_s']:.2f} s after the last (writes, statistics); "
-                      f"reading, decoding and writing tasks ran {row['other_tasks_s']:.2f} s, "
-                      f"{row['other_tasks_during_model_s']:.2f} s of it while the model ran", flush=True)
+                extra = (
+                    f"  tiles {row['tiles_run']}/{row['tiles_needed']} = overlap overhead "
+                    f"{row['overlap_overhead']:.2f} (+{row['filler_tiles']} empty tiles filling short batches; "
+                    f"{tile} px tiles, overlap {row['overlap']}, {row['precision']})"
+                    if "tiles_run" in row
+                    else ""
+                )
+                print(
+                    f"{m:12s} wall {wall:7.2f} s  {row['mpx_per_s']:6.3f} Mpx/s  forward {row['forward_s']:7.2f} s  "
+                    f"efficiency {row['efficiency']:.2f}{extra}",
+                    flush=True,
+                )
+                print(
+                    f"{'':12s} model idle {row['before_first_forward_s']:.2f} s before the first forward (search, "
+                    f"store, first read), {row['after_last_forward_s']:.2f} s after the last (writes, statistics); "
+                    f"reading, decoding and writing tasks ran {row['other_tasks_s']:.2f} s, "
+                    f"{row['other_tasks_during_model_s']:.2f} s of it while the model ran",
+                    flush=True,
+                )
         finally:
             client.close()
             cluster.close()
@@ -156,12 +203,25 @@ def run(args) -> int:
         for peer, goal in GOALS.items():
             if peer in rows:
                 ratios[peer] = rows["mscloudcam"]["mpx_per_s"] / rows[peer]["mpx_per_s"]
-                print(f"MSCloudCAM / {peer}: {ratios[peer]:.2f}x end to end (goal >= {goal}x: "
-                      f"{'met' if ratios[peer] >= goal else 'not met'})")
+                print(
+                    f"MSCloudCAM / {peer}: {ratios[peer]:.2f}x end to end (goal >= {goal}x: "
+                    f"{'met' if ratios[peer] >= goal else 'not met'})"
+                )
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(machine=next(iter(info.values())), threads=threads, scenes=len(items),
-                                                   mpx=mpx, chunk=args.chunk, rows=list(rows.values()), ratios=ratios),
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                dict(
+                    machine=next(iter(info.values())),
+                    threads=threads,
+                    scenes=len(items),
+                    mpx=mpx,
+                    chunk=args.chunk,
+                    rows=list(rows.values()),
+                    ratios=ratios,
+                ),
+                indent=2,
+            )
+        )
         print(f"figures written to {args.json}")
     return 0
 

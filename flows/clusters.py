@@ -32,8 +32,10 @@ def load_recipe(name: str, options: dict | None = None, scale: int | None = None
     options and ``scale`` (worker count) over its scale."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else RECIPES / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"cluster recipe {name!r} not found; known recipes: {', '.join(names())} "
-                          f"(or pass the path of a recipe .yaml file)")
+        raise ConfigError(
+            f"cluster recipe {name!r} not found; known recipes: {', '.join(names())} "
+            f"(or pass the path of a recipe .yaml file)"
+        )
     recipe = yaml_mapping(path, "cluster recipe")
     if recipe.get("engine") not in ENGINES:
         raise ConfigError(f"{path}: engine {recipe.get('engine')!r}; expected one of {', '.join(ENGINES)}")
@@ -76,7 +78,8 @@ def slurm_cluster(recipe: dict):
         raise ConfigError("--cluster slurm needs dask-jobqueue: pip install 'cloudmask-pipeline[clusters]'") from None
     options = dict(recipe.get("options") or {})
     options["job_script_prologue"] = list(options.get("job_script_prologue") or []) + [
-        f"export {k}={v}" for k, v in worker_env(recipe).items()]
+        f"export {k}={v}" for k, v in worker_env(recipe).items()
+    ]
     return SLURMCluster(**options)
 
 
@@ -86,20 +89,26 @@ def adapt_options(recipe: dict) -> dict:
     adapt = recipe["adapt"]
     known = {"minimum_jobs", "maximum_jobs", "interval", "wait_count", "target_duration"}
     if not isinstance(adapt, dict) or set(adapt) - known or "maximum_jobs" not in adapt:
-        raise ConfigError(f"{recipe.get('path')}: adapt must be a mapping with maximum_jobs (and optionally "
-                          f"{', '.join(sorted(known - {'maximum_jobs'}))}), not {adapt!r}")
+        raise ConfigError(
+            f"{recipe.get('path')}: adapt must be a mapping with maximum_jobs (and optionally "
+            f"{', '.join(sorted(known - {'maximum_jobs'}))}), not {adapt!r}"
+        )
     low, high = int(adapt.get("minimum_jobs", 0)), int(adapt["maximum_jobs"])
     if not 0 <= low <= high or high < 1:
-        raise ConfigError(f"{recipe.get('path')}: adapt needs 0 <= minimum_jobs <= maximum_jobs and maximum_jobs >= 1, "
-                          f"not {low} and {high}")
+        raise ConfigError(
+            f"{recipe.get('path')}: adapt needs 0 <= minimum_jobs <= maximum_jobs and maximum_jobs >= 1, "
+            f"not {low} and {high}"
+        )
     return dict(adapt, minimum_jobs=low, maximum_jobs=high)
 
 
 def worker_env(recipe: dict) -> dict[str, str]:
     """The recipe's ``dask_config`` as the environment variables Dask reads it from, for workers started
     elsewhere (SLURM jobs, Kubernetes pods)."""
-    return {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
-            for key, value in (recipe.get("dask_config") or {}).items()}
+    return {
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+        for key, value in (recipe.get("dask_config") or {}).items()
+    }
 
 
 def kubernetes_spec(recipe: dict) -> dict:
@@ -108,13 +117,19 @@ def kubernetes_spec(recipe: dict) -> dict:
     try:
         from dask_kubernetes.operator import make_cluster_spec
     except ImportError:
-        raise ConfigError("--cluster kubernetes needs dask-kubernetes: pip install 'cloudmask-pipeline[clusters]'") from None
+        raise ConfigError(
+            "--cluster kubernetes needs dask-kubernetes: pip install 'cloudmask-pipeline[clusters]'"
+        ) from None
     worker = recipe.get("worker") or {}
     command = ["dask", "worker", "--nthreads", str(worker.get("nthreads", 1))]
     if worker.get("dask_resources"):
         command += ["--resources", worker["dask_resources"]]
-    spec = make_cluster_spec(recipe.get("name", "cloudmask"), image=recipe["image"], n_workers=int(recipe.get("scale", 1)),
-                             worker_command=command)
+    spec = make_cluster_spec(
+        recipe.get("name", "cloudmask"),
+        image=recipe["image"],
+        n_workers=int(recipe.get("scale", 1)),
+        worker_command=command,
+    )
     pod = spec["spec"]["worker"]["spec"]
     pod["containers"][0]["resources"] = worker.get("resources", {})
     if worker.get("node_selector"):
@@ -142,8 +157,10 @@ def checked_kubernetes_spec(recipe: dict) -> dict:
     spec = kubernetes_spec(recipe)
     problems = crd_problems(spec)
     if problems:
-        raise ConfigError(f"{recipe.get('path')}: the DaskCluster manifest does not fit the Dask operator's CRD: "
-                          f"{'; '.join(problems[:5])}")
+        raise ConfigError(
+            f"{recipe.get('path')}: the DaskCluster manifest does not fit the Dask operator's CRD: "
+            f"{'; '.join(problems[:5])}"
+        )
     return spec
 
 
@@ -164,12 +181,29 @@ def render(recipe: dict) -> str:
 
 
 # what an option of a recipe must hold, where its engine's own default does not say (None)
-KINDS = {"n_workers": (int, "auto"), "threads_per_worker": (int, "auto"), "processes": (bool, int),
-         "memory_limit": (str, int, float), "memory": (str,), "cores": (int,), "walltime": (str,), "queue": (str,),
-         "env": (dict,), "resources": (dict,), "job_extra_directives": (list,), "worker_extra_args": (list,),
-         "job_script_prologue": (list,), "local_directory": (str,), "host": (str,), "dashboard_address": (str,),
-         "memory_target_fraction": (float, bool), "memory_spill_fraction": (float, bool),
-         "memory_pause_fraction": (float, bool), "CUDA_VISIBLE_DEVICES": (str, list), "rmm_pool_size": (str, int)}
+KINDS = {
+    "n_workers": (int, "auto"),
+    "threads_per_worker": (int, "auto"),
+    "processes": (bool, int),
+    "memory_limit": (str, int, float),
+    "memory": (str,),
+    "cores": (int,),
+    "walltime": (str,),
+    "queue": (str,),
+    "env": (dict,),
+    "resources": (dict,),
+    "job_extra_directives": (list,),
+    "worker_extra_args": (list,),
+    "job_script_prologue": (list,),
+    "local_directory": (str,),
+    "host": (str,),
+    "dashboard_address": (str,),
+    "memory_target_fraction": (float, bool),
+    "memory_spill_fraction": (float, bool),
+    "memory_pause_fraction": (float, bool),
+    "CUDA_VISIBLE_DEVICES": (str, list),
+    "rmm_pool_size": (str, int),
+}
 
 
 def engine_options(engine: str) -> set[str]:
@@ -177,8 +211,12 @@ def engine_options(engine: str) -> set[str]:
     import inspect
 
     def names(*callables) -> set[str]:
-        return {p.name for c in callables for p in inspect.signature(c).parameters.values()
-                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+        return {
+            p.name
+            for c in callables
+            for p in inspect.signature(c).parameters.values()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"
+        }
 
     if engine == "slurm":
         from dask_jobqueue.core import Job, JobQueueCluster
@@ -205,27 +243,45 @@ def check_options(recipe: dict) -> None:
 
     options = recipe.get("options") or {}
     if not isinstance(options, dict):
-        raise ConfigError(f"{recipe.get('path')}: options must be a mapping of {recipe['engine']} options, "
-                          f"not {options!r}")
+        raise ConfigError(
+            f"{recipe.get('path')}: options must be a mapping of {recipe['engine']} options, not {options!r}"
+        )
     if recipe["engine"] == "kubernetes":
         return  # a manifest, checked against the operator's CRD when rendered
     known = engine_options(recipe["engine"])
     for key, value in options.items():
-        where = (f"cluster_options (over the {recipe['engine']} recipe {recipe.get('path')})"
-                 if key in recipe.get("overridden", ()) else str(recipe.get("path")))
+        where = (
+            f"cluster_options (over the {recipe['engine']} recipe {recipe.get('path')})"
+            if key in recipe.get("overridden", ())
+            else str(recipe.get("path"))
+        )
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=2)
-            raise ConfigError(f"{where}: option {key!r} is not one {recipe['engine']} clusters take"
-                              f"{f' (did you mean {close[0]!r}?)' if close else ''}")
+            raise ConfigError(
+                f"{where}: option {key!r} is not one {recipe['engine']} clusters take"
+                f"{f' (did you mean {close[0]!r}?)' if close else ''}"
+            )
         kinds = KINDS.get(key)
         if kinds is None or value is None:
             continue
-        ok = any(value == k if isinstance(k, str) else isinstance(value, k) and not (
-            k is int and isinstance(value, bool)) for k in kinds)
+        ok = any(
+            value == k if isinstance(k, str) else isinstance(value, k) and not (k is int and isinstance(value, bool))
+            for k in kinds
+        )
         if not ok:
-            want = " or ".join(repr(k) if isinstance(k, str) else {int: "a whole number", float: "a number",
-                                                                   str: "text", bool: "true/false", dict: "a mapping",
-                                                                   list: "a list"}[k] for k in kinds)
+            want = " or ".join(
+                repr(k)
+                if isinstance(k, str)
+                else {
+                    int: "a whole number",
+                    float: "a number",
+                    str: "text",
+                    bool: "true/false",
+                    dict: "a mapping",
+                    list: "a list",
+                }[k]
+                for k in kinds
+            )
             raise ConfigError(f"{where}: option {key}: {value!r}; expected {want}")
 
 
@@ -236,13 +292,17 @@ def check_recipe(recipe: dict) -> None:
         adapt_options(recipe)
     check_options(recipe)
     if recipe["engine"] == "slurm" and not shutil.which("sbatch"):
-        raise ConfigError("--cluster slurm needs SLURM's sbatch on PATH (run from a SLURM login node, or install "
-                          "slurm-client); or start workers yourself and pass --scheduler")
+        raise ConfigError(
+            "--cluster slurm needs SLURM's sbatch on PATH (run from a SLURM login node, or install "
+            "slurm-client); or start workers yourself and pass --scheduler"
+        )
     if recipe["engine"] == "gpu":
         if not visible_gpus():
-            raise ConfigError("--cluster gpu needs NVIDIA GPUs, but torch sees none "
-                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
-                              "use --cluster local on this machine")
+            raise ConfigError(
+                "--cluster gpu needs NVIDIA GPUs, but torch sees none "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                "use --cluster local on this machine"
+            )
         try:
             import dask_cuda  # noqa: F401
         except ImportError:
@@ -261,15 +321,16 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((url.hostname, url.port), timeout=timeout).close()
     except OSError as exc:
-        raise ConfigError(f"--scheduler {address}: no Dask scheduler answers there within {timeout:.0f} s ({exc}); "
-                          f"start one (dask scheduler) or drop --scheduler to start a cluster") from None
+        raise ConfigError(
+            f"--scheduler {address}: no Dask scheduler answers there within {timeout:.0f} s ({exc}); "
+            f"start one (dask scheduler) or drop --scheduler to start a cluster"
+        ) from None
 
 
 def start(recipe: dict):
     """Start the recipe's cluster and return ``(cluster, client)``."""
-    from distributed import Client
-
     import dask
+    from distributed import Client
 
     check_recipe(recipe)
     engine, options = recipe["engine"], dict(recipe.get("options") or {})
@@ -303,12 +364,14 @@ def start(recipe: dict):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("cluster", help="list the cluster recipes, or show what one asks its engine for",
-                       description="Cluster recipes live in deploy/clusters/*.yaml; `cloudmask run --cluster NAME` "
-                                   "starts one.",
-                       epilog="examples:\n  cloudmask cluster list\n  cloudmask cluster render slurm      # the job script\n"
-                              "  cloudmask cluster render kubernetes | kubectl apply -f -",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "cluster",
+        help="list the cluster recipes, or show what one asks its engine for",
+        description="Cluster recipes live in deploy/clusters/*.yaml; `cloudmask run --cluster NAME` starts one.",
+        epilog="examples:\n  cloudmask cluster list\n  cloudmask cluster render slurm      # the job script\n"
+        "  cloudmask cluster render kubernetes | kubectl apply -f -",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("action", choices=("list", "render"))
     p.add_argument("name", nargs="?", help="recipe name or .yaml path (for render)")
     p.set_defaults(func=run)

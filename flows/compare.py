@@ -12,12 +12,15 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("compare", help="per-class agreement between two cloud-mask cubes",
-                       description=__doc__.split("\n\n", 1)[1],
-                       epilog="example:\n  cloudmask run ... --out mscloudcam.zarr\n"
-                              "  cloudmask run ... --model ukis-csmask --out ukis.zarr\n"
-                              "  cloudmask compare mscloudcam.zarr ukis.zarr",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "compare",
+        help="per-class agreement between two cloud-mask cubes",
+        description=__doc__.split("\n\n", 1)[1],
+        epilog="example:\n  cloudmask run ... --out mscloudcam.zarr\n"
+        "  cloudmask run ... --model ukis-csmask --out ukis.zarr\n"
+        "  cloudmask compare mscloudcam.zarr ukis.zarr",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("store_a")
     p.add_argument("store_b")
     p.add_argument("--json", help="also write the figures as JSON to this file")
@@ -28,11 +31,11 @@ def agreement(store_a: str, store_b: str) -> dict:
     """Confusion matrix (rows: A, columns: B) over all common scenes and the per-class figures."""
     import numpy as np
 
-    from pipeline.errors import ConfigError
-    from pipeline.training.metrics import confusion, scores
-    from pipeline.detect.peers import COARSE, coarse
     from pipeline.catalog.sensors import CLASS_NAMES
+    from pipeline.detect.peers import COARSE, coarse
+    from pipeline.errors import ConfigError
     from pipeline.store.maskstore import MaskStore
+    from pipeline.training.metrics import confusion, scores
 
     stores = [MaskStore(store_a), MaskStore(store_b)]
     for s in stores:
@@ -41,10 +44,12 @@ def agreement(store_a: str, store_b: str) -> dict:
     groups = [set(s.groups()) for s in stores]
     common = sorted(groups[0] & groups[1])
     if not common:
-        raise ConfigError(f"{store_a} and {store_b} share no pixel grid (groups {sorted(groups[0])} vs {sorted(groups[1])})")
+        raise ConfigError(
+            f"{store_a} and {store_b} share no pixel grid (groups {sorted(groups[0])} vs {sorted(groups[1])})"
+        )
     models = [s.open(common[0]).attrs.get("model", "?") for s in stores]
     peer = next((m for m in models if m in COARSE), None)
-    table, names = (COARSE[peer] if peer else (None, CLASS_NAMES))
+    table, names = COARSE[peer] if peer else (None, CLASS_NAMES)
     k = len(names)
     cm = np.zeros((k, k), np.int64)
     scenes = 0
@@ -63,14 +68,17 @@ def agreement(store_a: str, store_b: str) -> dict:
             scenes += 1
     if not scenes:
         raise ConfigError(f"{store_a} and {store_b} share no finished scene on a common grid")
-    return dict(scores(cm), classes=list(names), models=models, scenes=scenes, confusion=cm.tolist(),
-                coarse=peer is not None)
+    return dict(
+        scores(cm), classes=list(names), models=models, scenes=scenes, confusion=cm.tolist(), coarse=peer is not None
+    )
 
 
 def run(args) -> int:
     r = agreement(args.store_a, args.store_b)
-    print(f"{r['scenes']} common scenes, {r['pixels']:,} pixels valid in both; models {' vs '.join(r['models'])}"
-          + (" (in the peer's coarser classes)" if r["coarse"] else ""))
+    print(
+        f"{r['scenes']} common scenes, {r['pixels']:,} pixels valid in both; models {' vs '.join(r['models'])}"
+        + (" (in the peer's coarser classes)" if r["coarse"] else "")
+    )
     print(f"overall agreement {r['aacc']:.2f} %")
     print(f"{'class':14s} {'IoU %':>7s} {'F1 %':>7s}")
     for name, iou, f1 in zip(r["classes"], r["iou"], r["f1"]):

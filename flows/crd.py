@@ -15,8 +15,15 @@ def crd_file(kind: str = "DaskCluster") -> Path:
     """The CRD of ``kind`` in the installed dask-kubernetes' Helm chart."""
     import dask_kubernetes
 
-    return (Path(dask_kubernetes.__file__).parent / "operator" / "deployment" / "helm" / "dask-kubernetes-operator"
-            / "crds" / f"{kind.lower()}.yaml")
+    return (
+        Path(dask_kubernetes.__file__).parent
+        / "operator"
+        / "deployment"
+        / "helm"
+        / "dask-kubernetes-operator"
+        / "crds"
+        / f"{kind.lower()}.yaml"
+    )
 
 
 def crd_problems(manifest: dict) -> list[str]:
@@ -31,11 +38,16 @@ def crd_problems(manifest: dict) -> list[str]:
     versions = {v["name"]: v for v in crd["spec"]["versions"]}
     api_group, _, version = str(manifest.get("apiVersion", "")).partition("/")
     if api_group != group or version not in versions:
-        return [f"apiVersion {manifest.get('apiVersion')!r}: the CRD serves {', '.join(f'{group}/{v}' for v in versions)}"]
+        return [
+            f"apiVersion {manifest.get('apiVersion')!r}: the CRD serves {', '.join(f'{group}/{v}' for v in versions)}"
+        ]
     schema = versions[version]["schema"]["openAPIV3Schema"]
-    found = [f"{_where(e.absolute_path)}: {e.message}"
-             for e in jsonschema.Draft7Validator(schema).iter_errors(manifest)]
-    return found + [f"{where}: not in the CRD (the API server would drop it)" for where in _pruned(manifest, schema, [])]
+    found = [
+        f"{_where(e.absolute_path)}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(manifest)
+    ]
+    return found + [
+        f"{where}: not in the CRD (the API server would drop it)" for where in _pruned(manifest, schema, [])
+    ]
 
 
 def _pruned(value, schema: dict, at: list) -> list[str]:

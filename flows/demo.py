@@ -17,11 +17,16 @@ from .parsers import subcommand
 
 
 def add_parser(sub) -> None:
-    p = subcommand(sub, "demo", "run the whole pipeline on a built-in archive of real Sentinel-2 scenes", __doc__,
-                   ["cloudmask demo", "cloudmask demo --out /tmp/demo --workers 2"],
-                   epilog="outputs under --out: archive/ (COGs + items.json), masks.zarr (the cube), quicklooks/*.png\n"
-                          "then, e.g.: python -c \"import xarray as xr; print(xr.open_zarr('demo-out/masks.zarr', "
-                          "group=...))\"")
+    p = subcommand(
+        sub,
+        "demo",
+        "run the whole pipeline on a built-in archive of real Sentinel-2 scenes",
+        __doc__,
+        ["cloudmask demo", "cloudmask demo --out /tmp/demo --workers 2"],
+        epilog="outputs under --out: archive/ (COGs + items.json), masks.zarr (the cube), quicklooks/*.png\n"
+        "then, e.g.: python -c \"import xarray as xr; print(xr.open_zarr('demo-out/masks.zarr', "
+        'group=...))"',
+    )
     p.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
     p.add_argument("--weights", help="weights file or URL (default: the shipped starter weights)")
     p.add_argument("--workers", type=int, help="local Dask worker processes (default: 1, with a thread per core)")
@@ -38,8 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from .stacserver import local_stac_api
 
     out = Path(args.out)
-    s = dict(DEFAULTS, stac_url="http://127.0.0.1", collection="sentinel-2-l1c", out=str(out / "masks.zarr"), weights=args.weights,
-             workers=args.workers, chunk=args.chunk, overlap=args.overlap)
+    s = dict(
+        DEFAULTS,
+        stac_url="http://127.0.0.1",
+        collection="sentinel-2-l1c",
+        out=str(out / "masks.zarr"),
+        weights=args.weights,
+        workers=args.workers,
+        chunk=args.chunk,
+        overlap=args.overlap,
+    )
     check_job(job_spec(s))  # bad weights or overlap are refused before anything is built (URL set below)
     items = demo_archive(out / "archive", log=lambda line: print(line, flush=True))
     print("starting the STAC API (PostgreSQL + PostGIS + pgstac, stac-fastapi-pgstac) on 127.0.0.1 ...", flush=True)
@@ -54,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from flows.quicklook import LEGEND
 
     print(f"({LEGEND})")
-    print(f"open the cube: xarray.open_zarr({str(out / 'masks.zarr')!r}, group=<one of "
-          f"{sorted({p.parent.name for p in (out / 'masks.zarr').glob('epsg*/zarr.json')})}>)")
+    print(
+        f"open the cube: xarray.open_zarr({str(out / 'masks.zarr')!r}, group=<one of "
+        f"{sorted({p.parent.name for p in (out / 'masks.zarr').glob('epsg*/zarr.json')})}>)"
+    )
     return 1 if result.failed else 0
 
 

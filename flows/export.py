@@ -15,9 +15,16 @@ from .parsers import subcommand
 
 
 def add_parser(sub) -> None:
-    p = subcommand(sub, "export", "write one scene's mask from a store as a Cloud-Optimized GeoTIFF", __doc__,
-                   ["cloudmask export demo-out/masks.zarr --item S2A_MSIL1C_20170216T102101_T33UUU --out mask.tif",
-                    "cloudmask export masks.zarr --group epsg32633_x330000_y5822040_res10_768x1536 --time 0 --out t0.tif"])
+    p = subcommand(
+        sub,
+        "export",
+        "write one scene's mask from a store as a Cloud-Optimized GeoTIFF",
+        __doc__,
+        [
+            "cloudmask export demo-out/masks.zarr --item S2A_MSIL1C_20170216T102101_T33UUU --out mask.tif",
+            "cloudmask export masks.zarr --group epsg32633_x330000_y5822040_res10_768x1536 --time 0 --out t0.tif",
+        ],
+    )
     p.add_argument("store", help="the Zarr store a cloudmask run wrote")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--item", help="the STAC item id of the scene (see cloudmask stats)")
@@ -43,14 +50,17 @@ def run(args) -> int:
     if args.item:
         entry = store.done().get(args.item)
         if entry is None:
-            raise ConfigError(f"{args.store!r} holds no finished scene {args.item!r}; cloudmask stats {args.store} "
-                              f"lists its scenes")
+            raise ConfigError(
+                f"{args.store!r} holds no finished scene {args.item!r}; cloudmask stats {args.store} lists its scenes"
+            )
         group, t = entry["group"], int(entry["time_index"])
     else:
         if args.time is None:
             raise ConfigError("--group needs --time (the scene's index along time, 0 = the first)")
         if args.group not in store.groups():
-            raise ConfigError(f"{args.store!r} has no group {args.group!r}; it has {', '.join(store.groups()) or 'none'}")
+            raise ConfigError(
+                f"{args.store!r} has no group {args.group!r}; it has {', '.join(store.groups()) or 'none'}"
+            )
         group, t = args.group, args.time
     ds = store.open(group)
     if not 0 <= t < ds.sizes["time"]:
@@ -59,7 +69,8 @@ def run(args) -> int:
     mask = mask.rio.write_crs(ds.rio.crs).rio.write_nodata(MASK_NODATA, encoded=False)
     item_id = str(ds["item_id"].values[t])
     mask.attrs = {"flag_values": "0 1 2 3", "flag_meanings": " ".join(CLASS_NAMES), "item_id": item_id}
-    mask.rio.to_raster(out, driver="COG", compress="deflate", tags={"flag_meanings": " ".join(CLASS_NAMES),
-                                                                     "item_id": item_id})
+    mask.rio.to_raster(
+        out, driver="COG", compress="deflate", tags={"flag_meanings": " ".join(CLASS_NAMES), "item_id": item_id}
+    )
     print(f"{item_id}: {out} ({mask.sizes['y']} x {mask.sizes['x']} px, {ds.rio.crs}, nodata {MASK_NODATA})")
     return 0

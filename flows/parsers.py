@@ -14,8 +14,13 @@ def subcommand(sub, name: str, help: str, doc: str, examples: list[str], epilog:
     """Add ``name`` to the subparsers ``sub``: described by ``doc`` after its first paragraph, with an epilog of
     ``examples`` (command lines) then ``epilog``; returns the new parser."""
     text = "examples:\n" + "\n".join(f"  {e}" for e in examples) + (f"\n{epilog}" if epilog else "")
-    return sub.add_parser(name, help=help, description=doc.split("\n\n", 1)[1], epilog=text,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name,
+        help=help,
+        description=doc.split("\n\n", 1)[1],
+        epilog=text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def csv_list(text: str, cast, name: str) -> list:

@@ -49,13 +49,14 @@ def measured_write() -> float:
     import zarr
 
     with tempfile.TemporaryDirectory() as folder:
-        array = zarr.create_array(f"{folder}/m.zarr", shape=(2, 4032, 4032), chunks=(1, 2016, 2016), dtype="uint8",
-                                  fill_value=255).with_config({"write_empty_chunks": True})
+        array = zarr.create_array(
+            f"{folder}/m.zarr", shape=(2, 4032, 4032), chunks=(1, 2016, 2016), dtype="uint8", fill_value=255
+        ).with_config({"write_empty_chunks": True})
         block = np.full((2016, 2016), 2, np.uint8)
         array[0, :2016, :2016] = block  # warm
         start = time.process_time()
         for i in range(4):
-            array[1, 2016 * (i // 2):2016 * (i // 2 + 1), 2016 * (i % 2):2016 * (i % 2 + 1)] = block
+            array[1, 2016 * (i // 2) : 2016 * (i // 2 + 1), 2016 * (i % 2) : 2016 * (i % 2 + 1)] = block
         return (time.process_time() - start) / 4
 
 
@@ -106,10 +107,9 @@ class SimulatedGPU:
 async def main(address: str, w: int, threads: int, read_s: float, forward_s: float, tag: str = "0") -> None:
     from distributed import Worker
 
+    from flows import simulated_gpus  # this module as tasks import it (not __main__): one BUSY for both
     from pipeline.detect import detectors
     from pipeline.job import tasks
-
-    from flows import simulated_gpus  # this module as tasks import it (not __main__): one BUSY for both
 
     simulated_gpus.READ_S = read_s
     simulated_gpus.WRITE_S = measured_write()
@@ -126,8 +126,18 @@ async def main(address: str, w: int, threads: int, read_s: float, forward_s: flo
     import dask
 
     dask.config.set({"distributed.worker.profile.interval": "100ms"})  # as every recipe in deploy/clusters sets it
-    workers = [Worker(address, nthreads=threads, resources={"GPU": 1}, name=f"sim-gpu-{tag}-{i}", host="127.0.0.1",
-                      dashboard=False, memory_limit=0) for i in range(w)]
+    workers = [
+        Worker(
+            address,
+            nthreads=threads,
+            resources={"GPU": 1},
+            name=f"sim-gpu-{tag}-{i}",
+            host="127.0.0.1",
+            dashboard=False,
+            memory_limit=0,
+        )
+        for i in range(w)
+    ]
     await asyncio.gather(*workers)
     await asyncio.gather(*(wk.finished() for wk in workers))
 
@@ -155,5 +165,13 @@ class _PerWorker:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]),
-                     sys.argv[6] if len(sys.argv) > 6 else "0"))
+    asyncio.run(
+        main(
+            sys.argv[1],
+            int(sys.argv[2]),
+            int(sys.argv[3]),
+            float(sys.argv[4]),
+            float(sys.argv[5]),
+            sys.argv[6] if len(sys.argv) > 6 else "0",
+        )
+    )

@@ -21,12 +21,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipeline.errors import CloudmaskError
 from pipeline.errors import StacServerError
 
 PASSWORD = "cloudmask"  # trust auth on 127.0.0.1 only; stac-fastapi-pgstac still requires one to be set
-
-
 
 
 def _free_port() -> int:
@@ -40,7 +37,8 @@ def _pg_bin(name: str) -> str:
     if not found:
         raise StacServerError(
             f"PostgreSQL's {name} was not found; install the Debian packages: apt-get install -y postgresql "
-            f"postgresql-15-postgis-3")
+            f"postgresql-15-postgis-3"
+        )
     return found[-1]
 
 
@@ -89,10 +87,24 @@ def local_file_server(folder: str | Path):
     port = _free_port()
     log_path = Path(tempfile.mkdtemp(prefix="cloudmask-files-")) / "server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "flows.stacserver:static_files_app", "--factory",
-                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                                env=dict(os.environ, CLOUDMASK_SERVE_DIR=str(Path(folder).resolve())),
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "flows.stacserver:static_files_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=dict(os.environ, CLOUDMASK_SERVE_DIR=str(Path(folder).resolve())),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url + "/", proc, log_path, "the file server", ok=(200, 404))
@@ -123,8 +135,21 @@ def local_stac_api(collections: list[dict], items: list[dict], workdir: str | Pa
     started = False
     try:
         _run(_as_postgres([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]))
-        _run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(base / "postgres.log"), "-o",
-                           f"-p {pg_port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]))
+        _run(
+            _as_postgres(
+                [
+                    _pg_bin("pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-w",
+                    "-l",
+                    str(base / "postgres.log"),
+                    "-o",
+                    f"-p {pg_port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    "start",
+                ]
+            )
+        )
         started = True
         dsn = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{pg_port}/postgres"
         env = dict(os.environ, PGPASSWORD=PASSWORD)
@@ -137,17 +162,51 @@ def local_stac_api(collections: list[dict], items: list[dict], workdir: str | Pa
         if items:
             _run([*pypgstac, "load", "items", str(item_file), "--dsn", dsn, "--method", "upsert"], env=env)
         # numeric comparison and sorting of cloud cover
-        _run([_pg_bin("psql"), dsn, "-v", "ON_ERROR_STOP=1", "-c",
-              "SET search_path TO pgstac, public; DELETE FROM queryables WHERE name = 'eo:cloud_cover'; "
-              "INSERT INTO queryables (name, definition, property_wrapper) VALUES "
-              "('eo:cloud_cover', '{\"type\": \"number\", \"minimum\": 0, \"maximum\": 100}', 'to_float');"], env=env)
-        api_env = dict(env, PGUSER="postgres", PGHOST="127.0.0.1", PGPORT=str(pg_port), PGDATABASE="postgres",
-                       POSTGRES_USER="postgres", POSTGRES_PASS=PASSWORD, POSTGRES_HOST_READER="127.0.0.1",
-                       POSTGRES_HOST_WRITER="127.0.0.1", POSTGRES_PORT=str(pg_port), POSTGRES_DBNAME="postgres")
+        _run(
+            [
+                _pg_bin("psql"),
+                dsn,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                "SET search_path TO pgstac, public; DELETE FROM queryables WHERE name = 'eo:cloud_cover'; "
+                "INSERT INTO queryables (name, definition, property_wrapper) VALUES "
+                '(\'eo:cloud_cover\', \'{"type": "number", "minimum": 0, "maximum": 100}\', \'to_float\');',
+            ],
+            env=env,
+        )
+        api_env = dict(
+            env,
+            PGUSER="postgres",
+            PGHOST="127.0.0.1",
+            PGPORT=str(pg_port),
+            PGDATABASE="postgres",
+            POSTGRES_USER="postgres",
+            POSTGRES_PASS=PASSWORD,
+            POSTGRES_HOST_READER="127.0.0.1",
+            POSTGRES_HOST_WRITER="127.0.0.1",
+            POSTGRES_PORT=str(pg_port),
+            POSTGRES_DBNAME="postgres",
+        )
         log = open(base / "api.log", "w")
-        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
-                                "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning"],
-                               env=api_env, stdout=log, stderr=subprocess.STDOUT)
+        api = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "stac_fastapi.pgstac.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(api_port),
+                "--log-level",
+                "warning",
+            ],
+            env=api_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{api_port}"
         _wait_http(f"{url}/collections", api, base / "api.log", "stac-fastapi-pgstac")
         yield url
@@ -159,6 +218,7 @@ def local_stac_api(collections: list[dict], items: list[dict], workdir: str | Pa
             except subprocess.TimeoutExpired:
                 api.kill()
         if started:
-            subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-                           capture_output=True)
+            subprocess.run(
+                _as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True
+            )
         shutil.rmtree(base, ignore_errors=True)

@@ -5,53 +5,80 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.errors import WeightsError
 from pipeline.catalog.sensors import CLASS_CODES, CLASS_NAMES, get_sensor
+from pipeline.errors import WeightsError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("weights", help="inspect, convert or blend model weights files",
-                       description="Inspect weights files, convert a trusted PyTorch checkpoint to the "
-                                   "project's safetensors format, or blend a model with one fine-tuned from it.")
+    p = sub.add_parser(
+        "weights",
+        help="inspect, convert or blend model weights files",
+        description="Inspect weights files, convert a trusted PyTorch checkpoint to the "
+        "project's safetensors format, or blend a model with one fine-tuned from it.",
+    )
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
 
-    info = wsub.add_parser("info", help="print a weights file's contract (bands, classes, tile, sha256), recipe and "
-                                               "its model card's figures")
-    info.add_argument("source", nargs="?", help="local path or fsspec URL of a .safetensors weights file "
-                                                "(default: the weights cloudmask run uses when given none)")
-    info.add_argument("--json", action="store_true", help="print the file's metadata as JSON, with sha256, source, "
-                                                           "recipe and card (its model card's figure tables, or null)")
+    info = wsub.add_parser(
+        "info",
+        help="print a weights file's contract (bands, classes, tile, sha256), recipe and its model card's figures",
+    )
+    info.add_argument(
+        "source",
+        nargs="?",
+        help="local path or fsspec URL of a .safetensors weights file "
+        "(default: the weights cloudmask run uses when given none)",
+    )
+    info.add_argument(
+        "--json",
+        action="store_true",
+        help="print the file's metadata as JSON, with sha256, source, "
+        "recipe and card (its model card's figure tables, or null)",
+    )
     info.set_defaults(func=run_info)
 
     conv = wsub.add_parser(
-        "convert", help="convert a trusted .pth/.pt checkpoint into a safetensors weights file",
+        "convert",
+        help="convert a trusted .pth/.pt checkpoint into a safetensors weights file",
         description="Reads a PyTorch checkpoint with torch.load(weights_only=True) -- tensors only, no code -- "
-                    "and writes a .safetensors file with the metadata the pipeline needs. Only convert files "
-                    "you trust.",
+        "and writes a .safetensors file with the metadata the pipeline needs. Only convert files "
+        "you trust.",
         epilog="example: cloudmask weights convert ms_cloudcam_cloudsen12_l1c.pth l1c.safetensors "
-               "--sensor sentinel-2-l1c --cam-bypass --provenance '{\"data\": \"CloudSEN12+ L1C\"}'",
+        '--sensor sentinel-2-l1c --cam-bypass --provenance \'{"data": "CloudSEN12+ L1C"}\'',
     )
-    conv.add_argument("checkpoint", help="the .pth/.pt file (a state dict, or a dict holding one under 'state_dict' or 'model')")
+    conv.add_argument(
+        "checkpoint", help="the .pth/.pt file (a state dict, or a dict holding one under 'state_dict' or 'model')"
+    )
     conv.add_argument("output", help="the .safetensors file to write")
     conv.add_argument("--model", default="mscloudcam", help="registered model name (default: %(default)s)")
-    conv.add_argument("--sensor", default="sentinel-2-l1c", help="band catalogue: sentinel-2-l1c or landsat-8-l1 (default: %(default)s)")
-    conv.add_argument("--bands", help="comma-separated band names in the model's input order (default: the sensor's catalogue)")
-    conv.add_argument("--cam-bypass", action="store_true", help="the checkpoint comes from the authors' code, which bypasses the CAM")
-    conv.add_argument("--divisor", type=float, default=3000.0, help="input normalisation: DN / divisor (default: %(default)s)")
+    conv.add_argument(
+        "--sensor",
+        default="sentinel-2-l1c",
+        help="band catalogue: sentinel-2-l1c or landsat-8-l1 (default: %(default)s)",
+    )
+    conv.add_argument(
+        "--bands", help="comma-separated band names in the model's input order (default: the sensor's catalogue)"
+    )
+    conv.add_argument(
+        "--cam-bypass", action="store_true", help="the checkpoint comes from the authors' code, which bypasses the CAM"
+    )
+    conv.add_argument(
+        "--divisor", type=float, default=3000.0, help="input normalisation: DN / divisor (default: %(default)s)"
+    )
     conv.add_argument("--tile-size", type=int, default=512, help="tile side the model takes (default: %(default)s)")
     conv.add_argument("--provenance", default="{}", help="JSON object: data, recipe, metrics")
     conv.add_argument("--fp16", action="store_true", help="store tensors as float16 (half the size)")
     conv.set_defaults(func=run_convert)
 
     blend = wsub.add_parser(
-        "blend", help="interpolate two weights files of one model: (1 - alpha) * A + alpha * B",
+        "blend",
+        help="interpolate two weights files of one model: (1 - alpha) * A + alpha * B",
         description="Weight-space interpolation (WiSE-FT): every floating tensor becomes (1 - alpha) * A + alpha * B. "
-                    "With A a model and B one fine-tuned from it, alpha trades what B learnt (alpha 1) against what "
-                    "A kept (alpha 0); score a few values with 'cloudmask evaluate' and keep the best. Both files "
-                    "must have the same contract (bands, classes, model); the output keeps B's and records both "
-                    "files' sha256 and alpha in its provenance.",
+        "With A a model and B one fine-tuned from it, alpha trades what B learnt (alpha 1) against what "
+        "A kept (alpha 0); score a few values with 'cloudmask evaluate' and keep the best. Both files "
+        "must have the same contract (bands, classes, model); the output keeps B's and records both "
+        "files' sha256 and alpha in its provenance.",
         epilog="example: cloudmask weights blend weights/mscloudcam_s2l2a_starter.safetensors "
-               "runs/l2a-tuned/last.safetensors blended.safetensors --alpha 0.35 --fp16",
+        "runs/l2a-tuned/last.safetensors blended.safetensors --alpha 0.35 --fp16",
     )
     blend.add_argument("a", metavar="A", help="first weights file (local path or fsspec URL), weight 1 - alpha")
     blend.add_argument("b", metavar="B", help="second weights file, weight alpha; its contract and provenance are kept")
@@ -109,10 +136,17 @@ def card_figures(card) -> list[dict]:
     def figure(column, value):
         return int(value) if name(column) == "pixels" else value
 
-    return [{"title": t.title, "command": t.command,
-             "rows": [{"row": row, "figures": {name(c): figure(c, v) for c, v in zip(t.columns, values) if v is not None}}
-                      for row, values in t.rows]}
-            for t in card.tables]
+    return [
+        {
+            "title": t.title,
+            "command": t.command,
+            "rows": [
+                {"row": row, "figures": {name(c): figure(c, v) for c, v in zip(t.columns, values) if v is not None}}
+                for row, values in t.rows
+            ],
+        }
+        for t in card.tables
+    ]
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -143,18 +177,28 @@ def run_info(args: argparse.Namespace) -> int:
     elif not recipe and meta["provenance"]:
         print(f"provenance     {json.dumps(meta['provenance'])}")  # e.g. what 'weights convert --provenance' was given
     if card is None:
-        print("figures        none: no model card names this file's sha256; measure it with 'cloudmask evaluate "
-              "--weights FILE ...' on data of its level")
+        print(
+            "figures        none: no model card names this file's sha256; measure it with 'cloudmask evaluate "
+            "--weights FILE ...' on data of its level"
+        )
         return 0
-    print(f"figures        from its model card, {card_path()}: IoU (%) per class against the teachers' labels, "
-          f"agreement (%) with each teacher; each table is what its command prints")
+    print(
+        f"figures        from its model card, {card_path()}: IoU (%) per class against the teachers' labels, "
+        f"agreement (%) with each teacher; each table is what its command prints"
+    )
     for table in card.tables:
         print(f"  {table.title}")
         print(f"    $ {table.command}")
         for row, values in table.rows:
-            cells = "  ".join(f"{name(c)} {v:,.0f}" if name(c) == "pixels" else f"{c} {v:.2f}"
-                              if name(c) != "agreement" else f"agreement {v:.2f} %"
-                              for c, v in zip(table.columns, values) if v is not None)
+            cells = "  ".join(
+                f"{name(c)} {v:,.0f}"
+                if name(c) == "pixels"
+                else f"{c} {v:.2f}"
+                if name(c) != "agreement"
+                else f"agreement {v:.2f} %"
+                for c, v in zip(table.columns, values)
+                if v is not None
+            )
             print(f"    {row:<16}{cells}")
     return 0
 
@@ -181,10 +225,16 @@ def run_convert(args: argparse.Namespace) -> int:
             ckpt = ckpt[key]
     state = {k.removeprefix("module."): v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
     meta = WeightsMeta(
-        model=args.model, bands=bands, classes=CLASS_NAMES, class_codes=CLASS_CODES,
+        model=args.model,
+        bands=bands,
+        classes=CLASS_NAMES,
+        class_codes=CLASS_CODES,
         model_kwargs={"cam_bypass": True} if args.cam_bypass else {},
-        sensor=sensor.name, level=sensor.level, normalisation={"kind": "scale", "divisor": args.divisor},
-        tile_size=args.tile_size, provenance=provenance,
+        sensor=sensor.name,
+        level=sensor.level,
+        normalisation={"kind": "scale", "divisor": args.divisor},
+        tile_size=args.tile_size,
+        provenance=provenance,
     )
     sha = save_weights(args.output, state, meta, dtype=torch.float16 if args.fp16 else None)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.errors import ConfigError, InputError
 
@@ -21,8 +21,17 @@ BASELINE_0400 = _dt.datetime(2022, 1, 25)
 
 # -- mask: a cube users already have ------------------------------------------------------------------------
 
-def mask(cube, weights=None, *, precision: str = "auto", chunk: int | None = None, offset="auto",
-         overlap: int | None = None, probabilities: bool = False):
+
+def mask(
+    cube,
+    weights=None,
+    *,
+    precision: str = "auto",
+    chunk: int | None = None,
+    offset="auto",
+    overlap: int | None = None,
+    probabilities: bool = False,
+):
     """Cloud masks of a cube you already have, lazy: computed on whatever Dask scheduler is active.
 
     ``cube``: an ``xarray.DataArray`` with dims ``(time, band, y, x)`` in any order (odc-stac's
@@ -97,13 +106,17 @@ def _as_cube(cube):
             raise InputError("the Dataset has no variables; expected one variable per band (odc-stac's load)")
         cube = cube.to_dataarray("band")
     if not isinstance(cube, xr.DataArray):
-        raise InputError(f"cube is a {type(cube).__name__}; expected an xarray DataArray (time, band, y, x) or "
-                         f"(band, y, x) (for a numpy array of one scene use pipeline.predict)")
+        raise InputError(
+            f"cube is a {type(cube).__name__}; expected an xarray DataArray (time, band, y, x) or "
+            f"(band, y, x) (for a numpy array of one scene use pipeline.predict)"
+        )
     if set(cube.dims) not in ({"band", "y", "x"}, set(CUBE_DIMS)) or len(cube.dims) not in (3, 4):
         raise InputError(f"cube dims are {cube.dims}; expected time, band, y, x (in any order) or band, y, x")
     if "band" not in cube.coords:
-        raise InputError(f"the cube's {cube.sizes['band']} bands have no names; label them, e.g. "
-                         f"cube.assign_coords(band=['B01', 'B02', ...])")
+        raise InputError(
+            f"the cube's {cube.sizes['band']} bands have no names; label them, e.g. "
+            f"cube.assign_coords(band=['B01', 'B02', ...])"
+        )
     kind = cube.dtype.kind
     if kind not in "uif" or cube.dtype == bool:
         raise InputError(f"cube dtype is {cube.dtype}; expected integer DN or float DN with NaN for nodata")
@@ -112,8 +125,8 @@ def _as_cube(cube):
 
 def _default_weights(bands) -> str:
     """The shipped starter for the bands a cube has: L1C when one of them is the cirrus band B10, else L2A."""
-    from pipeline.detect.weights import default_weights
     from pipeline.catalog.sensors import SENTINEL2_L1C
+    from pipeline.detect.weights import default_weights
 
     aliases = _aliases("sentinel-2")
     names = {_canonical(v, SENTINEL2_L1C.bands, aliases) for values in bands for v in values}
@@ -153,7 +166,8 @@ def _canonical(value, bands: tuple[str, ...], aliases: dict[str, str]) -> str | 
         return text
     normal = _normal(text)
     return next((b for b in bands if _normal(b) == normal), None) or (
-        aliases.get(text.lower()) if aliases.get(text.lower()) in bands else None)
+        aliases.get(text.lower()) if aliases.get(text.lower()) in bands else None
+    )
 
 
 def _pick_bands(cube, wanted: tuple[str, ...], sensor, weights: str):
@@ -169,14 +183,17 @@ def _pick_bands(cube, wanted: tuple[str, ...], sensor, weights: str):
         if band is None:
             continue
         if band in found:
-            raise InputError(f"cube bands {labels[found[band]]!r} and {label!r} both name {band}; keep one "
-                             f"(cube.sel(band=[...]))")
+            raise InputError(
+                f"cube bands {labels[found[band]]!r} and {label!r} both name {band}; keep one (cube.sel(band=[...]))"
+            )
         found[band] = i
     missing = [b for b in wanted if b not in found]
     if missing:
         example = ", ".join(f"{k} ({b})" for k, b in list(aliases.items())[:4])
-        raise InputError(f"the cube lacks bands {missing} of the {len(wanted)} that {Path(weights).name} reads "
-                         f"(named as B02/B2 or by asset key/common name, e.g. {example}); its bands: {labels}")
+        raise InputError(
+            f"the cube lacks bands {missing} of the {len(wanted)} that {Path(weights).name} reads "
+            f"(named as B02/B2 or by asset key/common name, e.g. {example}); its bands: {labels}"
+        )
     return cube.isel(band=[found[b] for b in wanted])
 
 
@@ -191,12 +208,15 @@ def _radiometry(cube, offset, sensor, bands: tuple[str, ...]) -> list:
 
     n = cube.sizes["time"]
     if offset != "auto" and (isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0):
-        raise ConfigError(f"offset={offset!r}; expected 'auto', 1000 (products of processing baseline 04.00 and "
-                          f"later) or 0")
+        raise ConfigError(
+            f"offset={offset!r}; expected 'auto', 1000 (products of processing baseline 04.00 and later) or 0"
+        )
     if sensor is not None and sensor.name != "sentinel-2":
         if offset != "auto":
-            raise ConfigError(f"offset={offset!r} is a Sentinel-2 rule; {sensor.title} DN are scaled by the "
-                              f"Collection 2 rule: leave offset='auto'")
+            raise ConfigError(
+                f"offset={offset!r} is a Sentinel-2 rule; {sensor.title} DN are scaled by the "
+                f"Collection 2 rule: leave offset='auto'"
+            )
         wavelengths = dict(zip(sensor.bands, sensor.wavelengths))
         return [decide_landsat(sensor.level, bands, wavelengths, {})] * n
     if offset != "auto":
@@ -214,10 +234,13 @@ def _radiometry(cube, offset, sensor, bands: tuple[str, ...]) -> list:
     times = np.atleast_1d(cube["time"].values) if "time" in cube.coords else ()
     late = [t for t, h in zip(times, out) if h.baseline is None and _after_0400(t)]
     if late:
-        warnings.warn(f"offset='auto': {len(late)} of the {n} scenes date from after processing baseline 04.00 "
-                      f"(January 2022) but the cube has no s2:processing_baseline coordinate for them: nothing "
-                      f"subtracted; pass offset=1000 if their DN carry the +1000 offset, offset=0 if not",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"offset='auto': {len(late)} of the {n} scenes date from after processing baseline 04.00 "
+            f"(January 2022) but the cube has no s2:processing_baseline coordinate for them: nothing "
+            f"subtracted; pass offset=1000 if their DN carry the +1000 offset, offset=0 if not",
+            UserWarning,
+            stacklevel=3,
+        )
     return out
 
 
@@ -278,6 +301,7 @@ def _crs(cube):
 
 # -- predict: one array in memory -----------------------------------------------------------------------
 
+
 def predict(array, weights=None, *, precision: str = "auto", overlap: int | None = None):
     """Classes of one scene in memory: ``array (band, y, x)`` DN in the weights' band order (numpy; integer, or
     float with NaN for nodata; 0 is nodata) -> ``(y, x) uint8`` numpy, 0 clear, 1 thick cloud, 2 thin cloud,
@@ -298,16 +322,17 @@ def predict(array, weights=None, *, precision: str = "auto", overlap: int | None
     import numpy as np
     import xarray as xr
 
+    from pipeline.catalog.sensors import SENTINEL2_L2A
     from pipeline.config import InferSpec
     from pipeline.detect.detectors import get_predictor
-    from pipeline.catalog.sensors import SENTINEL2_L2A
 
     spec = InferSpec(overlap=overlap, precision=precision)
     if isinstance(array, xr.DataArray):
         cube = _as_cube(array)
         if set(cube.dims) != {"band", "y", "x"}:
-            raise InputError(f"array dims are {cube.dims}; predict takes one scene (band, y, x): use mask for a "
-                             f"time series")
+            raise InputError(
+                f"array dims are {cube.dims}; predict takes one scene (band, y, x): use mask for a time series"
+            )
         cube = cube.transpose("band", "y", "x")
         weights, meta, sensor = _weights_for(weights, [cube.band.values])
         picked = _pick_bands(cube, meta.bands, sensor, weights)
@@ -332,11 +357,16 @@ def predict(array, weights=None, *, precision: str = "auto", overlap: int | None
 
 
 def _mask_attrs() -> dict:
-    from pipeline.detect.masks import FLAG_MEANINGS
     from pipeline.catalog.sensors import CLASS_CODES, MASK_NODATA
+    from pipeline.detect.masks import FLAG_MEANINGS
 
-    return {"flag_values": list(CLASS_CODES), "flag_meanings": FLAG_MEANINGS, "nodata": MASK_NODATA,
-            "_FillValue": MASK_NODATA, "long_name": "cloud mask"}
+    return {
+        "flag_values": list(CLASS_CODES),
+        "flag_meanings": FLAG_MEANINGS,
+        "nodata": MASK_NODATA,
+        "_FillValue": MASK_NODATA,
+        "long_name": "cloud mask",
+    }
 
 
 # -- run: the archive job ---------------------------------------------------------------------------------
@@ -346,8 +376,18 @@ _INFER_OPTIONS = ("overlap", "precision", "batch_size", "device", "threads")
 _JOB_OPTIONS = ("profile", "chunk", "in_flight", "probabilities", "verify", "max_grid", "allowed_hrefs")
 
 
-def run(stac_url: str, collection: str, out: str, *, bbox=None, datetime=None, weights=None, client=None,
-        log: Callable[[str], None] | None = None, **options):
+def run(
+    stac_url: str,
+    collection: str,
+    out: str,
+    *,
+    bbox=None,
+    datetime=None,
+    weights=None,
+    client=None,
+    log: Callable[[str], None] | None = None,
+    **options,
+):
     """What ``cloudmask run`` does, from Python: search ``collection`` at ``stac_url``, check, plan, and write every
     scene's masks and statistics into the Zarr store ``out`` (a folder or ``s3://bucket/prefix``; one group per
     pixel grid with ``mask (time, y, x) uint8``, 255 nodata: read it with ``open_masks``); a re-run skips the
@@ -380,14 +420,17 @@ def run(stac_url: str, collection: str, out: str, *, bbox=None, datetime=None, w
     known = (*_SEARCH_OPTIONS, *_INFER_OPTIONS, *_JOB_OPTIONS)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ConfigError(f"unknown options {unknown}; pipeline.run takes bbox, datetime, weights, client, log and "
-                          f"{', '.join(known)}")
+        raise ConfigError(
+            f"unknown options {unknown}; pipeline.run takes bbox, datetime, weights, client, log and {', '.join(known)}"
+        )
     if client is not None and not callable(getattr(client, "scheduler_info", None)):
-        raise ConfigError(f"client is a {type(client).__name__}; give a distributed.Client, or None for Dask's "
-                          f"local threads")
+        raise ConfigError(
+            f"client is a {type(client).__name__}; give a distributed.Client, or None for Dask's local threads"
+        )
     pick = lambda names: {k: options[k] for k in names if options.get(k) is not None}  # noqa: E731
-    search = SearchSpec(str(stac_url), str(collection), bbox=_bbox(bbox), datetime=_datetime(datetime),
-                        **pick(_SEARCH_OPTIONS))
+    search = SearchSpec(
+        str(stac_url), str(collection), bbox=_bbox(bbox), datetime=_datetime(datetime), **pick(_SEARCH_OPTIONS)
+    )
     job = pick(_JOB_OPTIONS)
     if "allowed_hrefs" in job:
         hrefs = job["allowed_hrefs"]
@@ -395,8 +438,13 @@ def run(stac_url: str, collection: str, out: str, *, bbox=None, datetime=None, w
     from pipeline.job.execute import JobSpec, run_job
     from pipeline.store.stats import to_frame
 
-    spec = JobSpec(search=search, out=store_path(out), weights=None if weights is None else str(weights),
-                   infer=InferSpec(**pick(_INFER_OPTIONS)), **job)
+    spec = JobSpec(
+        search=search,
+        out=store_path(out),
+        weights=None if weights is None else str(weights),
+        infer=InferSpec(**pick(_INFER_OPTIONS)),
+        **job,
+    )
     logger = logging.getLogger("pipeline")
     result = run_job(spec, client, log=log or logger.info)
     table = to_frame(result.stats)
@@ -415,17 +463,20 @@ def _bbox(bbox):
 
 def _datetime(value):
     """RFC 3339 text of a ``datetime`` argument (text, a date or datetime, or a ``(start, end)`` pair)."""
+
     def text(v):
         if v is None:
             return ".."
         if isinstance(v, _dt.datetime) and v.tzinfo is not None:
-            v = v.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+            v = v.astimezone(_dt.UTC).replace(tzinfo=None)
         if isinstance(v, (_dt.date, _dt.datetime)):
             return v.isoformat() + ("Z" if isinstance(v, _dt.datetime) else "")
         if isinstance(v, str):
             return v
-        raise ConfigError(f"datetime={value!r}; expected RFC 3339 text ('2024-06-01/2024-06-30'), a date or datetime, "
-                          f"or a (start, end) pair")
+        raise ConfigError(
+            f"datetime={value!r}; expected RFC 3339 text ('2024-06-01/2024-06-30'), a date or datetime, "
+            f"or a (start, end) pair"
+        )
 
     if value is None:
         return None
@@ -484,14 +535,18 @@ def open_masks(store):
         ds = tree[group].to_dataset(inherit=False)
         ids = [str(i) for i in ds["item_id"].values]
         for column in _TABLE_TEXT:
-            values = [_text(table.loc[i, column]) if table is not None and i in table.index and column in table
-                      else "" for i in ids]
+            values = [
+                _text(table.loc[i, column]) if table is not None and i in table.index and column in table else ""
+                for i in ids
+            ]
             ds[column] = ("time", np.asarray(values, dtype=object))
         tree[group] = xr.DataTree(ds)
     if table is not None:
         where = {i: g for g in groups for i in map(str, tree[g]["item_id"].values)}
-        root = xr.Dataset({c: ("scene", table[c].to_numpy()) for c in table.columns},
-                          coords={"item_id": ("scene", table.index.astype(str).to_numpy())})
+        root = xr.Dataset(
+            {c: ("scene", table[c].to_numpy()) for c in table.columns},
+            coords={"item_id": ("scene", table.index.astype(str).to_numpy())},
+        )
         root["group"] = ("scene", np.asarray([where.get(i, "") for i in root["item_id"].values], dtype=object))
         tree.dataset = root.assign_attrs(tree.attrs)
     return tree
@@ -516,8 +571,7 @@ def _store_table(reader):
     if frame is None:
         return None
     text = [c for c in frame.columns if c in _TABLE_TEXT or not pd.api.types.is_numeric_dtype(frame[c])]
-    return frame.assign(**{c: pd.Series([_text(v) for v in frame[c]], index=frame.index, dtype=object)
-                           for c in text})
+    return frame.assign(**{c: pd.Series([_text(v) for v in frame[c]], index=frame.index, dtype=object) for c in text})
 
 
 def _text(value) -> str:

@@ -40,8 +40,10 @@ class InferSpec:
         if self.tile is not None and self.tile < 16:
             raise ConfigError(f"tile={self.tile} is too small; use the weights' tile size (e.g. 512) or at least 16")
         if self.overlap is not None and (self.overlap < 0 or (self.tile is not None and 2 * self.overlap >= self.tile)):
-            raise ConfigError(f"overlap={self.overlap} must be >= 0 and less than half the tile"
-                              f"{f' ({self.tile} px)' if self.tile else ''}; pass e.g. --overlap 32")
+            raise ConfigError(
+                f"overlap={self.overlap} must be >= 0 and less than half the tile"
+                f"{f' ({self.tile} px)' if self.tile else ''}; pass e.g. --overlap 32"
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
         if self.threads is not None and self.threads < 1:
@@ -72,8 +74,9 @@ class SearchSpec:
         if self.bbox is not None:
             b = tuple(self.bbox)
             if len(b) != 4 or not (-180 <= b[0] < b[2] <= 180 and -90 <= b[1] < b[3] <= 90):
-                raise ConfigError(f"bbox {list(b)} must be min_lon,min_lat,max_lon,max_lat within -180..180, -90..90 "
-                                  f"with min < max")
+                raise ConfigError(
+                    f"bbox {list(b)} must be min_lon,min_lat,max_lon,max_lat within -180..180, -90..90 with min < max"
+                )
         if self.bbox is not None and self.intersects is not None:
             raise ConfigError("give either bbox or intersects, not both")
         if self.datetime is not None:
@@ -93,5 +96,7 @@ def _check_datetime(text: str) -> None:
         try:
             dt.datetime.fromisoformat(part.replace("Z", "+00:00"))
         except ValueError:
-            raise ConfigError(f"datetime {text!r}: {part!r} is not an RFC 3339 date or date-time "
-                              f"(e.g. 2023-01-01 or 2023-01-01T00:00:00Z/2023-06-30)") from None
+            raise ConfigError(
+                f"datetime {text!r}: {part!r} is not an RFC 3339 date or date-time "
+                f"(e.g. 2023-01-01 or 2023-01-01T00:00:00Z/2023-06-30)"
+            ) from None

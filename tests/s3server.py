@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 
-DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied: '
-          b'requester pays bucket, x-amz-request-payer missing</Message></Error>')
+DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied: '
+    b"requester pays bucket, x-amz-request-payer missing</Message></Error>"
+)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -28,8 +30,11 @@ class RequesterPays:
 
     def __call__(self, environ, start_response):
         bucket = environ.get("PATH_INFO", "/").lstrip("/").split("/", 1)[0]
-        if (environ.get("REQUEST_METHOD") in ("GET", "HEAD") and bucket in self.buckets
-                and environ.get("HTTP_X_AMZ_REQUEST_PAYER", "").lower() != "requester"):
+        if (
+            environ.get("REQUEST_METHOD") in ("GET", "HEAD")
+            and bucket in self.buckets
+            and environ.get("HTTP_X_AMZ_REQUEST_PAYER", "").lower() != "requester"
+        ):
             start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(DENIED)))])
             return [DENIED]
         return self.app(environ, start_response)
@@ -57,8 +62,12 @@ def s3_server(requester_pays: tuple[str, ...] = ()):
     import boto3
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, str(port), *requester_pays], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, **CREDENTIALS))
+    proc = subprocess.Popen(
+        [sys.executable, __file__, str(port), *requester_pays],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, **CREDENTIALS),
+    )
     endpoint = f"127.0.0.1:{port}"
     try:
         for _ in range(200):  # the port opens once the server listens
@@ -68,8 +77,13 @@ def s3_server(requester_pays: tuple[str, ...] = ()):
             if proc.poll() is not None:
                 raise RuntimeError(f"the S3 server exited with status {proc.returncode}")
             time.sleep(0.05)
-        client = boto3.client("s3", endpoint_url=f"http://{endpoint}", aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://{endpoint}",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
         yield endpoint, client
     finally:
         proc.terminate()

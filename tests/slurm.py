@@ -56,8 +56,11 @@ def _free_port() -> int:
 
 def missing() -> str | None:
     """What is missing to run SLURM here (None when nothing is)."""
-    tools = [t for t in ("slurmctld", "slurmd", "sbatch", "munged", "runuser") if not shutil.which(t)
-             and not Path("/usr/sbin", t).exists()]
+    tools = [
+        t
+        for t in ("slurmctld", "slurmd", "sbatch", "munged", "runuser")
+        if not shutil.which(t) and not Path("/usr/sbin", t).exists()
+    ]
     if tools:
         return f"{', '.join(tools)} not installed (make install-slurm: Debian's slurm-wlm and munge)"
     if os.geteuid() != 0:
@@ -68,8 +71,10 @@ def missing() -> str | None:
 def _munge_answers() -> bool:
     try:
         cred = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
-        return cred.returncode == 0 and subprocess.run(["unmunge"], input=cred.stdout, capture_output=True,
-                                                       timeout=10).returncode == 0
+        return (
+            cred.returncode == 0
+            and subprocess.run(["unmunge"], input=cred.stdout, capture_output=True, timeout=10).returncode == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -82,8 +87,11 @@ def _munged():
     run_dir = Path("/run/munge")
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.chown(run_dir, "munge", "munge")
-    proc = subprocess.Popen(["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--foreground"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--foreground"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         for _ in range(100):
             if _munge_answers():
@@ -111,27 +119,44 @@ def slurm_cluster(folder: Path, cpus: int = 2, memory_mb: int = 16000):
     for d in ("state", "spool"):
         (folder / d).mkdir(exist_ok=True)
     conf = folder / "slurm.conf"
-    conf.write_text(CONF.format(root=folder, ctld_port=_free_port(), d_port=_free_port(), cpus=cpus,
-                                memory_mb=memory_mb))
+    conf.write_text(
+        CONF.format(root=folder, ctld_port=_free_port(), d_port=_free_port(), cpus=cpus, memory_mb=memory_mb)
+    )
     env = dict(os.environ, SLURM_CONF=str(conf))
     with _munged():
-        daemons = [subprocess.Popen(["/usr/sbin/slurmctld", "-D", "-i", "-f", str(conf)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+        daemons = [
+            subprocess.Popen(
+                ["/usr/sbin/slurmctld", "-D", "-i", "-f", str(conf)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        ]
         try:
-            daemons.append(subprocess.Popen(["/usr/sbin/slurmd", "-D", "-f", str(conf), "-N", "localhost"], env=env,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True))
+            daemons.append(
+                subprocess.Popen(
+                    ["/usr/sbin/slurmd", "-D", "-f", str(conf), "-N", "localhost"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
             deadline = time.monotonic() + 60
             state = ""
             while time.monotonic() < deadline:
-                state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=env,
-                                       timeout=30).stdout.strip()
+                state = subprocess.run(
+                    ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=env, timeout=30
+                ).stdout.strip()
                 if state == "idle":
                     break
                 for d in daemons:
                     if d.poll() is not None:
-                        raise RuntimeError(f"{d.args[0]} exited ({d.returncode}): "
-                                           f"{_tail(folder / 'slurmctld.log')} {_tail(folder / 'slurmd.log')}")
+                        raise RuntimeError(
+                            f"{d.args[0]} exited ({d.returncode}): "
+                            f"{_tail(folder / 'slurmctld.log')} {_tail(folder / 'slurmd.log')}"
+                        )
                 time.sleep(0.2)
             else:
                 raise RuntimeError(f"the SLURM node is {state!r}, not idle, after 60 s: {_tail(folder / 'slurmd.log')}")

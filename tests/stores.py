@@ -14,7 +14,7 @@ def store_contents(url) -> dict:
     groups = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
     for group in [g for g in groups if g.startswith("epsg")]:
         for f in sorted(fs.find(f"{root}/{group}/mask")):
-            out[f[len(root):].lstrip("/")] = fs.cat_file(f)
+            out[f[len(root) :].lstrip("/")] = fs.cat_file(f)
         ds = xr.open_zarr(str(url), group=group, consolidated=False)
         for name in ("item_id", "status", "valid_pixels", "cloud_cover", "pct_clear", "offset_applied"):
             out[f"{group}/{name}"] = repr(ds[name].values.tolist())  # repr: NaN equals NaN

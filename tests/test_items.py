@@ -8,17 +8,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pystac
 import pytest
+from providers import real_item
 
+import pipeline.read.cube  # noqa: F401 (the module imports cleanly without a cluster)
 from pipeline.catalog.access import access_for, needs_signing, redact, sign
 from pipeline.catalog.assets import band_assets, sensor_of
-import pipeline.read.cube  # noqa: F401 (the module imports cleanly without a cluster)
+from pipeline.catalog.sensors import LANDSAT_C2_L1, LANDSAT_C2_L2, SENTINEL2_L1C, SENTINEL2_L2A
+from pipeline.catalog.stac import dedupe
 from pipeline.detect.detectors import detector_weights
 from pipeline.errors import InputError
 from pipeline.job.plans import PreflightError, check_items, plan_scene, scene_grid
 from pipeline.read.radiometry import band_scale, decide, decide_landsat
-from pipeline.catalog.sensors import LANDSAT_C2_L1, LANDSAT_C2_L2, SENTINEL2_L1C, SENTINEL2_L2A
-from pipeline.catalog.stac import dedupe
-from providers import real_item
 
 ES_L1C = "earth-search/sentinel-2-l1c/S2B_24MVV_20250731_0_L1C.json"
 ES_L2A = "earth-search/sentinel-2-l2a/S2B_24MVV_20250731_0_L2A.json"
@@ -28,8 +28,21 @@ PC_L2A_OLD = "planetary-computer/sentinel-2-l2a/S2A_MSIL2A_20190101T000001_R116_
 PC_L9 = "planetary-computer/landsat-c2-l2/LC09_L2SP_090091_20250310_02_T1.json"
 ALL = (ES_L1C, ES_L2A, ES_L8, PC_L2A_NEW, PC_L2A_OLD, PC_L9)
 
-S2_COMMON = dict(B01="coastal", B02="blue", B03="green", B04="red", B05="rededge1", B06="rededge2", B07="rededge3",
-                 B08="nir", B8A="nir08", B09="nir09", B10="cirrus", B11="swir16", B12="swir22")
+S2_COMMON = dict(
+    B01="coastal",
+    B02="blue",
+    B03="green",
+    B04="red",
+    B05="rededge1",
+    B06="rededge2",
+    B07="rededge3",
+    B08="nir",
+    B8A="nir08",
+    B09="nir09",
+    B10="cirrus",
+    B11="swir16",
+    B12="swir22",
+)
 L_COMMON = dict(B1="coastal", B2="blue", B3="green", B4="red", B5="nir08", B6="swir16", B7="swir22", B10="lwir11")
 
 
@@ -40,16 +53,19 @@ def item(relpath, edit=None):
     return pystac.Item.from_dict(d)
 
 
-@pytest.mark.parametrize("relpath, sensor, expected", [
-    (ES_L1C, SENTINEL2_L1C, S2_COMMON),
-    # the COG, not its `-jp2` twin; no B10 in L2A
-    (ES_L2A, SENTINEL2_L2A, {b: k for b, k in S2_COMMON.items() if b != "B10"}),
-    (ES_L8, LANDSAT_C2_L2, L_COMMON),
-    # B8A is labelled `rededge` by Planetary Computer: its name decides
-    (PC_L2A_NEW, SENTINEL2_L2A, {b: b for b in SENTINEL2_L2A.bands}),
-    (PC_L2A_OLD, SENTINEL2_L2A, {b: b for b in SENTINEL2_L2A.bands}),
-    (PC_L9, LANDSAT_C2_L2, L_COMMON),
-])
+@pytest.mark.parametrize(
+    "relpath, sensor, expected",
+    [
+        (ES_L1C, SENTINEL2_L1C, S2_COMMON),
+        # the COG, not its `-jp2` twin; no B10 in L2A
+        (ES_L2A, SENTINEL2_L2A, {b: k for b, k in S2_COMMON.items() if b != "B10"}),
+        (ES_L8, LANDSAT_C2_L2, L_COMMON),
+        # B8A is labelled `rededge` by Planetary Computer: its name decides
+        (PC_L2A_NEW, SENTINEL2_L2A, {b: b for b in SENTINEL2_L2A.bands}),
+        (PC_L2A_OLD, SENTINEL2_L2A, {b: b for b in SENTINEL2_L2A.bands}),
+        (PC_L9, LANDSAT_C2_L2, L_COMMON),
+    ],
+)
 def test_sensor_level_and_every_band_come_from_the_items_own_metadata(relpath, sensor, expected):
     it = item(relpath)
     assert sensor_of(it) == sensor
@@ -58,22 +74,26 @@ def test_sensor_level_and_every_band_come_from_the_items_own_metadata(relpath, s
 
 def test_names_that_are_not_band_ids_fall_back_to_the_centre_wavelength():
     """Some Earth Search items name bands `blue`…; a wavelength nowhere near a band is not guessed."""
+
     def common_names(d):
         for a in d["assets"].values():
             for b in a.get("eo:bands", []):
                 b["name"] = b.get("common_name")
+
     it = item(ES_L1C, common_names)
     assert band_assets(it, SENTINEL2_L1C, SENTINEL2_L1C.bands) == S2_COMMON
 
     def off(d):
         common_names(d)
         d["assets"]["nir08"]["eo:bands"][0]["center_wavelength"] = 0.90  # between B8A (0.865) and B09 (0.945)
+
     with pytest.raises(InputError, match=r"no asset holds bands \['B8A'\] of Sentinel-2 L1C"):
         band_assets(item(ES_L1C, off), SENTINEL2_L1C, SENTINEL2_L1C.bands)
 
 
 def test_several_assets_per_band_give_the_native_resolution_and_cogs_before_jpeg2000():
     """CDSE publishes B02_10m, B02_20m, B02_60m (several resolutions of one band): the native one is read."""
+
     def cdse(d):
         assets = {}
         for key, a in d["assets"].items():
@@ -85,25 +105,32 @@ def test_several_assets_per_band_give_the_native_resolution_and_cogs_before_jpeg
                     continue
                 b = copy.deepcopy(a)
                 t = b["proj:transform"]
-                b.update(gsd=res, href=a["href"].replace(".tif", f"_{int(res)}m.jp2"), type="image/jp2",
-                         **{"proj:transform": [res, 0, t[2], 0, -res, t[5]],
-                            "proj:shape": [int(109800 // res)] * 2})
+                b.update(
+                    gsd=res,
+                    href=a["href"].replace(".tif", f"_{int(res)}m.jp2"),
+                    type="image/jp2",
+                    **{"proj:transform": [res, 0, t[2], 0, -res, t[5]], "proj:shape": [int(109800 // res)] * 2},
+                )
                 assets[f"{key}_{int(res)}m"] = b
         d["assets"] = dict(reversed(list(assets.items())))  # coarsest first: order must not matter
+
     it = item(PC_L2A_NEW, cdse)
     chosen = band_assets(it, SENTINEL2_L2A, SENTINEL2_L2A.bands)
     assert chosen["B02"] == "B02_10m" and chosen["B05"] == "B05_20m" and chosen["B09"] == "B09_60m"
     assert tuple(scene_grid(it, chosen)[1].shape) == (10980, 10980)
+
     # whatever the keys: a plain `B02` that is the 60 m copy loses to `B02_10m`
     def plain(d):
         cdse(d)
         d["assets"]["B02"] = d["assets"].pop("B02_60m")
+
     assert band_assets(item(PC_L2A_NEW, plain), SENTINEL2_L2A, ("B02",)) == {"B02": "B02_10m"}
     # Earth Search L2A: `blue` (COG) and `blue-jp2` at the same 10 m: the COG, also when its key sorts last
     assert band_assets(item(ES_L2A), SENTINEL2_L2A, ("B02",)) == {"B02": "blue"}
 
     def renamed(d):
         d["assets"]["zz-blue"] = d["assets"].pop("blue")
+
     assert band_assets(item(ES_L2A, renamed), SENTINEL2_L2A, ("B02",)) == {"B02": "zz-blue"}
 
 
@@ -113,13 +140,18 @@ def test_grids_come_from_the_finest_band_and_landsat_from_its_own():
     assert (key, str(g.crs), tuple(g.shape), g.affine.a) == ("blue", "EPSG:32724", (10980, 10980), 10.0)
     ls = item(ES_L8)  # Landsat assets carry no proj fields: the item's 30 m grid
     _, g = scene_grid(ls, band_assets(ls, LANDSAT_C2_L2, LANDSAT_C2_L2.bands))
-    assert (str(g.crs), tuple(g.shape), tuple(g.affine)[:6]) == ("EPSG:32613", (7831, 7711), (30, 0, 449085, 0, -30, 4581915))
+    assert (str(g.crs), tuple(g.shape), tuple(g.affine)[:6]) == (
+        "EPSG:32613",
+        (7831, 7711),
+        (30, 0, 449085, 0, -30, 4581915),
+    )
 
 
 def test_a_null_proj_code_fails_that_item_with_its_reason(test_weights_file):
     def null(d):
         d["properties"]["proj:epsg"] = None
         d["properties"]["proj:code"] = None
+
     weights = detector_weights(test_weights_file)
     with pytest.raises(InputError, match=r"S2B_24MVV_20250731_0_L1C: asset 'blue' has no usable CRS \(proj:code=None"):
         plan_scene(item(ES_L1C, null), weights)
@@ -129,11 +161,13 @@ def test_a_null_proj_code_fails_that_item_with_its_reason(test_weights_file):
 def test_landsat_mss_and_unknown_sensors_fail_alone_naming_why():
     def mss(d):
         d["properties"].update(platform="landsat-5", instruments=["mss"])
+
     with pytest.raises(InputError, match="landsat-5 with instruments \\['mss'\\]"):
         sensor_of(item(ES_L8, mss))
 
     def unknown(d):
         d["properties"].update(platform="sentinel-1a", instruments=["c-sar"])
+
     with pytest.raises(InputError, match="platform sentinel-1a"):
         sensor_of(item(ES_L8, unknown))
 
@@ -142,10 +176,13 @@ def test_weights_declare_their_sensor_and_level_and_other_items_are_refused_up_f
     l1c = detector_weights(test_weights_file)
     assert (l1c.meta.sensor, l1c.meta.level) == ("sentinel-2", "L1C")
     for relpath in (ES_L2A, PC_L2A_NEW):
-        with pytest.raises(PreflightError, match=r"trained on Sentinel-2 L1C, not Sentinel-2 L2A; "
-                                                 r"use the shipped L2A starter \(no --weights\), or "
-                                                 r"weights trained on sentinel-2-l2a \(--weights\), or "
-                                                 r"--model ukis-csmask, or a sentinel-2-l1c collection"):
+        with pytest.raises(
+            PreflightError,
+            match=r"trained on Sentinel-2 L1C, not Sentinel-2 L2A; "
+            r"use the shipped L2A starter \(no --weights\), or "
+            r"weights trained on sentinel-2-l2a \(--weights\), or "
+            r"--model ukis-csmask, or a sentinel-2-l1c collection",
+        ):
             check_items([item(relpath)], l1c, "test")
     with pytest.raises(PreflightError, match="trained on Sentinel-2 L1C.*not Landsat"):
         check_items([item(ES_L8)], l1c, "test")
@@ -160,18 +197,24 @@ def test_weights_declare_their_sensor_and_level_and_other_items_are_refused_up_f
 
 
 def test_ukis_runs_each_sensor_on_its_six_bands():
-    for relpath, bands in ((ES_L2A, ("B02", "B03", "B04", "B08", "B11", "B12")), (PC_L9, ("B2", "B3", "B4", "B5", "B6", "B7"))):
+    for relpath, bands in (
+        (ES_L2A, ("B02", "B03", "B04", "B08", "B11", "B12")),
+        (PC_L9, ("B2", "B3", "B4", "B5", "B6", "B7")),
+    ):
         plan = plan_scene(item(relpath), detector_weights("ukis-csmask"))
         assert plan.bands == bands
         assert detector_weights(plan.model).meta.bands == bands
 
 
-@pytest.mark.parametrize("relpath, offset, why", [
-    (ES_L1C, 1000, "baseline 05.11"),
-    (ES_L2A, 0, "already removed by the provider (earthsearch:boa_offset_applied)"),
-    (PC_L2A_NEW, 1000, "baseline 05.11"),
-    (PC_L2A_OLD, 0, "baseline 02.12"),
-])
+@pytest.mark.parametrize(
+    "relpath, offset, why",
+    [
+        (ES_L1C, 1000, "baseline 05.11"),
+        (ES_L2A, 0, "already removed by the provider (earthsearch:boa_offset_applied)"),
+        (PC_L2A_NEW, 1000, "baseline 05.11"),
+        (PC_L2A_OLD, 0, "baseline 02.12"),
+    ],
+)
 def test_sentinel2_offset_is_what_each_product_carries(relpath, offset, why):
     it = item(relpath)
     h = decide(dict(it.properties, id=it.id))
@@ -183,7 +226,9 @@ def test_landsat_gets_its_own_scale_never_the_sentinel2_rule():
         it = item(relpath)
         keys = band_assets(it, LANDSAT_C2_L2, LANDSAT_C2_L2.bands)
         declared = {b: band_scale(it.assets[k].extra_fields) for b, k in keys.items()}
-        h = decide_landsat("L2", LANDSAT_C2_L2.bands, dict(zip(LANDSAT_C2_L2.bands, LANDSAT_C2_L2.wavelengths)), declared)
+        h = decide_landsat(
+            "L2", LANDSAT_C2_L2.bands, dict(zip(LANDSAT_C2_L2.bands, LANDSAT_C2_L2.wavelengths)), declared
+        )
         assert h.offset == 0 and "Collection 2 values" not in h.reason
         assert h.scale[1] == pytest.approx((0.275, -2000.0))  # B2: DN x 2.75e-05 - 0.2, x 10000
         assert h.scale[-1] == (1.0, 0.0)  # B10, thermal: kept as it is
@@ -200,13 +245,15 @@ def test_dedupe_keeps_datastrips_and_collapses_only_reprocessings():
     other_strip = copy.deepcopy(base)  # the same tile and datatake, another datastrip: other data
     other_strip["id"] = base["id"].replace("041213", "041214")
     other_strip["properties"]["s2:datastrip_id"] = base["properties"]["s2:datastrip_id"].replace(
-        "_S20250312T014547_", "_S20250312T014901_")
+        "_S20250312T014547_", "_S20250312T014901_"
+    )
     other_strip["geometry"]["coordinates"][0][0][0] += 0.3
     reprocessed = copy.deepcopy(base)  # the same datastrip, processed again with a newer baseline
     reprocessed["id"] = base["id"].replace("041213", "101010")
     reprocessed["properties"]["s2:processing_baseline"] = "05.12"
-    reprocessed["properties"]["s2:datastrip_id"] = base["properties"]["s2:datastrip_id"].replace(
-        "20250312T041213", "20250401T101010").replace("N05.11", "N05.12")
+    reprocessed["properties"]["s2:datastrip_id"] = (
+        base["properties"]["s2:datastrip_id"].replace("20250312T041213", "20250401T101010").replace("N05.11", "N05.12")
+    )
     items = [pystac.Item.from_dict(d) for d in (base, other_strip, reprocessed)]
     kept = sorted(i.id for i in dedupe(items))
     assert kept == sorted([other_strip["id"], reprocessed["id"]])
@@ -221,12 +268,16 @@ def test_access_follows_the_items_and_the_environment():
     a = access_for([es], environ={})
     assert not a.requester_pays and "AWS_REQUEST_PAYER" not in dict(a.gdal)
     assert access_for([ls], environ={}).requester_pays  # storage:requester_pays on its assets
-    a = access_for([es], environ={"AWS_REQUEST_PAYER": "requester", "AWS_S3_ENDPOINT": "127.0.0.1:9", "AWS_SECRET_ACCESS_KEY": "s"})
+    a = access_for(
+        [es], environ={"AWS_REQUEST_PAYER": "requester", "AWS_S3_ENDPOINT": "127.0.0.1:9", "AWS_SECRET_ACCESS_KEY": "s"}
+    )
     assert a.requester_pays and a.aws()["endpoint_url"] == "127.0.0.1:9"
     assert "s" not in dict(a.gdal).values() and "AWS_SECRET_ACCESS_KEY" not in dict(a.gdal)  # no secrets
     assert needs_signing(pc, ["B02"]) and not needs_signing(es, ["blue"])
-    assert redact("failed https://x.blob.core.windows.net/c/B02.tif?st=2025&sig=SECRET: 403") == \
-        "failed https://x.blob.core.windows.net/c/B02.tif?…: 403"
+    assert (
+        redact("failed https://x.blob.core.windows.net/c/B02.tif?st=2025&sig=SECRET: 403")
+        == "failed https://x.blob.core.windows.net/c/B02.tif?…: 403"
+    )
 
 
 class _Tokens(BaseHTTPRequestHandler):
@@ -271,6 +322,7 @@ def test_planetary_computer_items_are_signed_by_the_sdk_against_its_token_endpoi
 def test_level_comes_from_the_product_type_else_the_collection_and_missing_bands_are_named():
     def l1(d):
         d["properties"]["landsat:correction"] = "L1TP"
+
     it = item(ES_L8, l1)
     assert sensor_of(it) == LANDSAT_C2_L1
     with pytest.raises(InputError, match=r"no asset holds bands \['B8', 'B9', 'B11'\] of Landsat 8/9 C2 L1"):
@@ -279,12 +331,17 @@ def test_level_comes_from_the_product_type_else_the_collection_and_missing_bands
     def anonymous(d):
         d["properties"].pop("s2:product_type")
         d["collection"] = "my-sentinel-2"
-    with pytest.raises(InputError, match=r"Sentinel-2, but neither s2:product_type/product:type \(absent\) nor the "
-                                         r"collection \(my-sentinel-2\) gives the level \(L2A or L1C\)"):
+
+    with pytest.raises(
+        InputError,
+        match=r"Sentinel-2, but neither s2:product_type/product:type \(absent\) nor the "
+        r"collection \(my-sentinel-2\) gives the level \(L2A or L1C\)",
+    ):
         sensor_of(item(ES_L2A, anonymous))
 
     def by_collection(d):
         d["properties"].pop("s2:product_type")
+
     assert sensor_of(item(ES_L2A, by_collection)) == SENTINEL2_L2A
 
 
@@ -293,8 +350,8 @@ def test_a_job_without_weights_gets_the_starter_of_its_items_level(monkeypatch, 
     B10), which can run them; L1C items the L1C starter. Before the search the collection or profile decides;
     --weights and $CLOUDMASK_WEIGHTS always win."""
     from pipeline.config import SearchSpec
-    from pipeline.job.execute import JobSpec, job_weights
     from pipeline.detect.weights import STARTERS
+    from pipeline.job.execute import JobSpec, job_weights
 
     monkeypatch.delenv("CLOUDMASK_WEIGHTS", raising=False)
 
@@ -321,6 +378,7 @@ def test_weights_declared_for_another_level_run_its_items(tmp_path, test_weights
     from dataclasses import replace
 
     from factories import derived_weights
+
     from pipeline.detect.weights import load_weights, save_weights
 
     l2a = tmp_path / "l2a.safetensors"

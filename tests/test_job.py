@@ -1,6 +1,7 @@
 """The masking job end to end: real pgstac API -> COG archive of real scenes -> Dask workers -> Zarr store."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -31,7 +32,7 @@ def test_job_writes_the_store_and_survives_a_bad_scene(api, first_run, test_weig
     assert [g.split("_")[0] for g in groups] == ["epsg32631", "epsg32633"]
     code = textwrap.dedent(f"""
         import json, xarray as xr, rioxarray, numpy as np
-        ds = xr.open_zarr({str(out)!r}, group={[g for g in groups if g.startswith('epsg32633')][0]!r})
+        ds = xr.open_zarr({str(out)!r}, group={[g for g in groups if g.startswith("epsg32633")][0]!r})
         print(json.dumps(dict(crs=str(ds.rio.crs), shape=list(ds.mask.shape), dtype=str(ds.mask.dtype),
             ids=[str(i) for i in ds.item_id.values], status=ds.status.values.tolist(),
             classes=np.unique(ds.mask.isel(time=0).values).tolist(), failed_max=int(ds.mask.isel(time=2).max()),
@@ -68,17 +69,21 @@ def test_cli_run_with_a_job_file_then_stats(api, tmp_path, test_weights_file):
 
     cloudmask = str(Path(sys.executable).with_name("cloudmask"))
     job = tmp_path / "job.yaml"
-    job.write_text(textwrap.dedent(f"""
+    job.write_text(
+        textwrap.dedent(f"""
         stac_url: {api}
         collection: sentinel-2-l1c
         bbox: [-180, -90, 180, 90]
-        out: {tmp_path / 'cli.zarr'}
+        out: {tmp_path / "cli.zarr"}
         weights: {test_weights_file}
         overlap: 16
         chunk: 96
         workers: 2
-    """))
-    proc = subprocess.run([cloudmask, "run", "--config", str(job), "--strict"], capture_output=True, text=True, timeout=600)
+    """)
+    )
+    proc = subprocess.run(
+        [cloudmask, "run", "--config", str(job), "--strict"], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 1, proc.stderr  # --strict and one broken scene
     out = proc.stdout
     assert "Dask dashboard: http://127.0.0.1:" in out and "[4/4]" in out
@@ -88,14 +93,33 @@ def test_cli_run_with_a_job_file_then_stats(api, tmp_path, test_weights_file):
     again = subprocess.run([cloudmask, "run", "--config", str(job)], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "skipping 3 scenes" in again.stdout  # one failed scene of four: not fatal
     # a search that finds only the broken scene: every scene failed, so the job fails, saying why in one line
-    alone = subprocess.run([cloudmask, "run", "--config", str(job), "--out", str(tmp_path / "alone.zarr"),
-                            "--datetime", "2017-03-01T00:00:00Z/2017-03-31T00:00:00Z"], capture_output=True, text=True,
-                           timeout=600)
+    alone = subprocess.run(
+        [
+            cloudmask,
+            "run",
+            "--config",
+            str(job),
+            "--out",
+            str(tmp_path / "alone.zarr"),
+            "--datetime",
+            "2017-03-01T00:00:00Z/2017-03-31T00:00:00Z",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert alone.returncode == 1, alone.stdout[-2000:]
-    assert alone.stderr.strip().splitlines()[-1].startswith(
-        "cloudmask run: every scene failed (1); the first: S2A_MSIL1C_20170308_T33UUU: ")
-    stats = subprocess.run([cloudmask, "stats", str(tmp_path / "cli.zarr"), "--parquet", str(tmp_path / "s.parquet")],
-                           capture_output=True, text=True, timeout=120)
+    assert (
+        alone.stderr.strip()
+        .splitlines()[-1]
+        .startswith("cloudmask run: every scene failed (1); the first: S2A_MSIL1C_20170308_T33UUU: ")
+    )
+    stats = subprocess.run(
+        [cloudmask, "stats", str(tmp_path / "cli.zarr"), "--parquet", str(tmp_path / "s.parquet")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert stats.returncode == 0, stats.stderr
     table = pd.read_parquet(tmp_path / "s.parquet")
     assert len(table) == 4 and (table["status"] == "ok").sum() == 3
@@ -112,9 +136,26 @@ def test_masks_do_not_depend_on_the_chunking_and_probabilities_agree(api, first_
 
     out, _, _ = first_run
     other = tmp_path / "other.zarr"
-    cmd = [str(Path(sys.executable).with_name("cloudmask")), "run", "--stac-url", api, "--collection", "sentinel-2-l1c",
-           "--bbox=-180,-90,180,90", "--out", str(other), "--weights", str(test_weights_file), "--overlap", "16",
-           "--chunk", "149", "--probabilities", "--workers", "1"]
+    cmd = [
+        str(Path(sys.executable).with_name("cloudmask")),
+        "run",
+        "--stac-url",
+        api,
+        "--collection",
+        "sentinel-2-l1c",
+        "--bbox=-180,-90,180,90",
+        "--out",
+        str(other),
+        "--weights",
+        str(test_weights_file),
+        "--overlap",
+        "16",
+        "--chunk",
+        "149",
+        "--probabilities",
+        "--workers",
+        "1",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     for group in sorted(p.name for p in out.iterdir() if p.name.startswith("epsg")):
@@ -126,8 +167,9 @@ def test_masks_do_not_depend_on_the_chunking_and_probabilities_agree(api, first_
         for y in range(0, a.sizes["y"], cy):  # chunk for chunk of the first store
             for x in range(0, a.sizes["x"], cx):
                 window = dict(y=slice(y, y + cy), x=slice(x, x + cx))
-                np.testing.assert_array_equal(a.mask.isel(window).values, b.mask.isel(window).values,
-                                              err_msg=f"{group} chunk at y={y}, x={x}")
+                np.testing.assert_array_equal(
+                    a.mask.isel(window).values, b.mask.isel(window).values, err_msg=f"{group} chunk at y={y}, x={x}"
+                )
         assert "probability" not in a and b.probability.dtype == np.uint8
         p = b.probability.values.astype(np.int64)  # (time, class, y, x), p x 250, 255 = nodata
         valid = b.mask.values != 255
@@ -151,8 +193,9 @@ def test_readme_analysis(first_run, archive, tmp_path):
     code = re.search(r"<!-- analysis -->\n```python\n(.*?)```", readme, re.S).group(1)
     (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": archive}))
     group = next(p.name for p in out.iterdir() if p.name.startswith("epsg32633"))
-    code = (code.replace('"demo-out/masks.zarr"', repr(str(out)))
-            .replace('"demo-out/archive/items.json"', repr(str(tmp_path / "items.json"))))
+    code = code.replace('"demo-out/masks.zarr"', repr(str(out))).replace(
+        '"demo-out/archive/items.json"', repr(str(tmp_path / "items.json"))
+    )
     code = re.sub(r'group = "[^"]+"', f"group = {group!r}", code)
     code += "\nimport numpy as np\nnp.save('freq.npy', clear_sky_frequency.values)\nnp.save('comp.npy', composite.B04.values)\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -184,6 +227,39 @@ def test_readme_analysis(first_run, archive, tmp_path):
     assert 0.01 < np.isfinite(comp).mean() < 1.0 and np.nanmin(comp) > 0
 
 
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+
+
+def test_every_python_block_of_readme_and_docs_runs(first_run, archive, tmp_path):
+    """Every Python block of README.md and docs/ runs as written, on a job's store in place of the demo's output
+    (the test archive's readable scenes in place of demo-out/archive). docs/training-log.md is left out: it is the
+    record of past training runs, whose blocks read those runs' folders, which are not shipped."""
+    root = Path(__file__).parents[1]
+    out, _, _ = first_run
+    readable = [
+        i
+        for i in archive
+        if all(
+            Path(a["href"].removeprefix("file://")).exists()
+            for a in i["assets"].values()
+            if "data" in a.get("roles", ["data"])
+        )
+    ]
+    (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": readable}))
+    group = next(p.name for p in out.iterdir() if p.name.startswith("epsg32633"))
+    docs = [root / "README.md"] + sorted(p for p in (root / "docs").glob("*.md") if p.name != "training-log.md")
+    blocks = [(path.name, code) for path in docs for code in python_blocks(path)]
+    assert len(blocks) >= 2, blocks
+    for name, code in blocks:
+        code = code.replace('"demo-out/masks.zarr"', repr(str(out))).replace(
+            '"demo-out/archive/items.json"', repr(str(tmp_path / "items.json"))
+        )
+        code = re.sub(r'group = "[^"]+"', f"group = {group!r}", code)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, f"{name}:\n{code}\n{proc.stderr[-3000:]}"
+
+
 def test_scenes_in_flight_are_bounded_and_earlier_scenes_go_first(api, tmp_path, test_weights_file, spec):
     """With --in-flight 1 (then 2), never more than one (two) scenes have work waiting or running on the
     scheduler, and of two scenes submitted together the first starts its model first and finishes first."""
@@ -200,9 +276,13 @@ def test_scenes_in_flight_are_bounded_and_earlier_scenes_go_first(api, tmp_path,
                     self.submitted.append(scene)
 
         def transition(self, key, start, finish, *args, **kwargs):
-            active = {scene for k, ts in self.scheduler.tasks.items()
-                      if ts.state in ("waiting", "queued", "processing", "no-worker")
-                      for scene in SCENES if scene in str(k)}
+            active = {
+                scene
+                for k, ts in self.scheduler.tasks.items()
+                if ts.state in ("waiting", "queued", "processing", "no-worker")
+                for scene in SCENES
+                if scene in str(k)
+            }
             self.busiest = max(self.busiest, len(active))
             scene = next((s for s in SCENES if f"mask_{s}" in str(key)), None)
             if finish == "processing" and scene and scene not in self.first_mask:
@@ -212,12 +292,17 @@ def test_scenes_in_flight_are_bounded_and_earlier_scenes_go_first(api, tmp_path,
     for in_flight in (1, 2):
         watch = Watch()
         lines = []
-        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
             watch.scheduler = cluster.scheduler
             cluster.scheduler.add_plugin(watch)
-            run_job(spec(api, tmp_path / f"f{in_flight}.zarr", test_weights_file, in_flight=in_flight), client,
-                    log=lines.append)
+            run_job(
+                spec(api, tmp_path / f"f{in_flight}.zarr", test_weights_file, in_flight=in_flight),
+                client,
+                log=lines.append,
+            )
         assert watch.busiest == in_flight  # the bound was reached and held
         assert sorted(watch.submitted) == sorted(SCENES)
     first, second = watch.submitted[:2]  # submitted together; the first has the higher priority
@@ -239,10 +324,25 @@ def test_a_store_refuses_another_models_masks_before_any_work(api, first_run, ra
 
     before = snapshot()
     cloudmask = str(Path(sys.executable).with_name("cloudmask"))
-    base = [cloudmask, "run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90",
-            "--out", str(store), "--overlap", "16", "--chunk", "96"]
-    for extra, named in ((["--weights", str(random_weights_file)], "weights_sha256: the store has"),
-                         (["--model", "ukis-csmask"], "model: the store has 'mscloudcam_tiny', this run 'ukis-csmask'")):
+    base = [
+        cloudmask,
+        "run",
+        "--stac-url",
+        api,
+        "--collection",
+        "sentinel-2-l1c",
+        "--bbox=-180,-90,180,90",
+        "--out",
+        str(store),
+        "--overlap",
+        "16",
+        "--chunk",
+        "96",
+    ]
+    for extra, named in (
+        (["--weights", str(random_weights_file)], "weights_sha256: the store has"),
+        (["--model", "ukis-csmask"], "model: the store has 'mscloudcam_tiny', this run 'ukis-csmask'"),
+    ):
         p = subprocess.run(base + extra, capture_output=True, text=True, timeout=300)
         assert p.returncode == 2 and named in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "starting the" not in p.stdout
@@ -288,12 +388,34 @@ def test_verify_finds_lost_and_damaged_scenes_and_a_run_redoes_them(api, first_r
     p = subprocess.run([cloudmask, "verify", str(store)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "2 damaged" in p.stdout, p.stdout + p.stderr
     assert "valid pixels" in p.stdout and "cannot be read back" in p.stdout
-    run = subprocess.run([cloudmask, "run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90",
-                          "--out", str(store), "--weights", str(test_weights_file), "--overlap", "16", "--chunk", "96",
-                          "--verify"], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            cloudmask,
+            "run",
+            "--stac-url",
+            api,
+            "--collection",
+            "sentinel-2-l1c",
+            "--bbox=-180,-90,180,90",
+            "--out",
+            str(store),
+            "--weights",
+            str(test_weights_file),
+            "--overlap",
+            "16",
+            "--chunk",
+            "96",
+            "--verify",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0 and "2 damaged, redone below" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
     for g in groups:
-        np.testing.assert_array_equal(xr.open_zarr(store, group=g.name, consolidated=False).mask.values, original[g.name])
+        np.testing.assert_array_equal(
+            xr.open_zarr(store, group=g.name, consolidated=False).mask.values, original[g.name]
+        )
     again = subprocess.run([cloudmask, "verify", str(store)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 damaged" in again.stdout
 
@@ -308,8 +430,9 @@ def test_a_store_grows_a_then_a_union_b_equals_one_run(api, first_run, tmp_path,
 
     out = tmp_path / "grow.zarr"
     everything = spec(api, out, test_weights_file)
-    february = dataclasses.replace(everything, search=dataclasses.replace(everything.search,
-                                                                          datetime="2017-02-01/2017-02-28"))
+    february = dataclasses.replace(
+        everything, search=dataclasses.replace(everything.search, datetime="2017-02-01/2017-02-28")
+    )
     a = run_job(february, None, log=lambda line: None)
     assert sorted(s.item_id for s in a.stats) == ["S2A_MSIL1C_20170216_T33UUU", "S2A_MSIL1C_20170226_T33UUU"]
     both = run_job(everything, None, log=lambda line: None)
@@ -342,8 +465,10 @@ def test_scenes_in_flight_are_sized_to_the_cluster_as_it_scales():
     from pipeline.job.execute import scenes_in_flight
 
     assert scenes_in_flight(None) == 2 and scenes_in_flight(None, 5) == 5
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         assert scenes_in_flight(client) == 2
         cluster.scale(3)
         client.wait_for_workers(3, timeout=60)
@@ -354,14 +479,19 @@ def test_scenes_in_flight_are_sized_to_the_cluster_as_it_scales():
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert scenes_in_flight(client) == 2
-    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0",
-                      resources={"GPU": 2}) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0", resources={"GPU": 2}
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         assert scenes_in_flight(client) == 8  # 2 workers x 2 GPUs x 2
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "distributed"])
-def test_a_sigterm_swallowed_where_it_landed_still_stops_the_job(api, tmp_path, test_weights_file, spec, monkeypatch,
-                                                                 scheduler):
+def test_a_sigterm_swallowed_where_it_landed_still_stops_the_job(
+    api, tmp_path, test_weights_file, spec, monkeypatch, scheduler
+):
     """A signal handler's exception can land in a destructor or a C library's callback and be lost there (seen in
     CI: a SIGTERM inside a rasterio read let the job run to the end, exit 0). The CLI's handler also records the
     stop; the job raises it again at its next check, releases the lock, and a re-run finishes the store."""
@@ -382,6 +512,7 @@ def test_a_sigterm_swallowed_where_it_landed_still_stops_the_job(api, tmp_path, 
                     pass
             except BaseException as exc:  # noqa: BLE001 - what a destructor or a C callback does with it
                 swallowed.append(type(exc).__name__)
+
     out = tmp_path / "stopped.zarr"
     try:
         with pytest.raises(errors.Terminated):
@@ -390,8 +521,10 @@ def test_a_sigterm_swallowed_where_it_landed_still_stops_the_job(api, tmp_path, 
             else:
                 from distributed import Client, LocalCluster
 
-                with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
-                        Client(cluster) as client:
+                with (
+                    LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+                    Client(cluster) as client,
+                ):
                     run_job(spec(api, out, test_weights_file, in_flight=1), client, log=log)
     finally:
         signal.signal(signal.SIGTERM, old)
@@ -424,8 +557,12 @@ def test_stats_show_every_class_in_one_unit_and_the_store_says_how_to_open_it_an
     assert sorted(root.attrs["groups"]) == sorted(p.name for p in out.iterdir() if p.name.startswith("epsg"))
     assert "open_datatree" in root.attrs["how_to_open"] and "group=" in root.attrs["how_to_open"]
     tif = tmp_path / "mask.tif"
-    e = subprocess.run([cloudmask, "export", str(out), "--item", ok.item_id, "--out", str(tif)], capture_output=True,
-                       text=True, timeout=300)
+    e = subprocess.run(
+        [cloudmask, "export", str(out), "--item", ok.item_id, "--out", str(tif)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert e.returncode == 0, e.stderr
     entry = json.loads((out / "_cloudmask" / "manifest" / f"{ok.item_id}.json").read_text())
     ds = xr.open_zarr(out, group=entry["group"])
@@ -434,6 +571,10 @@ def test_stats_show_every_class_in_one_unit_and_the_store_says_how_to_open_it_an
         assert src.tags()["flag_meanings"] == "clear thick_cloud thin_cloud cloud_shadow"
         assert tuple(src.transform)[:6] == tuple(ds.rio.transform())[:6]
         np.testing.assert_array_equal(src.read(1), ds.mask.values[entry["time_index"]])
-    bad = subprocess.run([cloudmask, "export", str(out), "--item", "nope", "--out", str(tif)], capture_output=True,
-                         text=True, timeout=300)
+    bad = subprocess.run(
+        [cloudmask, "export", str(out), "--item", "nope", "--out", str(tif)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "holds no finished scene 'nope'" in bad.stderr

@@ -15,10 +15,10 @@ import time
 
 import fsspec
 import pytest
-
-from pipeline.store.locks import LOCK
 from stores import assert_same_store, names
 from test_faults import CLOUDMASK, cli_job
+
+from pipeline.store.locks import LOCK
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +73,7 @@ def job(api, s3_env, test_weights_file):
     def make(name):
         out = f"{s3_env}/{name}"
         return out, cli_job(api, out, test_weights_file, "--workers", "1", "--in-flight", "1"), env
+
     return make
 
 
@@ -132,8 +133,12 @@ def test_a_job_whose_lease_object_is_overwritten_records_no_scene_after_and_a_re
     dead.wait()
     fs, root = fsspec.core.url_to_fs(out)
     # another holder's record (a job gone from this host, so a later run may take it over)
-    fs.pipe_file(f"{root}/{'/'.join(LOCK)}", json.dumps({"pid": dead.pid, "host": os.uname().nodename, "job": "other",
-                                                          "token": "not-a-s", "ttl_s": 3}).encode())
+    fs.pipe_file(
+        f"{root}/{'/'.join(LOCK)}",
+        json.dumps(
+            {"pid": dead.pid, "host": os.uname().nodename, "job": "other", "token": "not-a-s", "ttl_s": 3}
+        ).encode(),
+    )
     recorded = len(names(out, "_cloudmask", "manifest"))
     stopped_in_one_line(a)
     assert len(names(out, "_cloudmask", "manifest")) == recorded == 1  # nothing recorded after the loss

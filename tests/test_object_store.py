@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from stores import assert_same_store, names, read
 
 from pipeline.store.locations import location_of
 from pipeline.store.locks import LOCK, LeaseLock, LeaseLostError, PreconditionFailed, record
-from stores import assert_same_store, names, read
 
 pytestmark = pytest.mark.slow
 
@@ -134,19 +134,41 @@ print("root", sorted(tree.attrs["cloudmask"]))
 """
 
 
-def test_a_job_written_to_s3_opens_in_a_fresh_process_and_is_verified_and_repaired(api, first_run, s3_env,
-                                                                                     test_weights_file, tmp_path):
+def test_a_job_written_to_s3_opens_in_a_fresh_process_and_is_verified_and_repaired(
+    api, first_run, s3_env, test_weights_file, tmp_path
+):
     out = f"{s3_env}/masks.zarr"
-    job = ["run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90", "--out", out,
-           "--weights", str(test_weights_file), "--overlap", "16", "--chunk", "96", "--workers", "1"]
+    job = [
+        "run",
+        "--stac-url",
+        api,
+        "--collection",
+        "sentinel-2-l1c",
+        "--bbox=-180,-90,180,90",
+        "--out",
+        out,
+        "--weights",
+        str(test_weights_file),
+        "--overlap",
+        "16",
+        "--chunk",
+        "96",
+        "--workers",
+        "1",
+    ]
     p = cli(*job)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"store: {out}; table: {out}/_cloudmask/scenes.csv; 1 failed" in p.stdout
     assert_same_store(first_run[0], out)  # byte for byte what the same job wrote to a local folder
     assert not [n for n in names(out) if n.endswith(".tmp")] and read(out, *LOCK) is None
 
-    fresh = subprocess.run([sys.executable, "-c", OPEN_IN_A_FRESH_PROCESS, out], capture_output=True, text=True,
-                           timeout=300, env=dict(os.environ))
+    fresh = subprocess.run(
+        [sys.executable, "-c", OPEN_IN_A_FRESH_PROCESS, out],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]  # any warning is an error there
     lines = fresh.stdout.splitlines()
     reference = first_run[1].stats
@@ -179,7 +201,18 @@ def test_a_job_written_to_s3_opens_in_a_fresh_process_and_is_verified_and_repair
 
 def test_a_missing_bucket_fails_first_in_one_line(api, s3_env, test_weights_file):
     """(A bare bucket and gs:// are refused the same way: tests/test_store.py::test_out_is_checked_before_any_work.)"""
-    p = cli("run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--out", "s3://no-such-bucket/x.zarr",
-            "--weights", str(test_weights_file), "--workers", "1")
+    p = cli(
+        "run",
+        "--stac-url",
+        api,
+        "--collection",
+        "sentinel-2-l1c",
+        "--out",
+        "s3://no-such-bucket/x.zarr",
+        "--weights",
+        str(test_weights_file),
+        "--workers",
+        "1",
+    )
     assert p.returncode == 2 and "bucket 'no-such-bucket' does not exist" in p.stderr, p.stderr[-1500:]
     assert len(p.stderr.strip().splitlines()) == 1 and "found" not in p.stdout

@@ -7,14 +7,14 @@ catalogues) are unreachable here: planning that read a pixel, or a store that wa
 import numpy as np
 import pystac
 import pytest
+from providers import real_item
 
 from pipeline.catalog.access import Access
-from pipeline.config import BLOCK, InferSpec, SearchSpec
+from pipeline.config import BLOCK, SearchSpec
 from pipeline.detect.detectors import detector_weights
-from pipeline.job.execute import JobRun, JobSpec, tile_grid
 from pipeline.detect.weights import default_weights
+from pipeline.job.execute import JobRun, JobSpec, tile_grid
 from pipeline.job.plans import Block, plan_job
-from providers import real_item
 
 ES_L1C = "earth-search/sentinel-2-l1c/S2B_24MVV_20250731_0_L1C.json"
 ES_L2A = "earth-search/sentinel-2-l2a/S2B_24MVV_20250731_0_L2A.json"
@@ -32,8 +32,12 @@ def starters():
 
 
 def job(tmp_path, weights, chunk=2048):
-    spec = JobSpec(search=SearchSpec("http://127.0.0.1:1", "c"), out=str(tmp_path / "never.zarr"),
-                   weights=weights.source, chunk=chunk)
+    spec = JobSpec(
+        search=SearchSpec("http://127.0.0.1:1", "c"),
+        out=str(tmp_path / "never.zarr"),
+        weights=weights.source,
+        chunk=chunk,
+    )
     return spec, tile_grid(spec, weights)
 
 
@@ -68,10 +72,16 @@ def test_l2a_and_landsat_radiometry_is_decided_by_the_plan(tmp_path, starters):
     assert by_id["S2B_24MVV_20250731_0_L2A"].harmonisation.offset == 0  # Earth Search removed it
     assert by_id[real_item(PC_L2A)["id"]].harmonisation.offset == 1000  # baseline 05.11, as published
     assert all(s.offset_check is None for s in plan.scenes)
-    landsat = detector_weights(derived_weights(default_weights("L1C"), tmp_path / "l8.safetensors",
-                                               {"B1": "B01", "B2": "B02", "B3": "B03", "B4": "B04", "B5": "B8A",
-                                                "B6": "B11", "B7": "B12", "B10": "B10"}, "landsat-oli-tirs", "L2") and
-                              str(tmp_path / "l8.safetensors"))
+    landsat = detector_weights(
+        derived_weights(
+            default_weights("L1C"),
+            tmp_path / "l8.safetensors",
+            {"B1": "B01", "B2": "B02", "B3": "B03", "B4": "B04", "B5": "B8A", "B6": "B11", "B7": "B12", "B10": "B10"},
+            "landsat-oli-tirs",
+            "L2",
+        )
+        and str(tmp_path / "l8.safetensors")
+    )
     (scene,) = plan_job(items(ES_L8), landsat, chunk=2048, tiles=tile_grid(spec, landsat)).scenes
     assert scene.harmonisation.scale[0] == pytest.approx((2.75e-05 * 10000, -0.2 * 10000))
     assert all(b.y.factor == 1 for b in scene.read.bands)  # every Landsat band is read on its own 30 m grid
@@ -126,14 +136,15 @@ def test_a_full_scene_is_at_most_100_tasks_and_a_one_block_scene_at_most_5(tmp_p
     count = Count()
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
         cluster.scheduler.add_plugin(count)
-        futures = [client.get(*run.graph(s, s.group, 0)[:1], [run.graph(s, s.group, 0)[1]], sync=False)[0]
-                   for s in plan.scenes]
+        futures = [
+            client.get(*run.graph(s, s.group, 0)[:1], [run.graph(s, s.group, 0)[1]], sync=False)[0] for s in plan.scenes
+        ]
         client.cancel(futures)
     full, one = count.tasks
     assert full == 36 + 1 and one == 1 + 1, count.tasks  # its blocks, and the sum of their counts
-    (l2a, _), = scene_graph(tmp_path, starters["L2A"], [ES_L2A])[2]
+    ((l2a, _),) = scene_graph(tmp_path, starters["L2A"], [ES_L2A])[2]
     assert len(l2a) == 36 + 1
-    (default, _), = scene_graph(tmp_path, starters["L1C"], [ES_L1C], chunk=BLOCK)[2]
+    ((default, _),) = scene_graph(tmp_path, starters["L1C"], [ES_L1C], chunk=BLOCK)[2]
     assert len(default) == 9 + 1  # the default block: 3 x 3 blocks of 4,032 px
 
 
@@ -149,8 +160,8 @@ def test_scene_tasks_are_named_for_the_dashboard_and_belong_to_their_run(tmp_pat
 
 
 def test_block_edges_lie_on_the_tile_stride_and_halos_stay_inside_the_scene():
-    from pipeline.job.plans import plan_blocks
     from pipeline.detect.tiles import TileGrid
+    from pipeline.job.plans import plan_blocks
 
     tiles = TileGrid(64, 16)
     blocks = plan_blocks((200, 301), 96, tiles)
@@ -159,6 +170,6 @@ def test_block_edges_lie_on_the_tile_stride_and_halos_stay_inside_the_scene():
     assert all(b.read_rows == (max(0, b.rows[0] - 48), min(200, b.rows[1] + 16)) for b in blocks)
     covered = np.zeros((200, 301), int)
     for b in blocks:
-        covered[b.rows[0]:b.rows[1], b.cols[0]:b.cols[1]] += 1
+        covered[b.rows[0] : b.rows[1], b.cols[0] : b.cols[1]] += 1
     assert (covered == 1).all()
     assert Block((0, 0), (0, 1), (0, 1), (0, 1), (0, 1)).index == (0, 0)

@@ -1,11 +1,10 @@
 """Project glue: environment.yml matches pyproject.toml; .ci/run runs exactly the README's test command."""
 
 import re
-
-import pytest
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +23,15 @@ def pins(requirements):
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = pins(project["dependencies"] + extras["test"] + extras["datasets"] + extras["peers"] + extras["providers"]
-                  + extras["stacserver"] + extras["clusters"])
+    wanted = pins(
+        project["dependencies"]
+        + extras["test"]
+        + extras["datasets"]
+        + extras["peers"]
+        + extras["providers"]
+        + extras["stacserver"]
+        + extras["clusters"]
+    )
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda, pip = {}, {}
     for dep in env["dependencies"]:
@@ -66,9 +72,13 @@ def test_gpu_extra_is_what_the_gpu_recipe_asks_for(monkeypatch):
 
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    m = re.search(r"Run the tests:\s*```(?:sh|bash)?\n(.+?)\n```", readme, re.S)
-    assert m, "README states the test command under 'Run the tests:'"
-    command = m.group(1).strip()
-    steps = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
+    m = re.search(r"## Install and the two commands.*?```sh\n(.+?)```", readme, re.S)
+    assert m, "README gives its two commands in the first sh block of 'Install and the two commands'"
+    demo, command = (line.split("#")[0].strip() for line in m.group(1).strip().splitlines())
+    assert demo == "make demo"
+    steps = [
+        line.strip()
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))
+    ]
     assert steps == [command]

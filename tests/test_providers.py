@@ -15,17 +15,17 @@ import pystac
 import pytest
 import xarray as xr
 from dask.base import compute
-
-from flows.stacserver import local_file_server, local_stac_api
-from pipeline.config import InferSpec, SearchSpec
-from pipeline.read.cube import load_scene
-from pipeline.detect.detectors import detector_weights
-from pipeline.job.execute import JobSpec, run_job
-from pipeline.job.plans import plan_scene
-from pipeline.catalog.sensors import SENTINEL2_L1C
 from factories import derived_weights
 from providers import collection_of, cut_band, landsat_toa, real_item, replica, s2_pixels
 from s3server import CREDENTIALS, s3_server
+
+from flows.stacserver import local_file_server, local_stac_api
+from pipeline.catalog.sensors import SENTINEL2_L1C
+from pipeline.config import InferSpec, SearchSpec
+from pipeline.detect.detectors import detector_weights
+from pipeline.job.execute import JobSpec, run_job
+from pipeline.job.plans import plan_scene
+from pipeline.read.cube import load_scene
 
 pytestmark = pytest.mark.slow  # S3, HTTP and STAC servers, CLI subprocesses
 
@@ -92,23 +92,57 @@ def replicas(tmp_path_factory):
         items = {
             # L1C JP2s carry the offset (baseline 05.11); Earth Search's L2A COGs had it removed, its JP2s not
             "es-l1c": replica(real_item(ES_L1C), root, http, s3, offset=1000),
-            "es-l1c-nullcrs": replica(real_item(ES_L1C), root, http, s3, offset=1000, item_id="S2B_24MVV_nullcrs",
-                                      edit=_null_crs),
-            "es-l1c-twin": replica(real_item(ES_L1C), root, http, s3, item_id="S2B_24MVV_twin",
-                                   collection="sentinel-2-l1c-twin", edit=_no_offset),
+            "es-l1c-nullcrs": replica(
+                real_item(ES_L1C), root, http, s3, offset=1000, item_id="S2B_24MVV_nullcrs", edit=_null_crs
+            ),
+            "es-l1c-twin": replica(
+                real_item(ES_L1C),
+                root,
+                http,
+                s3,
+                item_id="S2B_24MVV_twin",
+                collection="sentinel-2-l1c-twin",
+                edit=_no_offset,
+            ),
             "es-l2a": replica(real_item(ES_L2A), root, http, s3, offset={k: 1000 for k in jp2_l2a}),
             # the same product whose 60 m coastal band ends 2 rows and 1 column (of its 32 x 32) short
-            "es-l2a-short": cut_band(replica(real_item(ES_L2A), root, http, s3, offset={k: 1000 for k in jp2_l2a},
-                                             item_id="S2B_24MVV_short", collection="sentinel-2-l2a-short"),
-                                     root, http, "coastal", 2, 1),
+            "es-l2a-short": cut_band(
+                replica(
+                    real_item(ES_L2A),
+                    root,
+                    http,
+                    s3,
+                    offset={k: 1000 for k in jp2_l2a},
+                    item_id="S2B_24MVV_short",
+                    collection="sentinel-2-l2a-short",
+                ),
+                root,
+                http,
+                "coastal",
+                2,
+                1,
+            ),
             "es-l8": replica(real_item(ES_L8), root, http, s3),
             "es-l8-l1": replica(_as_level1(real_item(ES_L8)), root, http, s3, item_id="LC08_L1TP_033032_20231008"),
             "pc-new": replica(real_item(PC_NEW), root, http, offset=1000),
-            "pc-strip": replica(real_item(PC_NEW), root, http, offset=1000, window=192,
-                                item_id=real_item(PC_NEW)["id"].replace("041213", "041214"), edit=_other_datastrip),
+            "pc-strip": replica(
+                real_item(PC_NEW),
+                root,
+                http,
+                offset=1000,
+                window=192,
+                item_id=real_item(PC_NEW)["id"].replace("041213", "041214"),
+                edit=_other_datastrip,
+            ),
             "pc-old": replica(real_item(PC_OLD), root, http),
-            "pc-new-twin": replica(real_item(PC_NEW), root, http, item_id="S2B_53NKG_twin",
-                                   collection="sentinel-2-l2a-twin", edit=_no_offset),
+            "pc-new-twin": replica(
+                real_item(PC_NEW),
+                root,
+                http,
+                item_id="S2B_53NKG_twin",
+                collection="sentinel-2-l2a-twin",
+                edit=_no_offset,
+            ),
             "pc-l9": replica(real_item(PC_L9), root, http),
         }
         es = [v for k, v in items.items() if k.startswith("es")]
@@ -128,8 +162,20 @@ def aws(replicas, monkeypatch):
 
 
 def cli(url, collection, out, *args, env=None):
-    cmd = [str(Path(sys.executable).with_name("cloudmask")), "run", "--stac-url", url, "--collection", collection,
-           "--bbox=-180,-90,180,90", "--out", str(out), "--chunk", "96", *args]
+    cmd = [
+        str(Path(sys.executable).with_name("cloudmask")),
+        "run",
+        "--stac-url",
+        url,
+        "--collection",
+        collection,
+        "--bbox=-180,-90,180,90",
+        "--out",
+        str(out),
+        "--chunk",
+        "96",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, **(env or {})))
 
 
@@ -162,8 +208,14 @@ def masks(out) -> dict:
 
 
 def run_here(url, collection, out, weights_path, **kw):
-    spec = JobSpec(search=SearchSpec(url, collection, bbox=(-180, -90, 180, 90)), out=str(out), weights=weights_path,
-                   infer=InferSpec(), chunk=96, **kw)
+    spec = JobSpec(
+        search=SearchSpec(url, collection, bbox=(-180, -90, 180, 90)),
+        out=str(out),
+        weights=weights_path,
+        infer=InferSpec(),
+        chunk=96,
+        **kw,
+    )
     return run_job(spec, None, log=lambda line: None)
 
 
@@ -197,7 +249,9 @@ def test_earth_search_l1c_requester_pays_jp2_on_s3(replicas, aws, weights, tmp_p
     assert "every scene failed" in p.stderr and "AWS_REQUEST_PAYER=requester" in p.stdout
     # as a user sets it: the default run
     out = tmp_path / "l1c.zarr"
-    rows = cli_ok(url, "sentinel-2-l1c", out, "--weights", weights["sentinel-2-l1c"], env={"AWS_REQUEST_PAYER": "requester"})
+    rows = cli_ok(
+        url, "sentinel-2-l1c", out, "--weights", weights["sentinel-2-l1c"], env={"AWS_REQUEST_PAYER": "requester"}
+    )
     good, bad = rows[items["es-l1c"]["id"]], rows["S2B_24MVV_nullcrs"]
     assert good["status"] == "ok" and good["offset_applied"] == 1000 and "B10 median" in good["radiometry"]
     assert bad["status"] == "failed" and "no usable CRS (proj:code=None" in bad["reason"]  # fails alone
@@ -205,15 +259,21 @@ def test_earth_search_l1c_requester_pays_jp2_on_s3(replicas, aws, weights, tmp_p
     monkeypatch.setenv("AWS_REQUEST_PAYER", "requester")
     twin = run_here(url, "sentinel-2-l1c-twin", tmp_path / "twin.zarr", weights["sentinel-2-l1c"])
     assert (twin.stats[0].status, twin.stats[0].offset_applied) == ("ok", 0)
-    assert_same_masks(masks(out)[items["es-l1c"]["id"]], masks(tmp_path / "twin.zarr")["S2B_24MVV_twin"],
-                      (items["es-l1c"], items["es-l1c-twin"]), weights["sentinel-2-l1c"])
+    assert_same_masks(
+        masks(out)[items["es-l1c"]["id"]],
+        masks(tmp_path / "twin.zarr")["S2B_24MVV_twin"],
+        (items["es-l1c"], items["es-l1c-twin"]),
+        weights["sentinel-2-l1c"],
+    )
 
 
 def test_earth_search_l2a_reads_the_cogs_whose_offset_the_provider_removed(replicas, aws, weights, tmp_path):
     url, item = replicas["es"], replicas["items"]["es-l2a"]
     out = tmp_path / "ukis.zarr"
     row = cli_ok(url, "sentinel-2-l2a", out, "--model", "ukis-csmask")[item["id"]]
-    assert row["status"] == "ok" and row["offset_applied"] == 0 and "earthsearch:boa_offset_applied" in row["radiometry"]
+    assert (
+        row["status"] == "ok" and row["offset_applied"] == 0 and "earthsearch:boa_offset_applied" in row["radiometry"]
+    )
     assert_varied(masks(out)[item["id"]])
     result = run_here(url, "sentinel-2-l2a", tmp_path / "l2a.zarr", weights["sentinel-2-l2a"])
     assert [s.status for s in result.stats] == ["ok"]
@@ -243,7 +303,9 @@ def test_a_plain_run_on_l2a_items_runs_mscloudcam_with_the_l2a_starter(replicas,
     assert recorded["model"] == "mscloudcam" and "B10" not in recorded["bands"] and len(recorded["bands"]) == 12
     assert recorded["weights_sha256"] == hashlib.sha256(Path(starter).read_bytes()).hexdigest()
     served = s2_pixels()[[SENTINEL2_L1C.bands.index(b) for b in recorded["bands"]]]
-    own = Predictor(load_weights(starter), InferSpec(overlap=0, device="cpu")).predict(served, mask_nodata=False).classes
+    own = (
+        Predictor(load_weights(starter), InferSpec(overlap=0, device="cpu")).predict(served, mask_nodata=False).classes
+    )
     got = np.asarray(masks(out)[item["id"]])
     assert got.shape == own.shape and (got == own).mean() >= 0.99, np.bincount(got.ravel())
 
@@ -263,7 +325,7 @@ def test_a_band_whose_footprint_ends_short_makes_exactly_those_pixels_nodata(rep
     np.testing.assert_array_equal(b == 255, beyond)
     assert (a != 255).all()
     away = np.ones(a.shape, bool)
-    away[-12 - 64:], away[:, -6 - 64:] = False, False  # within a tile of the cut: the model saw it
+    away[-12 - 64 :], away[:, -6 - 64 :] = False, False  # within a tile of the cut: the model saw it
     np.testing.assert_array_equal(a[away], b[away])
     (s,) = [x for x in short.stats if x.item_id == "S2B_24MVV_short"]
     assert s.status == "ok" and s.valid_pixels == a.size - beyond.sum()
@@ -303,8 +365,12 @@ def test_planetary_computer_l2a_keeps_both_datastrips_and_removes_the_offset(rep
     assert not np.array_equal(found[items["pc-new"]["id"]], found[items["pc-strip"]["id"]])  # different data
     twin = run_here(url, "sentinel-2-l2a-twin", tmp_path / "twin.zarr", weights["sentinel-2-l2a"])
     assert (twin.stats[0].status, twin.stats[0].offset_applied) == ("ok", 0)
-    assert_same_masks(found[items["pc-new"]["id"]], masks(tmp_path / "twin.zarr")["S2B_53NKG_twin"],
-                      (items["pc-new"], items["pc-new-twin"]), weights["sentinel-2-l2a"])
+    assert_same_masks(
+        found[items["pc-new"]["id"]],
+        masks(tmp_path / "twin.zarr")["S2B_53NKG_twin"],
+        (items["pc-new"], items["pc-new-twin"]),
+        weights["sentinel-2-l2a"],
+    )
 
 
 def test_landsat_level1_runs_with_its_own_scale(replicas, aws, tmp_path):
@@ -321,9 +387,17 @@ def test_planetary_computer_landsat(replicas, aws, tmp_path):
     assert_varied(masks(out)[item["id"]])
 
 
-@pytest.mark.parametrize("name, model", [("es-l1c", "sentinel-2-l1c"), ("es-l2a", "sentinel-2-l2a"),
-                                         ("pc-new", "sentinel-2-l2a"), ("pc-old", "sentinel-2-l2a"),
-                                         ("es-l8", "landsat-oli-tirs-l2"), ("pc-l9", "landsat-oli-tirs-l2")])
+@pytest.mark.parametrize(
+    "name, model",
+    [
+        ("es-l1c", "sentinel-2-l1c"),
+        ("es-l2a", "sentinel-2-l2a"),
+        ("pc-new", "sentinel-2-l2a"),
+        ("pc-old", "sentinel-2-l2a"),
+        ("es-l8", "landsat-oli-tirs-l2"),
+        ("pc-l9", "landsat-oli-tirs-l2"),
+    ],
+)
 def test_every_band_comes_from_its_asset_harmonised(replicas, aws, weights, name, model, monkeypatch):
     """The cube of each replica against the pixels written: 10 m (Landsat: 30 m) bands exactly, the resampled
     bands closest to their own source band; offsets removed, Landsat scaled to reflectance x 10000."""
@@ -367,25 +441,62 @@ def test_s3_settings_reach_workers_whose_environment_lacks_them(replicas, weight
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GDAL_"))}
     worker_env = dict(base, **CREDENTIALS)
     sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-                               "127.0.0.1:0", "--scheduler-file", str(sched_file)], start_new_session=True, env=base,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [
+                dask_cli,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            start_new_session=True,
+            env=base,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         deadline = time.time() + 60
         while not sched_file.exists() and time.time() < deadline:
             time.sleep(0.1)
         address = _json.loads(sched_file.read_text())["address"]
-        procs.append(subprocess.Popen([dask_cli, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
-                                       "--no-dashboard", "--local-directory", str(tmp_path / "w")],
-                                      start_new_session=True, env=worker_env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    dask_cli,
+                    "worker",
+                    address,
+                    "--nthreads",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                    "--local-directory",
+                    str(tmp_path / "w"),
+                ],
+                start_new_session=True,
+                env=worker_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         for k, v in dict(replicas["env"], AWS_REQUEST_PAYER="requester").items():
             monkeypatch.setenv(k, v)
         with Client(address) as client:
             client.wait_for_workers(1, timeout=60)
             assert "AWS_S3_ENDPOINT" not in client.run(lambda: dict(os.environ)).popitem()[1]
-            spec = JobSpec(search=SearchSpec(replicas["es"], "sentinel-2-l1c", bbox=(-180, -90, 180, 90)),
-                           out=str(tmp_path / "w.zarr"), weights=weights["sentinel-2-l1c"], chunk=96)
+            spec = JobSpec(
+                search=SearchSpec(replicas["es"], "sentinel-2-l1c", bbox=(-180, -90, 180, 90)),
+                out=str(tmp_path / "w.zarr"),
+                weights=weights["sentinel-2-l1c"],
+                chunk=96,
+            )
             result = run_job(spec, client, log=lambda line: None)
         by_id = {s.item_id: s for s in result.stats}
         good = by_id[replicas["items"]["es-l1c"]["id"]]

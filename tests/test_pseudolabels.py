@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline.training.pseudolabels import combine, teacher_labels
 from pipeline.catalog.sensors import SENTINEL2_L1C
 from pipeline.training.datasets.scenes import eolearn_scenes, sen12mscr_patch
+from pipeline.training.pseudolabels import combine, teacher_labels
 
 B = {b: i for i, b in enumerate(SENTINEL2_L1C.bands)}
 
@@ -16,18 +16,21 @@ def pixel(blue=0.1, nir=0.3, cirrus=0.001):
     return dn
 
 
-@pytest.mark.parametrize("p,u,refl,expected,why", [
-    (0.9, (0.5, 0.5, 0.0), dict(blue=0.4), 1, "s2cloudless confident, ukis not against, bright -> thick"),
-    (0.4, (0.1, 0.9, 0.0), dict(blue=0.15), 2, "ukis confident, s2cloudless not against, dim -> thin"),
-    (0.9, (0.95, 0.05, 0.0), dict(blue=0.4), 255, "s2cloudless alone (bright salt flat) -> ignore"),
-    (0.1, (0.4, 0.6, 0.0), dict(), 255, "ukis doubtful cloud, s2cloudless clear -> ignore"),
-    (0.05, (0.9, 0.1, 0.0), dict(cirrus=0.02), 2, "cirrus band high, dim -> thin"),
-    (0.05, (0.9, 0.1, 0.0), dict(cirrus=0.02, blue=0.4), 1, "cirrus band high, bright -> thick (not thin)"),
-    (0.05, (0.2, 0.1, 0.7), dict(cirrus=0.02, nir=0.1), 2, "cirrus band high beats ukis' shadow -> thin"),
-    (0.05, (0.2, 0.1, 0.7), dict(nir=0.1), 3, "ukis shadow, dark NIR -> shadow"),
-    (0.05, (0.2, 0.1, 0.7), dict(nir=0.4), 0, "ukis shadow vetoed by a bright NIR (sunlit) -> clear"),
-    (0.05, (0.95, 0.03, 0.02), dict(), 0, "both clear -> clear"),
-])
+@pytest.mark.parametrize(
+    "p,u,refl,expected,why",
+    [
+        (0.9, (0.5, 0.5, 0.0), dict(blue=0.4), 1, "s2cloudless confident, ukis not against, bright -> thick"),
+        (0.4, (0.1, 0.9, 0.0), dict(blue=0.15), 2, "ukis confident, s2cloudless not against, dim -> thin"),
+        (0.9, (0.95, 0.05, 0.0), dict(blue=0.4), 255, "s2cloudless alone (bright salt flat) -> ignore"),
+        (0.1, (0.4, 0.6, 0.0), dict(), 255, "ukis doubtful cloud, s2cloudless clear -> ignore"),
+        (0.05, (0.9, 0.1, 0.0), dict(cirrus=0.02), 2, "cirrus band high, dim -> thin"),
+        (0.05, (0.9, 0.1, 0.0), dict(cirrus=0.02, blue=0.4), 1, "cirrus band high, bright -> thick (not thin)"),
+        (0.05, (0.2, 0.1, 0.7), dict(cirrus=0.02, nir=0.1), 2, "cirrus band high beats ukis' shadow -> thin"),
+        (0.05, (0.2, 0.1, 0.7), dict(nir=0.1), 3, "ukis shadow, dark NIR -> shadow"),
+        (0.05, (0.2, 0.1, 0.7), dict(nir=0.4), 0, "ukis shadow vetoed by a bright NIR (sunlit) -> clear"),
+        (0.05, (0.95, 0.03, 0.02), dict(), 0, "both clear -> clear"),
+    ],
+)
 def test_rule_table(p, u, refl, expected, why):
     labels = combine(pixel(**refl), np.array([[p]], np.float32), np.array(u, np.float32).reshape(3, 1, 1))
     assert labels[0, 0] == expected, why

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from slurm import missing, slurm_cluster, squeue
+from stores import assert_same_store
 
 from flows.clusters import load_recipe, start
 from pipeline.job.execute import run_job
-from slurm import missing, slurm_cluster, squeue
-from stores import assert_same_store
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +35,23 @@ def slurm(tmp_path_factory):
 def recipe_file(folder: Path, **extra) -> Path:
     """The shipped recipe's shape for this one-node test cluster: CPU jobs of one core and 3 GB, the scheduler
     on 127.0.0.1, workers running this Python."""
-    recipe = {"engine": "slurm", "scale": 2, "options": {
-        "queue": "debug", "cores": 1, "processes": 1, "memory": "3GB", "walltime": "00:30:00",
-        "python": sys.executable, "local_directory": str(folder / "workers"), "log_directory": str(folder / "logs"),
-        "scheduler_options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
-        "worker_extra_args": ["--host", "127.0.0.1"]}, **extra}
+    recipe = {
+        "engine": "slurm",
+        "scale": 2,
+        "options": {
+            "queue": "debug",
+            "cores": 1,
+            "processes": 1,
+            "memory": "3GB",
+            "walltime": "00:30:00",
+            "python": sys.executable,
+            "local_directory": str(folder / "workers"),
+            "log_directory": str(folder / "logs"),
+            "scheduler_options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+            "worker_extra_args": ["--host", "127.0.0.1"],
+        },
+        **extra,
+    }
     path = folder / "slurm-test.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -47,10 +59,31 @@ def recipe_file(folder: Path, **extra) -> Path:
 
 def test_cloudmask_run_on_slurm_gives_the_local_cluster_store(api, first_run, slurm, tmp_path, test_weights_file):
     out = tmp_path / "slurm.zarr"
-    p = subprocess.run([CLOUDMASK, "run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90",
-                        "--out", str(out), "--weights", str(test_weights_file), "--overlap", "16", "--chunk", "96",
-                        "--cluster", str(recipe_file(tmp_path))], capture_output=True, text=True, timeout=600,
-                       env=slurm)
+    p = subprocess.run(
+        [
+            CLOUDMASK,
+            "run",
+            "--stac-url",
+            api,
+            "--collection",
+            "sentinel-2-l1c",
+            "--bbox=-180,-90,180,90",
+            "--out",
+            str(out),
+            "--weights",
+            str(test_weights_file),
+            "--overlap",
+            "16",
+            "--chunk",
+            "96",
+            "--cluster",
+            str(recipe_file(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=slurm,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "[4/4]" in p.stdout
     assert_same_store(first_run[0], out)
@@ -60,7 +93,8 @@ def test_cloudmask_run_on_slurm_gives_the_local_cluster_store(api, first_run, sl
 
 
 def test_a_worker_job_cancelled_mid_run_loses_nothing_and_adaptive_scaling_replaces_it(
-        api, first_run, slurm, tmp_path, test_weights_file, spec, monkeypatch):
+    api, first_run, slurm, tmp_path, test_weights_file, spec, monkeypatch
+):
     """Adaptive (1 to 2 jobs, `scale: 1` otherwise): the job scales up to two SLURM jobs, one is ``scancel``ed as a
     mask task starts on its worker, the work is redone elsewhere and the store equals the reference; never more
     than 2 jobs at once. (Whether adaptive then submits a replacement depends on the work left: not asserted.)"""
@@ -68,8 +102,9 @@ def test_a_worker_job_cancelled_mid_run_loses_nothing_and_adaptive_scaling_repla
 
     for k, v in slurm.items():
         monkeypatch.setenv(k, v)
-    recipe = load_recipe(str(recipe_file(tmp_path, scale=1,
-                                         adapt={"minimum_jobs": 1, "maximum_jobs": 2, "interval": "500ms"})))
+    recipe = load_recipe(
+        str(recipe_file(tmp_path, scale=1, adapt={"minimum_jobs": 1, "maximum_jobs": 2, "interval": "500ms"}))
+    )
 
     cluster, client = start(recipe)
     seen_jobs: set[str] = set()
@@ -97,8 +132,9 @@ def test_a_worker_job_cancelled_mid_run_loses_nothing_and_adaptive_scaling_repla
     try:
         client.register_plugin(mask_task_starts(), name="mask-task-starts")
         client.subscribe_topic("mask-task-started", cancel)
-        result = run_job(spec(api, tmp_path / "adaptive.zarr", test_weights_file, in_flight=4), client,
-                         log=lambda _: None)
+        result = run_job(
+            spec(api, tmp_path / "adaptive.zarr", test_weights_file, in_flight=4), client, log=lambda _: None
+        )
     finally:
         done.set()
         watcher.join()

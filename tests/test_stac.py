@@ -3,21 +3,42 @@
 import pytest
 
 from flows.stacserver import local_stac_api
+from pipeline.catalog.stac import StacError, search_items
 from pipeline.config import SearchSpec
 from pipeline.errors import ConfigError
-from pipeline.catalog.stac import StacError, search_items
 
-COLLECTION = {"type": "Collection", "stac_version": "1.0.0", "id": "sentinel-2-l1c", "description": "test archive",
-              "license": "proprietary", "links": [],
-              "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [["2015-01-01T00:00:00Z", None]]}}}
+COLLECTION = {
+    "type": "Collection",
+    "stac_version": "1.0.0",
+    "id": "sentinel-2-l1c",
+    "description": "test archive",
+    "license": "proprietary",
+    "links": [],
+    "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [["2015-01-01T00:00:00Z", None]]}},
+}
 
 
 def item(item_id, day, cloud, baseline, tile="33UUU", lon=13.0, updated="2020-01-01T00:00:00Z"):
-    return {"type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": "sentinel-2-l1c",
-            "geometry": {"type": "Polygon", "coordinates": [[[lon, 52], [lon + 1, 52], [lon + 1, 53], [lon, 53], [lon, 52]]]},
-            "bbox": [lon, 52, lon + 1, 53], "assets": {}, "links": [],
-            "properties": {"datetime": f"2022-06-{day:02d}T10:00:00Z", "eo:cloud_cover": cloud, "s2:mgrs_tile": tile,
-                           "s2:processing_baseline": baseline, "updated": updated}}
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "collection": "sentinel-2-l1c",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[lon, 52], [lon + 1, 52], [lon + 1, 53], [lon, 53], [lon, 52]]],
+        },
+        "bbox": [lon, 52, lon + 1, 53],
+        "assets": {},
+        "links": [],
+        "properties": {
+            "datetime": f"2022-06-{day:02d}T10:00:00Z",
+            "eo:cloud_cover": cloud,
+            "s2:mgrs_tile": tile,
+            "s2:processing_baseline": baseline,
+            "updated": updated,
+        },
+    }
 
 
 ITEMS = [
@@ -60,13 +81,16 @@ def test_errors_say_what_to_fix(api):
         search_items(SearchSpec("http://127.0.0.1:9", "sentinel-2-l1c"))
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(bbox=(14, 52, 13, 53)), r"bbox \[14, 52, 13, 53\] must be"),
-    (dict(bbox=(13, 52, 14)), "bbox"),
-    (dict(datetime="2022-13-01/.."), "'2022-13-01' is not an RFC 3339"),
-    (dict(max_cloud=120), "max_cloud=120"),
-    (dict(limit=0), "limit=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(bbox=(14, 52, 13, 53)), r"bbox \[14, 52, 13, 53\] must be"),
+        (dict(bbox=(13, 52, 14)), "bbox"),
+        (dict(datetime="2022-13-01/.."), "'2022-13-01' is not an RFC 3339"),
+        (dict(max_cloud=120), "max_cloud=120"),
+        (dict(limit=0), "limit=0"),
+    ],
+)
 def test_bad_search_settings_are_named(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         SearchSpec("http://127.0.0.1:1", "sentinel-2-l1c", **kwargs)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.store.stats import SceneStats, class_counts, to_frame, write_table
-from pipeline.read.grids import geobox, grid_name
 from pipeline.job.plans import Block
-from pipeline.store.maskstore import MaskStore, StoreLockedError, store_path
 from pipeline.job.tasks import Writer
+from pipeline.read.grids import geobox, grid_name
+from pipeline.store.maskstore import MaskStore, StoreLockedError, store_path
+from pipeline.store.stats import SceneStats, class_counts, to_frame, write_table
 
 GRID = geobox("EPSG:32633", (330000.0, 10.0, 0.0, 5822040.0, 0.0, -10.0), (300, 250))
 SHAPE = tuple(GRID.shape)
@@ -70,7 +70,7 @@ def test_store_round_trip_in_a_fresh_process(tmp_path):
     assert group == "epsg32633_x330000_y5822040_res10_300x250"
     code = textwrap.dedent(f"""
         import json, numpy as np, xarray as xr, rioxarray
-        ds = xr.open_zarr({str(tmp_path / 'out.zarr')!r}, group={group!r})
+        ds = xr.open_zarr({str(tmp_path / "out.zarr")!r}, group={group!r})
         m = ds.mask
         print(json.dumps(dict(crs=str(ds.rio.crs), mcrs=str(m.rio.crs), dtype=str(m.dtype), nodata=int(m.rio.nodata),
             flags=m.attrs["flag_meanings"], values=[int(v) for v in m.attrs["flag_values"]], ids=[str(i) for i in ds.item_id.values], x0=float(ds.x[0]), y0=float(ds.y[0]),
@@ -124,7 +124,9 @@ def test_second_writer_is_refused_and_stale_locks_are_taken_over(tmp_path):
                 pass
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / "s.zarr" / "_cloudmask" / "lock.json").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+    (tmp_path / "s.zarr" / "_cloudmask" / "lock.json").write_text(
+        json.dumps({"pid": dead.pid, "host": os.uname().nodename})
+    )
     with store.lock():  # the holder is gone
         pass
     assert not (tmp_path / "s.zarr" / "_cloudmask" / "lock.json").exists()
@@ -136,8 +138,9 @@ def test_probabilities_are_refused_on_a_store_written_without_them(tmp_path):
     store = MaskStore(tmp_path / "p.zarr")
     store.ensure_group(GRID, TIMES, ["S2A_A", "S2B_B"], (96, 96))
     before = sorted(p.relative_to(store.path) for p in store.path.rglob("*"))
-    with pytest.raises(ConfigError, match="written without probabilities; drop --probabilities or write this job "
-                                          "to another --out"):
+    with pytest.raises(
+        ConfigError, match="written without probabilities; drop --probabilities or write this job to another --out"
+    ):
         store.ensure_group(GRID, TIMES, ["S2A_A", "S2B_B"], (96, 96), probabilities=True)
     assert sorted(p.relative_to(store.path) for p in store.path.rglob("*")) == before
 
@@ -187,8 +190,11 @@ def test_locks_left_by_a_failed_start_or_a_reused_pid_are_taken_over(tmp_path):
 
 
 def test_out_is_checked_before_any_work(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match=r"--out gs://bucket/x.zarr: gs:// stores are not supported \(the store's "
-                                          r"lock needs conditional writes"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--out gs://bucket/x.zarr: gs:// stores are not supported \(the store's "
+        r"lock needs conditional writes",
+    ):
         store_path("gs://bucket/x.zarr")
     with pytest.raises(ConfigError, match=r"--out s3://bucket: give a prefix inside the bucket"):
         store_path("s3://bucket")
@@ -204,13 +210,22 @@ def test_out_is_checked_before_any_work(tmp_path, monkeypatch):
 
 def test_one_store_holds_one_models_masks(tmp_path):
     store = MaskStore(tmp_path / "p.zarr")
-    first = {"model": "mscloudcam_tiny", "weights_sha256": "aa", "bands": ["B01"], "tile": 64, "overlap": 8,
-             "probabilities": False}
+    first = {
+        "model": "mscloudcam_tiny",
+        "weights_sha256": "aa",
+        "bands": ["B01"],
+        "tile": 64,
+        "overlap": 8,
+        "probabilities": False,
+    }
     store.check_provenance(first)  # a new store takes anything
     store.write_provenance(first)
     store.check_provenance(dict(first))
-    with pytest.raises(ConfigError, match=r"weights_sha256: the store has 'aa', this run 'bb'; overlap: the store has "
-                                          r"8, this run 16\); one store holds one model's masks"):
+    with pytest.raises(
+        ConfigError,
+        match=r"weights_sha256: the store has 'aa', this run 'bb'; overlap: the store has "
+        r"8, this run 16\); one store holds one model's masks",
+    ):
         store.check_provenance(dict(first, weights_sha256="bb", overlap=16))
     with pytest.raises(ConfigError, match="probabilities: the store has True, this run False"):
         other = MaskStore(tmp_path / "q.zarr")

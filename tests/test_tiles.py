@@ -18,7 +18,7 @@ def test_starts_cover_the_range_and_touch_it(tile, overlap):
         assert np.all(starts < hi) and np.all(starts + tile > lo)  # each tile touches [lo, hi)
         covered = np.zeros(hi - lo, bool)
         for s in starts:
-            covered[max(s, lo) - lo:min(s + tile, hi) - lo] = True
+            covered[max(s, lo) - lo : min(s + tile, hi) - lo] = True
         assert covered.all()
         # no tile of the grid touching the range is missing
         k = np.arange(0, hi // grid.stride + 2) * grid.stride
@@ -33,6 +33,6 @@ def test_window_ramps_sum_to_one_between_tiles():
     total = np.zeros((300, 300), np.float32)
     for y, x in grid.origins((0, 300), (0, 300)):
         tile = np.zeros((300 + 64, 300 + 64), np.float32)
-        tile[y:y + 64, x:x + 64] = w
+        tile[y : y + 64, x : x + 64] = w
         total += tile[:300, :300]
     np.testing.assert_allclose(total[16:, 16:], 1.0, atol=1e-6)

@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-
 from outage import Relay
 from s3server import CREDENTIALS
 from stores import assert_same_store, names
@@ -31,8 +30,13 @@ def test_a_ten_second_s3_outage_is_ridden_out(api, first_run, s3_env, s3_endpoin
     relay = Relay(s3_endpoint.removeprefix("http://"))
     out = f"{s3_env}/outage.zarr"
     env = dict(os.environ, **CREDENTIALS, AWS_ENDPOINT_URL=f"http://{relay.endpoint}")
-    job = subprocess.Popen(cli_job(api, out, test_weights_file, "--workers", "1", "--in-flight", "1"), env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        cli_job(api, out, test_weights_file, "--workers", "1", "--in-flight", "1"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines_until(job, "[1/4]")
     relay.down()
     time.sleep(10)  # the outage itself

@@ -25,7 +25,11 @@ def reference(src: np.ndarray, f: int, shift=(0, 0)) -> tuple[np.ndarray, np.nda
                     v = src[min(max(yy, 0), h - 1), min(max(xx, 0), w - 1)]
                     if v:
                         num, den = num + ay * ax * v, den + ay * ax
-            own = src[(i + shift[0]) // f, (j + shift[1]) // f] if 0 <= (i + shift[0]) // f < h and 0 <= (j + shift[1]) // f < w else 0
+            own = (
+                src[(i + shift[0]) // f, (j + shift[1]) // f]
+                if 0 <= (i + shift[0]) // f < h and 0 <= (j + shift[1]) // f < w
+                else 0
+            )
             if own:
                 valid[i, j] = True
                 out[i, j] = int(np.floor(num / den + 0.5 + 1e-9))
@@ -37,7 +41,7 @@ def whole(src: np.ndarray, f: int, rows=None, cols=None):
     only the file window those pixels need."""
     ya, xa = Axis(f, 0, src.shape[0]), Axis(f, 0, src.shape[1])
     y, x = Span.of(ya, *(rows or (0, src.shape[0] * f))), Span.of(xa, *(cols or (0, src.shape[1] * f)))
-    window = src[y.src_start:y.src_stop, x.src_start:x.src_stop].astype(np.int32)
+    window = src[y.src_start : y.src_stop, x.src_start : x.src_stop].astype(np.int32)
     values, valid = upsample(torch.from_numpy(window), y, x)
     return values.numpy(), valid.numpy()
 
@@ -92,7 +96,9 @@ def test_a_file_offset_by_whole_pixels_is_read_where_it_lies():
     expected, ok = reference(src, 2, shift=(3, 5))
     ya, xa = Axis(2, 3, 6), Axis(2, 5, 6)
     y, x = Span.of(ya, 0, 9), Span.of(xa, 0, 7)  # scene pixels whose own file pixel lies in the file
-    got, valid = upsample(torch.from_numpy(src[y.src_start:y.src_stop, x.src_start:x.src_stop].astype(np.int32)), y, x)
+    got, valid = upsample(
+        torch.from_numpy(src[y.src_start : y.src_stop, x.src_start : x.src_stop].astype(np.int32)), y, x
+    )
     np.testing.assert_array_equal(valid.numpy(), ok[:9, :7])
     np.testing.assert_array_equal(got.numpy(), expected[:9, :7])
 
@@ -111,9 +117,17 @@ def test_real_bands_read_like_gdals_bilinear_warp(tmp_path):
     for band, f in ((4, 2), (0, 6)):
         native = _downsample(dn[band], f)
         gdal = np.zeros(dn.shape[1:], np.uint16)
-        reproject(native, gdal, src_transform=from_origin(330000, 5822040, 10 * f, 10 * f), src_crs="EPSG:32633",
-                  dst_transform=from_origin(330000, 5822040, 10, 10), dst_crs="EPSG:32633",
-                  resampling=Resampling.bilinear, src_nodata=0, dst_nodata=0)
+        reproject(
+            native,
+            gdal,
+            src_transform=from_origin(330000, 5822040, 10 * f, 10 * f),
+            src_crs="EPSG:32633",
+            dst_transform=from_origin(330000, 5822040, 10, 10),
+            dst_crs="EPSG:32633",
+            resampling=Resampling.bilinear,
+            src_nodata=0,
+            dst_nodata=0,
+        )
         ours, valid = whole(native, f)
         diff = np.abs(ours.astype(int) - gdal)[valid]
         if f == 2:

@@ -25,11 +25,26 @@ from urllib.parse import urlparse
 from pipeline.errors import ConfigError
 
 # GDAL/AWS settings that are not secrets, passed on from the environment of the process that starts the job
-SETTINGS = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_REGION", "AWS_DEFAULT_REGION",
-            "AWS_NO_SIGN_REQUEST", "AWS_REQUEST_PAYER", "AWS_PROFILE", "GDAL_HTTP_MAX_RETRY", "GDAL_HTTP_RETRY_DELAY",
-            "GDAL_HTTP_TIMEOUT", "CPL_VSIL_CURL_CHUNK_SIZE")
-DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "1",
-            "GDAL_HTTP_TIMEOUT": "60"}
+SETTINGS = (
+    "AWS_S3_ENDPOINT",
+    "AWS_HTTPS",
+    "AWS_VIRTUAL_HOSTING",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_NO_SIGN_REQUEST",
+    "AWS_REQUEST_PAYER",
+    "AWS_PROFILE",
+    "GDAL_HTTP_MAX_RETRY",
+    "GDAL_HTTP_RETRY_DELAY",
+    "GDAL_HTTP_TIMEOUT",
+    "CPL_VSIL_CURL_CHUNK_SIZE",
+)
+DEFAULTS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MAX_RETRY": "5",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_TIMEOUT": "60",
+}
 SIGNED_HOSTS = ".blob.core.windows.net"
 
 
@@ -120,9 +135,11 @@ def require_signing() -> None:
     try:
         import planetary_computer  # noqa: F401
     except ImportError:
-        raise ConfigError("these items' assets are Planetary Computer blobs that must be signed: install the "
-                          "providers extra: pip install 'cloudmask-pipeline[providers]' (a subscription key is optional: "
-                          "PC_SDK_SUBSCRIPTION_KEY)") from None
+        raise ConfigError(
+            "these items' assets are Planetary Computer blobs that must be signed: install the "
+            "providers extra: pip install 'cloudmask-pipeline[providers]' (a subscription key is optional: "
+            "PC_SDK_SUBSCRIPTION_KEY)"
+        ) from None
 
 
 def sign(item):
@@ -135,8 +152,10 @@ def sign(item):
     except Exception as exc:  # requests' errors after the SDK's retries
         from pipeline.errors import InputError
 
-        raise InputError(f"item {item.id}: could not sign its Planetary Computer URLs: {type(exc).__name__}: "
-                         f"{redact(exc)} (token endpoint: PC_SDK_SAS_URL, default the Planetary Computer's)") from exc
+        raise InputError(
+            f"item {item.id}: could not sign its Planetary Computer URLs: {type(exc).__name__}: "
+            f"{redact(exc)} (token endpoint: PC_SDK_SAS_URL, default the Planetary Computer's)"
+        ) from exc
 
 
 def read_failure(what: str, href: str, exc: BaseException) -> str:
@@ -144,8 +163,7 @@ def read_failure(what: str, href: str, exc: BaseException) -> str:
     for an S3 read that was refused, what to set."""
     hint = ""
     if str(href).startswith("s3://") and re.search(r"403|Access ?Denied|Forbidden", str(exc), re.I):
-        hint = (" (s3 access refused: set AWS credentials; for a requester-pays bucket also "
-                "AWS_REQUEST_PAYER=requester)")
+        hint = " (s3 access refused: set AWS credentials; for a requester-pays bucket also AWS_REQUEST_PAYER=requester)"
     return f"{what} could not be read ({redact(href)}): {redact(exc)}{hint}"
 
 

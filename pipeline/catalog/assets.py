@@ -19,12 +19,23 @@ from __future__ import annotations
 
 import re
 
-from pipeline.errors import InputError
 from pipeline.catalog.sensors import LANDSAT_C2_L1, LANDSAT_C2_L2, SENTINEL2_L1C, SENTINEL2_L2A, Profile, Sensor
+from pipeline.errors import InputError
 
 WAVELENGTH_TOLERANCE = 0.012  # µm: B08 (0.842) and B8A (0.865) stay apart
-_NOT_BANDS = {"visual", "overview", "thumbnail", "metadata", "tiles", "cloud", "snow-ice", "cloud-shadow",
-              "saturation", "data-mask", "water-mask"}
+_NOT_BANDS = {
+    "visual",
+    "overview",
+    "thumbnail",
+    "metadata",
+    "tiles",
+    "cloud",
+    "snow-ice",
+    "cloud-shadow",
+    "saturation",
+    "data-mask",
+    "water-mask",
+}
 
 
 def sensor_of(item) -> Sensor:
@@ -33,19 +44,40 @@ def sensor_of(item) -> Sensor:
     platform = str(p.get("platform") or "").lower()
     instruments = [str(i).lower() for i in (p.get("instruments") or [])]
     collection = (item.collection_id or "").lower()
-    product = str(p.get("s2:product_type") or p.get("product:type") or p.get("landsat:correction")
-                  or p.get("processing:level") or "").upper()
+    product = str(
+        p.get("s2:product_type")
+        or p.get("product:type")
+        or p.get("landsat:correction")
+        or p.get("processing:level")
+        or ""
+    ).upper()
     if platform.startswith("sentinel-2") or "msi" in instruments or product.startswith("S2MSI"):
-        return _level(item, product, collection, "Sentinel-2", "s2:product_type/product:type",
-                      ((product.endswith("2A"), "l2a", SENTINEL2_L2A), (product.endswith("1C"), "l1c", SENTINEL2_L1C)))
+        return _level(
+            item,
+            product,
+            collection,
+            "Sentinel-2",
+            "s2:product_type/product:type",
+            ((product.endswith("2A"), "l2a", SENTINEL2_L2A), (product.endswith("1C"), "l1c", SENTINEL2_L1C)),
+        )
     if platform.startswith("landsat") or "oli" in instruments:
         if "oli" not in instruments and platform not in ("landsat-8", "landsat-9"):
-            raise InputError(f"item {item.id}: {platform or 'Landsat'} with instruments {instruments}: only Landsat 8/9 "
-                             f"OLI/TIRS bands are known (Landsat MSS/TM/ETM+ lack them)")
-        return _level(item, product, collection, "Landsat", "landsat:correction",
-                      ((product.startswith("L2"), "l2", LANDSAT_C2_L2), (product.startswith("L1"), "l1", LANDSAT_C2_L1)))
-    raise InputError(f"item {item.id}: platform {platform or 'absent'!s}, instruments {instruments}: not a sensor this "
-                     f"pipeline knows (Sentinel-2 MSI L1C/L2A, Landsat 8/9 OLI/TIRS C2 L1/L2)")
+            raise InputError(
+                f"item {item.id}: {platform or 'Landsat'} with instruments {instruments}: only Landsat 8/9 "
+                f"OLI/TIRS bands are known (Landsat MSS/TM/ETM+ lack them)"
+            )
+        return _level(
+            item,
+            product,
+            collection,
+            "Landsat",
+            "landsat:correction",
+            ((product.startswith("L2"), "l2", LANDSAT_C2_L2), (product.startswith("L1"), "l1", LANDSAT_C2_L1)),
+        )
+    raise InputError(
+        f"item {item.id}: platform {platform or 'absent'!s}, instruments {instruments}: not a sensor this "
+        f"pipeline knows (Sentinel-2 MSI L1C/L2A, Landsat 8/9 OLI/TIRS C2 L1/L2)"
+    )
 
 
 def _level(item, product: str, collection: str, family: str, keys: str, options) -> Sensor:
@@ -55,8 +87,10 @@ def _level(item, product: str, collection: str, family: str, keys: str, options)
         if says if product else in_collection in collection:
             return sensor
     levels = " or ".join(sensor.level for *_, sensor in options)
-    raise InputError(f"item {item.id}: {family}, but neither {keys} ({product or 'absent'}) nor the collection "
-                     f"({collection or 'absent'}) gives the level ({levels})")
+    raise InputError(
+        f"item {item.id}: {family}, but neither {keys} ({product or 'absent'}) nor the collection "
+        f"({collection or 'absent'}) gives the level ({levels})"
+    )
 
 
 def _band_entries(asset) -> list[dict]:
@@ -116,8 +150,10 @@ def band_assets(item, sensor: Sensor, bands: tuple[str, ...], profile: Profile |
         keys = {b: profile.assets.get(b) for b in bands}
         missing = [b for b, k in keys.items() if k not in item.assets]
         if missing:
-            raise InputError(f"item {item.id}: bands {missing} have no asset (profile {profile.name!r} expects keys "
-                             f"{[keys[b] for b in missing]}; it has {sorted(item.assets)})")
+            raise InputError(
+                f"item {item.id}: bands {missing} have no asset (profile {profile.name!r} expects keys "
+                f"{[keys[b] for b in missing]}; it has {sorted(item.assets)})"
+            )
         return keys
     found: dict[str, list[str]] = {}
     for key, asset in item.assets.items():
@@ -127,7 +163,11 @@ def band_assets(item, sensor: Sensor, bands: tuple[str, ...], profile: Profile |
     missing = [b for b in bands if b not in found]
     if missing:
         offered = sorted({b for b in found})
-        raise InputError(f"item {item.id}: no asset holds bands {missing} of {sensor.title or sensor.key} (by "
-                         f"eo:bands/bands name or center_wavelength); it offers {offered or 'no single-band asset'}")
-    return {b: min(found[b], key=lambda k: (asset_resolution(item, k) or 1e9, not _is_cog(item.assets[k]), k))
-            for b in bands}
+        raise InputError(
+            f"item {item.id}: no asset holds bands {missing} of {sensor.title or sensor.key} (by "
+            f"eo:bands/bands name or center_wavelength); it offers {offered or 'no single-band asset'}"
+        )
+    return {
+        b: min(found[b], key=lambda k: (asset_resolution(item, k) or 1e9, not _is_cog(item.assets[k]), k))
+        for b in bands
+    }

@@ -6,11 +6,8 @@ import json
 import re
 
 from pipeline.config import SearchSpec
-from pipeline.errors import CloudmaskError
-from pipeline.read.radiometry import processing_baseline
 from pipeline.errors import StacError
-
-
+from pipeline.read.radiometry import processing_baseline
 
 
 def _open(url: str):
@@ -20,7 +17,9 @@ def _open(url: str):
     try:
         return pystac_client.Client.open(url)
     except (APIError, OSError, ValueError) as exc:
-        raise StacError(f"could not open the STAC API at {url}: {exc}; check the URL and that the server is up") from exc
+        raise StacError(
+            f"could not open the STAC API at {url}: {exc}; check the URL and that the server is up"
+        ) from exc
     except Exception as exc:  # requests' ConnectionError and friends
         raise StacError(f"could not reach the STAC API at {url}: {type(exc).__name__}: {exc}") from exc
 
@@ -30,18 +29,27 @@ def search_items(spec: SearchSpec) -> list:
     client = _open(spec.url)
     known = sorted(c.id for c in client.get_collections())
     if spec.collection not in known:
-        raise StacError(f"collection {spec.collection!r} is not served by {spec.url}; it serves: {', '.join(known) or 'none'}")
+        raise StacError(
+            f"collection {spec.collection!r} is not served by {spec.url}; it serves: {', '.join(known) or 'none'}"
+        )
     query = {"eo:cloud_cover": {"lte": spec.max_cloud}} if spec.max_cloud is not None else None
     try:
-        search = client.search(collections=[spec.collection], bbox=spec.bbox, intersects=spec.intersects,
-                               datetime=spec.datetime, query=query, max_items=spec.limit)
+        search = client.search(
+            collections=[spec.collection],
+            bbox=spec.bbox,
+            intersects=spec.intersects,
+            datetime=spec.datetime,
+            query=query,
+            max_items=spec.limit,
+        )
         items = list(search.items())
     except Exception as exc:
         raise StacError(f"search of {spec.collection!r} at {spec.url} failed: {exc}") from exc
     if not items:
         raise StacError(
             f"no items in {spec.collection!r} at {spec.url} for bbox={spec.bbox} datetime={spec.datetime} "
-            f"max_cloud={spec.max_cloud}; widen the area, dates or cloud limit")
+            f"max_cloud={spec.max_cloud}; widen the area, dates or cloud limit"
+        )
     return dedupe(items)
 
 
@@ -69,8 +77,11 @@ def dedupe(items: list) -> list:
     for item in items:
         p = item.properties
         key = acquisition_key(item)
-        rank = (_baseline_key(processing_baseline(dict(p, id=item.id))),
-                str(p.get("updated") or p.get("created") or ""), item.id)
+        rank = (
+            _baseline_key(processing_baseline(dict(p, id=item.id))),
+            str(p.get("updated") or p.get("created") or ""),
+            item.id,
+        )
         if key not in best or rank > best[key][0]:
             best[key] = (rank, item)
     kept = [v[1] for v in best.values()]

@@ -117,9 +117,16 @@ def parse(text: str) -> list[Card]:
                     rows.append((name(cells[0]), tuple(_value(c) for c in cells[1:])))
                 except ValueError as exc:
                     raise ValueError(f"line {k}: {exc}") from None
-            cards[-1][2].append(FigureTable(command=m["command"], title=header[0].replace("*", "").strip(),
-                                            columns=tuple(header[1:]), rows=tuple(rows), line=i + 1,
-                                            rows_at=(start + 1, start + len(table))))
+            cards[-1][2].append(
+                FigureTable(
+                    command=m["command"],
+                    title=header[0].replace("*", "").strip(),
+                    columns=tuple(header[1:]),
+                    rows=tuple(rows),
+                    line=i + 1,
+                    rows_at=(start + 1, start + len(table)),
+                )
+            )
             i = start + len(table)
             continue
         i += 1
@@ -155,7 +162,9 @@ def lookup(result: dict, row: str, column: str) -> float:
     else:
         teachers = result.get("teachers") or {}
         if row not in teachers:
-            raise KeyError(f"row {row!r}: the command's output has no such teacher (has: {', '.join(teachers) or 'none'})")
+            raise KeyError(
+                f"row {row!r}: the command's output has no such teacher (has: {', '.join(teachers) or 'none'})"
+            )
         scores, classes = teachers[row], tuple(c.lower() for c in teachers[row]["classes"])
     if key in classes:
         return float(scores["iou"][classes.index(key)])

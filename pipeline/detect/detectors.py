@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import InferSpec
-from pipeline.errors import WeightsChangedError
 from pipeline.detect.infer import Predictor
-from pipeline.detect.weights import Weights, cached_weights, default_weights
 from pipeline.detect.peers import DETECTORS, PEER_MODELS, PeerPredictor, peer_weights  # noqa: F401 (DETECTORS: re-exported)
 from pipeline.detect.runtime import Prediction
+from pipeline.detect.weights import Weights, cached_weights, default_weights
+from pipeline.errors import WeightsChangedError
+
 
 def is_peer(source: str | Path) -> bool:
     """A peer's name, alone or with the sensor it runs on (``ukis-csmask@sentinel-2-l2a``)."""
@@ -40,8 +41,9 @@ _CACHE: dict[tuple, Predictor | PeerPredictor] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_predictor(weights: str | Path | Weights | None = None, spec: InferSpec = InferSpec(),
-                  sha256: str | None = None) -> Predictor | PeerPredictor:
+def get_predictor(
+    weights: str | Path | Weights | None = None, spec: InferSpec = InferSpec(), sha256: str | None = None
+) -> Predictor | PeerPredictor:
     """The process's predictor for these weights (default: the shipped starter weights) and settings, built
     on first use and reused after. ``sha256``: the content the caller checked; a predictor of exactly that
     content is used (even if the file has been replaced since), and a file that no longer holds it is refused
@@ -54,9 +56,11 @@ def get_predictor(weights: str | Path | Weights | None = None, spec: InferSpec =
     if not isinstance(weights, Weights):
         weights = detector_weights(weights)
     if sha256 is not None and weights.sha256 != sha256:
-        raise WeightsChangedError(f"the weights at {weights.source} changed after the job checked them (sha256 "
-                                  f"{sha256[:12]}..., now {weights.sha256[:12]}...); the job stops rather than mix "
-                                  f"two models in one store: run it again to check the new file")
+        raise WeightsChangedError(
+            f"the weights at {weights.source} changed after the job checked them (sha256 "
+            f"{sha256[:12]}..., now {weights.sha256[:12]}...); the job stops rather than mix "
+            f"two models in one store: run it again to check the new file"
+        )
     key = (weights.sha256, spec)
     with _CACHE_LOCK:
         if key not in _CACHE:
@@ -70,10 +74,13 @@ def predictor_stats() -> dict:
     ``first_start``..``last_end`` (``time.time()``) of its forward passes."""
     with _CACHE_LOCK:
         stats = [p.stats for p in _CACHE.values()]
-    return {"tiles": sum(s.tiles for s in stats), "filler": sum(s.filler for s in stats),
-            "forward_s": sum(s.forward_s for s in stats),
-            "first_start": min((s.first_start for s in stats), default=float("inf")),
-            "last_end": max((s.last_end for s in stats), default=0.0)}
+    return {
+        "tiles": sum(s.tiles for s in stats),
+        "filler": sum(s.filler for s in stats),
+        "forward_s": sum(s.forward_s for s in stats),
+        "first_start": min((s.first_start for s in stats), default=float("inf")),
+        "last_end": max((s.last_end for s in stats), default=0.0),
+    }
 
 
 def reset_predictor_stats() -> None:
@@ -82,7 +89,8 @@ def reset_predictor_stats() -> None:
             p.stats.reset()
 
 
-def predict(image: np.ndarray, weights: str | Path | Weights | None = None, spec: InferSpec = InferSpec(),
-            **kwargs) -> Prediction:
+def predict(
+    image: np.ndarray, weights: str | Path | Weights | None = None, spec: InferSpec = InferSpec(), **kwargs
+) -> Prediction:
     """Convenience: ``get_predictor(weights, spec).predict(image, **kwargs)``."""
     return get_predictor(weights, spec).predict(image, **kwargs)

@@ -21,13 +21,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.config import InferSpec
-from pipeline.errors import ConfigError, InputError
-from pipeline.detect.weights import Weights
-from pipeline.detect.runtime import (Prediction, PredictorStats, dask_worker_threads, heap_for_activations, on_model_thread,
-                      submit_on_model_thread)
 from pipeline.catalog.sensors import MASK_NODATA, PROBABILITY_SCALE
+from pipeline.config import InferSpec
+from pipeline.detect.runtime import (
+    Prediction,
+    PredictorStats,
+    dask_worker_threads,
+    heap_for_activations,
+    on_model_thread,
+    submit_on_model_thread,
+)
 from pipeline.detect.tiles import TileGrid
+from pipeline.detect.weights import Weights
+from pipeline.errors import ConfigError, InputError
 from pipeline.read.bands import NativeBlock, assemble
 
 
@@ -105,7 +111,9 @@ class Predictor:
         self.grid = TileGrid(tile=tile, overlap=overlap)
         self.divisor = float(self.meta.normalisation["divisor"])
         # CPU: batch 2 ran 20 % faster per tile than batch 1 on 256 px tiles and tied on 512 px ones
-        self.batch_size = spec.batch_size or (8 if self.device.type == "cuda" else min(4, max(1, 2 * 256 ** 2 // tile ** 2)))
+        self.batch_size = spec.batch_size or (
+            8 if self.device.type == "cuda" else min(4, max(1, 2 * 256**2 // tile**2))
+        )
         if self.device.type == "cpu":
             threads = spec.threads or dask_worker_threads()
             if threads:  # on the thread that runs the model: OpenMP keeps the thread count per calling thread
@@ -130,9 +138,15 @@ class Predictor:
         return weights.build_model().eval().to(self.device).to(memory_format=torch.channels_last)
 
     # -- what callers use ----------------------------------------------------------------------------------
-    def predict(self, image: np.ndarray, *, offset: tuple[int, int] = (0, 0),
-                needed: tuple[slice, slice] | None = None, probabilities: bool = False,
-                mask_nodata: bool = True) -> Prediction:
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        offset: tuple[int, int] = (0, 0),
+        needed: tuple[slice, slice] | None = None,
+        probabilities: bool = False,
+        mask_nodata: bool = True,
+    ) -> Prediction:
         """Classes of ``image (band, y, x)`` (integer DN or float, in the weights' band order, on the model's grid).
 
         ``offset``: global pixel position of ``image[:, 0, 0]`` on the scene grid the tiles are anchored to.
@@ -163,11 +177,20 @@ class Predictor:
         (y0, y1), (x0, x1) = block.needed
         host = [self._host(b.data) for b in block.bands]
         prepare = lambda: assemble(block, self.device, host)  # noqa: E731
-        pred = self._run(prepare, (r0, c0), (r1 - r0, c1 - c0), (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0)),
-                         "scaled" if probabilities else None, True)
+        pred = self._run(
+            prepare,
+            (r0, c0),
+            (r1 - r0, c1 - c0),
+            (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0)),
+            "scaled" if probabilities else None,
+            True,
+        )
         inner = (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0))
-        return Prediction(pred.classes[inner], None if pred.probabilities is None else pred.probabilities[(slice(None), *inner)],
-                          pred.counts)
+        return Prediction(
+            pred.classes[inner],
+            None if pred.probabilities is None else pred.probabilities[(slice(None), *inner)],
+            pred.counts,
+        )
 
     # -- the queue ------------------------------------------------------------------------------------------
     def _run(self, prepare, offset, shape, needed, probabilities, mask_nodata) -> Prediction:
@@ -216,7 +239,7 @@ class Predictor:
                     except BaseException as exc:  # noqa: BLE001 - the block's caller gets it
                         self._fail([job], exc)
                         continue
-                take = job.origins[job.queued:job.queued + self.batch_size - len(batch)]
+                take = job.origins[job.queued : job.queued + self.batch_size - len(batch)]
                 batch += [(job, o) for o in take]
                 job.queued += len(take)
                 if len(batch) == self.batch_size:
@@ -259,7 +282,7 @@ class Predictor:
                 part = job.image[:, sy0:sy1, sx0:sx1]
                 if part.dtype == torch.int16:
                     part = part.to(torch.int32) & 0xFFFF
-                x[n, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = part
+                x[n, :, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = part
         x /= self.divisor
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
@@ -296,8 +319,11 @@ class Predictor:
             counts[-1] = (ys.stop - ys.start) * (xs.stop - xs.start)
             probs = None
             if job.probabilities:
-                probs = np.full((len(self.meta.classes), h, w), np.nan if job.probabilities == "float" else MASK_NODATA,
-                                np.float32 if job.probabilities == "float" else np.uint8)
+                probs = np.full(
+                    (len(self.meta.classes), h, w),
+                    np.nan if job.probabilities == "float" else MASK_NODATA,
+                    np.float32 if job.probabilities == "float" else np.uint8,
+                )
             if job.acc is not None and job.acc.numel():
                 p = job.acc / job.weight
                 valid = job.valid[ys, xs]
@@ -305,7 +331,7 @@ class Predictor:
                 c[~valid] = MASK_NODATA
                 classes[ys, xs] = c.cpu().numpy()
                 counted = torch.bincount(c.flatten().to(torch.int32), minlength=256).cpu().numpy()
-                counts = np.append(counted[:len(self.meta.classes)], counted[MASK_NODATA]).astype(np.int64)
+                counts = np.append(counted[: len(self.meta.classes)], counted[MASK_NODATA]).astype(np.int64)
                 if job.probabilities == "float":
                     probs[:, ys, xs] = torch.where(valid, p, torch.nan).cpu().numpy()
                 elif job.probabilities == "scaled":

@@ -16,20 +16,28 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from pipeline.catalog.sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
 from pipeline.config import BLOCK, InferSpec
 from pipeline.detect.detectors import detector_weights, get_predictor
-from pipeline.errors import ConfigError
+from pipeline.detect.tiles import TileGrid
 from pipeline.detect.weights import default_weights
-from pipeline.catalog.sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
+from pipeline.errors import ConfigError
 from pipeline.job.plans import aligned_chunks
 from pipeline.job.tasks import task_prefix
-from pipeline.detect.tiles import TileGrid
 
 FLAG_MEANINGS = " ".join(CLASS_NAMES)
 
 
-def _predict_block(block: np.ndarray, weights: str, spec: InferSpec, before: int, starts_y, starts_x,
-                   probabilities: bool = False, block_info=None) -> np.ndarray:
+def _predict_block(
+    block: np.ndarray,
+    weights: str,
+    spec: InferSpec,
+    before: int,
+    starts_y,
+    starts_x,
+    probabilities: bool = False,
+    block_info=None,
+) -> np.ndarray:
     """One overlapped block ``(band, y+halos, x+halos)`` -> its interior's classes ``(y, x)`` uint8, or with
     ``probabilities`` ``(1 + class, y, x)`` uint8: the classes, then each class's probability x 250.
     ``before``: the leading halo (boundary="none": none before the scene's first row and column)."""
@@ -39,11 +47,12 @@ def _predict_block(block: np.ndarray, weights: str, spec: InferSpec, before: int
     h, w = starts_y[i + 1] - y0, starts_x[j + 1] - x0
     ty, tx = y0 - oy, x0 - ox
     pred = get_predictor(weights, spec).predict(
-        block, offset=(oy, ox), needed=(slice(ty, ty + h), slice(tx, tx + w)), probabilities=probabilities)
-    classes = pred.classes[ty:ty + h, tx:tx + w]
+        block, offset=(oy, ox), needed=(slice(ty, ty + h), slice(tx, tx + w)), probabilities=probabilities
+    )
+    classes = pred.classes[ty : ty + h, tx : tx + w]
     if not probabilities:
         return classes
-    probs = pred.probabilities[:, ty:ty + h, tx:tx + w]
+    probs = pred.probabilities[:, ty : ty + h, tx : tx + w]
     scaled = np.where(np.isfinite(probs), np.round(np.nan_to_num(probs) * PROBABILITY_SCALE), MASK_NODATA)
     return np.concatenate([classes[None], scaled.astype(np.uint8)])
 
@@ -56,8 +65,15 @@ def _with_halo(scene: da.Array, before: int, after: int) -> da.Array:
     return da.overlap.overlap(scene, depth=depth, boundary={0: "none", 1: "none", 2: "none"})
 
 
-def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpec = InferSpec(), chunk: int = BLOCK,
-                  names: list[str] | None = None, gpu: bool = False, probabilities: bool = False):
+def predict_masks(
+    cube: xr.DataArray,
+    weights: str | None = None,
+    spec: InferSpec = InferSpec(),
+    chunk: int = BLOCK,
+    names: list[str] | None = None,
+    gpu: bool = False,
+    probabilities: bool = False,
+):
     """Lazy masks of ``cube (time, band, y, x)`` harmonised DN (uint16, bands in the weights' order), with
     ``weights`` (path or URL; default: the shipped starter weights).
 
@@ -89,18 +105,42 @@ def predict_masks(cube: xr.DataArray, weights: str | None = None, spec: InferSpe
         scene = data[t].rechunk((nb, cy, cx), method="tasks")
         padded = _with_halo(scene, before, after)
         name = f"{task_prefix(names[t] if names else str(t))}-{dask.base.tokenize(scene, weights, spec)}"
-        layers = {"chunks": ((1 + len(meta.classes),), cy, cx)} if probabilities else {"chunks": (cy, cx), "drop_axis": 0}
+        layers = (
+            {"chunks": ((1 + len(meta.classes),), cy, cx)} if probabilities else {"chunks": (cy, cx), "drop_axis": 0}
+        )
         with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
-            slices.append(da.map_blocks(
-                _predict_block, padded, weights, spec, before, starts_y, starts_x, probabilities, name=name,
-                dtype=np.uint8, meta=np.empty((0,) * (3 if probabilities else 2), np.uint8), **layers))
+            slices.append(
+                da.map_blocks(
+                    _predict_block,
+                    padded,
+                    weights,
+                    spec,
+                    before,
+                    starts_y,
+                    starts_x,
+                    probabilities,
+                    name=name,
+                    dtype=np.uint8,
+                    meta=np.empty((0,) * (3 if probabilities else 2), np.uint8),
+                    **layers,
+                )
+            )
     empty = (0, 1 + len(meta.classes), ny, nx) if probabilities else (0, ny, nx)
     out = da.stack(slices) if slices else da.zeros(empty, np.uint8)
     coords = {k: v for k, v in cube.coords.items() if "band" not in v.dims}
-    mask = xr.DataArray(out[:, 0] if probabilities else out, dims=("time", "y", "x"), coords=coords, name="mask",
-                        attrs={"flag_values": [0, 1, 2, 3], "flag_meanings": FLAG_MEANINGS, "nodata": MASK_NODATA})
+    mask = xr.DataArray(
+        out[:, 0] if probabilities else out,
+        dims=("time", "y", "x"),
+        coords=coords,
+        name="mask",
+        attrs={"flag_values": [0, 1, 2, 3], "flag_meanings": FLAG_MEANINGS, "nodata": MASK_NODATA},
+    )
     if not probabilities:
         return mask
-    prob = xr.DataArray(out[:, 1:], dims=("time", "class", "y", "x"), coords=dict(coords, **{"class": list(meta.classes)}),
-                        attrs={"long_name": f"class probability x {PROBABILITY_SCALE}", "nodata": MASK_NODATA})
+    prob = xr.DataArray(
+        out[:, 1:],
+        dims=("time", "class", "y", "x"),
+        coords=dict(coords, **{"class": list(meta.classes)}),
+        attrs={"long_name": f"class probability x {PROBABILITY_SCALE}", "nodata": MASK_NODATA},
+    )
     return xr.Dataset({"mask": mask, "probability": prob})

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.catalog.sensors import SENSORS, SENTINEL2_L1C, Sensor
 from pipeline.detect.runtime import Prediction, PredictorStats, dask_worker_threads, on_model_thread
-from pipeline.catalog.sensors import SENTINEL2_L1C, SENSORS, Sensor
+from pipeline.errors import ConfigError, InputError
 
 S2_BANDS = SENTINEL2_L1C.bands
 
@@ -31,7 +31,9 @@ def _require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ConfigError(f"{module} is not installed; install it with: pip install 'cloudmask-pipeline[{extra}]'") from exc
+        raise ConfigError(
+            f"{module} is not installed; install it with: pip install 'cloudmask-pipeline[{extra}]'"
+        ) from exc
 
 
 def s2cloudless_probability(dn: np.ndarray, threads: int = 0) -> np.ndarray:
@@ -54,8 +56,9 @@ UKIS_SENSORS = {
 }
 
 
-def ukis_probabilities(dn: np.ndarray, resolution_m: float = 10.0, threads: int = 0,
-                       product_level: str = "l1c") -> np.ndarray:
+def ukis_probabilities(
+    dn: np.ndarray, resolution_m: float = 10.0, threads: int = 0, product_level: str = "l1c"
+) -> np.ndarray:
     """ukis-csmask (ONNX U-Net) softmax ``(3, y, x)`` float32: background, cloud, shadow, of ``dn``: the 13
     Sentinel-2 L1C bands, or exactly its six bands (blue, green, red, nir, swir16, swir22) as reflectance x
     10000 of any sensor it knows. ``product_level``: ``l1c`` (top of atmosphere) or ``l2a`` (surface).
@@ -83,8 +86,12 @@ def ukis_probabilities(dn: np.ndarray, resolution_m: float = 10.0, threads: int 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # inputs under 256 px: it pads, which is fine
-        cs = CSmask(np.ascontiguousarray(np.moveaxis(six, 0, -1)), band_order=list(UKIS_BANDS), product_level=product_level,
-                    intra_op_num_threads=threads)
+        cs = CSmask(
+            np.ascontiguousarray(np.moveaxis(six, 0, -1)),
+            band_order=list(UKIS_BANDS),
+            product_level=product_level,
+            intra_op_num_threads=threads,
+        )
     probs = _ukis_softmax(cs)
     if factor > 1:
         probs = zoom(probs, (1, factor, factor), order=1)[:, :h, :w]
@@ -96,8 +103,9 @@ def _ukis_softmax(cs) -> np.ndarray:
 
     x = np.moveaxis(tile_array(cs.img, xsize=cs.target_size[0], ysize=cs.target_size[1], overlap=0.2), -1, 1)
     probs = np.concatenate([cs.softmax(cs.session.run(None, {cs.input_names: b})[0]) for b in cs.batch(x, 1)])
-    probs = untile_array(np.moveaxis(probs, 1, -1), (cs.img.shape[0], cs.img.shape[1], probs.shape[1]),
-                         overlap=0.2, smooth_blending=True)
+    probs = untile_array(
+        np.moveaxis(probs, 1, -1), (cs.img.shape[0], cs.img.shape[1], probs.shape[1]), overlap=0.2, smooth_blending=True
+    )
     return np.moveaxis(probs, -1, 0)
 
 
@@ -148,8 +156,8 @@ def peer_weights(source: str):
     handles it like a weights file."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from pipeline.detect.weights import Weights, WeightsMeta
     from pipeline.catalog.sensors import CLASS_CODES, CLASS_NAMES
+    from pipeline.detect.weights import Weights, WeightsMeta
 
     name, _, key = source.partition("@")
     if name not in PEER_MODELS:
@@ -162,11 +170,20 @@ def peer_weights(source: str):
     try:
         release = version(package)
     except PackageNotFoundError:
-        raise ConfigError(f"{package} is not installed; install it with: pip install 'cloudmask-pipeline[peers]'") from None
-    meta = WeightsMeta(model=name, bands=bands, classes=CLASS_NAMES, class_codes=CLASS_CODES,
-                       normalisation={"kind": "scale", "divisor": 10000.0}, tile_size=512, sensor=sensor.name,
-                       level=sensor.level,
-                       provenance={"peer": f"{package}=={release}", "crosswalk": "pipeline/detect/peers.py"})
+        raise ConfigError(
+            f"{package} is not installed; install it with: pip install 'cloudmask-pipeline[peers]'"
+        ) from None
+    meta = WeightsMeta(
+        model=name,
+        bands=bands,
+        classes=CLASS_NAMES,
+        class_codes=CLASS_CODES,
+        normalisation={"kind": "scale", "divisor": 10000.0},
+        tile_size=512,
+        sensor=sensor.name,
+        level=sensor.level,
+        provenance={"peer": f"{package}=={release}", "crosswalk": "pipeline/detect/peers.py"},
+    )
     return Weights(meta=meta, state={}, sha256=f"{package}=={release}@{sensor.key}", source=source)
 
 
@@ -178,8 +195,9 @@ class PeerPredictor:
 
     def __init__(self, weights) -> None:
         self.meta, self.sha256, self.name = weights.meta, weights.sha256, weights.meta.model
-        _, self.product_level, self.resolution_m = UKIS_SENSORS.get(f"{self.meta.sensor}-{self.meta.level}".lower(),
-                                                                    (None, "l1c", 10.0))
+        _, self.product_level, self.resolution_m = UKIS_SENSORS.get(
+            f"{self.meta.sensor}-{self.meta.level}".lower(), (None, "l1c", 10.0)
+        )
         self.stats = PredictorStats()
         self.threads = dask_worker_threads() or 0  # 0: onnxruntime's choice (all cores)
 
@@ -192,8 +210,8 @@ class PeerPredictor:
     def predict_block(self, block, probabilities: bool = False):
         """Classes (and stored probabilities, uint8 p x 250) of a block's interior (``pipeline.read.bands.NativeBlock``),
         its bands brought onto the scene grid on the CPU."""
-        from pipeline.read.bands import block_image
         from pipeline.catalog.sensors import MASK_NODATA, PROBABILITY_SCALE
+        from pipeline.read.bands import block_image
 
         (r0, _), (c0, _) = block.rows, block.cols
         (y0, y1), (x0, x1) = block.needed
@@ -202,11 +220,14 @@ class PeerPredictor:
         probs = None
         if probabilities:
             p = pred.probabilities[(slice(None), *inner)]
-            probs = np.where(np.isfinite(p), np.round(np.nan_to_num(p) * PROBABILITY_SCALE), MASK_NODATA).astype(np.uint8)
+            probs = np.where(np.isfinite(p), np.round(np.nan_to_num(p) * PROBABILITY_SCALE), MASK_NODATA).astype(
+                np.uint8
+            )
         return Prediction(classes=pred.classes[inner], probabilities=probs)
 
-    def predict(self, image: np.ndarray, *, offset=(0, 0), needed=None, probabilities: bool = False,
-                mask_nodata: bool = True):
+    def predict(
+        self, image: np.ndarray, *, offset=(0, 0), needed=None, probabilities: bool = False, mask_nodata: bool = True
+    ):
         from pipeline.catalog.sensors import MASK_NODATA
 
         image = np.asarray(image)
@@ -216,8 +237,9 @@ class PeerPredictor:
         if self.name == "s2cloudless":
             p = on_model_thread(self._timed, s2cloudless_probability, image)
         else:
-            ukis = functools.partial(ukis_probabilities, resolution_m=self.resolution_m,
-                                     product_level=self.product_level)
+            ukis = functools.partial(
+                ukis_probabilities, resolution_m=self.resolution_m, product_level=self.product_level
+            )
             u = on_model_thread(self._timed, ukis, image)
         if self.name == "s2cloudless":
             probs[0], probs[1] = 1 - p, p

@@ -19,8 +19,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pipeline.errors import WeightsError, WeightsMismatchError
 from pipeline.detect.model.registry import create_model
+from pipeline.errors import WeightsError, WeightsMismatchError
 
 METADATA_KEY = "cloudmask"
 FORMAT_VERSION = 1
@@ -52,13 +52,15 @@ class WeightsMeta:
         if len(self.classes) != len(self.class_codes):
             raise WeightsError(f"weights list {len(self.classes)} classes but {len(self.class_codes)} class codes")
         if self.normalisation.get("kind") != "scale" or float(self.normalisation.get("divisor", 0)) <= 0:
-            raise WeightsError(f"unsupported normalisation {self.normalisation!r}; expected kind 'scale' with divisor > 0")
+            raise WeightsError(
+                f"unsupported normalisation {self.normalisation!r}; expected kind 'scale' with divisor > 0"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "WeightsMeta":
+    def from_json(cls, text: str) -> WeightsMeta:
         d = json.loads(text)
         for key in ("bands", "classes", "class_codes", "also_levels"):
             if key in d:
@@ -67,8 +69,9 @@ class WeightsMeta:
 
     def model_args(self) -> dict:
         """Arguments to build the model: its options, band and class counts, and the tile size as input size."""
-        return dict({"img_size": self.tile_size}, **self.model_kwargs, in_chans=len(self.bands),
-                    num_classes=len(self.classes))
+        return dict(
+            {"img_size": self.tile_size}, **self.model_kwargs, in_chans=len(self.bands), num_classes=len(self.classes)
+        )
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,9 @@ class Weights:
             )
         return model.eval()
 
-    def check(self, bands: list[str] | tuple[str, ...] | None = None,
-              classes: list[str] | tuple[str, ...] | None = None) -> None:
+    def check(
+        self, bands: list[str] | tuple[str, ...] | None = None, classes: list[str] | tuple[str, ...] | None = None
+    ) -> None:
         """Refuse weights whose bands or classes differ from what the caller has or needs."""
         for what, have, want in (("bands", self.meta.bands, bands), ("classes", self.meta.classes, classes)):
             if want is not None and tuple(want) != tuple(have):
@@ -124,8 +128,9 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_weights(path: str | Path, state: dict[str, torch.Tensor] | nn.Module, meta: WeightsMeta,
-                 dtype: torch.dtype | None = None) -> str:
+def save_weights(
+    path: str | Path, state: dict[str, torch.Tensor] | nn.Module, meta: WeightsMeta, dtype: torch.dtype | None = None
+) -> str:
     """Write ``state`` (or a model's state dict) and ``meta`` to ``path``; return the file's sha256.
 
     ``dtype`` (e.g. ``torch.float16``) casts floating tensors to keep files small; loading casts back.
@@ -153,21 +158,37 @@ def blend_weights(a: Weights, b: Weights, alpha: float) -> tuple[dict[str, torch
     if not 0.0 <= alpha <= 1.0:
         raise WeightsError(f"alpha={alpha}; expected the share of the second file, 0 to 1")
     ours, theirs = json.loads(a.meta.to_json()), json.loads(b.meta.to_json())
-    for key in ("model", "model_kwargs", "bands", "classes", "class_codes", "normalisation", "tile_size", "sensor",
-                "level", "also_levels", "format_version"):
+    for key in (
+        "model",
+        "model_kwargs",
+        "bands",
+        "classes",
+        "class_codes",
+        "normalisation",
+        "tile_size",
+        "sensor",
+        "level",
+        "also_levels",
+        "format_version",
+    ):
         if ours.get(key) != theirs.get(key):
-            raise WeightsMismatchError(f"{a.source} and {b.source} differ in {key} ({ours.get(key)!r} vs "
-                                       f"{theirs.get(key)!r}); only files of one contract can be blended")
+            raise WeightsMismatchError(
+                f"{a.source} and {b.source} differ in {key} ({ours.get(key)!r} vs "
+                f"{theirs.get(key)!r}); only files of one contract can be blended"
+            )
     if a.state.keys() != b.state.keys():
         odd = sorted(a.state.keys() ^ b.state.keys())
-        raise WeightsMismatchError(f"{a.source} and {b.source} hold different tensors ({odd[:3]}...); only files of "
-                                   f"one model can be blended")
+        raise WeightsMismatchError(
+            f"{a.source} and {b.source} hold different tensors ({odd[:3]}...); only files of one model can be blended"
+        )
     state = {}
     for key, x in a.state.items():
         y = b.state[key]
         if x.shape != y.shape:
-            raise WeightsMismatchError(f"tensor {key} has shape {tuple(x.shape)} in {a.source} but {tuple(y.shape)} "
-                                       f"in {b.source}; only files of one model can be blended")
+            raise WeightsMismatchError(
+                f"tensor {key} has shape {tuple(x.shape)} in {a.source} but {tuple(y.shape)} "
+                f"in {b.source}; only files of one model can be blended"
+            )
         state[key] = torch.lerp(x.float(), y.float(), alpha) if x.is_floating_point() else y
     blend = {"alpha": alpha, "a_sha256": a.sha256, "b_sha256": b.sha256}
     return state, replace(b.meta, provenance=dict(b.meta.provenance, blend=blend))
@@ -177,7 +198,9 @@ def _local_copy(source: str, cache_dir: str | Path | None) -> Path:
     if "://" not in source or source.startswith("file://"):
         path = Path(source.removeprefix("file://")).expanduser()
         if not path.is_file():
-            raise WeightsError(f"weights file {source!r} does not exist; give a local path or an fsspec URL of a .safetensors file")
+            raise WeightsError(
+                f"weights file {source!r} does not exist; give a local path or an fsspec URL of a .safetensors file"
+            )
         return path
     cache = Path(cache_dir or Path.home() / ".cache" / "cloudmask" / "weights")
     try:
@@ -202,8 +225,9 @@ def _refuse_pickle(path: Path, source: str) -> None:
         )
 
 
-def load_weights(source: str | Path, *, bands=None, classes=None, cache_dir=None,
-                 expected_sha256: str | None = None) -> Weights:
+def load_weights(
+    source: str | Path, *, bands=None, classes=None, cache_dir=None, expected_sha256: str | None = None
+) -> Weights:
     """Load a weights file from a local path or an fsspec URL (``http://``, ``s3://``, ``file://``, ...).
 
     ``bands``/``classes``, when given, must equal the file's lists (in order) or the file is refused.
@@ -213,13 +237,17 @@ def load_weights(source: str | Path, *, bands=None, classes=None, cache_dir=None
     _refuse_pickle(path, source)
     sha = file_sha256(path)
     if expected_sha256 and sha != expected_sha256.lower():
-        raise WeightsError(f"{source}: sha256 {sha} differs from the expected {expected_sha256}; the file is corrupt or another version")
+        raise WeightsError(
+            f"{source}: sha256 {sha} differs from the expected {expected_sha256}; the file is corrupt or another version"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"{source} is not a readable safetensors file ({exc}); the file may be truncated or corrupt") from exc
+        raise WeightsError(
+            f"{source} is not a readable safetensors file ({exc}); the file may be truncated or corrupt"
+        ) from exc
     if raw is None:
         raise WeightsError(
             f"{source} has no '{METADATA_KEY}' metadata (bands, classes, normalisation); re-save it with "
@@ -255,19 +283,25 @@ def check_architecture(weights: Weights) -> None:
     except WeightsError:
         raise
     except Exception as exc:  # noqa: BLE001 - bad arguments: one line naming them
-        raise WeightsError(f"{weights.source}: model {meta.model!r} cannot be built with its arguments "
-                           f"{meta.model_kwargs}: {type(exc).__name__}: {exc}") from None
+        raise WeightsError(
+            f"{weights.source}: model {meta.model!r} cannot be built with its arguments "
+            f"{meta.model_kwargs}: {type(exc).__name__}: {exc}"
+        ) from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in weights.state.items()}
     if expected != have:
         odd = sorted(k for k in expected.keys() | have.keys() if expected.get(k) != have.get(k))
-        raise WeightsError(f"{weights.source}: its model arguments {meta.model_kwargs} describe another model than "
-                           f"its tensors ({len(odd)} differ, e.g. {odd[0]}: declared {expected.get(odd[0])}, in the "
-                           f"file {have.get(odd[0])}); the file is corrupt or its metadata was edited")
+        raise WeightsError(
+            f"{weights.source}: its model arguments {meta.model_kwargs} describe another model than "
+            f"its tensors ({len(odd)} differ, e.g. {odd[0]}: declared {expected.get(odd[0])}, in the "
+            f"file {have.get(odd[0])}); the file is corrupt or its metadata was edited"
+        )
     count = sum(v.numel() for v in model.state_dict().values())
     if count > MAX_PARAMETERS:
-        raise WeightsError(f"{weights.source}: model {meta.model!r} with {meta.model_kwargs} has {count:,} "
-                           f"parameters, over the {MAX_PARAMETERS:,} this pipeline runs")
+        raise WeightsError(
+            f"{weights.source}: model {meta.model!r} with {meta.model_kwargs} has {count:,} "
+            f"parameters, over the {MAX_PARAMETERS:,} this pipeline runs"
+        )
 
 
 _CACHE: dict[tuple, Weights] = {}

@@ -14,35 +14,32 @@ from __future__ import annotations
 import collections
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from pipeline.catalog.access import Access, access_for, needs_signing, redact, require_signing, sign
-from pipeline.config import BLOCK, InferSpec, SearchSpec
-from pipeline.detect.detectors import detector_weights
-from pipeline.errors import CloudmaskError, ConfigError, InputError, WeightsChangedError, raise_if_stopped
-from pipeline.read.grids import MAX_GRID_PX
-from pipeline.store.locks import LeaseLostError, lease_seconds
-from pipeline.detect.weights import default_weights
-from pipeline.read.bands import check_files
-from pipeline.job.plans import JobPlan, PreflightError, ScenePlan, check_items, plan_job
-from pipeline.retries import retrying, transient
 from pipeline.catalog.sensors import get_profile
 from pipeline.catalog.stac import search_items
-from pipeline.store.stats import SceneStats, to_frame
-from pipeline.store.maskstore import MaskStore
-from pipeline.job.tasks import ModelRef, Writer, mask_block, scene_counts, task_prefix
+from pipeline.config import BLOCK, InferSpec, SearchSpec
+from pipeline.detect.detectors import detector_weights
 from pipeline.detect.tiles import TileGrid
-from pipeline.errors import JobStopped
+from pipeline.detect.weights import default_weights
+from pipeline.errors import CloudmaskError, ConfigError, InputError, JobStopped, WeightsChangedError, raise_if_stopped
+from pipeline.job.plans import JobPlan, PreflightError, ScenePlan, check_items, plan_job
+from pipeline.job.tasks import ModelRef, Writer, mask_block, scene_counts, task_prefix
+from pipeline.read.bands import check_files
+from pipeline.read.grids import MAX_GRID_PX
+from pipeline.retries import retrying, transient
+from pipeline.store.locks import LeaseLostError, lease_seconds
+from pipeline.store.maskstore import MaskStore
+from pipeline.store.stats import SceneStats, to_frame
 
 FLUSH_S = 5.0  # per-scene statistics variables are written at most this often (the manifest at once)
 # each task of a GPU cluster asks for this share of its worker's GPU resource: tasks run only on GPU workers, as
 # many at once as a worker has threads (they read while the model thread runs one forward pass at a time)
-GPU_SHARE = 2 ** -6
-
-
+GPU_SHARE = 2**-6
 
 
 @dataclass(frozen=True)
@@ -64,8 +61,10 @@ class JobSpec:
 
     def __post_init__(self):
         if self.chunk < 1:
-            raise ConfigError(f"chunk={self.chunk} must be at least 1: the Dask block side in pixels (default {BLOCK}; "
-                              f"rounded down to a multiple of the tile stride, at least one stride)")
+            raise ConfigError(
+                f"chunk={self.chunk} must be at least 1: the Dask block side in pixels (default {BLOCK}; "
+                f"rounded down to a multiple of the tile stride, at least one stride)"
+            )
         if self.max_grid < 1:
             raise ConfigError(f"max_grid={self.max_grid} must be at least 1 (pixels a side)")
 
@@ -85,9 +84,16 @@ def provenance(spec: JobSpec, loaded) -> dict:
     """What the masks of this run depend on (``store.PROVENANCE``), for the store's one-model check."""
     meta = loaded.meta
     tile = spec.infer.tile or meta.tile_size
-    return {"model": meta.model, "weights_sha256": loaded.sha256, "bands": list(meta.bands),
-            "classes": list(meta.classes), "tile": tile, "overlap": spec.infer.overlap_for(tile),
-            "precision": spec.infer.precision, "probabilities": spec.probabilities}
+    return {
+        "model": meta.model,
+        "weights_sha256": loaded.sha256,
+        "bands": list(meta.bands),
+        "classes": list(meta.classes),
+        "tile": tile,
+        "overlap": spec.infer.overlap_for(tile),
+        "precision": spec.infer.precision,
+        "probabilities": spec.probabilities,
+    }
 
 
 def tile_grid(spec: JobSpec, loaded) -> TileGrid:
@@ -130,8 +136,10 @@ def check_job(spec: JobSpec, items: list | None = None):
     store.check_free()  # a busy store is refused before any search or cluster
     tile = spec.infer.tile or meta.tile_size
     if not 0 <= 2 * spec.infer.overlap_for(tile) < tile:
-        raise CloudmaskError(f"overlap={spec.infer.overlap_for(tile)} must be at least 0 and less than half the "
-                             f"weights' {tile} px tile; pass a smaller --overlap")
+        raise CloudmaskError(
+            f"overlap={spec.infer.overlap_for(tile)} must be at least 0 and less than half the "
+            f"weights' {tile} px tile; pass a smaller --overlap"
+        )
     return profile, weights, loaded
 
 
@@ -143,8 +151,14 @@ def check_search(spec: JobSpec) -> list:
     if job_weights(spec, items) != checked[1]:  # the items' level picks another starter: check that one
         checked = check_job(spec, items)
     profile, _, loaded = checked
-    item, plan = check_items(items, loaded, f"{spec.search.collection!r} at {spec.search.url}", profile,
-                             max_grid=spec.max_grid, allowed_hrefs=spec.allowed_hrefs)
+    item, plan = check_items(
+        items,
+        loaded,
+        f"{spec.search.collection!r} at {spec.search.url}",
+        profile,
+        max_grid=spec.max_grid,
+        allowed_hrefs=spec.allowed_hrefs,
+    )
     read = plan.read
     if needs_signing(item, plan.assets.values()):
         require_signing()
@@ -152,8 +166,9 @@ def check_search(spec: JobSpec) -> list:
     try:  # the files of the first item as its metadata says, before anything starts
         check_files(read, access_for([item]))
     except InputError as exc:
-        raise PreflightError(f"the first runnable item of {spec.search.collection!r} does not describe its files: "
-                             f"{exc}") from None
+        raise PreflightError(
+            f"the first runnable item of {spec.search.collection!r} does not describe its files: {exc}"
+        ) from None
     return items
 
 
@@ -163,8 +178,9 @@ def store_table(store: MaskStore, results: list[SceneStats]):
     import pandas as pd
 
     frame = to_frame(results)
-    others = [SceneStats.from_row(e["stats"]) for i, e in store.done().items()
-              if e.get("stats") and i not in frame.index]
+    others = [
+        SceneStats.from_row(e["stats"]) for i, e in store.done().items() if e.get("stats") and i not in frame.index
+    ]
     if others:
         frame = pd.concat([frame, to_frame(others)])
     old = store.read_table()
@@ -195,14 +211,21 @@ def gpu_workers(client) -> int:
     return sum(1 for w in client.scheduler_info(n_workers=-1)["workers"].values() if w.get("resources", {}).get("GPU"))
 
 
-def job_run(spec: JobSpec, client=None, log: Callable[[str], None] = print, items: list | None = None) -> "JobRun":
+def job_run(spec: JobSpec, client=None, log: Callable[[str], None] = print, items: list | None = None) -> JobRun:
     """The job planned and ready to run: searched and checked (unless ``items``, those ``check_search`` found, are
     given), then planned from their metadata; ``client``: a ``distributed.Client`` (None: Dask's local threads)."""
     if items is None:
         items = check_search(spec)
     profile, _, loaded = check_job(spec, items)
-    plan = plan_job(items, loaded, profile, chunk=spec.chunk, tiles=tile_grid(spec, loaded), max_grid=spec.max_grid,
-                    allowed_hrefs=spec.allowed_hrefs)
+    plan = plan_job(
+        items,
+        loaded,
+        profile,
+        chunk=spec.chunk,
+        tiles=tile_grid(spec, loaded),
+        max_grid=spec.max_grid,
+        allowed_hrefs=spec.allowed_hrefs,
+    )
     return JobRun(spec, plan, loaded, access_for(items), client, log)
 
 
@@ -214,9 +237,17 @@ def run_job(spec: JobSpec, client=None, log: Callable[[str], None] = print, item
 class JobRun:
     """One execution of a ``JobPlan`` into its store (see the module's docstring)."""
 
-    def __init__(self, spec: JobSpec, plan: JobPlan, weights, access: Access, client=None,
-                 log: Callable[[str], None] = print) -> None:
-        self.spec, self.plan, self.weights, self.access, self.client, self.log = spec, plan, weights, access, client, log
+    def __init__(
+        self, spec: JobSpec, plan: JobPlan, weights, access: Access, client=None, log: Callable[[str], None] = print
+    ) -> None:
+        self.spec, self.plan, self.weights, self.access, self.client, self.log = (
+            spec,
+            plan,
+            weights,
+            access,
+            client,
+            log,
+        )
         self.store = MaskStore(spec.out)
         self.models: dict[str, ModelRef] = {}  # by the model source a scene runs (a peer's differs per sensor)
         self.run_id = uuid.uuid4().hex  # this run's task keys are its own: writes are side effects
@@ -232,8 +263,10 @@ class JobRun:
         spec, store, log = self.spec, self.store, self.log
         if self.gpus:
             log(f"{self.gpus} GPU workers: the job's tasks run on them")
-        log(f"found {len(self.plan.scenes) + len(self.plan.failed)} scenes in {spec.search.collection!r} at "
-            f"{spec.search.url}")
+        log(
+            f"found {len(self.plan.scenes) + len(self.plan.failed)} scenes in {spec.search.collection!r} at "
+            f"{spec.search.url}"
+        )
         with store.lock():
             log(f"writing {spec.out} (locked for this job)")
             store.check_provenance(provenance(spec, self.weights))  # again, under the lock
@@ -251,8 +284,11 @@ class JobRun:
             if skipped:
                 log(f"skipping {skipped} scenes already done in {spec.out} (resume)")
             in_job = {w[0].item_id for w in work}
-            self.results += [SceneStats.from_row(e["stats"]) for e in done.values()
-                             if e.get("stats") and e["stats"]["item_id"] in in_job]
+            self.results += [
+                SceneStats.from_row(e["stats"])
+                for e in done.values()
+                if e.get("stats") and e["stats"]["item_id"] in in_job
+            ]
             for item_id, when, reason in self.plan.failed:
                 self.results.append(SceneStats(item_id, when, "failed", reason))
                 log(f"{item_id}: failed before reading: {reason}")
@@ -272,11 +308,19 @@ class JobRun:
             by_group.setdefault(scene.group, []).append(scene)
         work = []
         for group, scenes in by_group.items():
-            store.ensure_group(self.plan.groups[group], [s.time for s in scenes],
-                               [s.item_id for s in scenes], (self.plan.chunk, self.plan.chunk),
-                               attrs={"model": meta.model, "weights_sha256": self.weights.sha256,
-                                      "stac_api": self.spec.search.url, "collection": self.spec.search.collection},
-                               probabilities=self.spec.probabilities)
+            store.ensure_group(
+                self.plan.groups[group],
+                [s.time for s in scenes],
+                [s.item_id for s in scenes],
+                (self.plan.chunk, self.plan.chunk),
+                attrs={
+                    "model": meta.model,
+                    "weights_sha256": self.weights.sha256,
+                    "stac_api": self.spec.search.url,
+                    "collection": self.spec.search.collection,
+                },
+                probabilities=self.spec.probabilities,
+            )
             index = store.scene_index(group)  # scenes already there keep their places; new ones were appended
             work += [(s, group, index[s.item_id]) for s in scenes]
         store.describe()
@@ -297,8 +341,14 @@ class JobRun:
             signed = {k: a.href for k, a in sign(hrefs.as_item()).assets.items()}
             read, b10 = read.signed(signed), signed.get("_b10", b10)
         token = tokenize(scene.item_id, t, self.run_id)
-        writer = Writer(self.store.url, tuple(sorted(self.store.location.options.items())), group,
-                        self.spec.probabilities, self.run_id, self.store.lease())
+        writer = Writer(
+            self.store.url,
+            tuple(sorted(self.store.location.options.items())),
+            group,
+            self.spec.probabilities,
+            self.run_id,
+            self.store.lease(),
+        )
         dsk: dict = {}
         harm = scene.harmonisation or (scene.properties, b10)  # Sentinel-2 L1C: each worker checks B10 once
         name = f"{task_prefix(scene.item_id, 'mask')}-{token}"
@@ -353,8 +403,9 @@ class JobRun:
                             self.finish(scene, group, t, start, outcome)
                         continue
                     resources = {"GPU": GPU_SHARE} if self.gpus else None
-                    future = client.get(_named_graph(dsk, key), [key], sync=False, priority=len(queue),
-                                        resources=resources)[0]
+                    future = client.get(
+                        _named_graph(dsk, key), [key], sync=False, priority=len(queue), resources=resources
+                    )[0]
                     pending[future] = (scene, group, t, start)
                     ended.add(future)
                 if not queue and self.submitted_all is None:
@@ -394,9 +445,14 @@ class JobRun:
         """Record a scene's outcome: its statistics (queued, flushed now and then) and, for a good scene, its
         manifest entry (at once). Failing to write them stops the job (``bookkeeping``)."""
         harm = None if isinstance(outcome, BaseException) else outcome[1]
-        stats = SceneStats(scene.item_id, scene.datetime, provider_cloud_cover=scene.provider_cloud_cover,
-                           processing_baseline=str((harm.baseline or "") if harm else ""),
-                           offset_applied=int(harm.offset if harm else 0), radiometry=harm.reason if harm else "")
+        stats = SceneStats(
+            scene.item_id,
+            scene.datetime,
+            provider_cloud_cover=scene.provider_cloud_cover,
+            processing_baseline=str((harm.baseline or "") if harm else ""),
+            offset_applied=int(harm.offset if harm else 0),
+            radiometry=harm.reason if harm else "",
+        )
         if isinstance(outcome, BaseException):
             stats.status = "failed"
             stats.reason = redact(f"{type(outcome).__name__}: {outcome}")[:2000]
@@ -408,8 +464,11 @@ class JobRun:
         stats.runtime_s = round(time.time() - start, 2)
         self.store.write_scene_stats(group, t, stats)
         if stats.status == "ok":
-            self.bookkeeping(self.store.mark_done, scene.item_id,
-                             {"status": "ok", "group": group, "time_index": t, "stats": stats.row()})
+            self.bookkeeping(
+                self.store.mark_done,
+                scene.item_id,
+                {"status": "ok", "group": group, "time_index": t, "stats": stats.row()},
+            )
         self.finished += 1
         detail = f"{stats.cloud_cover:.1f} % cloud" if stats.status == "ok" else stats.reason
         self.log(f"[{self.finished}/{self.total}] {scene.item_id}: {stats.status}, {detail} ({stats.runtime_s:.1f} s)")
@@ -429,9 +488,11 @@ class JobRun:
         except CloudmaskError:
             raise
         except Exception as exc:  # noqa: BLE001 - the store itself failing: stop, say where
-            raise JobStopped(f"could not write the job's records to {self.store.url} ({type(exc).__name__}: "
-                             f"{redact(exc)}); the job stopped: what it finished is recorded, run it again once the "
-                             f"store can be written") from None
+            raise JobStopped(
+                f"could not write the job's records to {self.store.url} ({type(exc).__name__}: "
+                f"{redact(exc)}); the job stopped: what it finished is recorded, run it again once the "
+                f"store can be written"
+            ) from None
 
 
 def _named_graph(dsk: dict, name: str):

@@ -18,24 +18,26 @@ import numpy as np
 from odc.geo.geobox import GeoBox
 
 from pipeline.catalog.assets import asset_resolution, band_assets, sensor_of
-from pipeline.read.bands import BandSource, SceneRead
-from pipeline.config import BLOCK
-from pipeline.errors import CloudmaskError, InputError
-from pipeline.read.grids import MAX_GRID_PX, axes_on, check_size, declared_grid, grid_name
-from pipeline.detect.weights import STARTERS, Weights
-from pipeline.detect.peers import PEER_MODELS, peer_sensor_bands, peer_source
-from pipeline.read.radiometry import Harmonisation, band_scale, decide, decide_landsat
 from pipeline.catalog.sensors import SENSOR_ALIASES, SENSORS, Profile, Sensor
+from pipeline.config import BLOCK
+from pipeline.detect.peers import PEER_MODELS, peer_sensor_bands, peer_source
 from pipeline.detect.tiles import TileGrid
+from pipeline.detect.weights import STARTERS, Weights
+from pipeline.errors import CloudmaskError, InputError, PreflightError
+from pipeline.read.bands import BandSource, SceneRead
+from pipeline.read.grids import MAX_GRID_PX, axes_on, check_size, declared_grid, grid_name
+from pipeline.read.radiometry import Harmonisation, band_scale, decide, decide_landsat
 from pipeline.read.upsample import Axis, Span
-from pipeline.errors import PreflightError
 
 SAMPLE = 10  # items the pre-flight check looks at
 # item properties the Sentinel-2 offset decision reads (pipeline.read.radiometry.decide)
-RADIOMETRY_KEYS = ("s2:processing_baseline", "processing:version", "s2:product_uri", "s2:product_id",
-                   "earthsearch:boa_offset_applied")
-
-
+RADIOMETRY_KEYS = (
+    "s2:processing_baseline",
+    "processing:version",
+    "s2:product_uri",
+    "s2:product_id",
+    "earthsearch:boa_offset_applied",
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class ScenePlan:
         """The acquisition time, UTC, as the store's ``time`` coordinate holds it."""
         value = dt.datetime.fromisoformat(self.datetime.replace("Z", "+00:00"))
         if value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
         return np.datetime64(value)
 
 
@@ -161,24 +163,31 @@ def plan_blocks(shape: tuple[int, int], chunk: int, tiles: TileGrid) -> tuple[Bl
         sizes = aligned_chunks(size, chunk, tiles.stride)
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         edges.append([(a, a + s, max(0, a - before), min(size, a + s + after)) for a, s in zip(starts, sizes)])
-    return tuple(Block((i, j), (y0, y1), (x0, x1), (ry0, ry1), (rx0, rx1))
-                 for i, (y0, y1, ry0, ry1) in enumerate(edges[0]) for j, (x0, x1, rx0, rx1) in enumerate(edges[1]))
+    return tuple(
+        Block((i, j), (y0, y1), (x0, x1), (ry0, ry1), (rx0, rx1))
+        for i, (y0, y1, ry0, ry1) in enumerate(edges[0])
+        for j, (x0, x1, rx0, rx1) in enumerate(edges[1])
+    )
 
 
 def scene_grid(item, assets: dict) -> tuple[str, GeoBox]:
     """``(asset key, grid)`` of the finest-resolution asset among ``assets`` (band -> key) that declares its grid;
     assets that declare none are placed on it by their files."""
-    declared = {k: declared_grid(item, k) for k in assets.values()}
-    usable = [k for k, g in declared.items() if g is not None]
+    res = {k: asset_resolution(item, k) or 1e9 for k in assets.values()}
+    order = sorted(res, key=lambda k: (res[k], k))
+    declared = {k: declared_grid(item, k) for k in order}  # finest first: an unusable grid is named there
+    usable = [k for k in order if declared[k] is not None]
     if not usable:
-        raise InputError(f"item {item.id}: none of its assets {sorted(declared)} declares proj:shape/proj:transform "
-                         f"(its grid); expected at least one, as Earth Search and Planetary Computer publish")
-    res = {k: asset_resolution(item, k) or 1e9 for k in declared}
-    key = min(usable, key=lambda k: (res[k], k))
-    finest = min(declared, key=lambda k: (res[k], k))
+        raise InputError(
+            f"item {item.id}: none of its assets {order} declares proj:shape/proj:transform (its grid); "
+            f"expected at least one, as Earth Search and Planetary Computer publish"
+        )
+    key, finest = usable[0], order[0]
     if res[finest] < res[key]:
-        raise InputError(f"item {item.id}: asset {finest!r} ({res[finest]:g} m) declares no grid and no "
-                         f"{res[finest]:g} m asset does; expected proj:shape/proj:transform on the finest assets")
+        raise InputError(
+            f"item {item.id}: asset {finest!r} ({res[finest]:g} m) declares no grid and no {res[finest]:g} m "
+            f"asset does; expected proj:shape/proj:transform on the finest assets"
+        )
     return key, declared[key]
 
 
@@ -192,7 +201,9 @@ def band_source(item, band: str, key: str, scene: GeoBox, sensor: Sensor) -> Ban
         try:
             y, x = axes_on(scene, declared.crs, declared.affine, declared.shape)
         except ValueError as exc:
-            raise InputError(f"item {item.id}: asset {key!r} ({band}) cannot be read onto the scene's grid: {exc}") from None
+            raise InputError(
+                f"item {item.id}: asset {key!r} ({band}) cannot be read onto the scene's grid: {exc}"
+            ) from None
     else:
         res = asset_resolution(item, key) or abs(scene.affine.a)
         f = max(1, round(res / abs(scene.affine.a)))
@@ -211,14 +222,23 @@ def check_href(item_id: str, key: str, href: str, allowed: tuple[str, ...] | Non
     from pipeline.catalog.access import redact
 
     if allowed is not None and not any(fnmatchcase(href, p) for p in allowed):
-        raise InputError(f"item {item_id}: asset {key!r} is at {redact(href)}, which matches none of the allowed "
-                         f"hrefs ({', '.join(allowed)}); the workers read whatever the items name: add a pattern to "
-                         f"--allowed-hrefs only for places you trust")
+        raise InputError(
+            f"item {item_id}: asset {key!r} is at {redact(href)}, which matches none of the allowed "
+            f"hrefs ({', '.join(allowed)}); the workers read whatever the items name: add a pattern to "
+            f"--allowed-hrefs only for places you trust"
+        )
 
 
-def plan_scene(item, weights: Weights, profile: Profile | None = None, *, chunk: int | None = None,
-               tiles: TileGrid | None = None, max_grid: int = MAX_GRID_PX,
-               allowed_hrefs: tuple[str, ...] | None = None) -> ScenePlan:
+def plan_scene(
+    item,
+    weights: Weights,
+    profile: Profile | None = None,
+    *,
+    chunk: int | None = None,
+    tiles: TileGrid | None = None,
+    max_grid: int = MAX_GRID_PX,
+    allowed_hrefs: tuple[str, ...] | None = None,
+) -> ScenePlan:
     """The plan of one item (a ``pystac.Item``) for ``weights``; ``InputError`` when it cannot be run. Blocks are
     planned when ``chunk`` and ``tiles`` are given; ``allowed_hrefs``: the patterns every href read must match."""
     sensor = profile.sensor if profile is not None else sensor_of(item)
@@ -230,8 +250,10 @@ def plan_scene(item, weights: Weights, profile: Profile | None = None, *, chunk:
     for band, key in assets.items():  # one band per asset: a stacked file would be read as its first band
         declared = item.assets[key].extra_fields.get("raster:bands")
         if declared is not None and len(declared) != 1:
-            raise InputError(f"item {item.id}: asset {key!r} ({band}) holds {len(declared)} bands (raster:bands); "
-                             f"expected one band per asset")
+            raise InputError(
+                f"item {item.id}: asset {key!r} ({band}) holds {len(declared)} bands (raster:bands); "
+                f"expected one band per asset"
+            )
     _, grid = scene_grid(item, assets)
     check_size(item.id, grid, max_grid)
     read = SceneRead(item.id, grid, tuple(band_source(item, b, k, grid, sensor) for b, k in assets.items()))
@@ -242,8 +264,20 @@ def plan_scene(item, weights: Weights, profile: Profile | None = None, *, chunk:
         check_href(item.id, key, href, allowed_hrefs)
     blocks = plan_blocks(tuple(grid.shape), chunk, tiles) if chunk and tiles else ()
     cover = item.properties.get("eo:cloud_cover")
-    return ScenePlan(item.id, str(item.datetime), sensor, assets, grid, model, read, blocks, harmonisation, check,
-                     tuple(sorted(props.items())), float(cover) if cover is not None else float("nan"))
+    return ScenePlan(
+        item.id,
+        str(item.datetime),
+        sensor,
+        assets,
+        grid,
+        model,
+        read,
+        blocks,
+        harmonisation,
+        check,
+        tuple(sorted(props.items())),
+        float(cover) if cover is not None else float("nan"),
+    )
 
 
 def _radiometry(item, sensor: Sensor, assets: dict, read: SceneRead, props: dict):
@@ -260,8 +294,16 @@ def _radiometry(item, sensor: Sensor, assets: dict, read: SceneRead, props: dict
     return decide(props), None
 
 
-def plan_job(items: list, weights: Weights, profile: Profile | None = None, *, chunk: int = BLOCK,
-             tiles: TileGrid, max_grid: int = MAX_GRID_PX, allowed_hrefs: tuple[str, ...] | None = None) -> JobPlan:
+def plan_job(
+    items: list,
+    weights: Weights,
+    profile: Profile | None = None,
+    *,
+    chunk: int = BLOCK,
+    tiles: TileGrid,
+    max_grid: int = MAX_GRID_PX,
+    allowed_hrefs: tuple[str, ...] | None = None,
+) -> JobPlan:
     """The plan of a job over ``items`` (pystac Items) with ``weights``: every item planned (``plan_scene``) with
     blocks of about ``chunk`` px on the ``tiles`` grid, or listed as failed with its reason; scenes ordered by
     acquisition time, then id."""
@@ -269,16 +311,26 @@ def plan_job(items: list, weights: Weights, profile: Profile | None = None, *, c
     side = aligned_chunk(chunk, tiles.stride)
     for item in sorted(items, key=lambda i: (str(i.datetime), i.id)):
         try:
-            scenes.append(plan_scene(item, weights, profile, chunk=side, tiles=tiles, max_grid=max_grid,
-                                     allowed_hrefs=allowed_hrefs))
+            scenes.append(
+                plan_scene(
+                    item, weights, profile, chunk=side, tiles=tiles, max_grid=max_grid, allowed_hrefs=allowed_hrefs
+                )
+            )
         except CloudmaskError as exc:
             failed.append((item.id, str(item.datetime), str(exc)))
     groups = {s.group: s.grid for s in scenes}
     return JobPlan(tuple(scenes), tuple(failed), groups, side, tiles)
 
 
-def check_items(items: list, weights: Weights, where: str, profile: Profile | None = None,
-                sample: int = SAMPLE, max_grid: int = MAX_GRID_PX, allowed_hrefs: tuple[str, ...] | None = None) -> tuple:
+def check_items(
+    items: list,
+    weights: Weights,
+    where: str,
+    profile: Profile | None = None,
+    sample: int = SAMPLE,
+    max_grid: int = MAX_GRID_PX,
+    allowed_hrefs: tuple[str, ...] | None = None,
+) -> tuple:
     """``(item, plan)`` of the first of the first ``sample`` items that can be run with ``weights``; else
     ``PreflightError`` with one line naming what they are and what would work. ``where``: the collection and
     API, for the message."""
@@ -293,8 +345,9 @@ def check_items(items: list, weights: Weights, where: str, profile: Profile | No
             except InputError:
                 pass
     hint = _what_would_work(weights, sensors)
-    raise PreflightError(f"none of the first {len(reasons)} items of {where} can be run: {reasons[0]}"
-                         f"{'; ' + hint if hint else ''}")
+    raise PreflightError(
+        f"none of the first {len(reasons)} items of {where} can be run: {reasons[0]}{'; ' + hint if hint else ''}"
+    )
 
 
 def _what_would_work(weights: Weights, sensors: list[Sensor]) -> str:
@@ -304,7 +357,11 @@ def _what_would_work(weights: Weights, sensors: list[Sensor]) -> str:
     options = []
     name = weights.meta.model.partition("@")[0]
     if name not in PEER_MODELS or peer_sensor_bands(name, sensor) is None:
-        if sensor.name == "sentinel-2" and sensor.level in STARTERS and not weights.source.endswith(STARTERS[sensor.level]):
+        if (
+            sensor.name == "sentinel-2"
+            and sensor.level in STARTERS
+            and not weights.source.endswith(STARTERS[sensor.level])
+        ):
             options.append(f"the shipped {sensor.level} starter (no --weights)")
         options.append(f"weights trained on {sensor.key} (--weights)")
         if peer_sensor_bands("ukis-csmask", sensor) is not None and name != "ukis-csmask":

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.catalog.access import Access, read_failure
-from pipeline.read.bands import SceneRead, read_block
+from pipeline.catalog.sensors import CLASS_NAMES, MASK_NODATA
 from pipeline.config import InferSpec
 from pipeline.errors import InputError
 from pipeline.job.plans import Block
-from pipeline.store.locks import lease_seconds
+from pipeline.read.bands import SceneRead, read_block
 from pipeline.read.radiometry import Harmonisation, decide
 from pipeline.retries import retrying
-from pipeline.catalog.sensors import CLASS_NAMES, MASK_NODATA
+from pipeline.store.locks import lease_seconds
 
 
 def task_prefix(scene: str, stage: str = "mask") -> str:
@@ -96,8 +96,9 @@ def _arrays(url: str, options: tuple, group: str, run: str) -> dict:
                 del _ARRAYS[old]
             # every chunk written whole, nodata ones too: no read-back, and no comparison of each chunk with the
             # fill value (that check cost four times the write of a 2,016 px chunk)
-            _ARRAYS[key] = {name: g[name].with_config({"write_empty_chunks": True})
-                            for name in ("mask", "probability") if name in g}
+            _ARRAYS[key] = {
+                name: g[name].with_config({"write_empty_chunks": True}) for name in ("mask", "probability") if name in g
+            }
         return _ARRAYS[key]
 
 
@@ -154,8 +155,9 @@ _DECISIONS: dict = {}
 _DECISIONS_LOCK = threading.Lock()
 
 
-def mask_block(scene: SceneRead, block: Block, radiometry_of, model: ModelRef, writer: Writer, t: int,
-               access: Access) -> tuple[np.ndarray, Harmonisation]:
+def mask_block(
+    scene: SceneRead, block: Block, radiometry_of, model: ModelRef, writer: Writer, t: int, access: Access
+) -> tuple[np.ndarray, Harmonisation]:
     """Read, predict and write one block: ``(class counts (5,) int64 (classes 0..3, then nodata), the radiometry
     applied)``. ``radiometry_of``: the scene's ``Harmonisation``, or ``(properties, B10 href)`` for the Sentinel-2
     L1C check (``radiometry``)."""
@@ -169,7 +171,7 @@ def mask_block(scene: SceneRead, block: Block, radiometry_of, model: ModelRef, w
     counts = pred.counts  # counted where the classes were made (on the GPU, nearly free)
     if counts is None:
         counted = np.bincount(pred.classes.ravel(), minlength=256)
-        counts = np.append(counted[:len(CLASS_NAMES)], counted[MASK_NODATA]).astype(np.int64)
+        counts = np.append(counted[: len(CLASS_NAMES)], counted[MASK_NODATA]).astype(np.int64)
     return counts, harmonisation
 
 

@@ -19,9 +19,8 @@ from odc.geo.geobox import GeoBox
 from pipeline.catalog.access import Access, read_failure, redact
 from pipeline.errors import InputError
 from pipeline.read.radiometry import Harmonisation, harmonise
-from pipeline.retries import retrying
 from pipeline.read.upsample import Axis, Span, upsample
-
+from pipeline.retries import retrying
 
 READ_RETRY_S = 30.0  # how long a band read waits for an unreachable server
 
@@ -53,17 +52,43 @@ class SceneRead:
     bands: tuple[BandSource, ...]
 
     def __dask_tokenize__(self):  # cheap: tokenising the grid's CRS once per block made a scene cost 0.25 s to submit
-        return ("SceneRead", self.item_id, tuple(b.href for b in self.bands), str(self.grid.affine), tuple(self.grid.shape))
+        return (
+            "SceneRead",
+            self.item_id,
+            tuple(b.href for b in self.bands),
+            str(self.grid.affine),
+            tuple(self.grid.shape),
+        )
 
     def __reduce__(self):
         """Plain values (every block task carries its scene's read plan, and the scheduler passes each on)."""
         a = self.grid.affine
-        bands = tuple((b.band, b.asset, b.href, b.y.factor, b.y.shift, b.y.size, b.x.factor, b.x.shift, b.x.size,
-                       b.dtype, b.declared, b.scale) for b in self.bands)
-        return _scene_read, (self.item_id, str(self.grid.crs), (a.a, a.b, a.c, a.d, a.e, a.f), tuple(self.grid.shape),
-                             bands)
+        bands = tuple(
+            (
+                b.band,
+                b.asset,
+                b.href,
+                b.y.factor,
+                b.y.shift,
+                b.y.size,
+                b.x.factor,
+                b.x.shift,
+                b.x.size,
+                b.dtype,
+                b.declared,
+                b.scale,
+            )
+            for b in self.bands
+        )
+        return _scene_read, (
+            self.item_id,
+            str(self.grid.crs),
+            (a.a, a.b, a.c, a.d, a.e, a.f),
+            tuple(self.grid.shape),
+            bands,
+        )
 
-    def signed(self, hrefs: dict[str, str]) -> "SceneRead":
+    def signed(self, hrefs: dict[str, str]) -> SceneRead:
         """The same with the hrefs of ``hrefs`` (asset key -> href, e.g. freshly signed)."""
         from dataclasses import replace
 
@@ -75,8 +100,10 @@ def _scene_read(item_id: str, crs: str, affine: tuple, shape: tuple, bands: tupl
     """A scene's read plan from its plain values; one object per scene and process (its blocks share it)."""
     from affine import Affine
 
-    sources = tuple(BandSource(band, asset, href, Axis(yf, ys, ysz), Axis(xf, xs, xsz), dtype, declared, scale)
-                    for band, asset, href, yf, ys, ysz, xf, xs, xsz, dtype, declared, scale in bands)
+    sources = tuple(
+        BandSource(band, asset, href, Axis(yf, ys, ysz), Axis(xf, xs, xsz), dtype, declared, scale)
+        for band, asset, href, yf, ys, ysz, xf, xs, xsz, dtype, declared, scale in bands
+    )
     return SceneRead(item_id, GeoBox(shape, Affine(*affine), crs), sources)
 
 
@@ -139,23 +166,32 @@ def open_checked(src, source: BandSource, scene: SceneRead) -> tuple[Axis, Axis]
     except ValueError as exc:
         raise InputError(f"{what} cannot be read onto the scene's grid: {exc}") from None
     if source.declared and (y, x) != (source.y, source.x):
-        raise InputError(f"{what}: the file's grid ({src.height} x {src.width} px, origin "
-                         f"({src.transform.c:.10g}, {src.transform.f:.10g}), {src.transform.a:g} m) is not the one the "
-                         f"item declares (proj:shape/proj:transform: {source.y.size} x {source.x.size} px at "
-                         f"{source.x.factor}x the scene's pixels, offset ({source.y.shift}, {source.x.shift})); the "
-                         f"item's metadata does not describe its file")
+        raise InputError(
+            f"{what}: the file's grid ({src.height} x {src.width} px, origin "
+            f"({src.transform.c:.10g}, {src.transform.f:.10g}), {src.transform.a:g} m) is not the one the "
+            f"item declares (proj:shape/proj:transform: {source.y.size} x {source.x.size} px at "
+            f"{source.x.factor}x the scene's pixels, offset ({source.y.shift}, {source.x.shift})); the "
+            f"item's metadata does not describe its file"
+        )
     if src.count != 1:
         raise InputError(f"{what} holds {src.count} bands; expected one band per asset")
     if src.dtypes[0] != source.dtype:
-        raise InputError(f"{what} holds {src.dtypes[0]} pixels, the item declares {source.dtype} (raster:bands "
-                         f"data_type, or the sensor's convention): a band in another form (e.g. reflectance as "
-                         f"floats) would be masked as if it were DN")
+        raise InputError(
+            f"{what} holds {src.dtypes[0]} pixels, the item declares {source.dtype} (raster:bands "
+            f"data_type, or the sensor's convention): a band in another form (e.g. reflectance as "
+            f"floats) would be masked as if it were DN"
+        )
     declared_scale, declared_offset = source.scale
     scale, offset = (src.scales or (1.0,))[0], (src.offsets or (0.0,))[0]
-    if (scale, offset) != (1.0, 0.0) and declared_scale is not None and (
-            not np.isclose(scale, declared_scale) or not np.isclose(offset, declared_offset or 0.0)):
-        raise InputError(f"{what}: the file's scale/offset ({scale:g}, {offset:g}) differ from the item's "
-                         f"raster:bands ({declared_scale:g}, {declared_offset or 0:g})")
+    if (
+        (scale, offset) != (1.0, 0.0)
+        and declared_scale is not None
+        and (not np.isclose(scale, declared_scale) or not np.isclose(offset, declared_offset or 0.0))
+    ):
+        raise InputError(
+            f"{what}: the file's scale/offset ({scale:g}, {offset:g}) differ from the item's "
+            f"raster:bands ({declared_scale:g}, {declared_offset or 0:g})"
+        )
     h, w = scene.grid.shape
     rows, cols = y.contains(np.array([0, h - 1])), x.contains(np.array([0, w - 1]))
     if rows[1] < 0 or rows[0] >= y.size or cols[1] < 0 or cols[0] >= x.size:
@@ -177,8 +213,9 @@ def check_files(scene: SceneRead, access: Access | None = None) -> None:
             continue
 
 
-def read_window(source: BandSource, scene: SceneRead, rows: tuple[int, int], cols: tuple[int, int],
-                access: Access | None = None) -> tuple[np.ndarray, Span, Span]:
+def read_window(
+    source: BandSource, scene: SceneRead, rows: tuple[int, int], cols: tuple[int, int], access: Access | None = None
+) -> tuple[np.ndarray, Span, Span]:
     """The file pixels of ``source`` that scene pixels ``rows`` x ``cols`` need: ``(data (h, w) uint16 with the
     file's nodata as 0, row span, column span)``; the file is checked first (``open_checked``)."""
     import rasterio
@@ -208,9 +245,14 @@ def read_window(source: BandSource, scene: SceneRead, rows: tuple[int, int], col
     return data.astype(np.uint16, copy=False), ys, xs
 
 
-def read_block(scene: SceneRead, rows: tuple[int, int], cols: tuple[int, int],
-               needed: tuple[tuple[int, int], tuple[int, int]], harmonisation: Harmonisation,
-               access: Access | None = None) -> NativeBlock:
+def read_block(
+    scene: SceneRead,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    needed: tuple[tuple[int, int], tuple[int, int]],
+    harmonisation: Harmonisation,
+    access: Access | None = None,
+) -> NativeBlock:
     """Every band of ``scene`` over scene pixels ``rows`` x ``cols`` at its native resolution, harmonised
     (``harmonisation``: the Sentinel-2 offset, or Landsat's per-band gain and bias, applied to the native DN)."""
     bands = []

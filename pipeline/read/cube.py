@@ -13,11 +13,11 @@ import numpy as np
 import xarray as xr
 
 from pipeline.catalog.access import Access
-from pipeline.read.bands import SceneRead, block_image, read_block
 from pipeline.config import BLOCK
-from pipeline.job.plans import ScenePlan, plan_blocks
-from pipeline.read.radiometry import Harmonisation
 from pipeline.detect.tiles import TileGrid
+from pipeline.job.plans import ScenePlan, plan_blocks
+from pipeline.read.bands import SceneRead, block_image, read_block
+from pipeline.read.radiometry import Harmonisation
 
 
 @dataclass
@@ -30,8 +30,9 @@ class SceneCube:
     harmonisation: object
 
 
-def _chunk(read: SceneRead, rows: tuple[int, int], cols: tuple[int, int], harmonisation: Harmonisation,
-           access: Access) -> np.ndarray:
+def _chunk(
+    read: SceneRead, rows: tuple[int, int], cols: tuple[int, int], harmonisation: Harmonisation, access: Access
+) -> np.ndarray:
     block = read_block(read, rows, cols, (rows, cols), harmonisation, access)
     return block_image(block)[None]
 
@@ -58,10 +59,15 @@ def load_scene(plan: ScenePlan, chunk: int = BLOCK, access: Access | None = None
         graph[(name, 0, 0, *b.index)] = (_chunk, plan.read, b.rows, b.cols, h_ref, access)
     rows = tuple(b.rows[1] - b.rows[0] for b in blocks if b.index[1] == 0)
     cols = tuple(b.cols[1] - b.cols[0] for b in blocks if b.index[0] == 0)
-    data = da.Array(graph, name, chunks=((1,), (len(plan.bands),), rows, cols), dtype=np.uint16,
-                    meta=np.empty((0, 0, 0, 0), np.uint16))
+    data = da.Array(
+        graph,
+        name,
+        chunks=((1,), (len(plan.bands),), rows, cols),
+        dtype=np.uint16,
+        meta=np.empty((0, 0, 0, 0), np.uint16),
+    )
     coords = {k: c.values for k, c in plan.grid.coords.items()}
-    cube = xr.DataArray(data, dims=("time", "band", "y", "x"),
-                        coords={"time": [plan.time], "band": list(plan.bands), **coords})
+    cube = xr.DataArray(
+        data, dims=("time", "band", "y", "x"), coords={"time": [plan.time], "band": list(plan.bands), **coords}
+    )
     return SceneCube(plan.item_id, cube, harm)
-

@@ -43,11 +43,15 @@ def declared_grid(item, key: str) -> GeoBox | None:
         return None
     code = epsg_code(extra)
     if code is None:
-        raise InputError(f"item {item.id}: asset {key!r} has no usable CRS (proj:code={extra.get('proj:code')!r}, "
-                         f"proj:epsg={extra.get('proj:epsg')!r}); expected an EPSG code")
+        raise InputError(
+            f"item {item.id}: asset {key!r} has no usable CRS (proj:code={extra.get('proj:code')!r}, "
+            f"proj:epsg={extra.get('proj:epsg')!r}); expected an EPSG code"
+        )
     if len(shape) != 2 or len(t) < 6:
-        raise InputError(f"item {item.id}: asset {key!r} declares proj:shape {shape!r} and proj:transform {t!r}; "
-                         f"expected [rows, cols] and six numbers")
+        raise InputError(
+            f"item {item.id}: asset {key!r} declares proj:shape {shape!r} and proj:transform {t!r}; "
+            f"expected [rows, cols] and six numbers"
+        )
     a, b, c, d, e, f = (float(v) for v in t[:6])
     if int(shape[0]) < 1 or int(shape[1]) < 1:
         raise InputError(f"item {item.id}: asset {key!r} declares proj:shape {list(shape)}; expected positive sizes")
@@ -58,8 +62,10 @@ def check_size(item_id: str, grid: GeoBox, limit: int = MAX_GRID_PX) -> None:
     """Refuse (``InputError``) a scene grid with a side over ``limit`` pixels."""
     h, w = grid.shape
     if max(h, w) > limit:
-        raise InputError(f"item {item_id}: its grid is {h} x {w} px, over the limit of {limit} px a side (a "
-                         f"Sentinel-2 tile is 10,980); check its proj:shape, or raise the limit with --max-grid {max(h, w)}")
+        raise InputError(
+            f"item {item_id}: its grid is {h} x {w} px, over the limit of {limit} px a side (a "
+            f"Sentinel-2 tile is 10,980); check its proj:shape, or raise the limit with --max-grid {max(h, w)}"
+        )
 
 
 def crs_name(crs) -> str:

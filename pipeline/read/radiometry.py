@@ -71,15 +71,18 @@ def decide(properties: dict, b10: np.ndarray | None = None) -> Harmonisation:
     offset = metadata_offset(baseline)
     reason = f"baseline {baseline}" if baseline else "no baseline in metadata: pre-04.00 assumed"
     if offset and properties.get("earthsearch:boa_offset_applied") is True:
-        return Harmonisation(0, baseline, f"{reason}, offset already removed by the provider "
-                                          f"(earthsearch:boa_offset_applied)")
+        return Harmonisation(
+            0, baseline, f"{reason}, offset already removed by the provider (earthsearch:boa_offset_applied)"
+        )
     if b10 is not None:
         valid = b10[b10 > 0]
         if valid.size:
             median = float(np.median(valid))
             carries = median > B10_THRESHOLD
             if carries and not offset:
-                return Harmonisation(OFFSET_DN, baseline, f"{reason}, but B10 median {median:.0f} DN shows the 04.00 offset")
+                return Harmonisation(
+                    OFFSET_DN, baseline, f"{reason}, but B10 median {median:.0f} DN shows the 04.00 offset"
+                )
             if offset and not carries:
                 return Harmonisation(0, baseline, f"{reason}, but B10 median {median:.0f} DN shows no offset")
             reason += f", B10 median {median:.0f} DN agrees"

@@ -54,7 +54,7 @@ class Span:
     src_stop: int
 
     @classmethod
-    def of(cls, axis: Axis, start: int, stop: int) -> "Span":
+    def of(cls, axis: Axis, start: int, stop: int) -> Span:
         return cls(axis, start, stop, *axis.source(start, stop))
 
     def kernel(self, device) -> tuple:
@@ -73,8 +73,14 @@ class Span:
         hi_w = np.clip(lo + 1 - self.src_start, 0, last)
         own_w = np.clip(own - self.src_start, 0, last)
         to = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a, dtype=dt)).to(device)  # noqa: E731
-        return (to(lo_w, np.int64), to(hi_w, np.int64), to(2 * f - w_hi, np.int32), to(w_hi, np.int32),
-                to(own_w, np.int64), to(inside, np.bool_))
+        return (
+            to(lo_w, np.int64),
+            to(hi_w, np.int64),
+            to(2 * f - w_hi, np.int32),
+            to(w_hi, np.int32),
+            to(own_w, np.int64),
+            to(inside, np.bool_),
+        )
 
 
 def _separable(src: torch.Tensor, ky: tuple, kx: tuple) -> torch.Tensor:
@@ -96,8 +102,9 @@ def upsample(src: torch.Tensor, y: Span, x: Span, nodata: bool = True) -> tuple[
     device = src.device
     ny, nx = y.stop - y.start, x.stop - x.start
     if src.numel() == 0:  # the window lies wholly off the file
-        return torch.zeros((ny, nx), dtype=torch.int32, device=device), torch.zeros((ny, nx), dtype=torch.bool,
-                                                                                    device=device)
+        return torch.zeros((ny, nx), dtype=torch.int32, device=device), torch.zeros(
+            (ny, nx), dtype=torch.bool, device=device
+        )
     ky, kx = y.kernel(device), x.kernel(device)
     own = src.index_select(0, ky[4]).index_select(1, kx[4])
     valid = (own != 0) & ky[5][:, None] & kx[5][None, :]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.store.stats import SHARES, class_counts
 from pipeline.store.maskstore import STAT_VARS, MaskStore
+from pipeline.store.stats import SHARES, class_counts
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,18 @@ def check_scene(store: MaskStore, item_id: str, entry: dict, opened: dict) -> Sc
     counts = class_counts(mask)
     valid = int(counts[:4].sum())
     if valid != int(stats.get("valid_pixels", -1)):
-        return check(f"its mask has {valid} valid pixels, its statistics {stats.get('valid_pixels')} "
-                     f"(chunks lost, truncated or overwritten)")
+        return check(
+            f"its mask has {valid} valid pixels, its statistics {stats.get('valid_pixels')} "
+            f"(chunks lost, truncated or overwritten)"
+        )
     if valid:
         got = 100 * counts[:4] / valid
         want = np.array([float(stats.get(f, np.nan)) for f in SHARES])
         if not np.allclose(got, want, rtol=0, atol=1e-7):
-            return check(f"its class shares {np.round(got, 2).tolist()} % differ from its statistics "
-                         f"{np.round(want, 2).tolist()} %")
+            return check(
+                f"its class shares {np.round(got, 2).tolist()} % differ from its statistics "
+                f"{np.round(want, 2).tolist()} %"
+            )
     return check(None)
 
 

@@ -114,9 +114,11 @@ def location_of(out: str | Path, label: str = "--out", writable: bool = True) ->
     if protocol == "file":
         return _local(text, label, writable)
     if protocol not in OBJECT_STORES:
-        raise ConfigError(f"{label} {text}: {protocol}:// stores are not supported (the store's lock needs "
-                          f"conditional writes, implemented for local folders and s3://, including S3-compatible "
-                          f"services via AWS_ENDPOINT_URL); write to one of those")
+        raise ConfigError(
+            f"{label} {text}: {protocol}:// stores are not supported (the store's lock needs "
+            f"conditional writes, implemented for local folders and s3://, including S3-compatible "
+            f"services via AWS_ENDPOINT_URL); write to one of those"
+        )
     if protocol == "memory":
         return Location(text, "memory", "/" + text.split("://", 1)[1].strip("/"))
     return _s3(text, label)
@@ -132,8 +134,10 @@ def _local(text: str, label: str, writable: bool = True) -> Location:
         return Location(str(path), "file", str(path))
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{label} {text}: cannot write in {existing} (no permission, or a read-only file system); "
-                          f"choose another --out")
+        raise ConfigError(
+            f"{label} {text}: cannot write in {existing} (no permission, or a read-only file system); "
+            f"choose another --out"
+        )
     return Location(str(path), "file", str(path))
 
 
@@ -148,7 +152,9 @@ def _s3(text: str, label: str) -> Location:
     try:
         import s3fs  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"{label} {text}: writing to S3 needs s3fs: pip install 'cloudmask-pipeline[providers]'") from exc
+        raise ConfigError(
+            f"{label} {text}: writing to S3 needs s3fs: pip install 'cloudmask-pipeline[providers]'"
+        ) from exc
     root = text.split("://", 1)[1].strip("/")
     bucket = root.split("/", 1)[0]
     if "/" not in root:
@@ -162,6 +168,8 @@ def _s3(text: str, label: str) -> Location:
     except PermissionError:
         raise ConfigError(f"{label} {text}: these credentials may not use bucket {bucket!r}{at}") from None
     except Exception as exc:  # noqa: BLE001 - credentials, endpoint, network: one line naming the bucket
-        raise ConfigError(f"{label} {text}: cannot reach bucket {bucket!r}{at} ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}); check the AWS credentials and AWS_ENDPOINT_URL") from None
+        raise ConfigError(
+            f"{label} {text}: cannot reach bucket {bucket!r}{at} ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); check the AWS credentials and AWS_ENDPOINT_URL"
+        ) from None
     return location

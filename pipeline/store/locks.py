@@ -26,18 +26,11 @@ import time
 import uuid
 from pathlib import Path
 
-from pipeline.errors import CloudmaskError
-from pipeline.store.locations import Location
 from pipeline.errors import LeaseLostError, LockWriteError, StoreLockedError
+from pipeline.store.locations import Location
 
 LOCK = ("_cloudmask", "lock.json")
 UNREADABLE_LOCK_S = 30  # a lock file still empty or unreadable after this long was left by a failed start
-
-
-
-
-
-
 
 
 def lease_seconds() -> float:
@@ -46,16 +39,26 @@ def lease_seconds() -> float:
 
 
 def record(job: str) -> dict:
-    return {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": socket.gethostname(), "job": job,
-            "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "token": uuid.uuid4().hex}
+    return {
+        "pid": os.getpid(),
+        "started": _process_start(os.getpid()),
+        "host": socket.gethostname(),
+        "job": job,
+        "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "token": uuid.uuid4().hex,
+    }
 
 
 def refusal(where: str, holder: dict, lock_at: str) -> StoreLockedError:
-    gone_hint = (f"its lease runs out {holder['ttl_s']:.0f} s after its last renewal, then a new job takes it"
-                 if holder.get("ttl_s") else f"If that job is gone, delete {lock_at}")
+    gone_hint = (
+        f"its lease runs out {holder['ttl_s']:.0f} s after its last renewal, then a new job takes it"
+        if holder.get("ttl_s")
+        else f"If that job is gone, delete {lock_at}"
+    )
     return StoreLockedError(
         f"store {where!r} is being written by another job (pid {holder.get('pid')} on {holder.get('host')}, "
-        f"since {holder.get('since')}); wait for it to finish, or write to another --out. {gone_hint}")
+        f"since {holder.get('since')}); wait for it to finish, or write to another --out. {gone_hint}"
+    )
 
 
 def lock_for(location: Location, job: str):
@@ -74,8 +77,9 @@ class FileLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LockWriteError(f"cannot write the store's lock {self.path}: {exc}; free space on that disk or "
-                                 f"write to another --out") from None
+            raise LockWriteError(
+                f"cannot write the store's lock {self.path}: {exc}; free space on that disk or write to another --out"
+            ) from None
         return _acquire(self.path, self.me)
 
     def check(self) -> None:
@@ -83,9 +87,11 @@ class FileLock:
         taken by a job that judged this one gone)."""
         held = _read_json(self.path)
         if not isinstance(held, dict) or held.get("token") != self.me["token"]:
-            raise LeaseLostError(f"stopped writing {self.path.parent.parent}: its lock file {self.path} no longer holds "
-                                 f"this job's record (deleted, or taken over by another job); nothing this job "
-                                 f"finished is lost; run it again once no other job writes the store")
+            raise LeaseLostError(
+                f"stopped writing {self.path.parent.parent}: its lock file {self.path} no longer holds "
+                f"this job's record (deleted, or taken over by another job); nothing this job "
+                f"finished is lost; run it again once no other job writes the store"
+            )
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -108,8 +114,9 @@ def _acquire(lock: Path, me: dict) -> dict | None:
                     json.dump(me, f)
             except OSError as exc:  # a full disk: no half-written lock to block the next job
                 lock.unlink(missing_ok=True)
-                raise LockWriteError(f"cannot write the store's lock {lock}: {exc}; free space on that disk or write "
-                                     f"to another --out") from None
+                raise LockWriteError(
+                    f"cannot write the store's lock {lock}: {exc}; free space on that disk or write to another --out"
+                ) from None
             return None
         seen = _read_json(lock)
         if not _stale(lock, seen, me):
@@ -132,8 +139,9 @@ def _acquire(lock: Path, me: dict) -> dict | None:
                 os.replace(tmp, lock)  # atomic replace: there is no moment without a lock
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
-                raise LockWriteError(f"cannot write the store's lock {lock}: {exc}; free space on that disk or write "
-                                     f"to another --out") from None
+                raise LockWriteError(
+                    f"cannot write the store's lock {lock}: {exc}; free space on that disk or write to another --out"
+                ) from None
             return None
         finally:
             os.close(mfd)
@@ -213,8 +221,10 @@ class LeaseLock:
         try:
             self.etag = self.objects.put(self._key, self._body, if_match=self.etag)
         except (PreconditionFailed, FileNotFoundError):
-            self.lost = ("another job took the store's lease over, or its lock object was overwritten or deleted "
-                         "(this job stalled for longer than the lease, or the lock was changed by hand)")
+            self.lost = (
+                "another job took the store's lease over, or its lock object was overwritten or deleted "
+                "(this job stalled for longer than the lease, or the lock was changed by hand)"
+            )
             return False
         self._renewed_at = time.monotonic()
         self.renewed.set()
@@ -242,8 +252,10 @@ class LeaseLock:
                     if time.monotonic() - self._renewed_at > self.ttl / 2:
                         raise
         if self.lost:
-            raise LeaseLostError(f"stopped writing {self.location.url}: {self.lost}; nothing this job finished is "
-                                 f"lost; run it again once the other job is done")
+            raise LeaseLostError(
+                f"stopped writing {self.location.url}: {self.lost}; nothing this job finished is "
+                f"lost; run it again once the other job is done"
+            )
 
     def release(self) -> None:
         self._stop.set()

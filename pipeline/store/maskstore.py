@@ -24,19 +24,23 @@ import numpy as np
 import xarray as xr
 
 from pipeline import __version__
+from pipeline.catalog.sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
 from pipeline.errors import ConfigError
 from pipeline.read.grids import grid_name
 from pipeline.store.locations import Location, location_of
 from pipeline.store.locks import LOCK, StoreLockedError, lock_for, refusal  # noqa: F401  (StoreLockedError: the store's error)
-from pipeline.catalog.sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
 from pipeline.store.stats import SHARES, STATUS, SceneStats
 
 MANIFEST = ("_cloudmask", "manifest")
 TABLE = ("_cloudmask", "scenes.csv")
 STAT_VARS = {  # name: (dtype, fill)
-    "valid_pixels": (np.int64, -1), **{f: (np.float32, np.nan) for f in SHARES},
-    "cloud_cover": (np.float32, np.nan), "provider_cloud_cover": (np.float32, np.nan),
-    "offset_applied": (np.int16, -1), "status": (np.int8, 0), "runtime_s": (np.float32, np.nan),
+    "valid_pixels": (np.int64, -1),
+    **{f: (np.float32, np.nan) for f in SHARES},
+    "cloud_cover": (np.float32, np.nan),
+    "provider_cloud_cover": (np.float32, np.nan),
+    "offset_applied": (np.int16, -1),
+    "status": (np.int8, 0),
+    "runtime_s": (np.float32, np.nan),
 }
 
 
@@ -74,8 +78,9 @@ class MaskStore:
         held = lock_for(self.location, job)
         holder = held.acquire()
         if holder is not None:
-            raise refusal(self.url, holder, self.location.key(*LOCK) if self.location.local
-                          else f"{self.url}/{'/'.join(LOCK)}")
+            raise refusal(
+                self.url, holder, self.location.key(*LOCK) if self.location.local else f"{self.url}/{'/'.join(LOCK)}"
+            )
         self._held = held
         try:
             yield self
@@ -125,11 +130,16 @@ class MaskStore:
         have = self.provenance()
         if not have:
             return
-        diffs = [f"{k}: the store has {have[k]!r}, this run {wanted[k]!r}" for k in PROVENANCE
-                 if k in have and k in wanted and _plain(have[k]) != _plain(wanted[k])]
+        diffs = [
+            f"{k}: the store has {have[k]!r}, this run {wanted[k]!r}"
+            for k in PROVENANCE
+            if k in have and k in wanted and _plain(have[k]) != _plain(wanted[k])
+        ]
         if diffs:
-            raise ConfigError(f"store {self.url!r} holds masks made with other settings ({'; '.join(diffs)}); "
-                              f"one store holds one model's masks: write this run to another --out")
+            raise ConfigError(
+                f"store {self.url!r} holds masks made with other settings ({'; '.join(diffs)}); "
+                f"one store holds one model's masks: write this run to another --out"
+            )
 
     def write_provenance(self, wanted: dict) -> None:
         """Record ``wanted`` at the store's root (once; ``check_provenance`` guards later runs)."""
@@ -146,9 +156,13 @@ class MaskStore:
 
         root = zarr.open_group(**self.location.zarr_args(), mode="a", zarr_format=3)
         groups = self.groups()
-        root.attrs.update(groups=groups, how_to_open=(
-            f"one Dataset per pixel grid: xarray.open_zarr(STORE, group=NAME) with NAME one of the groups; all of "
-            f"them: xarray.open_datatree(STORE, engine='zarr'); a scene as GeoTIFF: cloudmask export STORE --item ID"))
+        root.attrs.update(
+            groups=groups,
+            how_to_open=(
+                "one Dataset per pixel grid: xarray.open_zarr(STORE, group=NAME) with NAME one of the groups; all of "
+                "them: xarray.open_datatree(STORE, engine='zarr'); a scene as GeoTIFF: cloudmask export STORE --item ID"
+            ),
+        )
 
     def consolidate(self) -> None:
         """Write the hierarchy's consolidated metadata at the root, after every change of layout or attributes
@@ -168,8 +182,11 @@ class MaskStore:
         crash or a full disk while it was written) is left out, so its scene is redone."""
         names = [n for n in self.location.names(*MANIFEST) if n.endswith(".json")]
         entries = ((n, _parse_json(self.location.read(*MANIFEST, n))) for n in names)
-        return {str(e.get("item_id") or unquote(n[:-5])): e for n, e in entries
-                if isinstance(e, dict) and isinstance(e.get("stats", {}), dict)}
+        return {
+            str(e.get("item_id") or unquote(n[:-5])): e
+            for n, e in entries
+            if isinstance(e, dict) and isinstance(e.get("stats", {}), dict)
+        }
 
     def has_manifest(self) -> bool:
         return bool(self.location.names(*MANIFEST)) or self.location.exists(*TABLE)
@@ -183,8 +200,14 @@ class MaskStore:
         data = self.location.read(*TABLE)
         if data is None:
             return None
-        text = {"item_id": str, "datetime": str, "status": str, "reason": str, "processing_baseline": str,
-                "radiometry": str}  # "02.04" is a baseline, not the number 2.04
+        text = {
+            "item_id": str,
+            "datetime": str,
+            "status": str,
+            "reason": str,
+            "processing_baseline": str,
+            "radiometry": str,
+        }  # "02.04" is a baseline, not the number 2.04
         return pd.read_csv(io.BytesIO(data), index_col="item_id", keep_default_na=False, na_values=[""], dtype=text)
 
     def write_table(self, frame) -> str:
@@ -205,8 +228,15 @@ class MaskStore:
         self.location.write(json.dumps(entry, indent=1, default=str).encode(), *MANIFEST, manifest_name(item_id))
 
     # -- groups ---------------------------------------------------------------------------------------
-    def ensure_group(self, grid, times: list, item_ids: list[str], chunks: tuple[int, int],
-                     attrs: dict | None = None, probabilities: bool = False) -> str:
+    def ensure_group(
+        self,
+        grid,
+        times: list,
+        item_ids: list[str],
+        chunks: tuple[int, int],
+        attrs: dict | None = None,
+        probabilities: bool = False,
+    ) -> str:
         """Write the group's template (metadata and coordinates only) unless it exists; return its name.
 
         An existing group grows: scenes it does not hold yet are appended along ``time`` (as a template: their
@@ -217,34 +247,50 @@ class MaskStore:
         if self.location.exists(group, "zarr.json"):
             try:
                 have = set(self.location.names(group))
-                missing = [v for v in ("mask", "item_id", *STAT_VARS)
-                           if v not in have or not self.location.exists(group, v, "zarr.json")]
+                missing = [
+                    v
+                    for v in ("mask", "item_id", *STAT_VARS)
+                    if v not in have or not self.location.exists(group, v, "zarr.json")
+                ]
                 if missing:
                     raise ValueError(f"arrays {missing} are missing")
                 existing = self.open(group)
             except Exception as exc:  # noqa: BLE001 - a layout cut short: missing or unreadable arrays
                 if any(e.get("group") == group for e in self.done().values()):
-                    raise ConfigError(f"store {self.url!r} group {group} cannot be opened ({exc}) although "
-                                      f"scenes in it are done; run cloudmask verify on it") from exc
+                    raise ConfigError(
+                        f"store {self.url!r} group {group} cannot be opened ({exc}) although "
+                        f"scenes in it are done; run cloudmask verify on it"
+                    ) from exc
                 self.location.remove_tree(group)  # nothing done in it: a template whose writing was cut short
                 return self.ensure_group(grid, times, item_ids, chunks, attrs, probabilities)
             if probabilities and "probability" not in existing:
-                raise ConfigError(f"store {self.url!r} group {group} was written without probabilities; "
-                                  f"drop --probabilities or write this job to another --out")
+                raise ConfigError(
+                    f"store {self.url!r} group {group} was written without probabilities; "
+                    f"drop --probabilities or write this job to another --out"
+                )
             have = set(map(str, existing["item_id"].values))
             new = [(t, i) for t, i in zip(times, item_ids) if i not in have]
             if new:
-                template = self._template(grid, [t for t, _ in new], [i for _, i in new], chunks,
-                                          "probability" in existing)
+                template = self._template(
+                    grid, [t for t, _ in new], [i for _, i in new], chunks, "probability" in existing
+                )
                 # only what runs along time; encodings are the existing arrays'
                 template = template.drop_vars([v for v in template.variables if "time" not in template[v].dims])
                 for v in template.variables.values():
                     v.encoding = {}
-                template.to_zarr(**self.location.zarr_args(), group=group, append_dim="time", compute=False, zarr_format=3,
-                                 consolidated=False)
+                template.to_zarr(
+                    **self.location.zarr_args(),
+                    group=group,
+                    append_dim="time",
+                    compute=False,
+                    zarr_format=3,
+                    consolidated=False,
+                )
             return group
         ds = self._template(grid, times, item_ids, chunks, probabilities, attrs)
-        ds.to_zarr(**self.location.zarr_args(), group=group, mode="w-", compute=False, zarr_format=3, consolidated=False)
+        ds.to_zarr(
+            **self.location.zarr_args(), group=group, mode="w-", compute=False, zarr_format=3, consolidated=False
+        )
         return group
 
     def groups(self) -> list[str]:
@@ -257,8 +303,9 @@ class MaskStore:
         return {str(i): t for t, i in enumerate(ids)}
 
     @staticmethod
-    def _template(grid, times: list, item_ids: list[str], chunks: tuple[int, int], probabilities: bool,
-                  attrs: dict | None = None) -> xr.Dataset:
+    def _template(
+        grid, times: list, item_ids: list[str], chunks: tuple[int, int], probabilities: bool, attrs: dict | None = None
+    ) -> xr.Dataset:
         """The lazy Dataset of ``len(times)`` scenes on ``grid`` (a GeoBox): masks (and probabilities) all nodata, statistics
         at their fill values, coordinates, CRS and encodings."""
         import dask.array as da
@@ -269,30 +316,43 @@ class MaskStore:
         cy, cx = chunks
         data = {"mask": (("time", "y", "x"), da.full((n, h, w), MASK_NODATA, np.uint8, chunks=(1, cy, cx)))}
         if probabilities:
-            data["probability"] = (("time", "class", "y", "x"),
-                                   da.full((n, len(CLASS_NAMES), h, w), MASK_NODATA, np.uint8, chunks=(1, len(CLASS_NAMES), cy, cx)))
+            data["probability"] = (
+                ("time", "class", "y", "x"),
+                da.full((n, len(CLASS_NAMES), h, w), MASK_NODATA, np.uint8, chunks=(1, len(CLASS_NAMES), cy, cx)),
+            )
         for name, (dtype, fill) in STAT_VARS.items():
             data[name] = (("time",), np.full(n, fill, dtype))
-        coords = dict({k: c.values for k, c in grid.coords.items()}, time=np.asarray(times, dtype="datetime64[ns]"),
-                      item_id=("time", np.asarray(item_ids, dtype=object)))
+        coords = dict(
+            {k: c.values for k, c in grid.coords.items()},
+            time=np.asarray(times, dtype="datetime64[ns]"),
+            item_id=("time", np.asarray(item_ids, dtype=object)),
+        )
         ds = xr.Dataset(data, coords=coords, attrs=dict(attrs or {}, code_version=__version__))
-        ds["mask"].attrs.update(flag_values=[0, 1, 2, 3], flag_meanings=" ".join(CLASS_NAMES),
-                                long_name="cloud mask", nodata=MASK_NODATA)
+        ds["mask"].attrs.update(
+            flag_values=[0, 1, 2, 3], flag_meanings=" ".join(CLASS_NAMES), long_name="cloud mask", nodata=MASK_NODATA
+        )
         if probabilities:
             ds["probability"].attrs.update(long_name=f"class probability x {PROBABILITY_SCALE}", nodata=MASK_NODATA)
-            ds = ds.assign_coords({"class": np.asarray(CLASS_NAMES, dtype=object)})  # variable-length strings in Zarr v3
+            ds = ds.assign_coords(
+                {"class": np.asarray(CLASS_NAMES, dtype=object)}
+            )  # variable-length strings in Zarr v3
         _statistics_attrs(ds)
         ds = ds.rio.write_crs(str(grid.crs)).rio.write_transform(grid.affine)
         # zarr's own fill_value, not a CF _FillValue attribute: xarray then keeps uint8 on reading (no NaN masking)
         ds["mask"].encoding.update(chunks=(1, cy, cx), fill_value=MASK_NODATA, dtype="uint8")
         if probabilities:
-            ds["probability"].encoding.update(chunks=(1, len(CLASS_NAMES), cy, cx), fill_value=MASK_NODATA, dtype="uint8")
+            ds["probability"].encoding.update(
+                chunks=(1, len(CLASS_NAMES), cy, cx), fill_value=MASK_NODATA, dtype="uint8"
+            )
         # microseconds since the epoch (STAC datetimes carry up to µs): any acquisition appended later encodes exactly
-        ds["time"].encoding.update(units="microseconds since 1970-01-01T00:00:00", calendar="proleptic_gregorian",
-                                   dtype="int64")
+        ds["time"].encoding.update(
+            units="microseconds since 1970-01-01T00:00:00", calendar="proleptic_gregorian", dtype="int64"
+        )
         for name in ds.data_vars:  # so that plain xr.open_zarr(...).rio.crs finds the grid mapping
-            ds[name].encoding.update(grid_mapping="spatial_ref",
-                                     coordinates=" ".join(c for c in ("item_id", "spatial_ref") if c in ds.coords))
+            ds[name].encoding.update(
+                grid_mapping="spatial_ref",
+                coordinates=" ".join(c for c in ("item_id", "spatial_ref") if c in ds.coords),
+            )
         return ds
 
     def write_scene_stats(self, group: str, t: int, stats: SceneStats) -> None:
@@ -385,9 +445,9 @@ def manifest_name(item_id: str) -> str:
     name = quote(item_id, safe="")
     name = "%2E" + name[1:] if name.startswith(".") else name
     if len(name) + 5 > MAX_NAME:
-        cut = name[:MAX_NAME - 5 - 65]
+        cut = name[: MAX_NAME - 5 - 65]
         if "%" in cut[-2:]:  # not inside a percent-escape
-            cut = cut[:cut.rindex("%")]
+            cut = cut[: cut.rindex("%")]
         name = f"{cut}~{hashlib.sha256(item_id.encode()).hexdigest()}"
     return name + ".json"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError
 from pipeline.catalog.sensors import CLASS_NAMES, MASK_NODATA
+from pipeline.errors import ConfigError
 
 SHARES = tuple(f"pct_{c}" for c in CLASS_NAMES)  # pct_clear, pct_thick_cloud, ...: % of the valid pixels
 STATUS = {"pending": 0, "ok": 1, "failed": 2}
@@ -41,7 +41,7 @@ class SceneStats:
     runtime_s: float = float("nan")
     extra: dict = field(default_factory=dict, repr=False)
 
-    def set_counts(self, counts: np.ndarray) -> "SceneStats":
+    def set_counts(self, counts: np.ndarray) -> SceneStats:
         valid = int(counts[: len(CLASS_NAMES)].sum())
         self.valid_pixels = valid
         if valid:
@@ -51,7 +51,7 @@ class SceneStats:
         return self
 
     @classmethod
-    def from_row(cls, row: dict) -> "SceneStats":
+    def from_row(cls, row: dict) -> SceneStats:
         """The record of a stored row (a manifest entry's ``stats``; fields of other versions ignored)."""
         known = set(cls.__dataclass_fields__) - {"extra"}
         return cls(**{k: v for k, v in row.items() if k in known})

@@ -27,6 +27,12 @@ def scores(cm: np.ndarray) -> dict:
         acc = (total - fp - fn) / total
         aacc = tp.sum() / total
     pct = lambda a: [round(float(v) * 100, 2) for v in a]  # noqa: E731
-    return {"iou": pct(iou), "f1": pct(f1), "acc": pct(acc), "miou": round(float(np.nanmean(iou)) * 100, 2),
-            "mf1": round(float(np.nanmean(f1)) * 100, 2), "aacc": round(float(aacc) * 100, 2),
-            "pixels": int(total)}
+    return {
+        "iou": pct(iou),
+        "f1": pct(f1),
+        "acc": pct(acc),
+        "miou": round(float(np.nanmean(iou)) * 100, 2),
+        "mf1": round(float(np.nanmean(f1)) * 100, 2),
+        "aacc": round(float(aacc) * 100, 2),
+        "pixels": int(total),
+    }

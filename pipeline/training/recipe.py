@@ -32,11 +32,19 @@ class Recipe:
     grad_clip: float | None = None  # clip the gradients' global norm (None: no clipping, as in the paper)
     class_weights: str | None = None  # CE weights (median frequency / class frequency) ** power (CLASS_WEIGHT_POWERS)
     brightness: tuple[float, float] | None = None  # starter: chips scaled by a gain in this range, thick/thin re-split
-    shadows: float | None = None  # starter: share of cloudy chips whose cloud casts a synthetic shadow (datasets/shadows.py)
+    shadows: float | None = (
+        None  # starter: share of cloudy chips whose cloud casts a synthetic shadow (datasets/shadows.py)
+    )
     real_l2a: float | None = None  # starter-l2a: share of chips drawn from real L2A land (datasets/reben.py)
-    translucent: bool = False  # starter-l2a with real_l2a: clouds over real land fade at their edges (datasets/translucent.py)
-    land_gain: tuple[float, float] | None = None  # starter-l2a with real_l2a: real land chips scaled by a gain in this range
-    snow: float | None = None  # starter-l2a with real_l2a: share of real land chips under synthetic snow (datasets/snow.py)
+    translucent: bool = (
+        False  # starter-l2a with real_l2a: clouds over real land fade at their edges (datasets/translucent.py)
+    )
+    land_gain: tuple[float, float] | None = (
+        None  # starter-l2a with real_l2a: real land chips scaled by a gain in this range
+    )
+    snow: float | None = (
+        None  # starter-l2a with real_l2a: share of real land chips under synthetic snow (datasets/snow.py)
+    )
     init: str | None = None  # start from these weights (path or URL; same model and classes, bands matched by name)
 
     def __post_init__(self) -> None:
@@ -50,7 +58,9 @@ class Recipe:
         if self.warmup_steps < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and grad_clip={self.grad_clip} > 0")
         if self.class_weights not in (None, *CLASS_WEIGHT_POWERS):
-            raise ConfigError(f"class_weights={self.class_weights!r}; expected None or one of {', '.join(CLASS_WEIGHT_POWERS)}")
+            raise ConfigError(
+                f"class_weights={self.class_weights!r}; expected None or one of {', '.join(CLASS_WEIGHT_POWERS)}"
+            )
         for name in ("brightness", "land_gain"):
             gains = getattr(self, name)
             if gains is not None and not 0 < gains[0] <= gains[1]:

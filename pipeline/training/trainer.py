@@ -11,23 +11,23 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pipeline.catalog.sensors import CLASS_CODES, CLASS_NAMES
 from pipeline.config import InferSpec
-from pipeline.errors import ConfigError
 from pipeline.detect.infer import Predictor, resolve_device
-from pipeline.training.metrics import confusion, scores
 from pipeline.detect.model import create_model, deep_supervision_loss
 from pipeline.detect.weights import Weights, WeightsMeta, save_weights
+from pipeline.errors import ConfigError
+from pipeline.training.metrics import confusion, scores
 from pipeline.training.recipe import CLASS_WEIGHT_POWERS, Recipe  # noqa: F401 (Recipe: also imported from here)
-from pipeline.catalog.sensors import CLASS_CODES, CLASS_NAMES
 
 
 @dataclass
@@ -93,8 +93,10 @@ def init_from(model, source: str | Weights, bands: tuple[str, ...]) -> tuple[str
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[:2]
-        raise ConfigError(f"--init {source} does not fit the model being trained (model_kwargs "
-                          f"{init.meta.model_kwargs} in the file): {' '.join(first)}") from None
+        raise ConfigError(
+            f"--init {source} does not fit the model being trained (model_kwargs "
+            f"{init.meta.model_kwargs} in the file): {' '.join(first)}"
+        ) from None
     return init.sha256, new
 
 
@@ -117,6 +119,7 @@ def evaluate_model(model, meta: WeightsMeta, items, device: str = "auto") -> dic
 
 # -- resumable state -------------------------------------------------------------------------------------
 
+
 def save_state(path: Path, model, opt, epoch: int, best: dict, history: list) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_sd = opt.state_dict()
@@ -126,8 +129,14 @@ def save_state(path: Path, model, opt, epoch: int, best: dict, history: list) ->
     np_state = np.random.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    meta = {"epoch": epoch, "best": best, "history": history, "param_groups": opt_sd["param_groups"],
-            "rng.numpy": [np_state[0], *map(float, np_state[2:])], "rng.python": random.getstate()}
+    meta = {
+        "epoch": epoch,
+        "best": best,
+        "history": history,
+        "param_groups": opt_sd["param_groups"],
+        "rng.numpy": [np_state[0], *map(float, np_state[2:])],
+        "rng.python": random.getstate(),
+    }
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"cloudmask.train": json.dumps(meta)})
     os.replace(tmp, path)  # a kill during the write leaves the previous state intact
@@ -160,6 +169,7 @@ def _write_lines(path: Path, records: list) -> None:
 
 # -- the loop --------------------------------------------------------------------------------------------
 
+
 def check_out_dir(out: Path, resume: bool) -> Path:
     """The run's state file; refuses to start over an existing run or to resume a missing one."""
     state_path = Path(out) / "state.safetensors"
@@ -170,9 +180,16 @@ def check_out_dir(out: Path, resume: bool) -> Path:
     return state_path
 
 
-def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = False, provenance: dict | None = None,
-          on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
-          init: Weights | None = None) -> dict:
+def train(
+    data: TrainData,
+    recipe: Recipe,
+    out_dir: str | Path,
+    resume: bool = False,
+    provenance: dict | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    init: Weights | None = None,
+) -> dict:
     """Train, validating after each epoch; write ``best.safetensors`` (best val mIoU), ``last.safetensors``,
     ``metrics.jsonl`` and ``state.safetensors`` (for ``resume``) under ``out_dir``. Returns the best record."""
     out = Path(out_dir)
@@ -196,14 +213,25 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
     if resume:
         start, best, history = load_state(state_path, model, opt)
     meta = WeightsMeta(
-        model=recipe.model, bands=tuple(data.bands), classes=CLASS_NAMES, class_codes=CLASS_CODES,
-        model_kwargs=recipe.model_kwargs, sensor=data.sensor, level=data.level, also_levels=tuple(data.also_levels),
+        model=recipe.model,
+        bands=tuple(data.bands),
+        classes=CLASS_NAMES,
+        class_codes=CLASS_CODES,
+        model_kwargs=recipe.model_kwargs,
+        sensor=data.sensor,
+        level=data.level,
+        also_levels=tuple(data.also_levels),
         normalisation={"kind": "scale", "divisor": data.divisor},
         tile_size=getattr(model, "img_size", data.tile),  # deployed at the size it was trained at
-        provenance=dict(provenance or {}, dataset=data.dataset, split=data.split, recipe=asdict(recipe),
-                        **({"init_sha256": init_sha256} if init_sha256 else {}),
-                        **({"init_new_bands": list(new_bands)} if new_bands else {}),
-                        **({"class_weights": [round(float(w), 4) for w in weights]} if weights is not None else {})),
+        provenance=dict(
+            provenance or {},
+            dataset=data.dataset,
+            split=data.split,
+            recipe=asdict(recipe),
+            **({"init_sha256": init_sha256} if init_sha256 else {}),
+            **({"init_new_bands": list(new_bands)} if new_bands else {}),
+            **({"class_weights": [round(float(w), 4) for w in weights]} if weights is not None else {}),
+        ),
     )
     chip = getattr(model, "img_size", meta.tile_size)
     val_meta = replace(meta, tile_size=chip)  # validation runs the in-memory model at its own size
@@ -213,17 +241,25 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
         if hasattr(data.train, "set_epoch"):
             data.train.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
-            data.train, batch_size=recipe.batch_size, shuffle=True, drop_last=True, num_workers=recipe.workers,
+            data.train,
+            batch_size=recipe.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=recipe.workers,
             generator=torch.Generator().manual_seed(recipe.seed + epoch),
         )
         if len(loader) == 0:
-            raise ConfigError(f"the training set has {len(data.train)} samples, fewer than one batch of {recipe.batch_size}")
+            raise ConfigError(
+                f"the training set has {len(data.train)} samples, fewer than one batch of {recipe.batch_size}"
+            )
         model.train()
         losses = []
         for step, (x, y) in enumerate(loader):
             if x.shape[-1] != chip or x.shape[-2] != chip:
-                raise ConfigError(f"training chips are {tuple(x.shape[-2:])} pixels but model {recipe.model!r} takes "
-                                  f"{chip}x{chip}; pass --model-kwargs '{{\"img_size\": {x.shape[-1]}}}'")
+                raise ConfigError(
+                    f"training chips are {tuple(x.shape[-2:])} pixels but model {recipe.model!r} takes "
+                    f"{chip}x{chip}; pass --model-kwargs '{{\"img_size\": {x.shape[-1]}}}'"
+                )
             x, y = (x / data.divisor).to(device), y.to(device)
             if recipe.warmup_steps:  # a function of the global step only, so a resumed run gets the same rate
                 for group in opt.param_groups:
@@ -241,17 +277,31 @@ def train(data: TrainData, recipe: Recipe, out_dir: str | Path, resume: bool = F
                 on_step(dict(epoch=epoch, step=step, steps=len(loader), loss=losses[-1]))
         model.eval()
         val = evaluate_model(model, val_meta, data.val, recipe.device) if data.val else {"miou": float("nan")}
-        record = dict(epoch=epoch + 1, train_loss=float(np.mean(losses)), val_miou=val["miou"],
-                      val_iou=val.get("iou"), val_aacc=val.get("aacc"), seconds=round(time.time() - t0, 1))
+        record = dict(
+            epoch=epoch + 1,
+            train_loss=float(np.mean(losses)),
+            val_miou=val["miou"],
+            val_iou=val.get("iou"),
+            val_aacc=val.get("aacc"),
+            seconds=round(time.time() - t0, 1),
+        )
         history.append(record)
         _write_lines(out / "metrics.jsonl", history)  # whole history: a resumed run never duplicates a line
         improved = not best or (val["miou"] == val["miou"] and val["miou"] > best.get("val_miou", -1))
         if improved:
             best = record
-            save_weights(out / "best.safetensors", model, replace(meta, provenance=dict(meta.provenance, metrics=record)),
-                         dtype=save_dtype)
-        save_weights(out / "last.safetensors", model, replace(meta, provenance=dict(meta.provenance, metrics=record)),
-                     dtype=save_dtype)
+            save_weights(
+                out / "best.safetensors",
+                model,
+                replace(meta, provenance=dict(meta.provenance, metrics=record)),
+                dtype=save_dtype,
+            )
+        save_weights(
+            out / "last.safetensors",
+            model,
+            replace(meta, provenance=dict(meta.provenance, metrics=record)),
+            dtype=save_dtype,
+        )
         save_state(state_path, model, opt, epoch + 1, best, history)
         if on_epoch:
             on_epoch(dict(record, best_miou=best.get("val_miou")))

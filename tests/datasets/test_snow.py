@@ -4,11 +4,19 @@ spectra (reBEN's Finnish training patch) laid patchily over real land, still lab
 import numpy as np
 import pytest
 
+from pipeline.catalog.sensors import SENTINEL2_L2A
 from pipeline.training.datasets.chips import RandomChips
 from pipeline.training.datasets.reben import mosaics, patches_of
-from pipeline.training.datasets.snow import (BLUE, COVER, FULL, SnowedChips, lay_snow, snow_cover, snow_library,
-                                   training_library)
-from pipeline.catalog.sensors import SENTINEL2_L2A
+from pipeline.training.datasets.snow import (
+    BLUE,
+    COVER,
+    FULL,
+    SnowedChips,
+    lay_snow,
+    snow_cover,
+    snow_library,
+    training_library,
+)
 
 BANDS = SENTINEL2_L2A.bands
 B02, B03, B11 = (BANDS.index(b) for b in ("B02", "B03", "B11"))
@@ -107,7 +115,7 @@ def test_each_chip_s_snow_is_one_library_spectrum_under_one_illumination_gain(li
         snow = out[B02] > 100
         ratios = out[:, snow] / out[B02][snow]
         assert np.ptp(ratios, axis=1).max() < 0.02  # one spectrum's shape in every pixel
-        shape = pick / pick[:, B02:B02 + 1]
+        shape = pick / pick[:, B02 : B02 + 1]
         assert np.abs(shape - np.median(ratios, axis=1)).max(axis=1).min() < 0.02  # ... of a library pixel
         blues.append(out[B02][snow].max() / 1e4)
     assert min(blues) < 0.45 and max(blues) > 0.7  # illumination from low winter sun to a high one

@@ -42,8 +42,10 @@ def test_splits_hold_out_whole_scenes():
 
 def test_random_chips_are_reproducible_per_epoch_and_index():
     rng = np.random.default_rng(0)
-    scenes = [(rng.integers(1, 4000, (13, 700, 600), dtype=np.uint16), rng.integers(0, 4, (700, 600), dtype=np.uint8)),
-              (rng.integers(1, 4000, (13, 100, 90), dtype=np.uint16), rng.integers(0, 4, (100, 90), dtype=np.uint8))]
+    scenes = [
+        (rng.integers(1, 4000, (13, 700, 600), dtype=np.uint16), rng.integers(0, 4, (700, 600), dtype=np.uint8)),
+        (rng.integers(1, 4000, (13, 100, 90), dtype=np.uint16), rng.integers(0, 4, (100, 90), dtype=np.uint8)),
+    ]
     a, b = RandomChips(scenes, samples=6, size=128, seed=1), RandomChips(scenes, samples=6, size=128, seed=1)
     a.set_epoch(3)
     b.set_epoch(3)
@@ -82,14 +84,15 @@ def test_class_weights_favour_rare_classes_and_change_the_loss():
     from the labels; an unknown kind is refused; the weighted loss counts a mistake on the rare class more than one on the common class."""
     import torch
 
-    from pipeline.errors import ConfigError
     from pipeline.detect.model import deep_supervision_loss
+    from pipeline.errors import ConfigError
     from pipeline.training.trainer import class_weights
 
     w = class_weights((900, 100, 400, 0), "sqrt-inverse")
     assert w.tolist() == pytest.approx([2 / 3, 2.0, 1.0, 1.0])
-    assert class_weights((900, 100, 400, 0), "root4-inverse").tolist() == pytest.approx([0.81650, 1.41421, 1.0, 1.0],
-                                                                                        abs=1e-5)  # (4/9)**.25, 4**.25
+    assert class_weights((900, 100, 400, 0), "root4-inverse").tolist() == pytest.approx(
+        [0.81650, 1.41421, 1.0, 1.0], abs=1e-5
+    )  # (4/9)**.25, 4**.25
     assert class_weights((900, 100, 400, 0), None) is None
     from pipeline.training.trainer import Recipe
 

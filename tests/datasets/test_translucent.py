@@ -4,11 +4,18 @@ clouds fade out towards their edges, and thick/thin follow the cloud's own blue 
 import numpy as np
 import pytest
 
+from pipeline.catalog.sensors import SENTINEL2_L2A
 from pipeline.training.datasets.chips import MixedChips, RandomChips
 from pipeline.training.datasets.reben import mosaics
-from pipeline.training.datasets.translucent import DARK_BLUE, FAINT_BLUE, IGNORE, TranslucentOverlay, opacity_map, translucent_paste
+from pipeline.training.datasets.translucent import (
+    DARK_BLUE,
+    FAINT_BLUE,
+    IGNORE,
+    TranslucentOverlay,
+    opacity_map,
+    translucent_paste,
+)
 from pipeline.training.pseudolabels import CLEAR, SHADOW, THICK, THIN
-from pipeline.catalog.sensors import SENTINEL2_L2A
 
 BLUE = SENTINEL2_L2A.bands.index("B02")
 
@@ -22,12 +29,14 @@ def land():
 
 def cloud_chip(shape):
     """A round thick cloud (blue 0.45, as reBEN's real cumulus cores; every band brighter than the land) and its shadow."""
-    y, x = np.mgrid[:shape[1], :shape[2]]
+    y, x = np.mgrid[: shape[1], : shape[2]]
     labels = np.zeros(shape[1:], np.int64)
-    labels[(y - 40) ** 2 + (x - 40) ** 2 < 30 ** 2] = THICK
+    labels[(y - 40) ** 2 + (x - 40) ** 2 < 30**2] = THICK
     labels[(y > 80) & (x > 80)] = SHADOW
     dn = np.full(shape, 4500.0, np.float32)
-    dn[[i for i, b in enumerate(SENTINEL2_L2A.bands) if b in ("B06", "B07", "B08", "B8A", "B09")]] = 9000.0  # above any land
+    dn[[i for i, b in enumerate(SENTINEL2_L2A.bands) if b in ("B06", "B07", "B08", "B8A", "B09")]] = (
+        9000.0  # above any land
+    )
     dn[:, labels == SHADOW] = 300.0
     return dn, labels
 
@@ -104,10 +113,12 @@ def test_nodata_land_gets_the_cloud_whole(land):
 def test_mixed_chips_with_the_overlay_are_reproducible(land):
     land_dn, land_labels = land
     cloud_dn, cloud_labels = cloud_chip(land_dn.shape)
-    main = RandomChips([(cloud_dn.astype(np.uint16), cloud_labels.astype(np.uint8))], samples=16, size=64, seed=1,
-                       class_prob=0.0)
-    extra = RandomChips([(land_dn.astype(np.uint16), land_labels.astype(np.uint8))], samples=16, size=64, seed=2,
-                        class_prob=0.0)
+    main = RandomChips(
+        [(cloud_dn.astype(np.uint16), cloud_labels.astype(np.uint8))], samples=16, size=64, seed=1, class_prob=0.0
+    )
+    extra = RandomChips(
+        [(land_dn.astype(np.uint16), land_labels.astype(np.uint8))], samples=16, size=64, seed=2, class_prob=0.0
+    )
     mixed = MixedChips(main, extra, 1.0, seed=3, overlay=TranslucentOverlay(SENTINEL2_L2A.bands))
     again = MixedChips(main, extra, 1.0, seed=3, overlay=TranslucentOverlay(SENTINEL2_L2A.bands))
     first = [mixed[i] for i in range(16)]

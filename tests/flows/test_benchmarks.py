@@ -6,15 +6,25 @@ with the defaults."""
 import json
 
 import pytest
-
 from test_cli import run  # tests/flows is on sys.path (pytest prepend import mode)
 
 pytestmark = pytest.mark.slow  # CLI subprocesses, services or clusters: out of the fast subset
 
 
 def test_precision_benchmark_compares_each_mode_with_fp32_on_real_scenes(test_weights_file, tmp_path):
-    out = run("benchmark", "precision", "--weights", str(test_weights_file), "--precisions", "fp32,bf16",
-              "--scenes", "sen12mscr-ROIs1868-p30,eolearn-0", "--per-scene", "--json", str(tmp_path / "p.json")).stdout
+    out = run(
+        "benchmark",
+        "precision",
+        "--weights",
+        str(test_weights_file),
+        "--precisions",
+        "fp32,bf16",
+        "--scenes",
+        "sen12mscr-ROIs1868-p30,eolearn-0",
+        "--per-scene",
+        "--json",
+        str(tmp_path / "p.json"),
+    ).stdout
     assert "--precision auto here:" in out and "same class" in out and "eolearn-0" in out
     rows = json.loads((tmp_path / "p.json").read_text())["rows"]
     assert [r["precision"] for r in rows] == ["fp32", "bf16"]
@@ -28,8 +38,18 @@ def test_precision_benchmark_compares_each_mode_with_fp32_on_real_scenes(test_we
 
 
 def test_pipeline_benchmark_runs_the_job_per_model_on_one_worker(test_weights_file, tmp_path):
-    out = run("benchmark", "pipeline", "--out", str(tmp_path), "--models", "mscloudcam,ukis-csmask",
-              "--weights", str(test_weights_file), "--json", str(tmp_path / "b.json")).stdout
+    out = run(
+        "benchmark",
+        "pipeline",
+        "--out",
+        str(tmp_path),
+        "--models",
+        "mscloudcam,ukis-csmask",
+        "--weights",
+        str(test_weights_file),
+        "--json",
+        str(tmp_path / "b.json"),
+    ).stdout
     figures = json.loads((tmp_path / "b.json").read_text())
     assert figures["scenes"] == 2 and figures["threads"] >= 1 and "one local worker" in out
     ours, ukis = figures["rows"]
@@ -49,8 +69,20 @@ def test_pipeline_benchmark_runs_the_job_per_model_on_one_worker(test_weights_fi
 
 
 def test_memory_benchmark_reports_worker_memory_scene_after_scene(test_weights_file, tmp_path):
-    out = run("benchmark", "memory", "--out", str(tmp_path), "--size", "600", "--scenes", "2",
-              "--weights", str(test_weights_file), "--json", str(tmp_path / "m.json")).stdout
+    out = run(
+        "benchmark",
+        "memory",
+        "--out",
+        str(tmp_path),
+        "--size",
+        "600",
+        "--scenes",
+        "2",
+        "--weights",
+        str(test_weights_file),
+        "--json",
+        str(tmp_path / "m.json"),
+    ).stdout
     figures = json.loads((tmp_path / "m.json").read_text())
     assert [r["after"] for r in figures["rows"]] == ["[1/2]", "[2/2]"]
     assert 0.2 < figures["peak_gb"] < 4 and figures["peak_gb"] == max(r["peak_gb"] for r in figures["rows"])
@@ -77,9 +109,26 @@ def read_masks(store) -> list:
 
 
 def test_scale_benchmark_prints_real_and_simulated_figures(test_weights_file, tmp_path):
-    out = run("benchmark", "scale", "--out", str(tmp_path), "--scenes", "2,4", "--gpus", "2,3", "--sim-scenes", "6",
-              "--latency", "0.9", "--read-seconds", "0.9", "--weights", str(test_weights_file),
-              "--json", str(tmp_path / "s.json")).stdout
+    out = run(
+        "benchmark",
+        "scale",
+        "--out",
+        str(tmp_path),
+        "--scenes",
+        "2,4",
+        "--gpus",
+        "2,3",
+        "--sim-scenes",
+        "6",
+        "--latency",
+        "0.9",
+        "--read-seconds",
+        "0.9",
+        "--weights",
+        str(test_weights_file),
+        "--json",
+        str(tmp_path / "s.json"),
+    ).stdout
     figures = json.loads((tmp_path / "s.json").read_text())
     real, sim = figures["real"], figures["simulated"]
     assert [r["scenes"] for r in real] == [2, 4] and all(r["ok"] == r["scenes"] for r in real)
@@ -102,7 +151,7 @@ def test_scale_benchmark_prints_real_and_simulated_figures(test_weights_file, tm
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "sim-3.zarr" / "_cloudmask" / "scenes.csv")
-    assert len(table) == 6 and (table["status"] == "ok").all() and (table["valid_pixels"] == 10980 ** 2).all()
+    assert len(table) == 6 and (table["status"] == "ok").all() and (table["valid_pixels"] == 10980**2).all()
     assert (table[["pct_clear", "pct_thick_cloud", "pct_thin_cloud", "pct_cloud_shadow"]] > 5).all().all()
     assert "SIMULATED W=  2 GPUs x 0.90 s/scene" in out and "real   N=    4" in out
     bad = run("benchmark", "scale", "--latency", "0", check=False)
@@ -110,8 +159,19 @@ def test_scale_benchmark_prints_real_and_simulated_figures(test_weights_file, tm
 
 
 def test_read_benchmark_prints_the_read_path_next_to_the_decode_floor(tmp_path):
-    out = run("benchmark", "read", "--out", str(tmp_path), "--size", "2048", "--formats", "cog,jp2", "--warp",
-              "--json", str(tmp_path / "r.json")).stdout
+    out = run(
+        "benchmark",
+        "read",
+        "--out",
+        str(tmp_path),
+        "--size",
+        "2048",
+        "--formats",
+        "cog,jp2",
+        "--warp",
+        "--json",
+        str(tmp_path / "r.json"),
+    ).stdout
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [r["format"] for r in rows] == ["cog", "jp2"]
     for row in rows:  # the starter's 224 px stride: 2,048 px is one 2,016 px block and a 32 px remainder: 1 block

@@ -61,8 +61,18 @@ def test_benchmark_model_prints_and_writes_figures(tmp_path):
     # took over 10 minutes)
     native = torch.cuda.is_available() or cpu_has_native_bf16()
     precisions = ["fp32", "bf16"] if native else ["fp32"]
-    out = run("benchmark", "model", "--model", "mscloudcam_tiny", "--batch-sizes", "1,2", "--repeats", "1",
-              "--json", str(tmp_path / "b.json")).stdout
+    out = run(
+        "benchmark",
+        "model",
+        "--model",
+        "mscloudcam_tiny",
+        "--batch-sizes",
+        "1,2",
+        "--repeats",
+        "1",
+        "--json",
+        str(tmp_path / "b.json"),
+    ).stdout
     assert ("this CPU has no native bf16" in out) != native
     assert "406,327 parameters" in out and "GMAC" in out and "ms/tile" in out and "Mpx/s" in out
     figures = json.loads((tmp_path / "b.json").read_text())
@@ -71,16 +81,22 @@ def test_benchmark_model_prints_and_writes_figures(tmp_path):
     assert figures["params"] == 406_327 and figures["device"] == "cpu"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--batch-sizes", "a,b"], "--batch-sizes 'a,b' is not a comma-separated list"),
-    (["--precisions", "fp8"], "precision='fp8'"),
-    (["--model", "unet"], "unknown model 'unet'"),
-    (["--repeats", "0"], "--repeats 0 must be >= 1"),
-    (["--batch-sizes", "0"], "every batch size must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--batch-sizes", "a,b"], "--batch-sizes 'a,b' is not a comma-separated list"),
+        (["--precisions", "fp8"], "precision='fp8'"),
+        (["--model", "unet"], "unknown model 'unet'"),
+        (["--repeats", "0"], "--repeats 0 must be >= 1"),
+        (["--batch-sizes", "0"], "every batch size must be at least 1"),
+    ],
+)
 def test_benchmark_bad_arguments_say_what_to_fix(args, message):
-    proc = run("benchmark", "model", "--model", "mscloudcam_tiny", *args, check=False) if "--model" not in args \
+    proc = (
+        run("benchmark", "model", "--model", "mscloudcam_tiny", *args, check=False)
+        if "--model" not in args
         else run("benchmark", "model", *args, check=False)
+    )
     assert proc.returncode == 2
     assert message in proc.stderr
 
@@ -109,9 +125,21 @@ def test_weights_info_shows_what_a_user_needs_and_the_cards_figures(cli, monkeyp
     root = Path(__file__).resolve().parents[2]
     l1c, l2a = read_cards(root / "weights" / "README.md")
     out = cli("weights", "info").stdout  # the L1C starter
-    for text in ("mscloudcam {'norm': 'group'}", "sentinel-2 L1C", "B8A, B09, B10", "DN / 3000", "3=cloud_shadow",
-                 "tile size      256 px", l1c.sha256, "--recipe starter", "--init 2d022000…", "--shadows 1.0",
-                 f"$ {l1c.tables[0].command}", "Thick 1.04", "agreement 88.49 %"):
+    for text in (
+        "mscloudcam {'norm': 'group'}",
+        "sentinel-2 L1C",
+        "B8A, B09, B10",
+        "DN / 3000",
+        "3=cloud_shadow",
+        "tile size      256 px",
+        l1c.sha256,
+        "--recipe starter",
+        "--init 2d022000…",
+        "--shadows 1.0",
+        f"$ {l1c.tables[0].command}",
+        "Thick 1.04",
+        "agreement 88.49 %",
+    ):
         assert text in out, text
     assert "runs/" not in out and "val_miou" not in out and "val_iou" not in out
     info = json.loads(cli("weights", "info", str(root / "weights" / l2a.file), "--json").stdout)
@@ -120,22 +148,57 @@ def test_weights_info_shows_what_a_user_needs_and_the_cards_figures(cli, monkeyp
     assert info["card"]["file"] == l2a.file
     assert [t["command"] for t in info["card"]["tables"]] == [t.command for t in l2a.tables]
     reben = next(t for t in info["card"]["tables"] if "reben" in t["command"])
-    assert reben["rows"][0] == {"row": "teacher labels", "figures": {
-        "pixels": 142202, "clear": 92.0, "thick": 70.37, "thin": 35.32, "shadow": 26.78, "miou": 56.12, "agreement": 90.91}}
+    assert reben["rows"][0] == {
+        "row": "teacher labels",
+        "figures": {
+            "pixels": 142202,
+            "clear": 92.0,
+            "thick": 70.37,
+            "thin": 35.32,
+            "shadow": 26.78,
+            "miou": 56.12,
+            "agreement": 90.91,
+        },
+    }
 
 
 def test_weights_convert_a_trusted_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = create_model("mscloudcam_tiny")
-    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "m.pth")
+    torch.save(
+        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "m.pth"
+    )
     out = tmp_path / "m.safetensors"
-    run("weights", "convert", str(tmp_path / "m.pth"), str(out), "--model", "mscloudcam_tiny", "--tile-size", "64",
-        "--fp16", "--provenance", '{"data": "test"}')
+    run(
+        "weights",
+        "convert",
+        str(tmp_path / "m.pth"),
+        str(out),
+        "--model",
+        "mscloudcam_tiny",
+        "--tile-size",
+        "64",
+        "--fp16",
+        "--provenance",
+        '{"data": "test"}',
+    )
     w = load_weights(out)
     assert w.meta.provenance == {"data": "test"} and w.meta.tile_size == 64
-    torch.testing.assert_close(w.build_model().state_dict()["decoder.head.weight"],
-                               model.state_dict()["decoder.head.weight"], atol=1e-3, rtol=1e-3)
-    bad = run("weights", "convert", str(tmp_path / "m.pth"), str(tmp_path / "x.safetensors"), "--provenance", "{oops", check=False)
+    torch.testing.assert_close(
+        w.build_model().state_dict()["decoder.head.weight"],
+        model.state_dict()["decoder.head.weight"],
+        atol=1e-3,
+        rtol=1e-3,
+    )
+    bad = run(
+        "weights",
+        "convert",
+        str(tmp_path / "m.pth"),
+        str(tmp_path / "x.safetensors"),
+        "--provenance",
+        "{oops",
+        check=False,
+    )
     assert bad.returncode == 2 and "--provenance is not valid JSON" in bad.stderr
     wrong = run("weights", "convert", str(tmp_path / "m.pth"), str(tmp_path / "y.safetensors"), check=False)
     assert wrong.returncode == 2 and "do not fit model 'mscloudcam'" in wrong.stderr
@@ -143,7 +206,6 @@ def test_weights_convert_a_trusted_checkpoint(tmp_path):
 
 
 def test_weights_blend(tmp_path, test_weights_file):
-    from dataclasses import replace
 
     from pipeline.detect.weights import save_weights
 
@@ -156,20 +218,39 @@ def test_weights_blend(tmp_path, test_weights_file):
     a, b, w = load_weights(moved), a, load_weights(out)
     assert w.meta.provenance["blend"] == {"alpha": 0.4, "a_sha256": a.sha256, "b_sha256": b.sha256}
     key = "decoder.head.weight"
-    torch.testing.assert_close(w.state[key].float(), 0.6 * a.state[key].float() + 0.4 * b.state[key].float(),
-                               atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(
+        w.state[key].float(), 0.6 * a.state[key].float() + 0.4 * b.state[key].float(), atol=2e-3, rtol=2e-3
+    )
     before = out.read_bytes()
     again = run("weights", "blend", str(moved), str(test_weights_file), str(out), "--alpha", "0.5", check=False)
     assert again.returncode == 2 and "exists" in again.stderr and out.read_bytes() == before
-    wrong = run("weights", "blend", str(moved), str(test_weights_file), str(tmp_path / "x.safetensors"),
-                "--alpha", "40", check=False)
+    wrong = run(
+        "weights",
+        "blend",
+        str(moved),
+        str(test_weights_file),
+        str(tmp_path / "x.safetensors"),
+        "--alpha",
+        "40",
+        check=False,
+    )
     assert wrong.returncode == 2 and "--alpha 40.0; expected the share of B, 0 to 1" in wrong.stderr
     assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_run_without_weights_fails_before_starting_a_cluster(tmp_path):
-    proc = run("run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr"),
-               "--weights", str(tmp_path / "none.safetensors"), check=False)
+    proc = run(
+        "run",
+        "--stac-url",
+        "http://127.0.0.1:9",
+        "--collection",
+        "c",
+        "--out",
+        str(tmp_path / "o.zarr"),
+        "--weights",
+        str(tmp_path / "none.safetensors"),
+        check=False,
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert "Dask dashboard" not in proc.stdout and not (tmp_path / "o.zarr").exists()
 
@@ -177,42 +258,69 @@ def test_run_without_weights_fails_before_starting_a_cluster(tmp_path):
 @pytest.mark.parametrize("chunk", ["0", "-5"])
 def test_run_with_a_block_side_under_one_pixel_fails_before_the_search(tmp_path, chunk, cli):
     """Refused before the STAC API is asked (it is not there: that error would come otherwise) and before any store."""
-    proc = cli("run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr"),
-               "--chunk", chunk)
+    proc = cli(
+        "run",
+        "--stac-url",
+        "http://127.0.0.1:9",
+        "--collection",
+        "c",
+        "--out",
+        str(tmp_path / "o.zarr"),
+        "--chunk",
+        chunk,
+    )
     assert proc.returncode == 2 and f"chunk={chunk} must be at least 1" in proc.stderr, proc.stderr
     assert not (tmp_path / "o.zarr").exists()
 
 
-@pytest.mark.parametrize("text,message", [
-    ("stac_url: [x\n", "is not valid YAML (line 2, column 1: expected ',' or ']'"),
-    ("stac_url: x\n  out: : y\n", "is not valid YAML (line 2, column 6: mapping values are not allowed here)"),
-    ("- stac_url\n- out\n", "holds a list; expected a mapping of keys to values"),
-    ("\udcff", "is not valid YAML ('utf-8' codec can't decode byte 0xff"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("stac_url: [x\n", "is not valid YAML (line 2, column 1: expected ',' or ']'"),
+        ("stac_url: x\n  out: : y\n", "is not valid YAML (line 2, column 6: mapping values are not allowed here)"),
+        ("- stac_url\n- out\n", "holds a list; expected a mapping of keys to values"),
+        ("\udcff", "is not valid YAML ('utf-8' codec can't decode byte 0xff"),
+    ],
+)
 @pytest.mark.parametrize("command", ["job", "cluster"])
 def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(tmp_path, text, message, command, cli):
     """A job file (``--config``) or a cluster recipe that does not parse, or holds no mapping: one line naming the
     file and the place, no traceback, nothing started."""
     path = tmp_path / "settings.yaml"
     path.write_bytes(text.encode("utf-8", "surrogateescape"))
-    args = (["run", "--config", str(path)] if command == "job" else
-            ["run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr"),
-             "--cluster", str(path)])
+    args = (
+        ["run", "--config", str(path)]
+        if command == "job"
+        else [
+            "run",
+            "--stac-url",
+            "http://127.0.0.1:9",
+            "--collection",
+            "c",
+            "--out",
+            str(tmp_path / "o.zarr"),
+            "--cluster",
+            str(path),
+        ]
+    )
     proc = cli(*args)
     what = "job file" if command == "job" else "cluster recipe"
     assert proc.returncode == 2 and f"{what} '{path}' {message}" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o.zarr").exists()  # main prints no traceback: it raises
 
 
-@pytest.mark.parametrize("line,message", [
-    ("chunk: abc", "chunk: 'abc'; expected a whole number, e.g. chunk: 4096"),
-    ("chunk: 512.5", "chunk: 512.5; expected a whole number"),
-    ("workers: two", "workers: 'two'; expected a whole number"),
-    ("max_cloud: lots", "max_cloud: 'lots'; expected a percentage"),
-    ("strict: maybe", "strict: 'maybe'; expected true or false"),
-    ("bbox: [a, 1, 2, 3]", "bbox: ['a', 1, 2, 3]; expected four numbers"),
-    ("collection: [a, b]", "collection: ['a', 'b']; expected text"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("chunk: abc", "chunk: 'abc'; expected a whole number, e.g. chunk: 4096"),
+        ("chunk: 512.5", "chunk: 512.5; expected a whole number"),
+        ("workers: two", "workers: 'two'; expected a whole number"),
+        ("max_cloud: lots", "max_cloud: 'lots'; expected a percentage"),
+        ("strict: maybe", "strict: 'maybe'; expected true or false"),
+        ("bbox: [a, 1, 2, 3]", "bbox: ['a', 1, 2, 3]; expected four numbers"),
+        ("collection: [a, b]", "collection: ['a', 'b']; expected text"),
+    ],
+)
 def test_a_job_file_value_of_the_wrong_kind_is_named(tmp_path, cli, line, message):
     """Each field is checked for what it holds (YAML gives numbers, true/false, lists and dates, not only text):
     one line naming the file, key and value, before the search (the STAC API is not there)."""
@@ -235,10 +343,13 @@ def test_a_job_file_date_written_unquoted_is_searched_as_that_date(tmp_path):
     assert spec.search.datetime == "2024-06-01" and spec.chunk == 512
 
 
-@pytest.mark.parametrize("option,name,message", [
-    ("--csv", "missing/t.csv", "its folder '{tmp}/missing' does not exist"),
-    ("--parquet", "t.xlsx", "use a .csv or .parquet suffix"),
-])
+@pytest.mark.parametrize(
+    "option,name,message",
+    [
+        ("--csv", "missing/t.csv", "its folder '{tmp}/missing' does not exist"),
+        ("--parquet", "t.xlsx", "use a .csv or .parquet suffix"),
+    ],
+)
 def test_stats_refuses_a_table_file_it_cannot_write_before_reading_the_store(tmp_path, option, name, message, cli):
     """The store is not even read (it does not exist here: that error would come otherwise)."""
     proc = cli("stats", str(tmp_path / "none.zarr"), option, str(tmp_path / name))
@@ -258,17 +369,29 @@ def test_run_settings_carry_precision_and_the_default_overlap():
     assert job_spec(base).infer.precision == "auto" and job_spec(base).infer.overlap is None
     spec = job_spec(dict(base, precision="fp32", overlap=16))
     assert (spec.infer.precision, spec.infer.overlap) == ("fp32", 16)
-    bad = run("run", "--stac-url", "http://127.0.0.1:1", "--collection", "c", "--out", "x.zarr", "--precision", "fp8",
-              check=False)
+    bad = run(
+        "run",
+        "--stac-url",
+        "http://127.0.0.1:1",
+        "--collection",
+        "c",
+        "--out",
+        "x.zarr",
+        "--precision",
+        "fp8",
+        check=False,
+    )
     assert bad.returncode == 2 and "invalid choice: 'fp8'" in bad.stderr
 
 
 def test_help_and_argument_errors_do_not_load_torch():
     """The command line answers --help and refuses bad arguments without loading torch (seconds): every command's
     parser is built, and a train and an evaluate argument error are raised, in a process where torch stays out."""
-    code = ("import sys; from flows.cli import build_parser, main; build_parser()\n"
-            "codes = [main(['train', '--out', 'x']), main(['evaluate', '--dataset', 'bigearthnet', '--brightness', '2'])]\n"
-            "print(codes, 'torch' in sys.modules)")
+    code = (
+        "import sys; from flows.cli import build_parser, main; build_parser()\n"
+        "codes = [main(['train', '--out', 'x']), main(['evaluate', '--dataset', 'bigearthnet', '--brightness', '2'])]\n"
+        "print(codes, 'torch' in sys.modules)"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["[2,", "2]", "False"], p.stdout + p.stderr

@@ -16,9 +16,30 @@ CLOUDMASK = str(Path(sys.executable).with_name("cloudmask"))
 
 def test_peer_cube_and_comparison(api, first_run, tmp_path):
     out = tmp_path / "s2cloudless.zarr"
-    p = subprocess.run([CLOUDMASK, "run", "--stac-url", api, "--collection", "sentinel-2-l1c", "--bbox=-180,-90,180,90",
-                        "--out", str(out), "--model", "s2cloudless", "--chunk", "96", "--overlap", "16",
-                        "--workers", "1"], capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            CLOUDMASK,
+            "run",
+            "--stac-url",
+            api,
+            "--collection",
+            "sentinel-2-l1c",
+            "--bbox=-180,-90,180,90",
+            "--out",
+            str(out),
+            "--model",
+            "s2cloudless",
+            "--chunk",
+            "96",
+            "--overlap",
+            "16",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     group = next(g.name for g in out.iterdir() if g.name.startswith("epsg32631"))
     ds = xr.open_zarr(out, group=group, consolidated=False)
@@ -28,8 +49,12 @@ def test_peer_cube_and_comparison(api, first_run, tmp_path):
 
     # against MSCloudCAM's cube (the test model's four classes): in s2cloudless's two classes, the confusion
     # matrix is the one counted here from the two stores' pixels (thick and thin are cloud, shadow is clear)
-    cross = subprocess.run([CLOUDMASK, "compare", str(first_run[0]), str(out), "--json", str(tmp_path / "x.json")],
-                           capture_output=True, text=True, timeout=300)
+    cross = subprocess.run(
+        [CLOUDMASK, "compare", str(first_run[0]), str(out), "--json", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cross.returncode == 0, cross.stderr
     r = json.loads((tmp_path / "x.json").read_text())
     assert r["models"] == ["mscloudcam_tiny", "s2cloudless"] and r["coarse"] and r["scenes"] == 3
@@ -50,6 +75,22 @@ def test_peer_cube_and_comparison(api, first_run, tmp_path):
     assert (expected.sum(axis=1) > 0).all() and (expected.sum(axis=0) > 0).all()  # both classes on both sides
     assert 0 < r["aacc"] < 100 and r["pixels"] == expected.sum()
     assert "overall agreement" in cross.stdout
-    bad = subprocess.run([CLOUDMASK, "run", "--stac-url", api, "--collection", "c", "--out", str(tmp_path / "b.zarr"),
-                          "--model", "ukis-csmask", "--weights", "w.safetensors"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            CLOUDMASK,
+            "run",
+            "--stac-url",
+            api,
+            "--collection",
+            "c",
+            "--out",
+            str(tmp_path / "b.zarr"),
+            "--model",
+            "ukis-csmask",
+            "--weights",
+            "w.safetensors",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "drop --weights" in bad.stderr

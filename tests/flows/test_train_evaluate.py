@@ -21,9 +21,30 @@ TINY = ["--model", "mscloudcam_tiny", "--model-kwargs", '{"img_size": 512}']
 
 
 def train_cmd(taco, out, *extra):
-    return [CLOUDMASK, "train", "--dataset", "cloudsen12", "--data", str(taco), "--out", str(out), *TINY,
-            "--epochs", "3", "--batch", "2", "--lr", "1e-3", "--workers", "0",
-            "--warmup-steps", "5", "--grad-clip", "1.0", *extra]
+    return [
+        CLOUDMASK,
+        "train",
+        "--dataset",
+        "cloudsen12",
+        "--data",
+        str(taco),
+        "--out",
+        str(out),
+        *TINY,
+        "--epochs",
+        "3",
+        "--batch",
+        "2",
+        "--lr",
+        "1e-3",
+        "--workers",
+        "0",
+        "--warmup-steps",
+        "5",
+        "--grad-clip",
+        "1.0",
+        *extra,
+    ]
 
 
 def state_epoch(out: Path) -> int:
@@ -53,7 +74,9 @@ def test_training_writes_weights_metrics_and_state(uninterrupted):
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     best = load_weights(out / "best.safetensors")
     prov = best.meta.provenance
-    assert prov["dataset"].startswith("CloudSEN12+") and prov["recipe"]["lr"] == 1e-3 and prov["recipe"]["batch_size"] == 2
+    assert (
+        prov["dataset"].startswith("CloudSEN12+") and prov["recipe"]["lr"] == 1e-3 and prov["recipe"]["batch_size"] == 2
+    )
     assert prov["recipe"]["warmup_steps"] == 5 and prov["recipe"]["grad_clip"] == 1.0
     assert prov["metrics"]["val_miou"] == max(r["val_miou"] for r in lines)
     assert best.meta.tile_size == 512 and best.meta.bands[10] == "B10"
@@ -62,7 +85,9 @@ def test_training_writes_weights_metrics_and_state(uninterrupted):
 
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted(cloudsen12_taco, uninterrupted, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(cloudsen12_taco, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        train_cmd(cloudsen12_taco, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = []
     for line in proc.stdout:  # piped, the command prints a line per step: kill on epoch 2's first
         seen.append(line)
@@ -93,12 +118,17 @@ def test_fine_tuning_starts_from_the_given_weights(cloudsen12_taco, uninterrupte
     random start, three epochs at 1e-3 away from it, is not) and records its sha256; weights without B10 start an
     L1C model with B10's kernel at zero (recorded); a missing file is refused in one line."""
     from factories import derived_weights
+
     from pipeline.catalog.sensors import SENTINEL2_L1C, SENTINEL2_L2A
 
     full, _ = uninterrupted
     out = tmp_path / "ft"
-    p = subprocess.run(train_cmd(cloudsen12_taco, out, "--init", str(full / "last.safetensors"), "--lr", "1e-12",
-                                 "--epochs", "1"), capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        train_cmd(cloudsen12_taco, out, "--init", str(full / "last.safetensors"), "--lr", "1e-12", "--epochs", "1"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr
     start, tuned = tensors(full / "last.safetensors"), tensors(out / "last.safetensors")
     assert start.keys() == tuned.keys()
@@ -106,22 +136,35 @@ def test_fine_tuning_starts_from_the_given_weights(cloudsen12_taco, uninterrupte
     assert len(params) > 100  # BatchNorm's running statistics move with any batch, whatever the learning rate
     moved = [k for k in params if not torch.allclose(start[k].float(), tuned[k].float(), atol=1e-6)]
     assert not moved, moved
-    assert load_weights(out / "last.safetensors").meta.provenance["init_sha256"] == load_weights(full / "last.safetensors").sha256
+    assert (
+        load_weights(out / "last.safetensors").meta.provenance["init_sha256"]
+        == load_weights(full / "last.safetensors").sha256
+    )
 
     l2a = tmp_path / "l2a.safetensors"
     derived_weights(full / "last.safetensors", l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
     out = tmp_path / "bands"  # L2A weights start an L1C model: B10's input kernel at zero, the rest as in the file
-    p = subprocess.run(train_cmd(cloudsen12_taco, out, "--init", str(l2a), "--lr", "1e-12", "--epochs", "1"),
-                       capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        train_cmd(cloudsen12_taco, out, "--init", str(l2a), "--lr", "1e-12", "--epochs", "1"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0 and "lack B10; their input kernels start at zero" in p.stdout, p.stderr
     assert load_weights(out / "last.safetensors").meta.provenance["init_new_bands"] == ["B10"]
     start, tuned = tensors(l2a), tensors(out / "last.safetensors")
     (kernel,) = [k for k, v in tuned.items() if v.ndim > 1 and v.shape[1] == 13]
     b10 = SENTINEL2_L1C.bands.index("B10")
     assert tuned[kernel][:, b10].float().abs().max() < 1e-6
-    assert torch.allclose(tuned[kernel][:, [i for i in range(13) if i != b10]].float(), start[kernel].float(), atol=1e-6)
-    p = subprocess.run(train_cmd(cloudsen12_taco, tmp_path / "gone", "--init", str(tmp_path / "none.safetensors")),
-                       capture_output=True, text=True, timeout=300)
+    assert torch.allclose(
+        tuned[kernel][:, [i for i in range(13) if i != b10]].float(), start[kernel].float(), atol=1e-6
+    )
+    p = subprocess.run(
+        train_cmd(cloudsen12_taco, tmp_path / "gone", "--init", str(tmp_path / "none.safetensors")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and "none.safetensors" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
@@ -182,8 +225,26 @@ def test_train_argument_errors(tmp_path):
 
 def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
     out = tmp_path / "l8"
-    p = subprocess.run([CLOUDMASK, "train", "--dataset", "l8biome", "--data", str(l8biome_root), "--out", str(out),
-                        *TINY, "--epochs", "1", "--batch", "3"], capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [
+            CLOUDMASK,
+            "train",
+            "--dataset",
+            "l8biome",
+            "--data",
+            str(l8biome_root),
+            "--out",
+            str(out),
+            *TINY,
+            "--epochs",
+            "1",
+            "--batch",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr
     w = load_weights(out / "last.safetensors")
     assert w.meta.bands == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11")
@@ -209,9 +270,24 @@ def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
 
 def test_evaluate_prints_the_paper_table(uninterrupted, cloudsen12_taco, tmp_path):
     out, _ = uninterrupted
-    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(out / "best.safetensors"), "--dataset", "cloudsen12",
-                        "--data", str(cloudsen12_taco), "--paper", "--json", str(tmp_path / "s.json")],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            CLOUDMASK,
+            "evaluate",
+            "--weights",
+            str(out / "best.safetensors"),
+            "--dataset",
+            "cloudsen12",
+            "--data",
+            str(cloudsen12_taco),
+            "--paper",
+            "--json",
+            str(tmp_path / "s.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     assert "Clear" in p.stdout and "mIoU" in p.stdout and "aAcc" in p.stdout
     assert "paper MSCloudCAM (cloudsen12-l1c)" in p.stdout and "75.52" in p.stdout
@@ -226,9 +302,24 @@ def test_evaluate_starter_with_teachers_and_brightness(test_weights_file, tmp_pa
     """The held-out scene scored against the teachers' labels and compared with each teacher; with --brightness,
     scaled and its cloud labels re-split by the scaled blue band: brighter, more of the labelled cloud is thick and
     less thin, the clear and shadow labels stay; other datasets refused."""
+
     def evaluate(*args):
-        p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(test_weights_file), "--dataset", "starter", *args,
-                            "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600)
+        p = subprocess.run(
+            [
+                CLOUDMASK,
+                "evaluate",
+                "--weights",
+                str(test_weights_file),
+                "--dataset",
+                "starter",
+                *args,
+                "--json",
+                str(tmp_path / "b.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stderr
         return p.stdout, json.loads((tmp_path / "b.json").read_text())
 
@@ -243,14 +334,31 @@ def test_evaluate_starter_with_teachers_and_brightness(test_weights_file, tmp_pa
     assert none is None and gain == 1.4
     assert bright[1] > plain[1] and bright[2] < plain[2] and bright[1] + bright[2] == plain[1] + plain[2]
     assert bright[0] == plain[0] and bright[3] == plain[3]
-    p = subprocess.run([CLOUDMASK, "evaluate", "--dataset", "bigearthnet", "--brightness", "1.4"], capture_output=True,
-                       text=True, timeout=300)
+    p = subprocess.run(
+        [CLOUDMASK, "evaluate", "--dataset", "bigearthnet", "--brightness", "1.4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and "for --dataset starter only" in p.stderr
 
 
 def test_evaluate_refuses_weights_for_other_bands(test_weights_file, l8biome_root):
-    p = subprocess.run([CLOUDMASK, "evaluate", "--weights", str(test_weights_file), "--dataset", "l8biome",
-                        "--data", str(l8biome_root)], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            CLOUDMASK,
+            "evaluate",
+            "--weights",
+            str(test_weights_file),
+            "--dataset",
+            "l8biome",
+            "--data",
+            str(l8biome_root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and "11 bands but the weights take 13" in p.stderr
 
 
@@ -259,14 +367,19 @@ def test_evaluate_l2a_weights_per_level(test_weights_file, tmp_path):
     the only teacher that runs there), on the held-out L1C scene as simulated L2A, and on that scene as L1C
     with B10 left out; L1C weights on L2A are refused in one line naming the missing band."""
     from factories import derived_weights
+
     from pipeline.catalog.sensors import SENTINEL2_L2A
 
     l2a = tmp_path / "l2a.safetensors"
     derived_weights(test_weights_file, l2a, {b: b for b in SENTINEL2_L2A.bands}, "sentinel-2", "L2A")
 
     def evaluate(*args):
-        return subprocess.run([CLOUDMASK, "evaluate", *args, "--json", str(tmp_path / "e.json")], capture_output=True,
-                              text=True, timeout=600)
+        return subprocess.run(
+            [CLOUDMASK, "evaluate", *args, "--json", str(tmp_path / "e.json")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     p = evaluate("--weights", str(l2a), "--dataset", "bigearthnet", "--teachers")
     assert p.returncode == 0, p.stderr

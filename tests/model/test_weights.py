@@ -7,14 +7,14 @@ import json
 import threading
 from dataclasses import replace
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
-from pipeline.errors import WeightsError, WeightsMismatchError
+from pipeline.catalog.sensors import CLASS_NAMES, SENTINEL2_L1C
 from pipeline.detect.model import create_model
 from pipeline.detect.weights import WeightsMeta, blend_weights, load_weights, save_weights
-from pipeline.catalog.sensors import CLASS_NAMES, SENTINEL2_L1C
+from pipeline.errors import WeightsError, WeightsMismatchError
 
 
 def test_round_trip_keeps_tensors_metadata_and_sha(random_weights_file):
@@ -55,8 +55,9 @@ def test_fp16_file_is_half_the_size_and_predicts_the_same(tmp_path, test_weights
 def test_fp16_keeps_tensors_that_would_overflow_in_fp32(tmp_path):
     model = create_model("mscloudcam_tiny").eval()
     model.psp.fuse[1].running_var.fill_(103_734.5)  # seen in a real run: above float16's 65504
-    meta = WeightsMeta(model="mscloudcam_tiny", bands=SENTINEL2_L1C.bands, classes=CLASS_NAMES,
-                       class_codes=(0, 1, 2, 3), tile_size=64)
+    meta = WeightsMeta(
+        model="mscloudcam_tiny", bands=SENTINEL2_L1C.bands, classes=CLASS_NAMES, class_codes=(0, 1, 2, 3), tile_size=64
+    )
     save_weights(tmp_path / "h.safetensors", model, meta, dtype=torch.float16)
     state = load_weights(tmp_path / "h.safetensors").state
     assert state["psp.fuse.1.running_var"].dtype == torch.float32
@@ -127,8 +128,13 @@ def test_band_and_class_mismatch_name_both_lists(test_weights_file):
 
 
 def test_tensors_that_do_not_fit_the_model_are_refused(tmp_path):
-    meta = WeightsMeta(model="mscloudcam_tiny", bands=SENTINEL2_L1C.bands[:3], classes=CLASS_NAMES,
-                       class_codes=(0, 1, 2, 3), tile_size=64)
+    meta = WeightsMeta(
+        model="mscloudcam_tiny",
+        bands=SENTINEL2_L1C.bands[:3],
+        classes=CLASS_NAMES,
+        class_codes=(0, 1, 2, 3),
+        tile_size=64,
+    )
     save_weights(tmp_path / "w.safetensors", create_model("mscloudcam_tiny"), meta)  # 13-band tensors, 3 bands
     with pytest.raises(WeightsError, match=r"(?s)do not fit model .*size mismatch"):
         load_weights(tmp_path / "w.safetensors").build_model()
@@ -147,8 +153,8 @@ def test_fine_tuning_starts_from_a_file_and_keeps_the_kernels_of_its_own_bands(t
     every tensor as in the file and the input kernels of the 12 bands (B10's left out, the others in the model's
     band order); a band the file lacks starts at zero (the model computes what the file's did); tensors of another
     shape are refused."""
-    from pipeline.training.datasets.boa import BOA_MAP
     from pipeline.errors import ConfigError
+    from pipeline.training.datasets.boa import BOA_MAP
     from pipeline.training.trainer import init_from
 
     src = load_weights(test_weights_file)
@@ -174,7 +180,9 @@ def test_fine_tuning_starts_from_a_file_and_keeps_the_kernels_of_its_own_bands(t
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), model(y), atol=1e-5)
 
-    model = create_model(src.meta.model, in_chans=13, num_classes=4, **{**src.meta.model_kwargs, "context_channels": 32})
+    model = create_model(
+        src.meta.model, in_chans=13, num_classes=4, **{**src.meta.model_kwargs, "context_channels": 32}
+    )
     with pytest.raises(ConfigError, match="does not fit the model being trained"):
         init_from(model, str(test_weights_file), SENTINEL2_L1C.bands)
 
@@ -204,8 +212,11 @@ def test_blend_refuses_other_contracts_and_alphas_outside_0_1(tmp_path, test_wei
         blend_weights(a, a, 1.5)
     keep = [i for i, b in enumerate(a.meta.bands) if b != "B10"]  # an L2A-like file: B10's input weights dropped
     embed = "backbone.body.patch_embed.proj.weight"
-    save_weights(tmp_path / "l2a.safetensors", dict(a.state, **{embed: a.state[embed][:, keep].contiguous()}),
-                 replace(a.meta, bands=tuple(a.meta.bands[i] for i in keep)))
+    save_weights(
+        tmp_path / "l2a.safetensors",
+        dict(a.state, **{embed: a.state[embed][:, keep].contiguous()}),
+        replace(a.meta, bands=tuple(a.meta.bands[i] for i in keep)),
+    )
     with pytest.raises(WeightsMismatchError, match=r"differ in bands .*'B10'"):
         blend_weights(a, load_weights(tmp_path / "l2a.safetensors"), 0.5)
     shaped = dict(a.state, **{"decoder.head.weight": torch.zeros(1)})

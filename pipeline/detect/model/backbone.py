@@ -37,7 +37,9 @@ class SwinBackbone(nn.Module):
         if checkpoint is not None:
             path = Path(checkpoint)
             if not path.is_file():
-                raise WeightsError(f"backbone checkpoint {str(path)!r} does not exist; pass a local timm checkpoint file")
+                raise WeightsError(
+                    f"backbone checkpoint {str(path)!r} does not exist; pass a local timm checkpoint file"
+                )
             kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
         else:
             kwargs.update(pretrained=False)

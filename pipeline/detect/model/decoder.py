@@ -38,6 +38,8 @@ class Decoder(nn.Module):
         if not with_aux:
             return out
         size = out.shape[-2:]
-        aux = [F.interpolate(h(f), size=size, mode="bilinear", align_corners=False)
-               for h, f in ((self.aux1, feats[0]), (self.aux2, feats[1]))]
+        aux = [
+            F.interpolate(h(f), size=size, mode="bilinear", align_corners=False)
+            for h, f in ((self.aux1, feats[0]), (self.aux2, feats[1]))
+        ]
         return out, aux[0], aux[1]

@@ -55,7 +55,11 @@ class MSCloudCAM(nn.Module):
         self.in_chans, self.num_classes, self.img_size = in_chans, num_classes, img_size
         self.cam_bypass = cam_bypass
         self.backbone = SwinBackbone(
-            in_chans, img_size, backbone_arch, out_indices=(2, 3), checkpoint=backbone_checkpoint,
+            in_chans,
+            img_size,
+            backbone_arch,
+            out_indices=(2, 3),
+            checkpoint=backbone_checkpoint,
             **(backbone_kwargs or {}),
         )
         c3, c4 = self.backbone.channels
@@ -68,9 +72,12 @@ class MSCloudCAM(nn.Module):
         self.cam = CrossAttention(2 * ctx, ctx, heads=cam_heads, depth=cam_depth)
         mid, out = bottleneck_channels
         self.bottleneck = nn.Sequential(
-            nn.Conv2d(2 * ctx, mid, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, out, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * ctx, mid, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out, 1),
+            nn.ReLU(inplace=True),
         )
         self.refine = CombinedAttention(out)
         self.decoder = Decoder(out, decoder_channels, num_classes, norm=norm)

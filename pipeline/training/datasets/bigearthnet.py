@@ -15,8 +15,8 @@ import tarfile
 
 import numpy as np
 
-from pipeline.errors import InputError
 from pipeline.catalog.sensors import SENTINEL2_L2A
+from pipeline.errors import InputError
 from pipeline.training.datasets.scenes import Scene, package_dir
 
 ARCHIVE = "BigEarthNet-S2-Example.tar.bz2"

@@ -36,8 +36,14 @@ import torch
 from pipeline.training.datasets.chips import TransformedChips
 
 # gain, offset (reflectance) of BOA against TOA per band, from ukis-csmask 1.0.0's statistics (module docstring)
-_MEASURED = {"B02": (1.374, -0.1116), "B03": (1.373, -0.0731), "B04": (1.226, -0.0428), "B08": (1.174, -0.0276),
-             "B11": (1.120, -0.0109), "B12": (1.137, -0.0013)}
+_MEASURED = {
+    "B02": (1.374, -0.1116),
+    "B03": (1.373, -0.0731),
+    "B04": (1.226, -0.0428),
+    "B08": (1.174, -0.0276),
+    "B11": (1.120, -0.0109),
+    "B12": (1.137, -0.0013),
+}
 
 
 def _interpolated() -> dict[str, tuple[float, float]]:
@@ -105,8 +111,10 @@ def visible_offsets(dn: np.ndarray, gains: np.ndarray) -> dict[int, float]:
     veg = dark_vegetation(dn)
     if veg.sum() < 100:
         return {}
-    return {i: float(t * REFLECTANCE_DN - gains[i] * np.percentile(dn[i][veg], VEGETATION_PERCENTILE))
-            for i, t in ((_INDEX[b], t) for b, t in L2A_DARK_VEGETATION.items())}
+    return {
+        i: float(t * REFLECTANCE_DN - gains[i] * np.percentile(dn[i][veg], VEGETATION_PERCENTILE))
+        for i, t in ((_INDEX[b], t) for b, t in L2A_DARK_VEGETATION.items())
+    }
 
 
 def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np.ndarray:
@@ -142,6 +150,10 @@ class SimulatedBOAChips(TransformedChips):
 
     def transform(self, dn, labels, rng):
         n = len(BOA_MAP)
-        boa = simulate_boa(l2a_bands(np.asarray(dn), self.bands), float(rng.uniform(*self.lam)),
-                           1 + rng.uniform(-JITTER_GAIN, JITTER_GAIN, n), rng.uniform(-JITTER_OFFSET, JITTER_OFFSET, n))
+        boa = simulate_boa(
+            l2a_bands(np.asarray(dn), self.bands),
+            float(rng.uniform(*self.lam)),
+            1 + rng.uniform(-JITTER_GAIN, JITTER_GAIN, n),
+            rng.uniform(-JITTER_OFFSET, JITTER_OFFSET, n),
+        )
         return torch.from_numpy(boa), labels

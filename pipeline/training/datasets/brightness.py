@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.training.pseudolabels import THICK, THICK_BLUE, THIN
 from pipeline.training.datasets.chips import TransformedChips
+from pipeline.training.pseudolabels import THICK, THICK_BLUE, THIN
 
 REFLECTANCE_DN = 10000.0  # DN per unit reflectance of the starter scenes (all before baseline 04.00)
 

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 
-
 class RandomChips(torch.utils.data.Dataset):
     """``samples`` random crops per epoch from ``scenes`` = [(dn (C, y, x) uint16, labels (y, x) uint8)].
 
@@ -21,17 +20,29 @@ class RandomChips(torch.utils.data.Dataset):
     (seed, epoch, index), so a resumed run sees exactly the chips an uninterrupted one would.
     """
 
-    def __init__(self, scenes, samples: int, size: int = 512, seed: int = 42, augment: bool = True,
-                 weights=None, nodata_prob: float = 0.0, class_prob: float = 0.0,
-                 focus_classes: tuple[int, ...] = (1, 2, 3)) -> None:
+    def __init__(
+        self,
+        scenes,
+        samples: int,
+        size: int = 512,
+        seed: int = 42,
+        augment: bool = True,
+        weights=None,
+        nodata_prob: float = 0.0,
+        class_prob: float = 0.0,
+        focus_classes: tuple[int, ...] = (1, 2, 3),
+    ) -> None:
         self.scenes = list(scenes)
         self.class_prob = class_prob
         # per class: [(scene index, flat pixel indices of that class)]
-        self.where = {c: [(i, np.flatnonzero(lab == c)) for i, (_, lab) in enumerate(self.scenes)] for c in focus_classes}
+        self.where = {
+            c: [(i, np.flatnonzero(lab == c)) for i, (_, lab) in enumerate(self.scenes)] for c in focus_classes
+        }
         self.where = {c: [(i, px) for i, px in v if px.size] for c, v in self.where.items()}
         self.where = {c: v for c, v in self.where.items() if v}
-        w = np.asarray(weights if weights is not None else [max(lab.size, size * size) for _, lab in self.scenes],
-                       np.float64)
+        w = np.asarray(
+            weights if weights is not None else [max(lab.size, size * size) for _, lab in self.scenes], np.float64
+        )
         self.p = w / w.sum()
         self.samples, self.size, self.seed, self.augment = samples, size, seed, augment
         self.nodata_prob = nodata_prob
@@ -61,8 +72,8 @@ class RandomChips(torch.utils.data.Dataset):
         y0, x0 = at or (rng.integers(0, max(h - s, 0) + 1), rng.integers(0, max(w - s, 0) + 1))  # source offset
         ch, cw = min(s, h), min(s, w)
         oy, ox = rng.integers(0, s - ch + 1), rng.integers(0, s - cw + 1)  # canvas offset (small scenes)
-        img[:, oy:oy + ch, ox:ox + cw] = dn[:, y0:y0 + ch, x0:x0 + cw]
-        tgt[oy:oy + ch, ox:ox + cw] = lab[y0:y0 + ch, x0:x0 + cw]
+        img[:, oy : oy + ch, ox : ox + cw] = dn[:, y0 : y0 + ch, x0 : x0 + cw]
+        tgt[oy : oy + ch, ox : ox + cw] = lab[y0 : y0 + ch, x0 : x0 + cw]
         return img, tgt
 
     def __getitem__(self, index: int):
@@ -80,8 +91,10 @@ class RandomChips(torch.utils.data.Dataset):
             img, tgt = np.rot90(img, k, axes=(1, 2)), np.rot90(tgt, k)
             if rng.random() < 0.5:
                 img, tgt = img[:, :, ::-1], tgt[:, ::-1]
-        return (torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
-                torch.from_numpy(np.ascontiguousarray(tgt).astype(np.int64)))
+        return (
+            torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(tgt).astype(np.int64)),
+        )
 
 
 class FixedChips(torch.utils.data.Dataset):
@@ -95,8 +108,10 @@ class FixedChips(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         dn, lab = self.items[index]
-        return (torch.from_numpy(np.ascontiguousarray(dn, dtype=np.float32)),
-                torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64)))
+        return (
+            torch.from_numpy(np.ascontiguousarray(dn, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64)),
+        )
 
 
 class MixedChips(torch.utils.data.Dataset):
@@ -162,7 +177,9 @@ class TransformedChips(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         dn, labels = self.chips[index]
-        return self.transform(np.asarray(dn), labels, np.random.default_rng([self.seed, self.epoch, index, self.stream]))
+        return self.transform(
+            np.asarray(dn), labels, np.random.default_rng([self.seed, self.epoch, index, self.stream])
+        )
 
     def transform(self, dn: np.ndarray, labels, rng):
         raise NotImplementedError

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError, InputError
 from pipeline.catalog.sensors import SENTINEL2_L1C
+from pipeline.errors import ConfigError, InputError
 
 SIZE, NATIVE = 512, 509
 SPLIT_FRACTIONS = (0.85, 0.05)  # train, val; test is the rest
@@ -30,7 +30,9 @@ def _tacoreader():
     try:
         import tacoreader
     except ImportError as exc:
-        raise ConfigError("reading CloudSEN12 needs tacoreader 0.6.5: pip install 'cloudmask-pipeline[datasets]'") from exc
+        raise ConfigError(
+            "reading CloudSEN12 needs tacoreader 0.6.5: pip install 'cloudmask-pipeline[datasets]'"
+        ) from exc
     return tacoreader
 
 
@@ -103,11 +105,14 @@ class CloudSEN12(Sequence):
 
 
 def train_data(paths, split_mode: str = "paper"):
-    from pipeline.training.trainer import TrainData
     from pipeline.training.datasets.chips import FixedChips
+    from pipeline.training.trainer import TrainData
 
     return TrainData(
-        train=FixedChips(CloudSEN12(paths, "train", split_mode)), val=CloudSEN12(paths, "val", split_mode),
-        bands=SENTINEL2_L1C.bands, dataset="CloudSEN12+ (real_proj_shape 509, label_type high)",
-        split=f"{split_mode} split", ignore_index=None,
+        train=FixedChips(CloudSEN12(paths, "train", split_mode)),
+        val=CloudSEN12(paths, "val", split_mode),
+        bands=SENTINEL2_L1C.bands,
+        dataset="CloudSEN12+ (real_proj_shape 509, label_type high)",
+        split=f"{split_mode} split",
+        ignore_index=None,
     )

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError, InputError
 from pipeline.catalog.sensors import LANDSAT_C2_L1, MASK_NODATA
+from pipeline.errors import ConfigError, InputError
 
 SIZE = 512
 CODES = {128: 0, 255: 1, 192: 2, 64: 3, 0: MASK_NODATA}
@@ -74,7 +74,9 @@ class L8Biome(Sequence):
                 if src.count != len(LANDSAT_C2_L1.bands):
                     raise InputError(f"{scene}: {src.count} bands, expected 11 (B1..B11)")
                 h, w = src.height, src.width
-            self.tiles += [(scene, mask, y, x) for y in range(0, h - SIZE + 1, SIZE) for x in range(0, w - SIZE + 1, SIZE)]
+            self.tiles += [
+                (scene, mask, y, x) for y in range(0, h - SIZE + 1, SIZE) for x in range(0, w - SIZE + 1, SIZE)
+            ]
         self.scenes = splits[split]
 
     def __len__(self) -> int:
@@ -94,11 +96,16 @@ class L8Biome(Sequence):
 
 
 def train_data(root, split_mode: str = "paper"):
-    from pipeline.training.trainer import TrainData
     from pipeline.training.datasets.chips import FixedChips
+    from pipeline.training.trainer import TrainData
 
     return TrainData(
-        train=FixedChips(L8Biome(root, "train")), val=L8Biome(root, "val"), bands=LANDSAT_C2_L1.bands,
-        dataset="L8Biome", split="sorted + legacy-shuffled scenes 60/20/20", sensor=LANDSAT_C2_L1.name,
-        level=LANDSAT_C2_L1.level, ignore_index=MASK_NODATA,
+        train=FixedChips(L8Biome(root, "train")),
+        val=L8Biome(root, "val"),
+        bands=LANDSAT_C2_L1.bands,
+        dataset="L8Biome",
+        split="sorted + legacy-shuffled scenes 60/20/20",
+        sensor=LANDSAT_C2_L1.name,
+        level=LANDSAT_C2_L1.level,
+        ignore_index=MASK_NODATA,
     )

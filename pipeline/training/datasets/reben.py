@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import ConfigError, InputError
 from pipeline.catalog.sensors import SENTINEL2_L2A
+from pipeline.errors import ConfigError, InputError
 from pipeline.training.datasets.scenes import Scene, package_dir
 
 PACKAGE = "configilm"
@@ -84,10 +84,19 @@ def patches() -> list[Patch]:
                 for i, band in enumerate(SENTINEL2_L2A.bands):
                     a = torch.from_numpy(bands[band].astype(np.float32))[None, None]
                     if a.shape[-1] != PATCH:  # 20 m (60 px) and 60 m (20 px) bands
-                        a = torch.nn.functional.interpolate(a, size=(PATCH, PATCH), mode="bilinear", align_corners=False)
+                        a = torch.nn.functional.interpolate(
+                            a, size=(PATCH, PATCH), mode="bilinear", align_corners=False
+                        )
                     dn[i] = np.clip(np.rint(a[0, 0].numpy()), 0, 65535).astype(np.uint16)
-                out.append(Patch(name, dn, split_of[row["split"]], bool(row["contains_seasonal_snow"]),
-                                 bool(row["contains_cloud_or_shadow"])))
+                out.append(
+                    Patch(
+                        name,
+                        dn,
+                        split_of[row["split"]],
+                        bool(row["contains_seasonal_snow"]),
+                        bool(row["contains_cloud_or_shadow"]),
+                    )
+                )
     finally:
         env.close()
     return out
@@ -124,11 +133,21 @@ def mosaics(split: str) -> list[tuple[Scene, np.ndarray]]:
             labels = np.full((rows * PATCH, cols * PATCH), IGNORE, np.uint8)
             for p in block:
                 y, x = (p.cell[0] - r0) * PATCH, (p.cell[1] - c0) * PATCH
-                dn[:, y:y + PATCH, x:x + PATCH] = p.dn
-                labels[y:y + PATCH, x:x + PATCH] = CLEAR
+                dn[:, y : y + PATCH, x : x + PATCH] = p.dn
+                labels[y : y + PATCH, x : x + PATCH] = CLEAR
             _, _, when, _, _, tile = product.split("_")
-            out.append((Scene(f"reben-{tile}-{when[:8]}-{c0}_{r0}", dn, 10.0, "configilm 0.7.1 mock reBEN, real L2A",
-                              note=f"{len(block)} patches, clear by reBEN's flags"), labels))
+            out.append(
+                (
+                    Scene(
+                        f"reben-{tile}-{when[:8]}-{c0}_{r0}",
+                        dn,
+                        10.0,
+                        "configilm 0.7.1 mock reBEN, real L2A",
+                        note=f"{len(block)} patches, clear by reBEN's flags",
+                    ),
+                    labels,
+                )
+            )
     return out
 
 

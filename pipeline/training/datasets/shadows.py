@@ -33,14 +33,27 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipeline.training.pseudolabels import CLEAR, SHADOW, SHADOW_NIR, THICK, THIN
 from pipeline.catalog.sensors import MASK_NODATA
 from pipeline.training.datasets.brightness import REFLECTANCE_DN
 from pipeline.training.datasets.chips import TransformedChips
+from pipeline.training.pseudolabels import CLEAR, SHADOW, SHADOW_NIR, THICK, THIN
 
 # Centre wavelengths (nm) of the Sentinel-2 MSI bands
-WAVELENGTH_NM = {"B01": 443, "B02": 490, "B03": 560, "B04": 665, "B05": 705, "B06": 740, "B07": 783, "B08": 842,
-                 "B8A": 865, "B09": 945, "B10": 1375, "B11": 1610, "B12": 2190}
+WAVELENGTH_NM = {
+    "B01": 443,
+    "B02": 490,
+    "B03": 560,
+    "B04": 665,
+    "B05": 705,
+    "B06": 740,
+    "B07": 783,
+    "B08": 842,
+    "B8A": 865,
+    "B09": 945,
+    "B10": 1375,
+    "B11": 1610,
+    "B12": 2190,
+}
 SURFACE_BLIND = ("B10",)  # bands that do not see the ground (strong water-vapour absorption below the cirrus)
 DIFFUSE_NIR = (0.15, 0.7)
 SKY_BLUENESS = (0.5, 1.5)
@@ -65,8 +78,9 @@ def cast_footprint(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray |
     return np.clip(ndimage.gaussian_filter(shifted, rng.uniform(0.8, 2.5)) * 1.25 - 0.125, 0, 1)
 
 
-def shade(dn: np.ndarray, labels: np.ndarray, share: np.ndarray, bands: tuple[str, ...], k_nir: float,
-          alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def shade(
+    dn: np.ndarray, labels: np.ndarray, share: np.ndarray, bands: tuple[str, ...], k_nir: float, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Darken ``dn (C, y, x)`` DN (1e4 per unit reflectance) under ``share (y, x)`` as in the module docstring and
     relabel ``labels (y, x)`` uint8 -> ``(float32 dn, uint8 labels)``. Only clear, shadow and ignored ground
     pixels are darkened; nodata (0 in every band) stays 0."""
@@ -110,6 +124,7 @@ class ShadowedChips(TransformedChips):
         share = cast_footprint(labels, rng) if rng.random() < self.prob else None
         if share is None:
             return torch.from_numpy(np.asarray(dn, np.float32)), torch.from_numpy(labels.astype(np.int64))
-        out, lab = shade(dn, labels.astype(np.uint8), share, self.bands, rng.uniform(*DIFFUSE_NIR),
-                         rng.uniform(*SKY_BLUENESS))
+        out, lab = shade(
+            dn, labels.astype(np.uint8), share, self.bands, rng.uniform(*DIFFUSE_NIR), rng.uniform(*SKY_BLUENESS)
+        )
         return torch.from_numpy(out), torch.from_numpy(lab.astype(np.int64))

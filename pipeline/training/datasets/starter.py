@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.training.pseudolabels import RULE_VERSION, teacher_labels
 from pipeline.training.datasets.scenes import SCENES, Scene, all_scenes
+from pipeline.training.pseudolabels import RULE_VERSION, teacher_labels
 
 SPLITS = {"test": ("sen12mscr-ROIs1868-p30",), "val": ("eolearn-1", "eolearn-3")}
 

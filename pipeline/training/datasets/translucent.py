@@ -20,13 +20,15 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipeline.training.pseudolabels import SHADOW, THICK, THICK_BLUE, THIN
 from pipeline.training.datasets.brightness import REFLECTANCE_DN
+from pipeline.training.pseudolabels import SHADOW, THICK, THICK_BLUE, THIN
 
 IGNORE = 255
 WIDTH = (2.0, 24.0)  # px over which a cloud's opacity rises from its rim (10 m pixels)
 OPACITY = (0.35, 1.0)  # the most a chip's clouds hide of the land beneath
-FAINT_BLUE = 0.05  # reflectance added to the land's blue under which a cloud pixel is left unlabelled (run 20: 0.02; card)
+FAINT_BLUE = (
+    0.05  # reflectance added to the land's blue under which a cloud pixel is left unlabelled (run 20: 0.02; card)
+)
 DARK_BLUE = 0.03  # the blue of the dark ground the thick/thin split is made over (reBEN's clear land: 0.019-0.032)
 
 
@@ -37,8 +39,14 @@ def opacity_map(cloud: np.ndarray, width: float, opacity: float) -> np.ndarray:
     return (np.clip(inside / width, 0.0, 1.0) * opacity).astype(np.float32)
 
 
-def translucent_paste(cloud_dn: np.ndarray, cloud_labels: np.ndarray, land_dn: np.ndarray, land_labels: np.ndarray,
-                      rng: np.random.Generator, blue: int) -> tuple[np.ndarray, np.ndarray]:
+def translucent_paste(
+    cloud_dn: np.ndarray,
+    cloud_labels: np.ndarray,
+    land_dn: np.ndarray,
+    land_labels: np.ndarray,
+    rng: np.random.Generator,
+    blue: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """The clouds and shadows of a chip ``(cloud_dn (C, S, S), cloud_labels (S, S))`` laid over another chip of land
     ``(land_dn, land_labels)`` (DN = reflectance × 10000, band ``blue`` = B02): shadows replace the land, clouds are
     mixed with it by :func:`opacity_map` (width and opacity drawn from ``rng``; pasted whole over nodata, all bands 0)
@@ -56,8 +64,9 @@ def translucent_paste(cloud_dn: np.ndarray, cloud_labels: np.ndarray, land_dn: n
     dn[:, cloud] = a * cloud_dn[:, cloud] + (1 - a) * dn[:, cloud]
     added = dn[blue][cloud] - land_dn[blue][cloud]
     over_dark = a * cloud_dn[blue][cloud] + (1 - a) * DARK_BLUE * REFLECTANCE_DN
-    labels[cloud] = np.where(added < FAINT_BLUE * REFLECTANCE_DN, IGNORE,
-                             np.where(over_dark >= THICK_BLUE * REFLECTANCE_DN, THICK, THIN))
+    labels[cloud] = np.where(
+        added < FAINT_BLUE * REFLECTANCE_DN, IGNORE, np.where(over_dark >= THICK_BLUE * REFLECTANCE_DN, THICK, THIN)
+    )
     return dn, labels
 
 
