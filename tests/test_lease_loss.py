@@ -148,3 +148,24 @@ def test_a_job_whose_lease_object_is_overwritten_records_no_scene_after_and_a_re
     verify = subprocess.run([CLOUDMASK, "verify", out], capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0 and "3 intact, 0 damaged" in verify.stdout, verify.stdout
     assert_same_store(first_run[0], out)
+
+
+def test_records_are_not_written_once_the_lease_is_lost_even_before_the_heartbeat_sees_it(s3_env):
+    """The job's own check, not only the workers': a manifest entry, the statistics and the table are each written
+    only after a conditional renewal of the lease, so a lease lost a moment ago (overwritten here, between two
+    heartbeats) stops the very next record."""
+    from pipeline.errors import LeaseLostError
+    from pipeline.store.maskstore import MaskStore
+
+    url = f"{s3_env}/records.zarr"
+    store = MaskStore(url)
+    fs, root = fsspec.core.url_to_fs(url)
+    with store.lock():
+        store.mark_done("S2A_before", {"status": "ok", "group": "g", "time_index": 0})
+        other = {"pid": 1, "host": "elsewhere", "job": "other", "token": "theirs", "ttl_s": 60}
+        fs.pipe_file(f"{root}/{'/'.join(LOCK)}", json.dumps(other).encode())
+        with pytest.raises(LeaseLostError, match="stopped writing"):
+            store.mark_done("S2A_after", {"status": "ok", "group": "g", "time_index": 1})
+    fs.invalidate_cache()
+    assert set(store.done()) == {"S2A_before"}
+    assert json.loads(fs.cat_file(f"{root}/{'/'.join(LOCK)}"))["token"] == "theirs"  # the other holder's, untouched
