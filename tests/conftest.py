@@ -39,6 +39,9 @@ EXTENDED = {
     "tests/flows/test_train_evaluate.py::test_evaluate_l2a_weights_per_level",
     "tests/test_faults.py::test_a_worker_killed_mid_job_loses_nothing[s3]",
     "tests/test_faults.py::test_broken_scenes_over_http_fail_alone[s3]",
+    "tests/test_faults.py::test_a_job_killed_mid_run_resumes_to_the_same_store[local]",
+    "tests/test_faults.py::test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed[s3]",
+    "tests/test_lease_loss.py::test_a_job_that_resumes_while_the_new_job_runs_stops_and_the_new_job_finishes",
 }
 
 
