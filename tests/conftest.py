@@ -35,7 +35,7 @@ EXTENDED = {
     "tests/flows/test_benchmarks.py::test_precision_benchmark_compares_each_mode_with_fp32_on_real_scenes",
     "tests/flows/test_benchmarks.py::test_pipeline_benchmark_runs_the_job_per_model_on_one_worker",
     "tests/flows/test_benchmarks.py::test_memory_benchmark_reports_worker_memory_scene_after_scene",
-    "tests/test_masks.py::test_starter_weights_masks_are_byte_identical_for_three_chunkings[fp32]",
+    "tests/test_masks.py::test_starter_weights_masks_are_byte_identical_for_three_chunkings[auto]",
     "tests/flows/test_train_evaluate.py::test_evaluate_l2a_weights_per_level",
     "tests/test_faults.py::test_a_worker_killed_mid_job_loses_nothing[s3]",
     "tests/test_faults.py::test_broken_scenes_over_http_fail_alone[s3]",
