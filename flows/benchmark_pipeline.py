@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 from pipeline.config import BLOCK
+from pipeline.detect.detectors import DETECTORS
 
 from .parsers import subcommand
 
-MODELS = ("mscloudcam", "ukis-csmask", "s2cloudless")
+MODELS = tuple(DETECTORS)
 GOALS = {"ukis-csmask": 1.5, "s2cloudless": 5.0}  # issue 6: MSCloudCAM end to end vs each peer, CPU
 
 
@@ -85,7 +86,7 @@ def run(args) -> int:
     from pipeline.detect.infer import precision_name, resolve_device, resolve_precision
     from pipeline.detect.weights import default_weights
     from pipeline.errors import ConfigError
-    from pipeline.job.execute import JobSpec, check_job, run_job
+    from pipeline.job.execute import JobSpec, check_job, job_weights, run_job
 
     from .clusters import load_recipe, start
     from .parsers import csv_list
@@ -98,13 +99,15 @@ def run(args) -> int:
     if args.repeats < 1:
         raise ConfigError(f"--repeats {args.repeats} must be at least 1")
     threads = args.threads or len(os.sched_getaffinity(0))
-    weights_of = {m: (str(args.weights or default_weights()) if m == "mscloudcam" else m) for m in models}
+    weights_of = {m: (str(args.weights or default_weights()) if DETECTORS[m].takes_weights else None) for m in models}
     infer = {
         m: InferSpec(overlap=args.overlap, precision=args.precision if m == "mscloudcam" else "auto") for m in models
     }
     out = Path(args.out)
     specs = {
-        m: JobSpec(search=None, out=str(out / f"{m}.zarr"), weights=weights_of[m], infer=infer[m], chunk=args.chunk)
+        m: JobSpec(
+            search=None, out=str(out / f"{m}.zarr"), model=m, weights=weights_of[m], infer=infer[m], chunk=args.chunk
+        )
         for m in models
     }
     for spec in specs.values():
@@ -130,7 +133,8 @@ def run(args) -> int:
             run_job(warm, client, log=lambda line: None)
             for m in models:
                 spec = dataclasses.replace(specs[m], search=search)
-                client.run(_warm, spec.weights, spec.infer)
+                source = job_weights(spec)
+                client.run(_warm, source, spec.infer)
                 best = None
                 for _ in range(args.repeats):
                     shutil.rmtree(spec.out, ignore_errors=True)
@@ -150,7 +154,7 @@ def run(args) -> int:
                     if best is None or wall < best[0]:
                         best = (wall, counters)
                 wall, counters = best
-                tile = detector_weights(spec.weights).meta.tile_size
+                tile = detector_weights(source).meta.tile_size
                 row = dict(
                     model=m,
                     wall_s=wall,

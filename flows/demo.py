@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from flows.archive import collection, demo_archive
     from pipeline.job.execute import check_job
 
-    from .run import DEFAULTS, execute, job_spec
+    from .run import execute
+    from .settings import defaults, job_spec
     from .stacserver import local_stac_api
 
     out = Path(args.out)
     s = dict(
-        DEFAULTS,
+        defaults(),
         stac_url="http://127.0.0.1",
         collection="sentinel-2-l1c",
         out=str(out / "masks.zarr"),

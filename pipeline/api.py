@@ -136,8 +136,7 @@ def _default_weights(bands) -> str:
 def _weights_for(weights, bands):
     """``(weights source, meta, sensor or None)``: the weights given (or the starter ``_default_weights`` picks for
     ``bands``, lists of band names)."""
-    from pipeline.detect.detectors import detector_weights
-    from pipeline.job.plans import weights_sensor
+    from pipeline.detect.detectors import detector_weights, weights_sensor
 
     source = str(weights) if weights is not None else _default_weights(bands)
     loaded = detector_weights(source)
@@ -371,9 +370,12 @@ def _mask_attrs() -> dict:
 
 # -- run: the archive job ---------------------------------------------------------------------------------
 
-_SEARCH_OPTIONS = ("intersects", "max_cloud", "limit")
-_INFER_OPTIONS = ("overlap", "precision", "batch_size", "device", "threads")
-_JOB_OPTIONS = ("profile", "chunk", "in_flight", "probabilities", "verify", "max_grid", "allowed_hrefs")
+
+def _options(spec, given: tuple[str, ...]) -> tuple[str, ...]:
+    """The settings of ``spec`` (``pipeline.config``) that ``run`` takes as ``**options``: all but ``given``."""
+    from pipeline.config import settings_of
+
+    return tuple(f.name for _, f, _ in settings_of(spec) if f.name not in given)
 
 
 def run(
@@ -383,6 +385,7 @@ def run(
     *,
     bbox=None,
     datetime=None,
+    model: str = "mscloudcam",
     weights=None,
     client=None,
     log: Callable[[str], None] | None = None,
@@ -399,8 +402,9 @@ def run(
     the store.
 
     ``bbox``: ``(min_lon, min_lat, max_lon, max_lat)``; ``datetime``: RFC 3339 ``"start/end"`` text, a date or
-    datetime, or a ``(start, end)`` pair (None for open). ``weights``: a weights file or URL, or a peer detector's
-    name (default: the shipped starter for the items' level). ``client``: a ``distributed.Client`` to run on (None:
+    datetime, or a ``(start, end)`` pair (None for open). ``model``: the detector, ``mscloudcam`` or a peer
+    (``s2cloudless``, ``ukis-csmask``: their classes mapped to ours). ``weights``: MSCloudCAM's weights file or URL
+    (default: the shipped starter for the items' level). ``client``: a ``distributed.Client`` to run on (None:
     Dask's local threads in this process). ``log``: called with each progress line (default: the ``pipeline``
     logger at INFO). ``options``: ``intersects`` (GeoJSON), ``max_cloud``, ``limit``; ``overlap``, ``precision``,
     ``batch_size``, ``device``, ``threads`` (``InferSpec``); ``profile``, ``chunk``, ``in_flight``,
@@ -414,14 +418,17 @@ def run(
                              bbox=(13.0, 52.3, 13.8, 52.7), datetime="2024-06-01/2024-06-30", client=Client())
         table[["status", "cloud_cover", "provider_cloud_cover"]]
     """
-    from pipeline.config import InferSpec, SearchSpec
+    from pipeline.config import InferSpec, JobSpec, SearchSpec
     from pipeline.store.maskstore import store_path
 
-    known = (*_SEARCH_OPTIONS, *_INFER_OPTIONS, *_JOB_OPTIONS)
+    search_options = _options(SearchSpec, ("url", "collection", "bbox", "datetime"))
+    infer_options, job_options = _options(InferSpec, ()), _options(JobSpec, ("out", "model", "weights"))
+    known = (*search_options, *infer_options, *job_options)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(
-            f"unknown options {unknown}; pipeline.run takes bbox, datetime, weights, client, log and {', '.join(known)}"
+            f"unknown options {unknown}; pipeline.run takes bbox, datetime, model, weights, client, log and "
+            f"{', '.join(known)}"
         )
     if client is not None and not callable(getattr(client, "scheduler_info", None)):
         raise ConfigError(
@@ -429,20 +436,21 @@ def run(
         )
     pick = lambda names: {k: options[k] for k in names if options.get(k) is not None}  # noqa: E731
     search = SearchSpec(
-        str(stac_url), str(collection), bbox=_bbox(bbox), datetime=_datetime(datetime), **pick(_SEARCH_OPTIONS)
+        str(stac_url), str(collection), bbox=_bbox(bbox), datetime=_datetime(datetime), **pick(search_options)
     )
-    job = pick(_JOB_OPTIONS)
+    job = pick(job_options)
     if "allowed_hrefs" in job:
         hrefs = job["allowed_hrefs"]
         job["allowed_hrefs"] = (hrefs,) if isinstance(hrefs, str) else tuple(hrefs)
-    from pipeline.job.execute import JobSpec, run_job
+    from pipeline.job.execute import run_job
     from pipeline.store.stats import to_frame
 
     spec = JobSpec(
         search=search,
         out=store_path(out),
+        model=str(model),
         weights=None if weights is None else str(weights),
-        infer=InferSpec(**pick(_INFER_OPTIONS)),
+        infer=InferSpec(**pick(infer_options)),
         **job,
     )
     logger = logging.getLogger("pipeline")

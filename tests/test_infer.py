@@ -323,3 +323,27 @@ def test_predictor_counters_sum_and_reset(test_weights_file):
 
 def test_heap_threshold_is_set_on_glibc():
     assert heap_for_activations() is True  # this machine runs glibc; elsewhere it returns False, never raises
+
+
+def test_the_overlap_rule_is_one_check_for_the_job_the_predictor_and_the_grid(test_weights_file, tmp_path):
+    """An overlap of half the tile or more is refused with the same line by the tile grid, the predictor and the
+    job's pre-flight check (which writes nothing)."""
+    from pipeline.config import JobSpec, SearchSpec
+    from pipeline.job.execute import check_job
+
+    spec = InferSpec(overlap=32)  # the test weights' tiles are 64 px: half the tile
+    job = JobSpec(
+        SearchSpec("http://127.0.0.1:9", "c"), str(tmp_path / "o.zarr"), weights=test_weights_file, infer=spec
+    )
+    messages = set()
+    for call in (
+        lambda: spec.tiles(64),
+        lambda: Predictor(load_weights(test_weights_file), spec),
+        lambda: check_job(job),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            call()
+        messages.add(str(caught.value))
+    assert messages == {"overlap=32 must be at least 0 and less than half the 64 px tile; pass a smaller --overlap"}
+    assert not (tmp_path / "o.zarr").exists()
+    assert InferSpec(overlap=31).tiles(64).stride == 33

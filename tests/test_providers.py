@@ -374,7 +374,7 @@ def test_planetary_computer_l2a_keeps_both_datastrips_and_removes_the_offset(rep
 
 
 def test_landsat_level1_runs_with_its_own_scale(replicas, aws, tmp_path):
-    result = run_here(replicas["es"], "landsat-c2-l1", tmp_path / "l1.zarr", "ukis-csmask")
+    result = run_here(replicas["es"], "landsat-c2-l1", tmp_path / "l1.zarr", None, model="ukis-csmask")
     (stats,) = result.stats
     assert stats.status == "ok" and "Landsat C2 L1" in stats.radiometry and stats.offset_applied == 0
     assert_varied(masks(tmp_path / "l1.zarr")["LC08_L1TP_033032_20231008"])

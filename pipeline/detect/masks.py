@@ -19,7 +19,6 @@ import xarray as xr
 from pipeline.catalog.sensors import CLASS_NAMES, MASK_NODATA, PROBABILITY_SCALE
 from pipeline.config import BLOCK, InferSpec
 from pipeline.detect.detectors import detector_weights, get_predictor
-from pipeline.detect.tiles import TileGrid
 from pipeline.detect.weights import default_weights
 from pipeline.errors import ConfigError
 from pipeline.job.plans import aligned_chunks
@@ -89,8 +88,7 @@ def predict_masks(
     meta = detector_weights(weights).meta
     if "band" in cube.coords and tuple(map(str, cube.band.values)) != meta.bands:
         raise ConfigError(f"cube bands {list(map(str, cube.band.values))} differ from the weights' {list(meta.bands)}")
-    tile = spec.tile or meta.tile_size
-    grid = TileGrid(tile, spec.overlap_for(tile))
+    grid = spec.tiles(meta.tile_size)
     stride = grid.stride
     before, after = grid.halo
     data = cube.data if isinstance(cube.data, da.Array) else da.from_array(cube.data)

@@ -132,8 +132,7 @@ def coarse(classes: np.ndarray, table: np.ndarray) -> np.ndarray:
 #   ukis-csmask: cloud -> 1 (written as thick_cloud), shadow -> 3, background -> 0; never 2
 # Probabilities (class, y, x) in our class order: s2cloudless [1 - p, p, 0, 0]; ukis [clear, cloud, 0, shadow].
 # Compare such cubes with MSCloudCAM's in the peer's coarser classes (TO_S2CLOUDLESS, TO_UKIS above).
-PEER_MODELS = ("s2cloudless", "ukis-csmask")
-DETECTORS = ("mscloudcam", *PEER_MODELS)  # what `cloudmask run --model` takes (pipeline.detect.detectors runs each)
+PEER_MODELS = ("s2cloudless", "ukis-csmask")  # pipeline.detect.detectors.DETECTORS runs each
 COARSE = {"s2cloudless": (TO_S2CLOUDLESS, ("clear", "cloud")), "ukis-csmask": (TO_UKIS, ("clear", "cloud", "shadow"))}
 
 

@@ -15,22 +15,20 @@ import collections
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.catalog.access import Access, access_for, needs_signing, redact, require_signing, sign
 from pipeline.catalog.sensors import get_profile
 from pipeline.catalog.stac import search_items
-from pipeline.config import BLOCK, InferSpec, SearchSpec
-from pipeline.detect.detectors import detector_weights
+from pipeline.config import BLOCK, InferSpec, JobSpec, SearchSpec  # noqa: F401 (JobSpec: where the job is)
+from pipeline.detect.detectors import detector, detector_weights
 from pipeline.detect.tiles import TileGrid
-from pipeline.detect.weights import default_weights
-from pipeline.errors import CloudmaskError, ConfigError, InputError, JobStopped, WeightsChangedError, raise_if_stopped
+from pipeline.errors import CloudmaskError, InputError, JobStopped, WeightsChangedError, raise_if_stopped
 from pipeline.job.plans import JobPlan, PreflightError, ScenePlan, check_items, plan_job
 from pipeline.job.tasks import ModelRef, Writer, mask_block, scene_counts, task_prefix
 from pipeline.read.bands import check_files
-from pipeline.read.grids import MAX_GRID_PX
 from pipeline.retries import retrying, transient
 from pipeline.store.locks import LeaseLostError, lease_seconds
 from pipeline.store.maskstore import MaskStore
@@ -40,33 +38,6 @@ FLUSH_S = 5.0  # per-scene statistics variables are written at most this often (
 # each task of a GPU cluster asks for this share of its worker's GPU resource: tasks run only on GPU workers, as
 # many at once as a worker has threads (they read while the model thread runs one forward pass at a time)
 GPU_SHARE = 2**-6
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything a run needs besides the Dask client."""
-
-    search: SearchSpec
-    out: str
-    profile: str | None = None  # an asset-key override for catalogues without band metadata (sensors.PROFILES)
-    weights: str | None = None
-    infer: InferSpec = field(default_factory=InferSpec)
-    chunk: int = BLOCK
-    in_flight: int | None = None  # scenes computing at once; None: sized to the cluster (``scenes_in_flight``)
-    strict: bool = False
-    probabilities: bool = False  # also store probability (time, class, y, x) uint8
-    verify: bool = False  # read back the done scenes first and redo the damaged ones (pipeline.store.integrity)
-    max_grid: int = MAX_GRID_PX  # the largest scene side accepted, in pixels
-    allowed_hrefs: tuple[str, ...] | None = None  # fnmatch patterns every asset href must match (None: any)
-
-    def __post_init__(self):
-        if self.chunk < 1:
-            raise ConfigError(
-                f"chunk={self.chunk} must be at least 1: the Dask block side in pixels (default {BLOCK}; "
-                f"rounded down to a multiple of the tile stride, at least one stride)"
-            )
-        if self.max_grid < 1:
-            raise ConfigError(f"max_grid={self.max_grid} must be at least 1 (pixels a side)")
 
 
 @dataclass
@@ -97,16 +68,17 @@ def provenance(spec: JobSpec, loaded) -> dict:
 
 
 def tile_grid(spec: JobSpec, loaded) -> TileGrid:
-    tile = spec.infer.tile or loaded.meta.tile_size
-    return TileGrid(tile, spec.infer.overlap_for(tile))
+    return spec.infer.tiles(loaded.meta.tile_size)
 
 
 def job_weights(spec: JobSpec, items: list | None = None) -> str:
-    """The weights a job runs: ``spec.weights``, else the shipped starter for the items' processing level (the
-    first item's sensor; before the search: the profile's, else ``l2a`` in the collection's name), so a plain
-    run on an L2A collection gets the L2A starter (no B10) and on L1C the L1C one."""
-    if spec.weights:
-        return str(spec.weights)
+    """What the job's detector runs (``Detector.source``): for MSCloudCAM ``spec.weights``, else the shipped
+    starter for the items' processing level (the first item's sensor; before the search: the profile's, else
+    ``l2a`` in the collection's name), so a plain run on an L2A collection gets the L2A starter (no B10) and on
+    L1C the L1C one."""
+    chosen = detector(spec.model)
+    if spec.weights or not chosen.takes_weights:
+        return chosen.source(spec.weights, "L1C")
     from pipeline.catalog.assets import sensor_of
 
     level = "L1C"
@@ -119,7 +91,7 @@ def job_weights(spec: JobSpec, items: list | None = None) -> str:
         level = get_profile(spec.profile).sensor.level
     elif "l2a" in spec.search.collection.lower():
         level = "L2A"
-    return default_weights(level)
+    return chosen.source(None, level)
 
 
 def check_job(spec: JobSpec, items: list | None = None):
@@ -129,17 +101,11 @@ def check_job(spec: JobSpec, items: list | None = None):
     the weights suit the items is checked once they are found (``check_search``)."""
     profile = get_profile(spec.profile) if spec.profile else None
     weights = job_weights(spec, items)
-    loaded = detector_weights(weights)
-    meta = loaded.meta
+    loaded = detector(spec.model).record(weights)
     store = MaskStore(spec.out)
     store.check_provenance(provenance(spec, loaded))
     store.check_free()  # a busy store is refused before any search or cluster
-    tile = spec.infer.tile or meta.tile_size
-    if not 0 <= 2 * spec.infer.overlap_for(tile) < tile:
-        raise CloudmaskError(
-            f"overlap={spec.infer.overlap_for(tile)} must be at least 0 and less than half the "
-            f"weights' {tile} px tile; pass a smaller --overlap"
-        )
+    tile_grid(spec, loaded)  # the overlap suits the tile
     return profile, weights, loaded
 
 

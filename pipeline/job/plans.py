@@ -18,9 +18,9 @@ import numpy as np
 from odc.geo.geobox import GeoBox
 
 from pipeline.catalog.assets import asset_resolution, band_assets, sensor_of
-from pipeline.catalog.sensors import SENSOR_ALIASES, SENSORS, Profile, Sensor
+from pipeline.catalog.sensors import Profile, Sensor
 from pipeline.config import BLOCK
-from pipeline.detect.peers import PEER_MODELS, peer_sensor_bands, peer_source
+from pipeline.detect.detectors import DETECTORS, detector_of, model_for, weights_sensor
 from pipeline.detect.tiles import TileGrid
 from pipeline.detect.weights import STARTERS, Weights
 from pipeline.errors import CloudmaskError, InputError, PreflightError
@@ -113,29 +113,6 @@ class JobPlan:
     groups: dict
     chunk: int
     tiles: TileGrid
-
-
-def weights_sensor(weights: Weights) -> Sensor | None:
-    """The sensor and level a weights file was trained for (None when it names an unknown one)."""
-    name = SENSOR_ALIASES.get(weights.meta.sensor, weights.meta.sensor)
-    return SENSORS.get(f"{name}-{weights.meta.level}".lower())
-
-
-def model_for(weights: Weights, sensor: Sensor) -> tuple[str, tuple[str, ...]]:
-    """``(model source, bands)`` to run ``weights`` (a weights file's record or a peer's) on ``sensor``'s
-    products; ``InputError`` saying why not."""
-    name = weights.meta.model.partition("@")[0]
-    if name in PEER_MODELS:
-        bands = peer_sensor_bands(name, sensor)
-        if bands is None:
-            raise InputError(f"{name} does not run on {sensor.title}")
-        return peer_source(name, sensor), bands
-    trained = weights_sensor(weights)
-    also = trained is not None and trained.name == sensor.name and sensor.level in weights.meta.also_levels
-    if trained is None or (trained.key != sensor.key and not also):
-        what = trained.title if trained else f"{weights.meta.sensor} {weights.meta.level}"
-        raise InputError(f"the weights {weights.source} were trained on {what}, not {sensor.title}")
-    return weights.source, tuple(weights.meta.bands)
 
 
 def aligned_chunk(target: int, stride: int) -> int:
@@ -353,10 +330,9 @@ def check_items(
 def _what_would_work(weights: Weights, sensors: list[Sensor]) -> str:
     if not sensors:
         return "give --profile for a catalogue without band metadata"
-    sensor = sensors[0]
+    sensor, current = sensors[0], detector_of(weights)
     options = []
-    name = weights.meta.model.partition("@")[0]
-    if name not in PEER_MODELS or peer_sensor_bands(name, sensor) is None:
+    if not _runs(current, weights, sensor):
         if (
             sensor.name == "sentinel-2"
             and sensor.level in STARTERS
@@ -364,9 +340,17 @@ def _what_would_work(weights: Weights, sensors: list[Sensor]) -> str:
         ):
             options.append(f"the shipped {sensor.level} starter (no --weights)")
         options.append(f"weights trained on {sensor.key} (--weights)")
-        if peer_sensor_bands("ukis-csmask", sensor) is not None and name != "ukis-csmask":
-            options.append("--model ukis-csmask")
-    trained = weights_sensor(weights) if name not in PEER_MODELS else None
+        others = [d for d in DETECTORS.values() if d is not current and not d.takes_weights]
+        options += [f"--model {d.name}" for d in others if d.bands_on(sensor) is not None]
+    trained = weights_sensor(weights) if current.takes_weights else None
     if trained is not None and trained.key != sensor.key:
         options.append(f"a {trained.key} collection (e.g. --collection {trained.key})")
     return "use " + ", or ".join(options) if options else ""
+
+
+def _runs(detector, weights: Weights, sensor: Sensor) -> bool:
+    try:
+        detector.model_for(weights, sensor)
+    except InputError:
+        return False
+    return True

@@ -10,10 +10,10 @@ from __future__ import annotations
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
+from pipeline.config import MAX_GRID_PX
 from pipeline.errors import InputError
 from pipeline.read.upsample import Axis
 
-MAX_GRID_PX = 32768  # a side larger than this is refused unless lifted (Sentinel-2: 10,980; Landsat: about 8,000)
 ALIGNMENT_PX = 1e-3  # a file origin within this many scene pixels of a pixel edge counts as on it
 
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from pipeline.detect.model import create_model
 from pipeline.detect.weights import load_weights
@@ -315,7 +316,9 @@ def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(
         ("chunk: abc", "chunk: 'abc'; expected a whole number, e.g. chunk: 4096"),
         ("chunk: 512.5", "chunk: 512.5; expected a whole number"),
         ("workers: two", "workers: 'two'; expected a whole number"),
-        ("max_cloud: lots", "max_cloud: 'lots'; expected a percentage"),
+        ("max_cloud: lots", "max_cloud: 'lots'; expected a number, e.g. max_cloud: 30"),
+        ("model: unet", "model: 'unet'; expected one of mscloudcam, s2cloudless, ukis-csmask"),
+        ("intersects: [1, 2]", "intersects: [1, 2]; expected a mapping"),
         ("strict: maybe", "strict: 'maybe'; expected true or false"),
         ("bbox: [a, 1, 2, 3]", "bbox: ['a', 1, 2, 3]; expected four numbers"),
         ("collection: [a, b]", "collection: ['a', 'b']; expected text"),
@@ -328,6 +331,86 @@ def test_a_job_file_value_of_the_wrong_kind_is_named(tmp_path, cli, line, messag
     path.write_text(f"stac_url: http://127.0.0.1:9\ncollection: c\nout: {tmp_path / 'o.zarr'}\n{line}\n")
     proc = cli("run", "--config", str(path))
     assert proc.returncode == 2 and f"{path}: {message}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_the_command_line_and_the_job_file_come_from_the_specs_fields(tmp_path):
+    """One description: every field of the specs that users set is an option of `cloudmask run` (a mapping only in
+    the job file) and a job-file key, there are no others, and a job file giving every key reaches each field."""
+    import argparse
+
+    from flows.cli import build_parser
+    from flows.settings import SPECS, Launch, job_spec, launch, resolve
+    from pipeline.config import InferSpec, JobSpec, SearchSpec, settings_of
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {a.dest for a in sub.choices["run"]._actions if a.option_strings} - {"help", "config"}
+    described = {name: (spec, f, how) for spec in SPECS for name, f, how in settings_of(spec)}
+    assert options == {n for n, (_, _, how) in described.items() if how.kind != "mapping"}
+    # a job file with a value for every key, other than each default; the spec holds each one
+    values = {
+        "stac_url": "http://127.0.0.1:9",
+        "collection": "c",
+        "out": str(tmp_path / "o.zarr"),
+        "bbox": [1, 2, 3, 4],
+        "intersects": None,
+        "datetime": "2024-01-01/2024-02-01",
+        "max_cloud": 30.0,
+        "limit": 7,
+        "tile": 128,
+        "overlap": 16,
+        "batch_size": 3,
+        "device": "cpu",
+        "precision": "fp32",
+        "threads": 2,
+        "profile": "s2-l1c-demo",
+        "model": "mscloudcam",
+        "weights": "w.safetensors",
+        "chunk": 1024,
+        "in_flight": 5,
+        "strict": True,
+        "probabilities": True,
+        "verify": True,
+        "max_grid": 20000,
+        "allowed_hrefs": ["s3://a/*"],
+        "scheduler": "tcp://127.0.0.1:1",
+        "cluster": "slurm",
+        "cluster_options": {"cores": 8},
+        "workers": 3,
+    }
+    assert set(values) == set(described)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(values))
+    s = resolve(argparse.Namespace(config=str(path)))
+    spec, where = job_spec(s), launch(s)
+    objects = {SearchSpec: spec.search, InferSpec: spec.infer, JobSpec: spec, Launch: where}
+    held = {name: getattr(objects[cls], f.name) for name, (cls, f, _) in described.items()}
+    held["bbox"], held["allowed_hrefs"] = list(held["bbox"]), list(held["allowed_hrefs"])
+    assert held == values
+    for name, (cls, f, _) in described.items():  # and each value differs from the field's default
+        if name not in ("model", "intersects"):  # weights need mscloudcam; intersects excludes bbox
+            assert values[name] != f.default, name
+    # the command line wins over the job file, field by field
+    s = resolve(argparse.Namespace(config=str(path), chunk=2048, precision=None))
+    assert job_spec(s).chunk == 2048 and job_spec(s).infer.precision == "fp32"
+
+
+def test_a_peer_is_a_model_setting_not_a_weights_path(tmp_path, cli):
+    """`--model ukis-csmask` picks the peer from the detector table; naming a peer as weights is a file that does not
+    exist, and a peer with --weights is refused, each before any search."""
+    from pipeline.config import JobSpec, SearchSpec
+    from pipeline.errors import ConfigError
+    from pipeline.job.execute import job_weights
+
+    search = SearchSpec("http://127.0.0.1:9", "sentinel-2-l2a")
+    assert job_weights(JobSpec(search, str(tmp_path / "o.zarr"), model="ukis-csmask")) == "ukis-csmask"
+    with pytest.raises(ConfigError, match="model ukis-csmask brings its own trained model; drop weights w.pt"):
+        JobSpec(search, str(tmp_path / "o.zarr"), model="ukis-csmask", weights="w.pt")
+    with pytest.raises(ConfigError, match="model 'unet': expected one of mscloudcam, s2cloudless, ukis-csmask"):
+        JobSpec(search, str(tmp_path / "o.zarr"), model="unet")
+    base = ["run", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--out", str(tmp_path / "o.zarr")]
+    proc = cli(*base, "--weights", "ukis-csmask")
+    assert proc.returncode == 2 and "ukis-csmask" in proc.stderr and "does not exist" in proc.stderr, proc.stderr
     assert not (tmp_path / "o.zarr").exists()
 
 
@@ -363,9 +446,9 @@ def test_weights_info_on_missing_file():
 
 
 def test_run_settings_carry_precision_and_the_default_overlap():
-    from flows.run import DEFAULTS, job_spec
+    from flows.settings import defaults, job_spec
 
-    base = dict(DEFAULTS, stac_url="http://127.0.0.1:1", collection="c", out="x.zarr")
+    base = dict(defaults(), stac_url="http://127.0.0.1:1", collection="c", out="x.zarr")
     assert job_spec(base).infer.precision == "auto" and job_spec(base).infer.overlap is None
     spec = job_spec(dict(base, precision="fp32", overlap=16))
     assert (spec.infer.precision, spec.infer.overlap) == ("fp32", 16)
