@@ -377,6 +377,7 @@ def simulated_run(
             started = time.time()
             with PeakMemory() as memory:
                 run = job_run(spec, client, log=lambda _: None)
+                planned = time.time()
                 result = run.run()
             wall, ended = time.perf_counter() - t0, time.time()
             cpu = {k: (sum(map(cpu_seconds, pids)) - cpu0[k]) / n for k, pids in procs.items()}
@@ -389,7 +390,7 @@ def simulated_run(
                 for i in part
             ]
         ok = sum(1 for s in result.stats if s.status == "ok")
-        first = min(a for a, _ in intervals)
+        first, last = min(a for a, _ in intervals), max(b for _, b in intervals)
         # while every scene was submitted or queued: None when all were submitted before the first forward pass
         steady = busy_share(intervals, w, first, run.submitted_all) if run.submitted_all > first else None
         row = dict(
@@ -400,6 +401,9 @@ def simulated_run(
             gpu_busy=busy_share(intervals, w, started, ended),
             gpu_busy_steady=steady,
             steady_s=run.submitted_all - first,
+            plan_s=planned - started,
+            first_forward_s=first - started,
+            after_last_forward_s=ended - last,
             scenes_per_hour=3600 * n / wall,
             wall_s_per_scene=wall / n,
             cpu_s_per_scene=cpu,
@@ -417,7 +421,9 @@ def simulated_run(
         )
         print(
             f"SIMULATED W={w:3d} GPUs x {latency:.2f} s/scene: {n} scenes in {wall:6.1f} s ({ok} ok): GPUs busy "
-            f"{100 * row['gpu_busy']:5.1f} % of the job{steady_text}, {row['scenes_per_hour']:8.0f} scenes/h; CPU per "
+            f"{100 * row['gpu_busy']:5.1f} % of the job{steady_text}, {row['scenes_per_hour']:8.0f} scenes/h; first "
+            f"forward pass after {row['first_forward_s']:.1f} s (search and plan {row['plan_s']:.1f} s), the job ended "
+            f"{row['after_last_forward_s']:.1f} s after the last; CPU per "
             f"scene: client "
             f"{1000 * cpu['client']:.0f} ms, scheduler {1000 * cpu['scheduler']:.0f} ms (together "
             f"{1000 * orchestration:.0f} ms), workers {1000 * cpu['workers']:.0f} ms in {len(workers)} processes "

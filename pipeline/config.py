@@ -252,7 +252,7 @@ class JobSpec:
         from pipeline.detect.detectors import detector
 
         if not detector(self.model).takes_weights and self.weights:
-            raise ConfigError(f"model {self.model} brings its own trained model; drop weights {self.weights}")
+            raise ConfigError(f"model {self.model} brings its own trained model; drop --weights {self.weights}")
         if self.chunk < 1:
             raise ConfigError(
                 f"chunk={self.chunk} must be at least 1: the Dask block side in pixels (default {BLOCK}; "

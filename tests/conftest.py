@@ -46,6 +46,8 @@ EXTENDED = {
     "tests/test_faults.py::test_a_job_killed_mid_run_resumes_to_the_same_store[local]",
     "tests/test_faults.py::test_second_job_on_a_busy_store_is_refused_and_the_first_is_unharmed[s3]",
     "tests/test_lease_loss.py::test_a_job_that_resumes_while_the_new_job_runs_stops_and_the_new_job_finishes",
+    "tests/test_faults.py::test_sigterm_stops_the_job_cleanly_and_it_resumes",
+    "tests/test_object_store.py::test_a_job_written_to_s3_opens_in_a_fresh_process_and_is_verified_and_repaired",
 }
 
 
@@ -66,12 +68,6 @@ LONGEST_FIRST = (
     "test_masks.py",
     "test_object_store.py",
 )
-
-
-def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: three workers a core pair (at least 3): about a third of the suite's time is spent waiting on
-    servers, leases, outages and batch queues, not on the CPU."""
-    return max(3, 3 * len(os.sched_getaffinity(0)) // 2)
 
 
 def pytest_collection_modifyitems(config, items):

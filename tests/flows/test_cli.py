@@ -404,7 +404,7 @@ def test_a_peer_is_a_model_setting_not_a_weights_path(tmp_path, cli):
 
     search = SearchSpec("http://127.0.0.1:9", "sentinel-2-l2a")
     assert job_weights(JobSpec(search, str(tmp_path / "o.zarr"), model="ukis-csmask")) == "ukis-csmask"
-    with pytest.raises(ConfigError, match="model ukis-csmask brings its own trained model; drop weights w.pt"):
+    with pytest.raises(ConfigError, match="model ukis-csmask brings its own trained model; drop --weights w.pt"):
         JobSpec(search, str(tmp_path / "o.zarr"), model="ukis-csmask", weights="w.pt")
     with pytest.raises(ConfigError, match="model 'unet': expected one of mscloudcam, s2cloudless, ukis-csmask"):
         JobSpec(search, str(tmp_path / "o.zarr"), model="unet")
