@@ -82,3 +82,20 @@ def test_ci_runs_exactly_the_readme_test_command():
         if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))
     ]
     assert steps == [command]
+
+
+def test_the_job_names_no_detector_it_runs_them_through_the_table():
+    """Planning and execution ask the detector table (``pipeline.detect.detectors.DETECTORS``) what a detector runs
+    on; no module of the job names a peer or imports the peers' module, so adding a detector touches the table only."""
+    import ast
+
+    from pipeline.detect.detectors import DETECTORS
+
+    for path in sorted((ROOT / "pipeline" / "job").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        texts = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        named = {name for name in DETECTORS if name != "mscloudcam" and any(name in t for t in texts if "\n" not in t)}
+        imports = {
+            n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and "peers" in n.module
+        }
+        assert not named and not imports, (path.name, named, imports)
