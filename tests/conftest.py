@@ -54,6 +54,7 @@ EXTENDED = {
 # The files that take longest, longest first: `--dist loadfile` hands files to workers in collection order, so these
 # start first and the short files fill in around them instead of one long file finishing alone at the end.
 LONGEST_FIRST = (
+    "flows/test_demo.py",  # one test of minutes: it must not be the last one running
     "test_job.py",
     "test_providers.py",
     "test_faults.py",
@@ -61,7 +62,6 @@ LONGEST_FIRST = (
     "test_lease_loss.py",
     "flows/test_benchmarks.py",
     "test_transient.py",
-    "flows/test_demo.py",
     "test_hostile.py",
     "test_model_cards.py",
     "test_install.py",
