@@ -17,6 +17,7 @@ Read from the items' own metadata, as the public providers publish it (no per-pr
 
 from __future__ import annotations
 
+import functools
 import re
 
 from pipeline.catalog.sensors import LANDSAT_C2_L1, LANDSAT_C2_L2, SENTINEL2_L1C, SENTINEL2_L2A, Profile, Sensor
@@ -98,6 +99,7 @@ def _band_entries(asset) -> list[dict]:
     return list(extra.get("eo:bands") or extra.get("bands") or [])
 
 
+@functools.lru_cache(maxsize=4096)  # a job plans every item's assets: the same few names, thousands of times
 def _normal(name: str) -> str:
     """``B02`` -> ``B2``, ``OLI_B2`` -> ``B2``, ``b8a`` -> ``B8A``; other names upper-cased."""
     name = str(name).upper().rsplit("_", 1)[-1] if re.search(r"_B\d", str(name).upper()) else str(name).upper()
@@ -131,7 +133,7 @@ def _identify(asset, sensor: Sensor) -> str | None:
     if len(entries) != 1:
         return None
     entry = entries[0]
-    by_name = {_normal(b): b for b in sensor.bands}
+    by_name = _by_name(sensor.bands)
     if entry.get("name") and _normal(entry["name"]) in by_name:
         return by_name[_normal(entry["name"])]
     wl = entry.get("center_wavelength") or entry.get("eo:center_wavelength")
@@ -140,6 +142,11 @@ def _identify(asset, sensor: Sensor) -> str | None:
         if diffs and diffs[0][0] <= WAVELENGTH_TOLERANCE:
             return diffs[0][1]
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _by_name(bands: tuple[str, ...]) -> dict[str, str]:
+    return {_normal(b): b for b in bands}
 
 
 def band_assets(item, sensor: Sensor, bands: tuple[str, ...], profile: Profile | None = None) -> dict[str, str]:

@@ -7,6 +7,8 @@ scene's grid, in whole scene pixels, for the exact upsampling of ``pipeline.read
 
 from __future__ import annotations
 
+import functools
+
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
@@ -55,7 +57,12 @@ def declared_grid(item, key: str) -> GeoBox | None:
     a, b, c, d, e, f = (float(v) for v in t[:6])
     if int(shape[0]) < 1 or int(shape[1]) < 1:
         raise InputError(f"item {item.id}: asset {key!r} declares proj:shape {list(shape)}; expected positive sizes")
-    return GeoBox((int(shape[0]), int(shape[1])), Affine(a, b, c, d, e, f), code)
+    return _geobox((int(shape[0]), int(shape[1])), (a, b, c, d, e, f), code)
+
+
+@functools.lru_cache(maxsize=1024)  # GeoBoxes are immutable; an archive's items declare a few grids many times
+def _geobox(shape: tuple[int, int], transform: tuple[float, ...], code: str) -> GeoBox:
+    return GeoBox(shape, Affine(*transform), code)
 
 
 def check_size(item_id: str, grid: GeoBox, limit: int = MAX_GRID_PX) -> None:
