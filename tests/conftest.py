@@ -51,8 +51,9 @@ EXTENDED = {
 }
 
 
-# The files that take longest, longest first: `--dist loadfile` hands files to workers in collection order, so these
-# start first and the short files fill in around them instead of one long file finishing alone at the end.
+# The files that take longest, longest first: handed to the xdist workers before the others (`pytest_xdist_make_
+# scheduler`: xdist itself hands out the files with the most tests first, which left the demo's one long test last),
+# so the short files fill in around them instead of one long file finishing alone at the end.
 LONGEST_FIRST = (
     "flows/test_demo.py",  # one test of minutes: it must not be the last one running
     "test_job.py",
@@ -70,10 +71,21 @@ LONGEST_FIRST = (
 )
 
 
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    rank = {f"tests/{name}": i for i, name in enumerate(LONGEST_FIRST)}
+
+    class LongestFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            first = min(self.workqueue, key=lambda scope: rank.get(scope, len(rank)))
+            self.workqueue.move_to_end(first, last=False)
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    order = {id(item): n for n, item in enumerate(items)}
-    items.sort(key=lambda i: (rank.get(i.nodeid.split("::")[0].removeprefix("tests/"), len(rank)), order[id(i)]))
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU; torch sees none")
     for item in items:
         if item.nodeid in EXTENDED:
