@@ -365,6 +365,19 @@ def forked_workers() -> dict:
     return {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
+def warm_workers(recipe: dict) -> None:
+    """For a local recipe whose workers fork from the forkserver (``forked_workers``): start that server now, so that
+    its imports (torch, timm: seconds) run beside the client's checks and search instead of after them. It is no
+    cluster: a job refused by its checks never starts one, and the server ends with the client."""
+    if recipe["engine"] != "local":
+        return
+    method = (recipe.get("dask_config") or {}).get("distributed.worker.multiprocessing-method")
+    if forked_workers() and method in (None, "forkserver"):
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def start(recipe: dict):
     """Start the recipe's cluster and return ``(cluster, client)``."""
     import dask

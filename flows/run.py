@@ -100,7 +100,7 @@ def execute(spec, s: dict):
     from pipeline.job.execute import check_search, run_job
     from pipeline.store.stats import to_frame
 
-    from .clusters import check_recipe, check_scheduler, load_recipe, start
+    from .clusters import check_recipe, check_scheduler, load_recipe, start, warm_workers
 
     recipe, where = None, launch(s)
     if where.scheduler:
@@ -108,6 +108,7 @@ def execute(spec, s: dict):
     else:  # a recipe this machine cannot run is refused first
         recipe = load_recipe(where.cluster, where.cluster_options, where.workers)
         check_recipe(recipe)
+        warm_workers(recipe)
     # bad or missing weights, a failed search, and items the model cannot run fail before any cluster starts
     items = check_search(spec)
     print(

@@ -8,6 +8,7 @@ and a plain re-run gives the store of one uninterrupted run.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,9 +58,27 @@ def once_the_lease_runs_out(cmd, env, deadline_s=120):
         assert "lease runs out" in p.stderr and time.monotonic() < deadline, p.stderr
 
 
+DASK_LOG = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ - distributed\.")
+
+
+def job_output(err: str) -> str:
+    """``err`` without the log records of the local cluster's Dask workers (a record runs to the next one or to a
+    line of the job's): a worker whose scheduler stalled with the paused job may log its failed heartbeat with
+    Dask's traceback; the job's own output is what must be one line."""
+    kept, in_record = [], False
+    for line in err.splitlines():
+        if DASK_LOG.match(line):
+            in_record = True
+        elif in_record and line.startswith("cloudmask "):
+            in_record = False
+        if not in_record:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 def stopped_in_one_line(proc) -> str:
     proc.wait(180)
-    err = proc.stderr.read()
+    err = job_output(proc.stderr.read())
     lines = err.strip().splitlines()
     assert proc.returncode == 2 and "Traceback (most recent call last)" not in err, err[-3000:]
     assert lines[-1].startswith("cloudmask run: error: stopped writing") and "lease" in lines[-1], err[-2000:]

@@ -31,6 +31,8 @@ PAGE_SIZE = 200
 
 def search_items(spec: SearchSpec) -> list:
     """Items matching ``spec``, duplicates of one tile and time collapsed to the newest processing baseline."""
+    import pystac
+
     client = _open(spec.url)
     known = sorted(c.id for c in client.get_collections())
     if spec.collection not in known:
@@ -48,7 +50,11 @@ def search_items(spec: SearchSpec) -> list:
             max_items=spec.limit,
             limit=min(PAGE_SIZE, spec.limit) if spec.limit else PAGE_SIZE,
         )
-        items = list(search.items())
+        items = [
+            pystac.Item.from_dict(feature, root=client, preserve_dict=False)
+            for page in _prefetched(search.pages_as_dicts())
+            for feature in page.get("features", [])
+        ]
     except Exception as exc:
         raise StacError(f"search of {spec.collection!r} at {spec.url} failed: {exc}") from exc
     if not items:
@@ -57,6 +63,48 @@ def search_items(spec: SearchSpec) -> list:
             f"max_cloud={spec.max_cloud}; widen the area, dates or cloud limit"
         )
     return dedupe(items)
+
+
+def _prefetched(pages, depth: int = 2):
+    """``pages`` (an iterator) with the next ``depth`` pages fetched on a thread while the caller parses this one:
+    the server's time per page and the client's parsing of the last (pystac's copies) overlap instead of adding."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(entry) -> bool:  # False once the caller has stopped reading
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                if not put((page, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            put((done, exc))
+
+    thread = threading.Thread(target=fetch, name="stac-pages", daemon=True)
+    thread.start()
+    try:
+        while True:
+            page, error = ready.get()
+            if error is not None:
+                raise error
+            if page is done:
+                return
+            yield page
+    finally:
+        stop.set()
 
 
 def acquisition_key(item) -> tuple:

@@ -7,6 +7,7 @@ their sha256. Pickle checkpoints are never loaded by the pipeline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -202,7 +203,7 @@ def _local_copy(source: str, cache_dir: str | Path | None) -> Path:
                 f"weights file {source!r} does not exist; give a local path or an fsspec URL of a .safetensors file"
             )
         return path
-    cache = Path(cache_dir or Path.home() / ".cache" / "cloudmask" / "weights")
+    cache = Path(cache_dir or Path(cache_root() or Path.home() / ".cache" / "cloudmask") / "weights")
     try:
         local = fsspec.open_local(f"filecache::{source}", filecache={"cache_storage": str(cache)})
     except Exception as exc:  # fsspec raises many types: HTTP, auth, unknown protocol
@@ -277,6 +278,9 @@ def check_architecture(weights: Weights) -> None:
     meta = weights.meta
     if all(k in SWITCHES and v in SWITCHES[k] for k, v in meta.model_kwargs.items()):
         return
+    checked = _checked_mark(weights)
+    if checked is not None and checked.is_file():
+        return  # this file passed with this model code before: building the model imports timm (seconds)
     try:
         with torch.device("meta"):
             model = create_model(meta.model, **meta.model_args())
@@ -302,6 +306,41 @@ def check_architecture(weights: Weights) -> None:
             f"{weights.source}: model {meta.model!r} with {meta.model_kwargs} has {count:,} "
             f"parameters, over the {MAX_PARAMETERS:,} this pipeline runs"
         )
+    if checked is not None:
+        try:
+            checked.parent.mkdir(parents=True, exist_ok=True)
+            checked.touch()
+        except OSError:
+            pass  # a read-only cache: checked again next time
+
+
+def cache_root() -> Path | None:
+    """The project's cache folder: ``$CLOUDMASK_CACHE``, else ``~/.cache/cloudmask``; None where the variable is
+    set empty (no cache)."""
+    root = os.environ.get("CLOUDMASK_CACHE", str(Path.home() / ".cache" / "cloudmask"))
+    return Path(root) if root else None
+
+
+def _checked_mark(weights: Weights) -> Path | None:
+    """Where a passed ``check_architecture`` of this file is remembered: named by the file's sha256, its contract
+    and the model code's (the model package's sources, torch's and timm's versions), so any change checks again;
+    None where there is no cache folder (``CLOUDMASK_CACHE`` empty)."""
+    root = cache_root()
+    if root is None:
+        return None
+    key = hashlib.sha256(f"{weights.sha256}\n{weights.meta.to_json()}\n{_model_code()}".encode()).hexdigest()
+    return root / "checked-architectures" / key
+
+
+@functools.cache
+def _model_code() -> str:
+    """A digest of what builds the models: the model package's sources and the torch and timm versions."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(f"torch {torch.__version__} timm {version('timm')}".encode())
+    for path in sorted((Path(__file__).parent / "model").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 _CACHE: dict[tuple, Weights] = {}

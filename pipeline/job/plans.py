@@ -265,7 +265,8 @@ def _radiometry(item, sensor: Sensor, assets: dict, read: SceneRead, props: dict
         return decide_landsat(sensor.level, tuple(assets), dict(zip(sensor.bands, sensor.wavelengths)), declared), None
     if sensor.level == "L1C":
         try:
-            return None, item.assets[band_assets(item, sensor, ("B10",))["B10"]].href
+            key = assets.get("B10") or band_assets(item, sensor, ("B10",))["B10"]
+            return None, item.assets[key].href
         except InputError:
             pass
     return decide(props), None

@@ -35,11 +35,15 @@ def epsg_code(extra: dict) -> str | None:
     return f"EPSG:{int(str(code).split(':')[-1])}"
 
 
+_PROJ = ("proj:shape", "proj:transform", "proj:code", "proj:epsg")
+
+
 def declared_grid(item, key: str) -> GeoBox | None:
     """The grid asset ``key`` of ``item`` declares (``proj:shape`` + ``proj:transform``, the asset's own or the
     item's, with its EPSG code); None where the item says nothing of it. ``InputError`` for a grid that is
     declared but unusable."""
-    extra = {**item.properties, **{k: v for k, v in item.assets[key].extra_fields.items() if v is not None}}
+    own, common = item.assets[key].extra_fields, item.properties
+    extra = {k: own[k] if own.get(k) is not None else common.get(k) for k in _PROJ}  # the asset's, else the item's
     shape, t = extra.get("proj:shape"), extra.get("proj:transform")
     if not (shape and t):
         return None
@@ -86,10 +90,12 @@ def grid_name(grid: GeoBox) -> str:
     return f"epsg{grid.crs.epsg or 'wkt'}_x{a.c:.10g}_y{a.f:.10g}_res{abs(a.a):.10g}_{grid.shape[0]}x{grid.shape[1]}"
 
 
-def _whole(value: float, what: str) -> int:
+def _whole(value: float, what: str, *args: float) -> int:
+    """``value`` as an int, or ``ValueError`` naming ``what`` (formatted with ``args`` only then: planning calls
+    this for every band of every scene)."""
     n = round(value)
     if abs(value - n) > ALIGNMENT_PX:
-        raise ValueError(f"{what} is {value:.6g}, not a whole number")
+        raise ValueError(f"{what.format(*args)} is {value:.6g}, not a whole number")
     return int(n)
 
 
@@ -106,8 +112,8 @@ def axes_on(scene: GeoBox, crs, affine: Affine, shape: tuple[int, int]) -> tuple
     s = scene.affine
     if affine.b or affine.d or s.b or s.d:
         raise ValueError("its grid is rotated")
-    fx = _whole(affine.a / s.a, f"its pixel width over the scene's ({affine.a:g} / {s.a:g} m)")
-    fy = _whole(affine.e / s.e, f"its pixel height over the scene's ({affine.e:g} / {s.e:g} m)")
+    fx = _whole(affine.a / s.a, "its pixel width over the scene's ({:g} / {:g} m)", affine.a, s.a)
+    fy = _whole(affine.e / s.e, "its pixel height over the scene's ({:g} / {:g} m)", affine.e, s.e)
     if fx < 1 or fy < 1:
         raise ValueError(f"its pixels ({affine.a:g} m) are finer than the scene's ({s.a:g} m)")
     sx = _whole((s.c - affine.c) / s.a, "its origin's x offset in scene pixels")

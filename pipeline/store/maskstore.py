@@ -314,11 +314,13 @@ class MaskStore:
         h, w = grid.shape
         n = len(times)
         cy, cx = chunks
-        data = {"mask": (("time", "y", "x"), da.full((n, h, w), MASK_NODATA, np.uint8, chunks=(1, cy, cx)))}
+        # one Dask chunk per array: the template is never computed (``compute=False``), and a graph of one task
+        # per Zarr chunk cost seconds to build for a job's layout; the Zarr chunks are the encoding's below
+        data = {"mask": (("time", "y", "x"), da.full((n, h, w), MASK_NODATA, np.uint8, chunks=-1))}
         if probabilities:
             data["probability"] = (
                 ("time", "class", "y", "x"),
-                da.full((n, len(CLASS_NAMES), h, w), MASK_NODATA, np.uint8, chunks=(1, len(CLASS_NAMES), cy, cx)),
+                da.full((n, len(CLASS_NAMES), h, w), MASK_NODATA, np.uint8, chunks=-1),
             )
         for name, (dtype, fill) in STAT_VARS.items():
             data[name] = (("time",), np.full(n, fill, dtype))

@@ -225,3 +225,32 @@ def test_blend_refuses_other_contracts_and_alphas_outside_0_1(tmp_path, test_wei
         load_weights(tmp_path / "shape.safetensors")  # such a file does not load; blending in memory refuses it too
     with pytest.raises(WeightsMismatchError, match=r"tensor decoder.head.weight has shape"):
         blend_weights(a, replace(a, state=shaped), 0.5)
+
+
+def test_a_passed_architecture_check_is_remembered_per_file_and_contract(tmp_path, test_weights_file):
+    """Loading weights whose model must be rebuilt to be checked imports timm (seconds per client): once a file
+    passed, later loads skip the build; a file whose contract differs is checked (and refused) all the same."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from pipeline.detect.weights import load_weights; load_weights(sys.argv[1]); "
+        "print('timm' in sys.modules)"
+    )
+    env = {**__import__("os").environ, "CLOUDMASK_CACHE": str(tmp_path / "cache")}
+
+    def built(path) -> bool:
+        p = subprocess.run([sys.executable, "-c", probe, str(path)], env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip() == "True"
+
+    assert built(test_weights_file)  # checked: the model was built on the meta device
+    assert len(list((tmp_path / "cache" / "checked-architectures").iterdir())) == 1
+    assert not built(test_weights_file)  # remembered
+    honest = load_weights(test_weights_file)
+    edited = tmp_path / "edited.safetensors"
+    kwargs = dict(honest.meta.model_kwargs, context_channels=32)  # tensors of 64 channels, declaring 32
+    save_weights(edited, honest.state, replace(honest.meta, model_kwargs=kwargs))
+    p = subprocess.run([sys.executable, "-c", probe, str(edited)], env=env, capture_output=True, text=True)
+    assert p.returncode != 0 and "describe another model than its tensors" in p.stderr
+    assert len(list((tmp_path / "cache" / "checked-architectures").iterdir())) == 1  # a refusal is not remembered
