@@ -4,7 +4,7 @@ Planetary Computer URLs.
 ``access_for(items)`` -> ``Access``: GDAL's standard AWS settings taken from the environment (endpoint, region,
 unsigned access, requester pays, profile; credentials stay where GDAL and boto3 look for them: the environment,
 ``~/.aws``, an instance role), requester pays switched on where an item says ``storage:requester_pays``, HTTP
-retries for https. The job's tasks carry an ``Access`` to every worker, where ``access.env()`` applies it to the
+retries for https. The job's tasks carry an ``Access`` to every worker, where ``access.env(href)`` applies it to the
 reads. Secrets are never part of ``Access``, never logged and never stored; ``redact`` strips signatures from
 URLs that end up in messages. boto3 (the ``providers`` extra) is optional: without it GDAL finds credentials in
 the environment and ``~/.aws`` itself; with it, rasterio's AWS session adds boto3's whole credentials chain.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -75,17 +76,32 @@ class Access:
         return out
 
     @contextmanager
-    def env(self):
-        """These settings for the pipeline's own ``rasterio.open`` calls."""
+    def env(self, href: str):
+        """These settings for the pipeline's own ``rasterio.open(href)``: with an AWS session for ``s3://`` hrefs
+        (``_aws_session``)."""
         import rasterio
 
         session = {}
-        if _has_boto3():
-            from rasterio.session import AWSSession
-
-            session = {"session": AWSSession(**self.aws())}
+        if href.startswith(("s3://", "/vsis3/")) and _has_boto3():
+            session = {"session": _aws_session(self.aws())}
         with rasterio.Env(**session, **dict(self.gdal)):
             yield
+
+
+_SESSIONS = threading.local()
+
+
+def _aws_session(options: dict):
+    """rasterio's ``AWSSession`` for ``options``, one per thread: making one builds a boto3 session and its
+    credentials chain, which cost more CPU than the window read it was made for (the session refreshes expiring
+    credentials itself)."""
+    from rasterio.session import AWSSession
+
+    key = tuple(sorted(options.items()))
+    sessions = _SESSIONS.__dict__.setdefault("by_options", {})
+    if key not in sessions:
+        sessions[key] = AWSSession(**options)
+    return sessions[key]
 
 
 def needs_signing(item, keys) -> bool:

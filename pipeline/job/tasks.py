@@ -136,7 +136,7 @@ def radiometry(properties: tuple, b10_href: str | None, access: Access) -> Harmo
 
         failure = None
         try:
-            with access.env(), rasterio.open(b10_href) as src:
+            with access.env(b10_href), rasterio.open(b10_href) as src:
                 step = max(1, max(src.width, src.height) // 256)
                 b10 = src.read(1, out_shape=(max(1, src.height // step), max(1, src.width // step)))
         except rasterio.errors.RasterioIOError as exc:

@@ -207,7 +207,7 @@ def check_files(scene: SceneRead, access: Access | None = None) -> None:
     access = access or Access(())
     for source in scene.bands:
         try:
-            with access.env(), rasterio.open(source.href) as src:
+            with access.env(source.href), rasterio.open(source.href) as src:
                 open_checked(src, source, scene)
         except rasterio.errors.RasterioIOError:
             continue
@@ -224,7 +224,7 @@ def read_window(
     access = access or Access(())
 
     def read():
-        with access.env(), rasterio.open(source.href) as src:
+        with access.env(source.href), rasterio.open(source.href) as src:
             y, x = open_checked(src, source, scene)
             ys, xs = Span.of(y, *rows), Span.of(x, *cols)
             h, w = ys.src_stop - ys.src_start, xs.src_stop - xs.src_start
