@@ -274,6 +274,31 @@ def test_access_follows_the_items_and_the_environment():
     assert a.requester_pays and a.aws()["endpoint_url"] == "127.0.0.1:9"
     assert "s" not in dict(a.gdal).values() and "AWS_SECRET_ACCESS_KEY" not in dict(a.gdal)  # no secrets
     assert needs_signing(pc, ["B02"]) and not needs_signing(es, ["blue"])
+    # the reads' environment: an AWS session (requester pays, the endpoint) for S3 files only, one per thread
+    import rasterio
+    from rasterio.session import AWSSession
+
+    made = []
+
+    class Env(rasterio.Env):  # records the session each read's environment is given
+        def __init__(self, session=None, **options):
+            made.append(session)
+            super().__init__(session=session, **options)
+
+    def session(href):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(rasterio, "Env", Env)
+            with a.env(href):
+                return made[-1]
+
+    s3 = session("s3://bucket/B02.tif")
+    assert isinstance(s3, AWSSession) and s3.requester_pays and s3 is session("s3://bucket/B03.tif")
+    assert session("/data/B02.tif") is None and session("https://x.blob.core.windows.net/c/B02.tif") is None
+    other = []
+    thread = threading.Thread(target=lambda: other.append(session("s3://bucket/B02.tif")))
+    thread.start()
+    thread.join()
+    assert isinstance(other[0], AWSSession) and other[0] is not s3
     assert (
         redact("failed https://x.blob.core.windows.net/c/B02.tif?st=2025&sig=SECRET: 403")
         == "failed https://x.blob.core.windows.net/c/B02.tif?…: 403"

@@ -96,3 +96,33 @@ def test_bad_search_settings_are_named(kwargs, message):
         SearchSpec("http://127.0.0.1:1", "sentinel-2-l1c", **kwargs)
     with pytest.raises(ConfigError, match="must start with http"):
         SearchSpec("127.0.0.1:1", "c")
+
+
+def test_pages_are_fetched_ahead_in_order_and_a_failed_fetch_is_raised_where_they_are_read():
+    import threading
+
+    from pipeline.catalog.stac import _prefetched
+
+    fetched = []
+
+    def pages(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ConnectionError(f"page {i} failed")
+            fetched.append(i)
+            yield {"features": [i]}
+
+    assert [p["features"][0] for p in _prefetched(pages(7))] == list(range(7))
+    fetched.clear()
+    with pytest.raises(ConnectionError, match="page 3 failed"):
+        for _ in _prefetched(pages(7, fail_at=3)):
+            pass
+    assert fetched == [0, 1, 2]
+    fetched.clear()
+    reader = _prefetched(pages(100), depth=2)
+    assert next(reader)["features"] == [0]
+    reader.close()  # the caller stops reading: the fetching thread ends without fetching the rest
+    for thread in threading.enumerate():
+        if thread.name == "stac-pages":
+            thread.join(5)
+    assert not any(t.name == "stac-pages" for t in threading.enumerate()) and len(fetched) <= 4
