@@ -65,46 +65,17 @@ def search_items(spec: SearchSpec) -> list:
     return dedupe(items)
 
 
-def _prefetched(pages, depth: int = 2):
-    """``pages`` (an iterator) with the next ``depth`` pages fetched on a thread while the caller parses this one:
-    the server's time per page and the client's parsing of the last (pystac's copies) overlap instead of adding."""
-    import queue
-    import threading
+def _prefetched(pages):
+    """``pages`` (an iterator) with the next page fetched on a thread while the caller parses this one: the server's
+    time per page and the client's parsing of the last (pystac's copies) overlap instead of adding up."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def put(entry) -> bool:  # False once the caller has stopped reading
-        while not stop.is_set():
-            try:
-                ready.put(entry, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def fetch() -> None:
-        try:
-            for page in pages:
-                if not put((page, None)):
-                    return
-            put((done, None))
-        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-            put((done, exc))
-
-    thread = threading.Thread(target=fetch, name="stac-pages", daemon=True)
-    thread.start()
-    try:
-        while True:
-            page, error = ready.get()
-            if error is not None:
-                raise error
-            if page is done:
-                return
-            yield page
-    finally:
-        stop.set()
+    end = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="stac-pages") as fetcher:
+        page = fetcher.submit(next, pages, end)
+        while (current := page.result()) is not end:  # a failed fetch raises here, in the caller's thread
+            page = fetcher.submit(next, pages, end)
+            yield current
 
 
 def acquisition_key(item) -> tuple:
