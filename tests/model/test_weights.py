@@ -254,3 +254,9 @@ def test_a_passed_architecture_check_is_remembered_per_file_and_contract(tmp_pat
     p = subprocess.run([sys.executable, "-c", probe, str(edited)], env=env, capture_output=True, text=True)
     assert p.returncode != 0 and "describe another model than its tensors" in p.stderr
     assert len(list((tmp_path / "cache" / "checked-architectures").iterdir())) == 1  # a refusal is not remembered
+    # the honest file's contract over other tensors (a model of 32 context channels): checked again, and refused
+    other = create_model(honest.meta.model, in_chans=13, num_classes=4, **{**kwargs, "norm": "group"}).state_dict()
+    swapped = tmp_path / "swapped.safetensors"
+    save_weights(swapped, other, honest.meta)
+    p = subprocess.run([sys.executable, "-c", probe, str(swapped)], env=env, capture_output=True, text=True)
+    assert p.returncode != 0 and "describe another model than its tensors" in p.stderr
