@@ -183,7 +183,7 @@ def peer_weights(source: str):
         level=sensor.level,
         provenance={"peer": f"{package}=={release}", "crosswalk": "pipeline/detect/peers.py"},
     )
-    return Weights(meta=meta, state={}, sha256=f"{package}=={release}@{sensor.key}", source=source)
+    return Weights(meta=meta, tensors={}, sha256=f"{package}=={release}@{sensor.key}", source=source)
 
 
 class PeerPredictor:

@@ -13,15 +13,16 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import nn
 
-from pipeline.detect.model.registry import create_model
-from pipeline.errors import WeightsError, WeightsMismatchError
+from pipeline.errors import WeightsChangedError, WeightsError, WeightsMismatchError
+
+if TYPE_CHECKING:  # torch is imported where tensors are used: reading a file's contract needs none
+    import torch
+    from torch import nn
 
 METADATA_KEY = "cloudmask"
 FORMAT_VERSION = 1
@@ -77,15 +78,37 @@ class WeightsMeta:
 
 @dataclass(frozen=True)
 class Weights:
-    """Loaded weights: ``state`` tensors, their ``meta`` contract, the file's ``sha256`` and ``source``."""
+    """A weights file: its ``meta`` contract, ``sha256``, ``source`` and ``shapes`` (tensor name -> shape);
+    ``state`` (its tensors) is read from ``path`` when first used, so a client that only checks a file's contract
+    never imports torch nor holds the tensors. ``tensors``: given instead of a file (in-memory weights)."""
 
     meta: WeightsMeta
-    state: dict[str, torch.Tensor]
     sha256: str
     source: str
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    path: Path | None = None
+
+    @functools.cached_property
+    def state(self) -> dict[str, torch.Tensor]:
+        """The tensors (name -> torch.Tensor), read once; ``WeightsChangedError`` where the file no longer holds
+        the content this record was made of."""
+        if self.tensors is not None or self.path is None:
+            return self.tensors or {}
+        from safetensors.torch import load
+
+        data = self.path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise WeightsChangedError(
+                f"{self.source} changed since it was loaded (sha256 {self.sha256[:12]}... expected); "
+                f"a job runs only the weights it checked: load the file again"
+            )
+        return load(data)
 
     def build_model(self) -> nn.Module:
         """A fresh model in eval mode with these weights, in float32 on the CPU."""
+        from pipeline.detect.model.registry import create_model
+
         model = create_model(self.meta.model, **self.meta.model_args())
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state.items()}
         try:
@@ -115,6 +138,8 @@ class Weights:
 def _cast(v: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """``v`` in ``dtype`` when it is floating and survives the cast (BatchNorm running variances can exceed
     float16's 65504 and would turn into inf), else unchanged."""
+    import torch
+
     if dtype is None or not v.is_floating_point():
         return v
     cast = v.to(dtype)
@@ -136,6 +161,9 @@ def save_weights(
 
     ``dtype`` (e.g. ``torch.float16``) casts floating tensors to keep files small; loading casts back.
     """
+    from safetensors.torch import save_file
+    from torch import nn
+
     if isinstance(state, nn.Module):
         state = state.state_dict()
     tensors = {k: _cast(v, dtype).detach().cpu().contiguous() for k, v in state.items()}
@@ -156,6 +184,8 @@ def blend_weights(a: Weights, b: Weights, alpha: float) -> tuple[dict[str, torch
 
     Returns the state and ``b``'s contract, its provenance recording both files' sha256 and ``alpha``.
     """
+    import torch
+
     if not 0.0 <= alpha <= 1.0:
         raise WeightsError(f"alpha={alpha}; expected the share of the second file, 0 to 1")
     ours, theirs = json.loads(a.meta.to_json()), json.loads(b.meta.to_json())
@@ -242,9 +272,9 @@ def load_weights(
             f"{source}: sha256 {sha} differs from the expected {expected_sha256}; the file is corrupt or another version"
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="np") as f:  # the header only: no tensor is read, torch is not needed
             raw = (f.metadata() or {}).get(METADATA_KEY)
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(
             f"{source} is not a readable safetensors file ({exc}); the file may be truncated or corrupt"
@@ -258,7 +288,7 @@ def load_weights(
         meta = WeightsMeta.from_json(raw)
     except (TypeError, KeyError, json.JSONDecodeError) as exc:
         raise WeightsError(f"{source}: malformed '{METADATA_KEY}' metadata: {exc}") from exc
-    weights = Weights(meta=meta, state=state, sha256=sha, source=source)
+    weights = Weights(meta=meta, sha256=sha, source=source, shapes=shapes, path=path)
     check_architecture(weights)
     weights.check(bands=bands, classes=classes)
     return weights
@@ -281,6 +311,10 @@ def check_architecture(weights: Weights) -> None:
     checked = _checked_mark(weights)
     if checked is not None and checked.is_file():
         return  # this file passed with this model code before: building the model imports timm (seconds)
+    import torch
+
+    from pipeline.detect.model.registry import create_model
+
     try:
         with torch.device("meta"):
             model = create_model(meta.model, **meta.model_args())
@@ -292,7 +326,7 @@ def check_architecture(weights: Weights) -> None:
             f"{meta.model_kwargs}: {type(exc).__name__}: {exc}"
         ) from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in weights.state.items()}
+    have = weights.shapes
     if expected != have:
         odd = sorted(k for k in expected.keys() | have.keys() if expected.get(k) != have.get(k))
         raise WeightsError(
@@ -337,7 +371,7 @@ def _model_code() -> str:
     """A digest of what builds the models: the model package's sources and the torch and timm versions."""
     from importlib.metadata import version
 
-    digest = hashlib.sha256(f"torch {torch.__version__} timm {version('timm')}".encode())
+    digest = hashlib.sha256(f"torch {version('torch')} timm {version('timm')}".encode())
     for path in sorted((Path(__file__).parent / "model").glob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()

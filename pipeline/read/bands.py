@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from odc.geo.geobox import GeoBox
 
 from pipeline.catalog.access import Access, read_failure, redact
@@ -21,6 +21,9 @@ from pipeline.errors import InputError
 from pipeline.read.radiometry import Harmonisation, harmonise
 from pipeline.read.upsample import Axis, Span, upsample
 from pipeline.retries import retrying
+
+if TYPE_CHECKING:  # imported where a block is assembled: planning a job needs no torch
+    import torch
 
 READ_RETRY_S = 30.0  # how long a band read waits for an unreachable server
 
@@ -134,6 +137,8 @@ def assemble(block: NativeBlock, device: torch.device | str = "cpu", host: list 
     """``(image (band, y, x) int32, valid (y, x) bool)`` of the block's read window on ``device``: each band
     upsampled from its native window; ``image`` is 0 wherever it is not valid. ``host``: the bands' data as host
     tensors already (pinned, for a GPU), else taken from ``block``."""
+    import torch
+
     (r0, r1), (c0, c1) = block.rows, block.cols
     image = torch.empty((len(block.bands), r1 - r0, c1 - c0), dtype=torch.int32, device=device)
     valid = torch.ones((r1 - r0, c1 - c0), dtype=torch.bool, device=device)

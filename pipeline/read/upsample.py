@@ -14,9 +14,12 @@ Everything runs in torch on the device the model uses (``int32``), so on a GPU w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported where a block is upsampled: planning uses the spans and axes alone
+    import torch
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class Span:
         lo_w = np.clip(lo - self.src_start, 0, last)
         hi_w = np.clip(lo + 1 - self.src_start, 0, last)
         own_w = np.clip(own - self.src_start, 0, last)
+        import torch
+
         to = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a, dtype=dt)).to(device)  # noqa: E731
         return (
             to(lo_w, np.int64),
@@ -99,6 +104,8 @@ def upsample(src: torch.Tensor, y: Span, x: Span, nodata: bool = True) -> tuple[
     """A band window ``src (file rows of y, file columns of x)`` (int32, nodata 0) on the scene pixels of ``y`` and
     ``x``: ``(values (ny, nx) int32, valid (ny, nx) bool)``; values are 0 where not valid. ``nodata``: whether
     ``src`` may hold nodata (False when the caller knows it holds none: skips the renormalisation)."""
+    import torch
+
     device = src.device
     ny, nx = y.stop - y.start, x.stop - x.start
     if src.numel() == 0:  # the window lies wholly off the file

@@ -108,7 +108,7 @@ def seed_everything(seed: int) -> None:
 
 def evaluate_model(model, meta: WeightsMeta, items, device: str = "auto") -> dict:
     """Scores of ``model`` on ``items`` = [(dn, labels)]: one confusion matrix over all of them."""
-    weights = Weights(meta=meta, state={}, sha256="in-memory", source="in-memory")
+    weights = Weights(meta=meta, tensors={}, sha256="in-memory", source="in-memory")
     predictor = Predictor(weights, InferSpec(overlap=0, device=device), model=model)
     cm = np.zeros((len(meta.classes),) * 2, np.int64)
     for dn, labels in items:

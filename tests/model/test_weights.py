@@ -14,7 +14,7 @@ import torch
 from pipeline.catalog.sensors import CLASS_NAMES, SENTINEL2_L1C
 from pipeline.detect.model import create_model
 from pipeline.detect.weights import WeightsMeta, blend_weights, load_weights, save_weights
-from pipeline.errors import WeightsError, WeightsMismatchError
+from pipeline.errors import WeightsChangedError, WeightsError, WeightsMismatchError
 
 
 def test_round_trip_keeps_tensors_metadata_and_sha(random_weights_file):
@@ -224,7 +224,7 @@ def test_blend_refuses_other_contracts_and_alphas_outside_0_1(tmp_path, test_wei
     with pytest.raises(WeightsError, match=r"decoder.head.weight: declared \(4, 8, 1, 1\), in the file \(1,\)"):
         load_weights(tmp_path / "shape.safetensors")  # such a file does not load; blending in memory refuses it too
     with pytest.raises(WeightsMismatchError, match=r"tensor decoder.head.weight has shape"):
-        blend_weights(a, replace(a, state=shaped), 0.5)
+        blend_weights(a, replace(a, tensors=shaped), 0.5)
 
 
 def test_a_passed_architecture_check_is_remembered_per_file_and_contract(tmp_path, test_weights_file):
@@ -260,3 +260,38 @@ def test_a_passed_architecture_check_is_remembered_per_file_and_contract(tmp_pat
     save_weights(swapped, other, honest.meta)
     p = subprocess.run([sys.executable, "-c", probe, str(swapped)], env=env, capture_output=True, text=True)
     assert p.returncode != 0 and "describe another model than its tensors" in p.stderr
+
+
+def test_a_files_contract_is_read_without_its_tensors_and_a_later_change_is_refused(tmp_path, test_weights_file):
+    """What a job's client does with a weights file (its record, contract and the job's plan modules) imports no torch
+    and reads no tensor; the tensors, read where the model is built, must still be the content the record was made of."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import flows.cli, flows.run, pipeline.job.execute, pipeline.store.integrity\n"
+        "from pipeline.detect.detectors import detector_weights\n"
+        f"w = detector_weights({str(test_weights_file)!r}); w.check(bands=w.meta.bands)\n"
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules), len(w.shapes), 'state' in vars(w))"
+    )
+    env = dict(os.environ, CLOUDMASK_CACHE=str(tmp_path / "cache"))
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)]
+    runs.append(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env))
+    assert all(p.returncode == 0 for p in runs), runs[-1].stderr[-2000:]
+    first, again = (p.stdout.split() for p in runs)
+    # the first load builds the tiny model (on the meta device) to check its arguments; once remembered, none of it
+    assert first[:2] == ["['timm',", "'torch']"] and again[0] == "[]", (first, again)
+    assert int(again[-2]) > 100 and again[-1] == "False"  # every tensor's shape known, none read
+
+    copy = tmp_path / "w.safetensors"
+    copy.write_bytes(test_weights_file.read_bytes())
+    w = load_weights(copy)
+    other = load_weights(test_weights_file)
+    assert w.state.keys() == other.state.keys() and all(torch.equal(w.state[k], other.state[k]) for k in w.state)
+    changed = load_weights(copy)
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1  # a tensor's last byte: the header still reads
+    copy.write_bytes(bytes(data))
+    with pytest.raises(WeightsChangedError, match="changed since it was loaded"):
+        changed.build_model()
