@@ -8,6 +8,10 @@ import sys
 
 # No model weights can come from a hub at run time; without this, timm/huggingface retry for ~47 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# torch's OpenMP threads sleep when they wait instead of spinning (read before torch loads; workers inherit it): the
+# model's threads share the cores with the threads reading the next blocks and with other processes, whom spinning
+# threads starve. Alone, the forward pass is as fast (docs/performance.md, "Threads that wait").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pipeline.errors import CloudmaskError, Terminated, raise_if_stopped, request_stop  # noqa: E402
 

@@ -106,10 +106,14 @@ def adapt_options(recipe: dict) -> dict:
 
 def worker_env(recipe: dict) -> dict[str, str]:
     """The recipe's ``dask_config`` as the environment variables Dask reads it from, for workers started
-    elsewhere (SLURM jobs, Kubernetes pods)."""
+    elsewhere (SLURM jobs, Kubernetes pods), and torch's OpenMP threads set to sleep when they wait (as
+    ``cloudmask`` sets them for the processes it starts)."""
     return {
-        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
-        for key, value in (recipe.get("dask_config") or {}).items()
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        **{
+            "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+            for key, value in (recipe.get("dask_config") or {}).items()
+        },
     }
 
 

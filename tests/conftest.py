@@ -2,6 +2,10 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# as `cloudmask` sets it (flows/cli.py), before torch loads here: the two test processes and their subprocesses share
+# the cores, and OpenMP threads spinning while they wait took the other side's CPU (two model tests side by side:
+# 146 s, with this 66 s)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import dask  # noqa: E402
 import numpy as np  # noqa: E402

@@ -109,6 +109,7 @@ def test_slurm_recipe_renders_a_gpu_job_script_through_dask_jobqueue():
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script
     assert "#SBATCH -t 04:00:00" in script and "#SBATCH --cpus-per-task=8" in script
     assert "export DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms" in script  # the recipe's dask_config
+    assert "export OMP_WAIT_POLICY=PASSIVE" in script  # torch's OpenMP threads sleep when they wait (flows/cli.py)
     assert re.search(r"#SBATCH --mem=6\dG", script)  # 64GB as jobqueue writes it
     assert "--resources GPU=1" in script and "--nthreads 8" in script
     assert "tcp://127.0.0.1:" in script  # the worker connects to the scheduler the recipe started
