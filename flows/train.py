@@ -159,6 +159,16 @@ def add_parser(sub) -> None:
         "before clouds are laid over it; it stays clear, so bright ground with dark shortwave infrared "
         "is not called cloud, e.g. 0.5 (pipeline/training/datasets/snow.py)",
     )
+    p.add_argument(
+        "--overcast",
+        type=float,
+        metavar="SHARE",
+        help="starter, starter-l2a: in this share of the chips, a layer of cloud or haze of (nearly) uniform "
+        "opacity fills the whole chip over its land (real thick-cloud spectra of the training scenes, from "
+        "faint haze to opaque; a quarter of them cut to a small image in a nodata canvas), labelled thick or "
+        "thin by the blue the layer shows over dark ground, so that a tile that cloud fills is not called "
+        "clear, e.g. 0.2 (pipeline/training/datasets/overcast.py)",
+    )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--bf16",
@@ -225,6 +235,8 @@ def load_data(args, recipe: Recipe) -> TrainData:
             from pipeline.training.datasets.shadows import ShadowedChips
 
             chips = ShadowedChips(chips, SENTINEL2_L1C.bands, recipe.shadows, recipe.seed)  # in TOA, before any BOA map
+        if recipe.overcast and recipe.name != "starter-l2a":  # last: the layer lies over everything below it
+            chips = _with_overcast(chips, SENTINEL2_L1C.bands, train_scenes, recipe)
         counts = tuple(int(sum((lab == c).sum() for _, lab in train_scenes)) for c in range(4))
         split = json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes]))
         if recipe.name == "starter-l2a":
@@ -244,6 +256,9 @@ def load_data(args, recipe: Recipe) -> TrainData:
                     dataset += f", the real land scaled by gains {recipe.land_gain[0]:g} to {recipe.land_gain[1]:g}"
                 if recipe.snow:
                     dataset += f", {recipe.snow:g} of the real land chips under synthetic snow (clear)"
+            if recipe.overcast:  # over every kind of chip (simulated and real L2A land), at its own level
+                train = _with_overcast(train, tuple(BOA_MAP), train_scenes, recipe)
+                dataset += OVERCAST_TEXT.format(recipe.overcast)
             return TrainData(
                 train=train,
                 val=val,
@@ -259,7 +274,8 @@ def load_data(args, recipe: Recipe) -> TrainData:
             train=chips,
             val=val,
             bands=SENTINEL2_L1C.bands,
-            dataset="starter (real S2 L1C scenes, teacher labels)",
+            dataset="starter (real S2 L1C scenes, teacher labels)"
+            + (OVERCAST_TEXT.format(recipe.overcast) if recipe.overcast else ""),
             split=split,
             ignore_index=255,
             class_counts=counts,
@@ -269,6 +285,20 @@ def load_data(args, recipe: Recipe) -> TrainData:
     else:
         from pipeline.training.datasets.l8biome import train_data
     return train_data(args.data, split_mode=args.split_mode)
+
+
+OVERCAST_TEXT = ", {:g} of the chips under a tile-filling cloud or haze layer"
+
+
+def _with_overcast(chips, bands: tuple[str, ...], train_scenes, recipe: Recipe):
+    """``chips`` with ``recipe.overcast`` of them under a tile-filling cloud or haze layer whose spectra are the
+    thick cloud of the training scenes (eo-learn's left out: they are the fully cloudy test cases), in ``bands``
+    order."""
+    from pipeline.catalog.sensors import SENTINEL2_L1C
+    from pipeline.training.datasets.overcast import EXCLUDED, OvercastChips, cloud_library
+
+    scenes = [(s, lab) for s, lab in train_scenes if not s.name.startswith(EXCLUDED)]
+    return OvercastChips(chips, bands, cloud_library(scenes, bands, SENTINEL2_L1C.bands), recipe.overcast, recipe.seed)
 
 
 def _with_real_l2a(train, val, split: str, args, recipe: Recipe):
@@ -311,9 +341,11 @@ def _with_real_l2a(train, val, split: str, args, recipe: Recipe):
 
 def run(args: argparse.Namespace) -> int:
     recipe = RECIPES[args.recipe]
-    if dataset_of(args, recipe) != "starter" and (args.brightness or args.shadows is not None):  # before torch loads
+    if dataset_of(args, recipe) != "starter" and (
+        args.brightness or args.shadows is not None or args.overcast is not None
+    ):  # before torch loads
         raise ConfigError(
-            "--brightness and --shadows change the starter's chips and teacher labels; they apply to "
+            "--brightness, --shadows and --overcast change the starter's chips and teacher labels; they apply to "
             "--dataset starter only"
         )
     if args.real_l2a is not None and (recipe.name != "starter-l2a" or dataset_of(args, recipe) != "starter"):
@@ -356,6 +388,7 @@ def run(args: argparse.Namespace) -> int:
         real_l2a=args.real_l2a,
         translucent=args.translucent,
         snow=args.snow,
+        overcast=args.overcast,
     )
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     for name, example in (("brightness", "0.75,1.35"), ("land_gain", "1,2")):

@@ -67,6 +67,21 @@ def rule_labels(dn: np.ndarray) -> np.ndarray:
     return labels
 
 
+def planted_label_cache(folder: str | Path, seed: int = 0) -> Path:
+    """Write labels of every class drawn at random for each starter scene of the train and val splits into
+    ``folder`` as ``cloudmask train --label-cache`` holds them, so a test builds the starter's training data without
+    running the teachers (what it tests is not their labels); returns ``folder``."""
+    from pipeline.training.datasets.starter import scenes_of
+    from pipeline.training.pseudolabels import RULE_VERSION
+
+    folder, rng = Path(folder), np.random.default_rng(seed)
+    for part in ("train", "val"):
+        for scene in scenes_of(part):
+            labels = rng.integers(0, 4, scene.dn.shape[1:], dtype=np.uint8)
+            np.savez_compressed(folder / f"{scene.name}.labels-v{RULE_VERSION}.npz", labels=labels)
+    return folder
+
+
 def _write_tif(path: Path, data: np.ndarray, crs="EPSG:32633", transform=None) -> Path:
     """A deflate GeoTIFF of ``data (y, x)`` or ``(band, y, x)``; default grid: 10 m from T33UUU's corner."""
     import rasterio

@@ -42,6 +42,9 @@ class Recipe:
     land_gain: tuple[float, float] | None = (
         None  # starter-l2a with real_l2a: real land chips scaled by a gain in this range
     )
+    overcast: float | None = (
+        None  # starter(-l2a): share of chips under a tile-filling cloud or haze (datasets/overcast.py)
+    )
     snow: float | None = (
         None  # starter-l2a with real_l2a: share of real land chips under synthetic snow (datasets/snow.py)
     )
@@ -69,6 +72,10 @@ class Recipe:
             raise ConfigError(f"shadows={self.shadows}; expected the share of chips given a synthetic shadow, 0 to 1")
         if self.real_l2a is not None and not 0 <= self.real_l2a <= 1:
             raise ConfigError(f"real_l2a={self.real_l2a}; expected the share of chips drawn from real L2A land, 0 to 1")
+        if self.overcast is not None and not 0 <= self.overcast <= 1:
+            raise ConfigError(
+                f"overcast={self.overcast}; expected the share of chips under a tile-filling cloud or haze layer, 0 to 1"
+            )
         if self.snow is not None and not 0 <= self.snow <= 1:
             raise ConfigError(f"snow={self.snow}; expected the share of real L2A land chips given a snow cover, 0 to 1")
         if self.save_dtype not in ("fp32", "fp16"):

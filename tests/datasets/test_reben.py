@@ -98,15 +98,11 @@ def test_starter_l2a_data_with_real_l2a_chips(tmp_path):
     split names the real training scenes."""
     from dataclasses import replace
 
-    from flows.train import RECIPES, load_data
-    from pipeline.training.datasets.starter import scenes_of
-    from pipeline.training.pseudolabels import RULE_VERSION
+    from factories import planted_label_cache
 
-    rng = np.random.default_rng(0)  # planted labels of every class: the teachers' labels are not what this tests
-    for part in ("train", "val"):
-        for scene in scenes_of(part):
-            labels = rng.integers(0, 4, scene.dn.shape[1:], dtype=np.uint8)
-            np.savez_compressed(tmp_path / f"{scene.name}.labels-v{RULE_VERSION}.npz", labels=labels)
+    from flows.train import RECIPES, load_data
+
+    planted_label_cache(tmp_path)  # planted labels of every class: the teachers' labels are not what this tests
     args = argparse.Namespace(
         dataset=None, data=None, out=str(tmp_path), label_cache=str(tmp_path), samples_per_epoch=24
     )

@@ -233,7 +233,15 @@ def test_train_argument_errors(tmp_path, capsys):
     assert p.returncode == 2 and "--snow changes the real L2A land chips: it needs --real-l2a" in p.stderr
     p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "s"), "--real-l2a", "0.5", "--snow", "2")
     assert p.returncode == 2 and "snow=2.0; expected the share of real L2A land chips" in p.stderr
-    assert not any((tmp_path / d).exists() for d in "jklmnopqrs")
+    for name, share in (("t", "1.5"), ("u", "-0.1"), ("v", "nan")):
+        p = run("--recipe", "starter", "--out", str(tmp_path / name), "--overcast", share)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert f"overcast={float(share)}; expected the share of chips under a tile-filling cloud" in p.stderr
+    p = run("--recipe", "starter-l2a", "--out", str(tmp_path / "w"), "--overcast", "lots")
+    assert p.returncode == 2 and "argument --overcast: invalid float value: 'lots'" in p.stderr
+    p = run("--dataset", "cloudsen12", "--data", "x.taco", "--out", str(tmp_path / "x"), "--overcast", "0.2")
+    assert p.returncode == 2 and "--overcast change the starter's chips" in p.stderr and "starter only" in p.stderr
+    assert not any((tmp_path / d).exists() for d in "jklmnopqrstuvwx")
 
 
 def test_train_on_l8biome_with_ignore_index(l8biome_root, tmp_path):
