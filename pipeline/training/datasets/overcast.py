@@ -3,8 +3,9 @@
 The starters were trained on chips whose cloud has edges (cumulus, a winter haze beside clear land, eo-learn scene 0
 as a 101 × 100 patch in a nodata canvas). A tile that cloud fills entirely was never seen, and the patch
 embedding's LayerNorm leaves such a tile little but texture, of which a uniform layer has none: the L1C starter
-called eo-learn scene 1 (a uniform haze, about +700-900 DN in every band over vegetation) 98 % clear, and 47 % of
-eo-learn scene 0 mirrored to fill a tile clear (``docs/training-log.md``, "Uniform cloud").
+before these chips called eo-learn scene 1 (a uniform haze, about +650-860 DN in every band over vegetation) 98 %
+clear, and about half of eo-learn scene 0 mirrored to fill a tile clear (``docs/training-log.md``, "Uniform cloud"
+and "Tile-filling cloud and haze", where what training on these chips gave is logged).
 
 So a share of the training chips (``cloudmask train --overcast SHARE``) gets a layer laid over every valid pixel:
 
