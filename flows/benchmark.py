@@ -65,6 +65,7 @@ def add_parser(sub) -> None:
     from . import (
         benchmark_agreement,
         benchmark_memory,
+        benchmark_overcast,
         benchmark_pipeline,
         benchmark_precision,
         benchmark_read,
@@ -77,6 +78,7 @@ def add_parser(sub) -> None:
     benchmark_scale.add_parser(bsub)
     benchmark_read.add_parser(bsub)
     benchmark_agreement.add_parser(bsub)
+    benchmark_overcast.add_parser(bsub)
 
 
 def count_gmac(model: torch.nn.Module, bands: int, size: int) -> float:

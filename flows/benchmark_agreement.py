@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from .parsers import csv_list, subcommand
+from .parsers import level_list, scene_list, subcommand
 
 
 def add_parser(bsub) -> None:
@@ -58,18 +58,11 @@ def run(args) -> int:
     from pipeline.config import InferSpec
     from pipeline.detect.detectors import detector_weights, get_predictor
     from pipeline.detect.weights import default_weights
-    from pipeline.errors import ConfigError
     from pipeline.job.plans import plan_scene
     from pipeline.read.cube import load_scene
-    from pipeline.training.datasets.scenes import SCENES, all_scenes
+    from pipeline.training.datasets.scenes import all_scenes
 
-    names = csv_list(args.scenes, str, "scenes") if args.scenes else list(SCENES)
-    unknown = [n for n in names if n not in SCENES]
-    if unknown:
-        raise ConfigError(f"--scenes: unknown {unknown}; known: {', '.join(SCENES)}")
-    levels = csv_list(args.levels, str.upper, "levels")
-    if set(levels) - {"L1C", "L2A"}:
-        raise ConfigError(f"--levels {args.levels}: expected L1C and/or L2A")
+    names, levels = scene_list(args.scenes), level_list(args.levels)
     rows, totals = [], {level: [0, 0] for level in levels}
     with tempfile.TemporaryDirectory(prefix="agreement-") as folder:
         for scene in all_scenes(names):

@@ -59,3 +59,22 @@ def machine_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def scene_list(text: str | None) -> list[str]:
+    """``--scenes``: real scene names (``pipeline.training.datasets.scenes.SCENES``; None: all of them)."""
+    from pipeline.training.datasets.scenes import SCENES
+
+    names = csv_list(text, str, "scenes") if text else list(SCENES)
+    unknown = [n for n in names if n not in SCENES]
+    if unknown:
+        raise ConfigError(f"--scenes: unknown {unknown}; known: {', '.join(SCENES)}")
+    return names
+
+
+def level_list(text: str) -> list[str]:
+    """``--levels``: the starters to run, ``L1C`` and/or ``L2A``."""
+    levels = csv_list(text, str.upper, "levels")
+    if set(levels) - {"L1C", "L2A"}:
+        raise ConfigError(f"--levels {text}: expected L1C and/or L2A")
+    return levels

@@ -65,6 +65,7 @@ SHOWN = {
     "pct_thin_cloud": "thin %",
     "pct_cloud_shadow": "shadow %",
     "cloud_cover": "cloud %",
+    "pct_overcast_check": "overcast check %",
     "provider_cloud_cover": "provider cloud %",
     "offset_applied": "offset",
     "runtime_s": "s",

@@ -294,11 +294,9 @@ def _with_overcast(chips, bands: tuple[str, ...], train_scenes, recipe: Recipe):
     """``chips`` with ``recipe.overcast`` of them under a tile-filling cloud or haze layer whose spectra are the
     thick cloud of the training scenes (eo-learn's left out: they are the fully cloudy test cases), in ``bands``
     order."""
-    from pipeline.catalog.sensors import SENTINEL2_L1C
-    from pipeline.training.datasets.overcast import EXCLUDED, OvercastChips, cloud_library
+    from pipeline.training.datasets.overcast import OvercastChips, training_clouds
 
-    scenes = [(s, lab) for s, lab in train_scenes if not s.name.startswith(EXCLUDED)]
-    return OvercastChips(chips, bands, cloud_library(scenes, bands, SENTINEL2_L1C.bands), recipe.overcast, recipe.seed)
+    return OvercastChips(chips, bands, training_clouds(train_scenes, bands), recipe.overcast, recipe.seed)
 
 
 def _with_real_l2a(train, val, split: str, args, recipe: Recipe):

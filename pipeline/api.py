@@ -396,7 +396,8 @@ def run(
     pixel grid with ``mask (time, y, x) uint8``, 255 nodata: read it with ``open_masks``); a re-run skips the
     scenes already done. Returns the statistics of this job's scenes: a ``pandas.DataFrame`` indexed by STAC item
     id, one row per scene: ``status`` (``ok``/``failed``) and ``reason`` (str), ``valid_pixels`` (int),
-    ``pct_clear``, ``pct_thick_cloud``, ``pct_thin_cloud``, ``pct_cloud_shadow``, ``cloud_cover`` and
+    ``pct_clear``, ``pct_thick_cloud``, ``pct_thin_cloud``, ``pct_cloud_shadow``, ``cloud_cover``,
+    ``pct_overcast_check`` (the cloud the overcast check added, ``pipeline.detect.overcast``) and
     ``provider_cloud_cover`` (float, % of the valid pixels), ``processing_baseline``, ``offset_applied`` (int
     DN), ``radiometry``, ``runtime_s``; a failed scene does not raise (see ``status``). ``attrs["store"]`` names
     the store.

@@ -45,6 +45,12 @@ def test_stats_fractions_and_table(tmp_path):
     assert s.valid_pixels == 290 * 250
     assert s.pct_clear + s.pct_thick_cloud + s.pct_thin_cloud + s.pct_cloud_shadow == pytest.approx(100.0)
     assert s.cloud_cover == pytest.approx(s.pct_thick_cloud + s.pct_thin_cloud)
+    assert np.isnan(s.pct_overcast_check)  # counted by the predictor only: (6,) counts carry it
+    checked = SceneStats("C", status="ok").set_counts(np.append(counts, 290 * 25))
+    assert checked.pct_overcast_check == pytest.approx(10.0) and checked.cloud_cover == s.cloud_cover
+    from flows.run import table_text
+
+    assert "overcast check %" in table_text(to_frame([checked]))
     frame = to_frame([s, SceneStats("B", status="failed", reason="asset B04 missing (HTTP 404)")])
     write_table(frame, tmp_path / "t.csv")
     write_table(frame, tmp_path / "t.parquet")

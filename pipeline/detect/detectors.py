@@ -157,13 +157,14 @@ def get_predictor(
 
 def predictor_stats() -> dict:
     """This process's model counters over its cached predictors: ``tiles`` run, ``filler`` (empty tiles
-    filling short batches), ``forward_s`` and the span
+    filling short batches), ``far_views`` (tiles run again by the overcast check), ``forward_s`` and the span
     ``first_start``..``last_end`` (``time.time()``) of its forward passes."""
     with _CACHE_LOCK:
         stats = [p.stats for p in _CACHE.values()]
     return {
         "tiles": sum(s.tiles for s in stats),
         "filler": sum(s.filler for s in stats),
+        "far_views": sum(s.far_views for s in stats),
         "forward_s": sum(s.forward_s for s in stats),
         "first_start": min((s.first_start for s in stats), default=float("inf")),
         "last_end": max((s.last_end for s in stats), default=0.0),

@@ -6,7 +6,8 @@ each block onto the model's device (its bands upsampled there from their native 
 cuts its tiles and fills every forward pass with the next ``batch_size`` tiles of whichever blocks are queued
 (empty tiles only when nothing else waits). Batches are always full, so a tile's result never depends on its
 neighbours in the batch or on how its scene was cut into blocks. Softmax, blending and argmax stay on the device;
-only uint8 classes (and probabilities when asked) come back.
+only uint8 classes (and probabilities when asked) come back. A bright tile its own view calls partly cloud is looked
+at again from afar (``pipeline.detect.overcast``): those tiles wait for a full batch of far views before they blend.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from pipeline.catalog.sensors import MASK_NODATA, PROBABILITY_SCALE
 from pipeline.config import InferSpec
+from pipeline.detect.overcast import BLUE_BAND, far_view_input, needs_far_view, overcast_merge
 from pipeline.detect.runtime import (
     Prediction,
     PredictorStats,
@@ -87,6 +89,7 @@ class _Job:
     valid: torch.Tensor | None = None
     acc: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    far: torch.Tensor | None = None  # (y, x) blend weight of the tiles' pixels the overcast check made cloud
     queued: int = 0  # tiles put into batches so far
     blended: int = 0
 
@@ -120,6 +123,15 @@ class Predictor:
         self.codes = on_model_thread(lambda: torch.tensor(self.meta.class_codes, dtype=torch.uint8, device=self.device))
         self.stats = PredictorStats()
         self._queue: collections.deque[_Job] = collections.deque()
+        classes = self.meta.classes
+        self._clear = classes.index("clear") if "clear" in classes else None
+        self._cloud = [classes.index(c) for c in ("thick_cloud", "thin_cloud") if c in classes]
+        self._blue = (  # the overcast check's blue band; None: the check is off
+            self.meta.bands.index(BLUE_BAND)
+            if BLUE_BAND in self.meta.bands and self._clear is not None and self._cloud and not spec.no_overcast_check
+            else None
+        )
+        self._far: list[tuple[_Job, tuple[int, int], torch.Tensor, torch.Tensor]] = []  # (job, origin, own, tile)
         self._lock = threading.RLock()
 
     def _autocast(self):
@@ -223,6 +235,9 @@ class Predictor:
                 for j in [j for j in self._queue if not j.origins]:  # nothing to run: an empty window
                     self._queue.remove(j)
                     self._finish(j)
+            if not jobs and self._far:  # nothing left to run: the tiles waiting for their far view
+                self._far_views()
+                continue
             if not jobs:
                 if self.device.type == "cuda":  # idle: hand PyTorch's cached memory back to the driver
                     release_gpu_memory()
@@ -243,14 +258,19 @@ class Predictor:
             if not batch:
                 continue
             try:
-                probs = self._forward(batch)
+                tiles = self._tiles(batch)
+                probs = self._probabilities(tiles, len(batch))
+                again = self._needs_far_view(tiles, probs)
                 for n, (job, origin) in enumerate(batch):
-                    self._blend(job, probs[n], origin)
-                for job in {j for j, _ in batch}:
-                    if job.blended == len(job.origins):
-                        self._finish(job)
+                    if again[n]:  # copies: a waiting tile must not hold its whole batch
+                        self._far.append((job, origin, probs[n].clone(), tiles[n].clone()))
+                    else:
+                        self._blend(job, probs[n], origin)
+                self._finish_blended({j for j, _ in batch})
             except BaseException as exc:  # noqa: BLE001
                 self._fail({j for j, _ in batch}, exc)
+            if len(self._far) >= self.batch_size:
+                self._far_views()
 
     def _open(self, job: _Job) -> None:
         job.image, job.valid = job.prepare()
@@ -265,9 +285,9 @@ class Predictor:
         job.acc = torch.zeros((k, ys.stop - ys.start, xs.stop - xs.start), dtype=torch.float32, device=self.device)
         job.weight = torch.zeros(job.acc.shape[1:], dtype=torch.float32, device=self.device)
 
-    def _forward(self, batch: list) -> torch.Tensor:
-        """Softmax probabilities ``(batch_size, K, T, T)`` float32 of the batch's tiles (empty tiles fill it up)."""
-        start = time.perf_counter()
+    def _tiles(self, batch: list) -> torch.Tensor:
+        """The model's input ``(batch_size, band, T, T)`` float32 (DN / divisor) of the batch's tiles, empty tiles
+        (zeros) filling it up."""
         t = self.grid.tile
         x = torch.zeros((self.batch_size, len(self.meta.bands), t, t), dtype=torch.float32, device=self.device)
         for n, (job, (oy, ox)) in enumerate(batch):
@@ -280,16 +300,47 @@ class Predictor:
                     part = part.to(torch.int32) & 0xFFFF
                 x[n, :, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = part
         x /= self.divisor
+        return x
+
+    def _probabilities(self, x: torch.Tensor, tiles: int, far: bool = False) -> torch.Tensor:
+        """Softmax probabilities ``(batch_size, K, T, T)`` float32 of a full batch ``x`` holding ``tiles`` tiles."""
+        start = time.perf_counter()
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             probs = torch.softmax(self.model(x).float(), dim=1)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so forward_s is the forward's time
-        self.stats.add(len(batch), time.perf_counter() - start, filler=self.batch_size - len(batch))
+        self.stats.add(tiles, time.perf_counter() - start, filler=self.batch_size - tiles, far=far)
         return probs
 
-    def _blend(self, job: _Job, probs: torch.Tensor, origin: tuple[int, int]) -> None:
-        """Add one tile's probabilities ``(K, T, T)`` to its job's canvas with the tile grid's blend window."""
+    # -- the overcast check (pipeline.detect.overcast) ----------------------------------------------------------
+    def _needs_far_view(self, tiles: torch.Tensor, probs: torch.Tensor) -> list[bool]:
+        if self._blue is None:
+            return [False] * len(tiles)
+        with torch.inference_mode():
+            return needs_far_view(tiles, probs, self._blue, self.divisor, self._clear, self._cloud).tolist()
+
+    def _far_views(self) -> None:
+        """Run one full batch of the waiting tiles' far views; blend those tiles with the check's result."""
+        pending, self._far = self._far[: self.batch_size], self._far[self.batch_size :]
+        jobs = {job for job, *_ in pending}
+        try:
+            with torch.inference_mode():
+                canvas, window = far_view_input(torch.stack([tile for *_, tile in pending]))
+                full = torch.zeros((self.batch_size, *canvas.shape[1:]), dtype=canvas.dtype, device=canvas.device)
+                full[: len(pending)] = canvas
+                far = self._probabilities(full, len(pending), far=True)[: len(pending)]
+                own = torch.stack([p for _, _, p, _ in pending])
+                probs, took = overcast_merge(own, far, window, self._clear, self._cloud)
+            for n, (job, origin, _, _) in enumerate(pending):
+                self._blend(job, probs[n], origin, took[n])
+            self._finish_blended(jobs)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(jobs, exc)
+
+    def _blend(self, job: _Job, probs: torch.Tensor, origin: tuple[int, int], took: torch.Tensor | None = None) -> None:
+        """Add one tile's probabilities ``(K, T, T)`` to its job's canvas with the tile grid's blend window;
+        ``took`` ``(T, T)`` bool: the tile's pixels the overcast check made cloud."""
         ys, xs = job.needed
         t = self.grid.tile
         y0, x0 = origin[0] - job.offset[0] - ys.start, origin[1] - job.offset[1] - xs.start
@@ -300,7 +351,16 @@ class Predictor:
             win = self.window[ty, tx]
             job.acc[:, cy0:cy1, cx0:cx1] += probs[:, ty, tx] * win
             job.weight[cy0:cy1, cx0:cx1] += win
+            if took is not None and bool(took.any()):
+                if job.far is None:
+                    job.far = torch.zeros_like(job.weight)
+                job.far[cy0:cy1, cx0:cx1] += took[ty, tx] * win
         job.blended += 1
+
+    def _finish_blended(self, jobs) -> None:
+        for job in jobs:
+            if job.blended == len(job.origins) and not job.future.done():
+                self._finish(job)
 
     def _finish(self, job: _Job) -> None:
         """The job's classes (and probabilities) from its canvas, back on the host; its future resolved."""
@@ -311,8 +371,8 @@ class Predictor:
             h, w = job.shape
             ys, xs = job.needed
             classes = np.full((h, w), MASK_NODATA, np.uint8)
-            counts = np.zeros(len(self.meta.classes) + 1, np.int64)
-            counts[-1] = (ys.stop - ys.start) * (xs.stop - xs.start)
+            counts = np.zeros(len(self.meta.classes) + 2, np.int64)
+            counts[-2] = (ys.stop - ys.start) * (xs.stop - xs.start)
             probs = None
             if job.probabilities:
                 probs = np.full(
@@ -327,7 +387,11 @@ class Predictor:
                 c[~valid] = MASK_NODATA
                 classes[ys, xs] = c.cpu().numpy()
                 counted = torch.bincount(c.flatten().to(torch.int32), minlength=256).cpu().numpy()
-                counts = np.append(counted[: len(self.meta.classes)], counted[MASK_NODATA]).astype(np.int64)
+                checked = 0
+                if job.far is not None:  # cloud that the overcast check gave most of its blend weight
+                    made = valid & (job.far * 2 > job.weight) & torch.isin(c, self.codes[self._cloud])
+                    checked = int(made.sum())
+                counts = np.append(counted[: len(self.meta.classes)], [counted[MASK_NODATA], checked]).astype(np.int64)
                 if job.probabilities == "float":
                     probs[:, ys, xs] = torch.where(valid, p, torch.nan).cpu().numpy()
                 elif job.probabilities == "scaled":
@@ -337,15 +401,16 @@ class Predictor:
         except BaseException as exc:  # noqa: BLE001
             job.future.set_exception(exc)
         finally:
-            job.image = job.valid = job.acc = job.weight = None
+            job.image = job.valid = job.acc = job.weight = job.far = None
 
     def _fail(self, jobs, exc: BaseException) -> None:
         with self._lock:
             for job in jobs:
                 if job in self._queue:
                     self._queue.remove(job)
+        self._far = [p for p in self._far if p[0] not in jobs]
         for job in jobs:
-            job.image = job.valid = job.acc = job.weight = None
+            job.image = job.valid = job.acc = job.weight = job.far = None
             if not job.future.done():
                 job.future.set_exception(exc)
 

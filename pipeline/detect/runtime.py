@@ -14,7 +14,8 @@ import numpy as np
 @dataclass
 class Prediction:
     """``classes (y, x) uint8`` with 255 for nodata; ``probabilities (class, y, x)`` (float32, or uint8 as stored)
-    or None; ``counts``: ``(5,)`` int64 pixels of classes 0..3 and nodata, where the predictor counted them."""
+    or None; ``counts``: ``(6,)`` int64 pixels of classes 0..3, of nodata and of the cloud the overcast check made
+    (``pipeline.detect.overcast``), where the predictor counted them."""
 
     classes: np.ndarray
     probabilities: np.ndarray | None = None
@@ -23,29 +24,32 @@ class Prediction:
 
 @dataclass
 class PredictorStats:
-    """Counters for efficiency figures: tiles run, empty tiles run to fill short batches (``filler``), seconds
-    inside the model's forward pass, and the wall-clock times (``time.time()``) the first forward began and
-    the last one ended."""
+    """Counters for efficiency figures: tiles run, empty tiles run to fill short batches (``filler``), tiles run
+    again as the overcast check's far view (``far_views``, counted in ``tiles`` too), seconds inside the model's
+    forward pass, and the wall-clock times (``time.time()``) the first forward began and the last one ended."""
 
     tiles: int = 0
     filler: int = 0
+    far_views: int = 0
     forward_s: float = 0.0
     first_start: float = float("inf")
     last_end: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, tiles: int, seconds: float, filler: int = 0) -> None:
+    def add(self, tiles: int, seconds: float, filler: int = 0, far: bool = False) -> None:
         end = time.time()
         with self.lock:
             self.tiles += tiles
             self.filler += filler
+            self.far_views += tiles if far else 0
             self.forward_s += seconds
             self.first_start = min(self.first_start, end - seconds)
             self.last_end = max(self.last_end, end)
 
     def reset(self) -> None:
         with self.lock:
-            self.tiles, self.filler, self.forward_s, self.first_start, self.last_end = 0, 0, 0.0, float("inf"), 0.0
+            self.tiles, self.filler, self.far_views, self.forward_s = 0, 0, 0, 0.0
+            self.first_start, self.last_end = float("inf"), 0.0
 
 
 _MODEL_THREAD = ThreadPoolExecutor(1, thread_name_prefix="cloudmask-model")

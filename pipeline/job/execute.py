@@ -64,6 +64,7 @@ def provenance(spec: JobSpec, loaded) -> dict:
         "overlap": spec.infer.overlap_for(tile),
         "precision": spec.infer.precision,
         "probabilities": spec.probabilities,
+        "overcast_check": not spec.infer.no_overcast_check,
     }
 
 

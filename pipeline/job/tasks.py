@@ -158,8 +158,8 @@ _DECISIONS_LOCK = threading.Lock()
 def mask_block(
     scene: SceneRead, block: Block, radiometry_of, model: ModelRef, writer: Writer, t: int, access: Access
 ) -> tuple[np.ndarray, Harmonisation]:
-    """Read, predict and write one block: ``(class counts (5,) int64 (classes 0..3, then nodata), the radiometry
-    applied)``. ``radiometry_of``: the scene's ``Harmonisation``, or ``(properties, B10 href)`` for the Sentinel-2
+    """Read, predict and write one block: ``(counts (6,) int64 (classes 0..3, nodata, the cloud the overcast check
+    made), the radiometry applied)``. ``radiometry_of``: the scene's ``Harmonisation``, or ``(properties, B10 href)`` for the Sentinel-2
     L1C check (``radiometry``)."""
     from pipeline.detect.detectors import get_predictor
 
@@ -171,11 +171,11 @@ def mask_block(
     counts = pred.counts  # counted where the classes were made (on the GPU, nearly free)
     if counts is None:
         counted = np.bincount(pred.classes.ravel(), minlength=256)
-        counts = np.append(counted[: len(CLASS_NAMES)], counted[MASK_NODATA]).astype(np.int64)
+        counts = np.append(counted[: len(CLASS_NAMES)], [counted[MASK_NODATA], 0]).astype(np.int64)
     return counts, harmonisation
 
 
 def scene_counts(*blocks: tuple[np.ndarray, Harmonisation]) -> tuple[np.ndarray, Harmonisation]:
-    """A scene's class counts ``(5,)`` int64, the sum of its blocks', with the radiometry applied (the same in
+    """A scene's counts ``(6,)`` int64 (as ``mask_block``'s), the sum of its blocks', with the radiometry applied (the same in
     every block)."""
     return np.sum([c for c, _ in blocks], axis=0, dtype=np.int64), blocks[0][1]

@@ -51,7 +51,17 @@ def store_path(out: str | Path) -> str:
 
 
 # what makes masks comparable: a store holds the output of one set of these, recorded at its root
-PROVENANCE = ("model", "weights_sha256", "bands", "classes", "tile", "overlap", "precision", "probabilities")
+PROVENANCE = (
+    "model",
+    "weights_sha256",
+    "bands",
+    "classes",
+    "tile",
+    "overlap",
+    "precision",
+    "probabilities",
+    "overcast_check",
+)
 
 
 class MaskStore:

@@ -34,6 +34,7 @@ class SceneStats:
     pct_thin_cloud: float = float("nan")
     pct_cloud_shadow: float = float("nan")
     cloud_cover: float = float("nan")  # % of valid pixels that are thick or thin cloud
+    pct_overcast_check: float = float("nan")  # % of valid pixels the overcast check made cloud (in cloud_cover)
     provider_cloud_cover: float = float("nan")  # the provider's eo:cloud_cover (%), for comparison
     processing_baseline: str = ""
     offset_applied: int = 0
@@ -42,12 +43,16 @@ class SceneStats:
     extra: dict = field(default_factory=dict, repr=False)
 
     def set_counts(self, counts: np.ndarray) -> SceneStats:
+        """The shares of ``counts``: ``(5,)`` classes 0..3 and nodata (``class_counts``), or ``(6,)`` with the cloud
+        pixels the overcast check made (``pipeline.detect.overcast``) last."""
         valid = int(counts[: len(CLASS_NAMES)].sum())
         self.valid_pixels = valid
         if valid:
             p = 100 * counts[: len(CLASS_NAMES)] / valid
             self.pct_clear, self.pct_thick_cloud, self.pct_thin_cloud, self.pct_cloud_shadow = map(float, p)
             self.cloud_cover = float(p[1] + p[2])
+            if len(counts) > len(CLASS_NAMES) + 1:
+                self.pct_overcast_check = float(100 * counts[len(CLASS_NAMES) + 1] / valid)
         return self
 
     @classmethod

@@ -181,3 +181,20 @@ def test_read_benchmark_prints_the_read_path_next_to_the_decode_floor(tmp_path):
     assert "the job's read path" in out and "cores reading" in out
     bad = run("benchmark", "read", "--formats", "png", check=False)
     assert bad.returncode == 2 and "expected some of cog, jp2" in bad.stderr
+
+
+def test_overcast_benchmark_shows_what_the_check_adds_and_what_it_costs(tmp_path):
+    """The shipped L1C starter on eo-learn's haze (scene 1) as it lies (a patch with an edge: not looked at again)
+    and mirrored to fill a tile (looked at again, called cloud); an unknown scene is refused before any work."""
+    out = run(
+        "benchmark", "overcast", "--scenes", "eolearn-1", "--levels", "L1C", "--json", str(tmp_path / "o.json")
+    ).stdout
+    figures = json.loads((tmp_path / "o.json").read_text())
+    lies, mirrored = figures["rows"]
+    assert lies["scene"] == "eolearn-1" and lies["far_views"] == 0 and lies["cloud_with"] == lies["cloud_without"]
+    assert mirrored["scene"] == "eolearn-1 mirrored to 256 px" and mirrored["far_views"] >= 1
+    assert mirrored["cloud_without"] < 90 <= mirrored["cloud_with"]
+    assert 0 < mirrored["made_cloud"] <= mirrored["cloud_with"] - mirrored["cloud_without"] + 0.5
+    assert figures["far_views"] == mirrored["far_views"] and "tiles looked at again" in out
+    bad = run("benchmark", "overcast", "--scenes", "eolearn-9", check=False)
+    assert bad.returncode == 2 and "unknown ['eolearn-9']" in bad.stderr

