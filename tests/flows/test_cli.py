@@ -364,6 +364,7 @@ def test_the_command_line_and_the_job_file_come_from_the_specs_fields(tmp_path):
         "device": "cpu",
         "precision": "fp32",
         "threads": 2,
+        "no_overcast_check": True,
         "profile": "s2-l1c-demo",
         "model": "mscloudcam",
         "weights": "w.safetensors",

@@ -122,3 +122,38 @@ def test_only_an_overcast_far_view_fills_only_the_own_views_clear_pixels(far_clo
         assert (after[~took] == own_classes[~took]).all()
     else:
         assert not took.any() and (after == own_classes).all()
+
+
+@pytest.mark.slow
+def test_the_job_reports_per_scene_the_cloud_the_check_added(tmp_path):
+    """A job (local STAC API of COGs, Dask's local threads, the shipped L1C starter, the job's tiles) over eo-learn's
+    haze and its clear month mirrored to 512 px: the statistics table says how much cloud the check made in each
+    scene; without the check the haze scene is under 90 % cloud and the column is 0."""
+    import pipeline
+    from flows.archive import collection, write_item
+    from flows.stacserver import local_stac_api
+
+    names = {"S2A_MSIL1C_20150805_HAZE": "eolearn-1", "S2A_MSIL1C_20150904_CLEAR": "eolearn-3"}
+    items = [
+        write_item(
+            mirrored(scene, 512).astype(np.uint16),
+            tmp_path / "archive",
+            item_id,
+            epsg=32633,
+            origin=(500000.0, 5100000.0),
+            datetime=f"2015-0{8 + n}-05T10:00:00Z",
+            mgrs_tile="33TVM",
+        )
+        for n, (item_id, scene) in enumerate(names.items())
+    ]
+    with local_stac_api([collection()], items) as url:
+        run = dict(stac_url=url, collection="sentinel-2-l1c", bbox=(-180, -90, 180, 90), precision="fp32")
+        checked = pipeline.run(out=str(tmp_path / "checked.zarr"), **run)
+        plain = pipeline.run(out=str(tmp_path / "plain.zarr"), no_overcast_check=True, **run)
+    haze, clear = "S2A_MSIL1C_20150805_HAZE", "S2A_MSIL1C_20150904_CLEAR"
+    assert (checked.status == "ok").all() and (plain.status == "ok").all()
+    assert plain.loc[haze, "cloud_cover"] < 90 <= checked.loc[haze, "cloud_cover"]
+    added = checked.loc[haze, "cloud_cover"] - plain.loc[haze, "cloud_cover"]
+    assert 0 < checked.loc[haze, "pct_overcast_check"] <= added + 0.5
+    assert checked.loc[clear, "pct_overcast_check"] == 0 and (plain.pct_overcast_check == 0).all()
+    assert checked.loc[clear, "cloud_cover"] == plain.loc[clear, "cloud_cover"]
