@@ -6,7 +6,7 @@ partly cloud and adds the cloud of an overcast far view. For every real Sentinel
 job gives it L1C items), and for eo-learn's fully cloudy scenes 0 and 1 also mirrored to fill a 256 px tile (the
 case the check is for), it prints: tiles run, tiles looked at again (each costs one more tile's forward pass), the
 % cloud (thick + thin) of the valid pixels without and with the check, and the % of the valid pixels the check
-made cloud. fp32 on this machine's device, the job's tiles (256 px, 32 px overlap).
+made cloud. fp32 on the CPU, the job's tiles (256 px, 32 px overlap).
 """
 
 from __future__ import annotations
