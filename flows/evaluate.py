@@ -72,6 +72,12 @@ def add_parser(sub) -> None:
         "the model cards' figures are measured with fp32, so that they do not depend on the CPU's "
         "bf16 support",
     )
+    p.add_argument(
+        "--no-overcast-check",
+        action="store_true",
+        help="score the model alone, without the job's second, far view of bright tiles called partly cloud "
+        "(pipeline/detect/overcast.py)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
     p.set_defaults(func=run)
 
@@ -202,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{missing}; use weights for their level (the L2A starter takes no B10)"
             )
         take = [bands.index(b) for b in weights.meta.bands]  # e.g. L2A weights on L1C scenes: B10 left out
-    predictor = Predictor(weights, InferSpec(overlap=0, device=args.device, precision=args.precision))
+    infer = InferSpec(overlap=0, device=args.device, precision=args.precision, no_overcast_check=args.no_overcast_check)
+    predictor = Predictor(weights, infer)
     cm = np.zeros((4, 4), np.int64)
     predictions = []
     for i, (dn, labels) in enumerate(items):

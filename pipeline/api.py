@@ -397,7 +397,8 @@ def run(
     scenes already done. Returns the statistics of this job's scenes: a ``pandas.DataFrame`` indexed by STAC item
     id, one row per scene: ``status`` (``ok``/``failed``) and ``reason`` (str), ``valid_pixels`` (int),
     ``pct_clear``, ``pct_thick_cloud``, ``pct_thin_cloud``, ``pct_cloud_shadow``, ``cloud_cover``,
-    ``pct_overcast_check`` (the cloud the overcast check added, ``pipeline.detect.overcast``) and
+    ``pct_overcast_check`` (the cloud the overcast check added, ``pipeline.detect.overcast``; NaN where it did not
+    run) and
     ``provider_cloud_cover`` (float, % of the valid pixels), ``processing_baseline``, ``offset_applied`` (int
     DN), ``radiometry``, ``runtime_s``; a failed scene does not raise (see ``status``). ``attrs["store"]`` names
     the store.

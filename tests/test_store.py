@@ -237,6 +237,10 @@ def test_one_store_holds_one_models_masks(tmp_path):
         other = MaskStore(tmp_path / "q.zarr")
         other.write_provenance(dict(first, probabilities=True))
         other.check_provenance(first)
+    # a store recorded before the overcast check existed holds masks made without it
+    store.check_provenance(dict(first, overcast_check=False))
+    with pytest.raises(ConfigError, match="overcast_check: the store has False, this run True"):
+        store.check_provenance(dict(first, overcast_check=True))
 
 
 def test_a_layout_cut_short_is_written_again(tmp_path):

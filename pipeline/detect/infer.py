@@ -7,7 +7,8 @@ cuts its tiles and fills every forward pass with the next ``batch_size`` tiles o
 (empty tiles only when nothing else waits). Batches are always full, so a tile's result never depends on its
 neighbours in the batch or on how its scene was cut into blocks. Softmax, blending and argmax stay on the device;
 only uint8 classes (and probabilities when asked) come back. A bright tile its own view calls partly cloud is looked
-at again from afar (``pipeline.detect.overcast``): those tiles wait for a full batch of far views before they blend.
+at again from afar (``pipeline.detect.overcast``): those tiles wait for a full batch of far views (or for nothing
+else to be queued, when the last far batch runs padded) before they blend.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch
 
 from pipeline.catalog.sensors import MASK_NODATA, PROBABILITY_SCALE
 from pipeline.config import InferSpec
-from pipeline.detect.overcast import BLUE_BAND, far_view_input, needs_far_view, overcast_merge
+from pipeline.detect.overcast import BANDS as OVERCAST_BANDS
+from pipeline.detect.overcast import far_view_input, needs_far_view, overcast_check_runs, overcast_merge
 from pipeline.detect.runtime import (
     Prediction,
     PredictorStats,
@@ -126,9 +128,9 @@ class Predictor:
         classes = self.meta.classes
         self._clear = classes.index("clear") if "clear" in classes else None
         self._cloud = [classes.index(c) for c in ("thick_cloud", "thin_cloud") if c in classes]
-        self._blue = (  # the overcast check's blue band; None: the check is off
-            self.meta.bands.index(BLUE_BAND)
-            if BLUE_BAND in self.meta.bands and self._clear is not None and self._cloud and not spec.no_overcast_check
+        self._checked = (  # the overcast check's bands (B02, B03, B11); None: the check is off
+            tuple(self.meta.bands.index(b) for b in OVERCAST_BANDS)
+            if overcast_check_runs(self.meta, spec.no_overcast_check)
             else None
         )
         self._far: list[tuple[_Job, tuple[int, int], torch.Tensor, torch.Tensor]] = []  # (job, origin, own, tile)
@@ -315,13 +317,14 @@ class Predictor:
 
     # -- the overcast check (pipeline.detect.overcast) ----------------------------------------------------------
     def _needs_far_view(self, tiles: torch.Tensor, probs: torch.Tensor) -> list[bool]:
-        if self._blue is None:
+        if self._checked is None:
             return [False] * len(tiles)
         with torch.inference_mode():
-            return needs_far_view(tiles, probs, self._blue, self.divisor, self._clear, self._cloud).tolist()
+            return needs_far_view(tiles, probs, self._checked, self.divisor, self._cloud).tolist()
 
     def _far_views(self) -> None:
-        """Run one full batch of the waiting tiles' far views; blend those tiles with the check's result."""
+        """Run one batch of the waiting tiles' far views (padded with empty tiles when fewer wait); blend those
+        tiles with the check's result."""
         pending, self._far = self._far[: self.batch_size], self._far[self.batch_size :]
         jobs = {job for job, *_ in pending}
         try:
@@ -371,8 +374,9 @@ class Predictor:
             h, w = job.shape
             ys, xs = job.needed
             classes = np.full((h, w), MASK_NODATA, np.uint8)
-            counts = np.zeros(len(self.meta.classes) + 2, np.int64)
-            counts[-2] = (ys.stop - ys.start) * (xs.stop - xs.start)
+            checking = self._checked is not None  # then counts carry the cloud the check made, last
+            counts = np.zeros(len(self.meta.classes) + 1 + checking, np.int64)
+            counts[len(self.meta.classes)] = (ys.stop - ys.start) * (xs.stop - xs.start)
             probs = None
             if job.probabilities:
                 probs = np.full(
@@ -391,7 +395,8 @@ class Predictor:
                 if job.far is not None:  # cloud that the overcast check gave most of its blend weight
                     made = valid & (job.far * 2 > job.weight) & torch.isin(c, self.codes[self._cloud])
                     checked = int(made.sum())
-                counts = np.append(counted[: len(self.meta.classes)], [counted[MASK_NODATA], checked]).astype(np.int64)
+                counts = np.append(counted[: len(self.meta.classes)], [counted[MASK_NODATA], checked][: 1 + checking])
+                counts = counts.astype(np.int64)
                 if job.probabilities == "float":
                     probs[:, ys, xs] = torch.where(valid, p, torch.nan).cpu().numpy()
                 elif job.probabilities == "scaled":

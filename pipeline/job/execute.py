@@ -53,6 +53,8 @@ class JobResult:
 
 def provenance(spec: JobSpec, loaded) -> dict:
     """What the masks of this run depend on (``store.PROVENANCE``), for the store's one-model check."""
+    from pipeline.detect.overcast import overcast_check_runs
+
     meta = loaded.meta
     tile = spec.infer.tile or meta.tile_size
     return {
@@ -64,7 +66,7 @@ def provenance(spec: JobSpec, loaded) -> dict:
         "overlap": spec.infer.overlap_for(tile),
         "precision": spec.infer.precision,
         "probabilities": spec.probabilities,
-        "overcast_check": not spec.infer.no_overcast_check,
+        "overcast_check": spec.model == "mscloudcam" and overcast_check_runs(meta, spec.infer.no_overcast_check),
     }
 
 

@@ -62,6 +62,7 @@ PROVENANCE = (
     "probabilities",
     "overcast_check",
 )
+ADDED_LATER = {"overcast_check": False}  # what a store recorded before the setting existed was made with
 
 
 class MaskStore:
@@ -140,6 +141,7 @@ class MaskStore:
         have = self.provenance()
         if not have:
             return
+        have = {**ADDED_LATER, **have}
         diffs = [
             f"{k}: the store has {have[k]!r}, this run {wanted[k]!r}"
             for k in PROVENANCE

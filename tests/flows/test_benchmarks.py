@@ -196,5 +196,6 @@ def test_overcast_benchmark_shows_what_the_check_adds_and_what_it_costs(tmp_path
     assert mirrored["cloud_without"] < 90 <= mirrored["cloud_with"]
     assert 0 < mirrored["made_cloud"] <= mirrored["cloud_with"] - mirrored["cloud_without"] + 0.5
     assert figures["far_views"] == mirrored["far_views"] and "tiles looked at again" in out
+    assert lies["slots_with"] == lies["slots_without"] and mirrored["slots_with"] > mirrored["slots_without"]
     bad = run("benchmark", "overcast", "--scenes", "eolearn-9", check=False)
     assert bad.returncode == 2 and "unknown ['eolearn-9']" in bad.stderr
