@@ -94,7 +94,10 @@ def _job_value(path: str, name: str, value, how: Setting):
         return value
     if isinstance(value, dt.date) and how.kind == "text":  # datetime: 2024-06-01, unquoted
         return value.isoformat()
-    example = f"{name}: {how.example!r}" if how.kind != "text" else f'{name}: "{how.example}"'
+    if how.kind == "switch":  # YAML's spelling, whatever the field's example
+        example = f"{name}: true"
+    else:
+        example = f"{name}: {how.example!r}" if how.kind != "text" else f'{name}: "{how.example}"'
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     expected = {
         "text": ("text (quoted)", isinstance(value, str)),

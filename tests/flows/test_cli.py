@@ -320,7 +320,11 @@ def test_a_settings_file_that_is_not_a_yaml_mapping_is_named_with_what_is_wrong(
         ("max_cloud: lots", "max_cloud: 'lots'; expected a number, e.g. max_cloud: 30"),
         ("model: unet", "model: 'unet'; expected one of mscloudcam, s2cloudless, ukis-csmask"),
         ("intersects: [1, 2]", "intersects: [1, 2]; expected a mapping"),
-        ("strict: maybe", "strict: 'maybe'; expected true or false"),
+        ("strict: maybe", "strict: 'maybe'; expected true or false, e.g. strict: true"),
+        (
+            "no_overcast_check: maybe",
+            "no_overcast_check: 'maybe'; expected true or false, e.g. no_overcast_check: true",
+        ),
         ("bbox: [a, 1, 2, 3]", "bbox: ['a', 1, 2, 3]; expected four numbers"),
         ("collection: [a, b]", "collection: ['a', 'b']; expected text"),
     ],
