@@ -74,6 +74,12 @@ def test_eolearn_scenes_never_give_spectra(clouds):
 
 
 def test_a_layer_fills_the_chip_keeps_nodata_and_is_labelled_by_its_blue_over_dark_ground(clouds, land):
+    # the ground's weight: all of it under no layer, none under an opaque one, 1 - s a under a faint one, a plain
+    # mix (1 - a) where the layer takes all its opacity from the ground (s = 1)
+    for s in (0.3, 0.6, 1.0):
+        assert overcast.transmittance(0.0, s) == 1 and overcast.transmittance(1.0, s) == 0
+        assert overcast.transmittance(1e-4, s) == pytest.approx(1 - s * 1e-4, abs=1e-7)
+    assert overcast.transmittance(0.4, 1.0) == pytest.approx(0.6)
     lib = clouds[2]
     dn, labels = land
     valid = dn.any(axis=0)
