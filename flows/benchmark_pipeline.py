@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline.config import BLOCK
 from pipeline.detect.detectors import DETECTORS
 
-from .parsers import subcommand
+from .parsers import output_file, subcommand
 
 MODELS = tuple(DETECTORS)
 GOALS = {"ukis-csmask": 1.5, "s2cloudless": 5.0}  # issue 6: MSCloudCAM end to end vs each peer, CPU
@@ -57,7 +57,7 @@ def add_parser(bsub) -> None:
         default=1,
         help="times each model masks the archive; the best counts (default: %(default)s)",
     )
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--verbose", action="store_true", help="print the job's own progress lines, timed")
     p.set_defaults(func=run)
 

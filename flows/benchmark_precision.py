@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .parsers import subcommand
+from .parsers import output_file, subcommand
 
 AGREEMENT_GOAL = 99.5  # issue 6: % of pixels in the same class as fp32
 
@@ -36,7 +36,7 @@ def add_parser(bsub) -> None:
         "--scenes", help="comma-separated scene names (default: all; the names are printed per scene with --per-scene)"
     )
     p.add_argument("--per-scene", action="store_true", help="also print each scene's agreement")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=run)
 
 

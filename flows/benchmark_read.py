@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipeline.config import BLOCK
 
-from .parsers import csv_list, subcommand
+from .parsers import csv_list, output_file, subcommand
 
 FORMATS = ("cog", "jp2")
 
@@ -54,7 +54,7 @@ def add_parser(bsub) -> None:
         help="GPU seconds per full scene, for the cores a GPU needs (default: %(default)s)",
     )
     p.add_argument("--warp", action="store_true", help="also time the previous read path (odc-stac's GDAL warp)")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=run)
 
 

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from .parsers import csv_list, subcommand
+from .parsers import csv_list, output_file, subcommand
 
 SCENE = (slice(0, 100), slice(0, 101))  # the real crop, 10 m pixels
 
@@ -81,7 +81,7 @@ def add_parser(bsub) -> None:
     )
     p.add_argument("--weights", help="MSCloudCAM weights of the real runs (default: the shipped starter weights)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the client during the largest real run into FILE")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=run)
 
 

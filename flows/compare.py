@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .parsers import output_file
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -23,7 +25,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("store_a")
     p.add_argument("store_b")
-    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p.add_argument("--json", type=output_file, help="also write the figures as JSON to this file")
     p.set_defaults(func=run)
 
 

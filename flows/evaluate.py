@@ -10,6 +10,8 @@ import numpy as np
 from pipeline.errors import ConfigError
 from pipeline.training.metrics import confusion, scores
 
+from .parsers import output_file
+
 # The MSCloudCAM rows of docs/mscloudcam.md ("The authors' reported results") (IoU % clear, thick, thin, shadow; mIoU; mF1; aAcc).
 PAPER = {
     "cloudsen12-l1c": (91.64, 87.24, 52.58, 70.63, 75.52, 85.13, 91.99),
@@ -78,7 +80,7 @@ def add_parser(sub) -> None:
         help="score the model alone, without the job's second, far view of bright tiles called partly cloud "
         "(pipeline/detect/overcast.py)",
     )
-    p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    p.add_argument("--json", type=output_file, metavar="FILE", help="also write the scores as JSON")
     p.set_defaults(func=run)
 
 

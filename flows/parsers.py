@@ -1,5 +1,6 @@
 """Helpers the subcommands share: a documented subcommand (help line, the module docstring's body as description,
-examples), comma-separated option values, YAML files of settings, the machine's name for benchmark reports."""
+examples), comma-separated option values, YAML files of settings, the machine's name for benchmark reports, the
+real-scene benchmarks' options, and output files checked before any work."""
 
 from __future__ import annotations
 
@@ -78,3 +79,23 @@ def level_list(text: str) -> list[str]:
     if set(levels) - {"L1C", "L2A"}:
         raise ConfigError(f"--levels {text}: expected L1C and/or L2A")
     return levels
+
+
+def output_file(text: str) -> str:
+    """An argparse ``type`` for a file an option writes at the end (``--json FILE``): refused at once, before any
+    work, when its folder does not exist."""
+    folder = Path(text).expanduser().parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {str(folder)!r} does not exist; create it first")
+    return text
+
+
+def add_scene_options(p) -> None:
+    """``--scenes``, ``--levels`` and ``--json`` of the benchmarks that run the shipped starters on the real scenes
+    (read back with :func:`scene_list` and :func:`level_list`)."""
+    p.add_argument(
+        "--scenes",
+        help="comma-separated scene names (default: every real scene; pipeline.training.datasets.scenes.SCENES)",
+    )
+    p.add_argument("--levels", default="L1C,L2A", help="the starters to run, by level (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", type=output_file, help="also write the figures as JSON")

@@ -199,3 +199,5 @@ def test_overcast_benchmark_shows_what_the_check_adds_and_what_it_costs(tmp_path
     assert lies["slots_with"] == lies["slots_without"] and mirrored["slots_with"] > mirrored["slots_without"]
     bad = run("benchmark", "overcast", "--scenes", "eolearn-9", check=False)
     assert bad.returncode == 2 and "unknown ['eolearn-9']" in bad.stderr
+    nowhere = run("benchmark", "overcast", "--json", str(tmp_path / "no" / "o.json"), check=False)
+    assert nowhere.returncode == 2 and "does not exist; create it first" in nowhere.stderr  # before any work
