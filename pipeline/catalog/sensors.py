@@ -90,6 +90,7 @@ def get_sensor(key: str) -> Sensor:
 CLASS_NAMES: tuple[str, ...] = ("clear", "thick_cloud", "thin_cloud", "cloud_shadow")
 CLASS_CODES: tuple[int, ...] = (0, 1, 2, 3)
 MASK_NODATA = 255
+REFLECTANCE_DN = 10000.0  # Sentinel-2 DN of reflectance 1, both levels (once the baseline-04.00 offset is removed)
 PROBABILITY_SCALE = 250  # stored class probabilities: round(p * 250) as uint8, 255 = nodata
 
 

@@ -25,8 +25,7 @@ import torch
 
 from pipeline.catalog.sensors import MASK_NODATA, PROBABILITY_SCALE
 from pipeline.config import InferSpec
-from pipeline.detect.overcast import BANDS as OVERCAST_BANDS
-from pipeline.detect.overcast import far_view_input, needs_far_view, overcast_check_runs, overcast_merge
+from pipeline.detect import overcast
 from pipeline.detect.runtime import (
     Prediction,
     PredictorStats,
@@ -129,8 +128,8 @@ class Predictor:
         self._clear = classes.index("clear") if "clear" in classes else None
         self._cloud = [classes.index(c) for c in ("thick_cloud", "thin_cloud") if c in classes]
         self._checked = (  # the overcast check's bands (B02, B03, B11); None: the check is off
-            tuple(self.meta.bands.index(b) for b in OVERCAST_BANDS)
-            if overcast_check_runs(self.meta, spec.no_overcast_check)
+            tuple(self.meta.bands.index(b) for b in overcast.BANDS)
+            if overcast.overcast_check_runs(self.meta, spec.no_overcast_check)
             else None
         )
         self._far: list[tuple[_Job, tuple[int, int], torch.Tensor, torch.Tensor]] = []  # (job, origin, own, tile)
@@ -320,7 +319,7 @@ class Predictor:
         if self._checked is None:
             return [False] * len(tiles)
         with torch.inference_mode():
-            return needs_far_view(tiles, probs, self._checked, self.divisor, self._cloud).tolist()
+            return overcast.needs_far_view(tiles, probs, self._checked, self.divisor, self._cloud).tolist()
 
     def _far_views(self) -> None:
         """Run one batch of the waiting tiles' far views (padded with empty tiles when fewer wait); blend those
@@ -329,12 +328,12 @@ class Predictor:
         jobs = {job for job, *_ in pending}
         try:
             with torch.inference_mode():
-                canvas, window = far_view_input(torch.stack([tile for *_, tile in pending]))
+                canvas, window = overcast.far_view_input(torch.stack([tile for *_, tile in pending]))
                 full = torch.zeros((self.batch_size, *canvas.shape[1:]), dtype=canvas.dtype, device=canvas.device)
                 full[: len(pending)] = canvas
                 far = self._probabilities(full, len(pending), far=True)[: len(pending)]
                 own = torch.stack([p for _, _, p, _ in pending])
-                probs, took = overcast_merge(own, far, window, self._clear, self._cloud)
+                probs, took = overcast.overcast_merge(own, far, window, self._clear, self._cloud)
             for n, (job, origin, _, _) in enumerate(pending):
                 self._blend(job, probs[n], origin, took[n])
             self._finish_blended(jobs)

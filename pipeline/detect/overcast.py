@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipeline.catalog.sensors import REFLECTANCE_DN
+
 if TYPE_CHECKING:  # imported where used: the job's client asks overcast_check_runs without loading torch
     import torch
 
@@ -42,7 +44,6 @@ SNOW_NDSI = 0.4  # a tile whose median NDSI reaches this is snow or ice, not loo
 SEEN_CLOUD = 0.25  # share of the tile its own view must already call cloud
 OVERCAST = 0.90  # share of the tile the far view must call cloud for its cloud to be taken
 FAR = 2  # the far view averages FAR × FAR pixels
-REFLECTANCE_DN = 10000.0  # DN of reflectance 1 (both Sentinel-2 levels, the baseline-04.00 offset removed)
 BANDS = ("B02", "B03", "B11")  # what the check reads (Sentinel-2 weights only: other sensors' DN differ in scale)
 
 
@@ -61,12 +62,14 @@ def needs_far_view(
 ) -> torch.Tensor:
     """``(N,)`` bool: which of ``tiles`` (model input, DN = input × ``divisor``; ``bands`` the indices of B02, B03
     and B11) with their own view's probabilities ``own`` get a far view (the module's four conditions)."""
-    blue, green, swir = (tiles[:, b].flatten(1) for b in bands)
     full = (tiles != 0).any(dim=1).flatten(1).all(dim=1)
+    candidates = full & (_cloud(own, cloud).flatten(1).float().mean(dim=1) >= SEEN_CLOUD)
+    if not bool(candidates.any()):  # most tiles: no medians to take
+        return candidates
+    blue, green, swir = (tiles[:, b].flatten(1) for b in bands)
     bright = blue.median(dim=1).values * divisor / REFLECTANCE_DN >= BRIGHT_BLUE
     snow = ((green - swir) / (green + swir).clamp_min(1e-6)).median(dim=1).values >= SNOW_NDSI
-    seen = _cloud(own, cloud).flatten(1).float().mean(dim=1) >= SEEN_CLOUD
-    return full & bright & ~snow & seen
+    return candidates & bright & ~snow
 
 
 def far_view_input(tiles: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, slice]]:

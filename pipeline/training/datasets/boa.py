@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.catalog.sensors import REFLECTANCE_DN
 from pipeline.training.datasets.chips import TransformedChips
 
 # gain, offset (reflectance) of BOA against TOA per band, from ukis-csmask 1.0.0's statistics (module docstring)
@@ -68,7 +69,6 @@ _INDEX = {b: i for i, b in enumerate(BOA_MAP)}  # band name -> row of a (12, y, 
 # the lines in docs/training-log.md (the L2A starter's former card, "Data").
 L2A_B09_RATIO = 1.0
 TOA_B09_RATIO = 0.275  # the fallback where a chip has too little dark land to measure its own
-REFLECTANCE_DN = 10000.0  # DN of reflectance 1 in both levels (the baseline-04.00 offset is removed before)
 # B01-B04 (map v3, 2026-12-01): one global offset per band cannot serve both clouds and dark ground. Matching the
 # moments gives B02 an offset of -0.11, which sets the blue of TOA vegetation darker than 0.081 to nothing (1 DN:
 # 63-85 % of the clear pixels of four starter scenes, 19 % of a fifth) and leaves B01 0.03-0.05 above B02, where

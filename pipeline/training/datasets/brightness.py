@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.catalog.sensors import REFLECTANCE_DN
 from pipeline.training.datasets.chips import TransformedChips
 from pipeline.training.pseudolabels import THICK, THICK_BLUE, THIN
-
-REFLECTANCE_DN = 10000.0  # DN per unit reflectance of the starter scenes (all before baseline 04.00)
 
 
 def brighten(dn: np.ndarray, labels: np.ndarray, gain: float, blue: int) -> tuple[np.ndarray, np.ndarray]:

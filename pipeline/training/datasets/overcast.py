@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipeline.training.datasets.brightness import REFLECTANCE_DN
+from pipeline.catalog.sensors import REFLECTANCE_DN
 from pipeline.training.datasets.chips import TransformedChips
 from pipeline.training.datasets.translucent import DARK_BLUE, FAINT_BLUE, IGNORE
 from pipeline.training.pseudolabels import THICK, THICK_BLUE, THIN

@@ -33,8 +33,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipeline.catalog.sensors import MASK_NODATA
-from pipeline.training.datasets.brightness import REFLECTANCE_DN
+from pipeline.catalog.sensors import MASK_NODATA, REFLECTANCE_DN
 from pipeline.training.datasets.chips import TransformedChips
 from pipeline.training.pseudolabels import CLEAR, SHADOW, SHADOW_NIR, THICK, THIN
 

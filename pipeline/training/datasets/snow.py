@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipeline.training.datasets.brightness import REFLECTANCE_DN
+from pipeline.catalog.sensors import REFLECTANCE_DN
 from pipeline.training.datasets.chips import TransformedChips
 
 BLUE = (0.25, 0.9)  # B02 reflectance of a chip's snow

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipeline.training.datasets.brightness import REFLECTANCE_DN
+from pipeline.catalog.sensors import REFLECTANCE_DN
 from pipeline.training.pseudolabels import SHADOW, THICK, THICK_BLUE, THIN
 
 IGNORE = 255
