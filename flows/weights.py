@@ -91,14 +91,18 @@ def add_parser(sub) -> None:
 def recipe_line(provenance: dict) -> str | None:
     """How the file was made, from its provenance, without the machine's paths: the training command with
     ``--out`` and ``--label-cache`` left out and ``--init PATH`` given as the sha256 of the file it started from; for a
-    blend, the two files' sha256 and alpha before it. None when the provenance records neither."""
+    blend, the two files' sha256 and alpha before it (for a blend of blends, each level's). None when the provenance
+    records neither."""
     import shlex
 
     parts = []
     blend = provenance.get("blend")
-    if blend:
-        a, b, alpha = blend["a_sha256"][:8], blend["b_sha256"][:8], blend["alpha"]
+    inner = blend
+    while inner:  # a blend of blends: each level, outermost first
+        a, b, alpha = inner["a_sha256"][:8], inner["b_sha256"][:8], inner["alpha"]
         parts.append(f"blend {1 - alpha:g} × {a}… + {alpha:g} × {b}… (cloudmask weights blend --alpha {alpha:g})")
+        inner = inner.get("b_blend")
+        blend = inner or blend  # the training command below made the innermost b
     command = provenance.get("command")
     if command:
         words, out, i = shlex.split(command), [], 0

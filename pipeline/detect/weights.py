@@ -182,7 +182,8 @@ def blend_weights(a: Weights, b: Weights, alpha: float) -> tuple[dict[str, torch
     from it, so ``alpha`` trades what ``b`` learnt against what ``a`` kept; ``alpha`` 0 gives ``a``'s values
     exactly, 1 ``b``'s. Integer tensors (counters such as BatchNorm's ``num_batches_tracked``) are ``b``'s.
 
-    Returns the state and ``b``'s contract, its provenance recording both files' sha256 and ``alpha``.
+    Returns the state and ``b``'s contract, its provenance recording both files' sha256 and ``alpha``; where ``b``
+    is itself a blend, its record is kept inside (``b_blend``), so a blend of blends says how it was made.
     """
     import torch
 
@@ -222,6 +223,8 @@ def blend_weights(a: Weights, b: Weights, alpha: float) -> tuple[dict[str, torch
             )
         state[key] = torch.lerp(x.float(), y.float(), alpha) if x.is_floating_point() else y
     blend = {"alpha": alpha, "a_sha256": a.sha256, "b_sha256": b.sha256}
+    if "blend" in b.meta.provenance:
+        blend["b_blend"] = b.meta.provenance["blend"]
     return state, replace(b.meta, provenance=dict(b.meta.provenance, blend=blend))
 
 

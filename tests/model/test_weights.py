@@ -206,6 +206,32 @@ def test_blend_mixes_each_tensor_and_records_both_files(tmp_path, test_weights_f
         assert all(torch.equal(state[k], ends.state[k].float()) for k in floating), alpha
 
 
+def test_a_blend_of_blends_records_and_shows_each_level(tmp_path, test_weights_file):
+    """The outer blend keeps the inner one's record, and ``weights info``'s recipe line names both levels, then the
+    training command that made the innermost second file (not as if the inner blend were that command's output)."""
+    from flows.weights import recipe_line
+
+    a = load_weights(test_weights_file)
+    trained = dict(a.meta.provenance, command="cloudmask train --recipe starter-l2a --epochs 3")
+    save_weights(tmp_path / "b.safetensors", a.state, replace(a.meta, provenance=trained))
+    b = load_weights(tmp_path / "b.safetensors")
+    save_weights(tmp_path / "inner.safetensors", *blend_weights(a, b, 0.8))
+    inner = load_weights(tmp_path / "inner.safetensors")
+    _, meta = blend_weights(a, inner, 0.84)
+    assert meta.provenance["blend"] == {
+        "alpha": 0.84,
+        "a_sha256": a.sha256,
+        "b_sha256": inner.sha256,
+        "b_blend": {"alpha": 0.8, "a_sha256": a.sha256, "b_sha256": b.sha256},
+    }
+    line = recipe_line(meta.provenance)
+    assert line.startswith(
+        f"blend 0.16 × {a.sha256[:8]}… + 0.84 × {inner.sha256[:8]}… (cloudmask weights blend --alpha 0.84); "
+        f"blend 0.2 × {a.sha256[:8]}… + 0.8 × {b.sha256[:8]}… (cloudmask weights blend --alpha 0.8); "
+        f"{b.sha256[:8]}… made by cloudmask train --recipe starter-l2a --epochs 3"
+    ), line
+
+
 def test_blend_refuses_other_contracts_and_alphas_outside_0_1(tmp_path, test_weights_file):
     a = load_weights(test_weights_file)
     with pytest.raises(WeightsError, match=r"alpha=1.5; expected the share of the second file, 0 to 1"):
