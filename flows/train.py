@@ -235,7 +235,7 @@ def load_data(args, recipe: Recipe) -> TrainData:
             from pipeline.training.datasets.shadows import ShadowedChips
 
             chips = ShadowedChips(chips, SENTINEL2_L1C.bands, recipe.shadows, recipe.seed)  # in TOA, before any BOA map
-        if recipe.overcast and recipe.name != "starter-l2a":  # last: the layer lies over everything below it
+        if recipe.overcast:  # last: the layer lies over everything below it (in TOA, before any BOA map, as cloud)
             chips = _with_overcast(chips, SENTINEL2_L1C.bands, train_scenes, recipe)
         counts = tuple(int(sum((lab == c).sum() for _, lab in train_scenes)) for c in range(4))
         split = json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes]))
@@ -244,7 +244,7 @@ def load_data(args, recipe: Recipe) -> TrainData:
 
             bands = SENTINEL2_L1C.bands
             train = SimulatedBOAChips(chips, bands, recipe.seed)
-            val = [(simulate_boa(l2a_bands(dn, bands)), lab) for dn, lab in val]  # the measured map
+            val = [(simulate_boa(l2a_bands(dn, bands), clear=lab == 0), lab) for dn, lab in val]  # the measured map
             dataset = "starter-l2a (real S2 L1C scenes as simulated L2A, teacher labels)"
             if recipe.real_l2a:
                 train, val, split = _with_real_l2a(train, val, split, args, recipe)
@@ -256,8 +256,7 @@ def load_data(args, recipe: Recipe) -> TrainData:
                     dataset += f", the real land scaled by gains {recipe.land_gain[0]:g} to {recipe.land_gain[1]:g}"
                 if recipe.snow:
                     dataset += f", {recipe.snow:g} of the real land chips under synthetic snow (clear)"
-            if recipe.overcast:  # over every kind of chip (simulated and real L2A land), at its own level
-                train = _with_overcast(train, tuple(BOA_MAP), train_scenes, recipe)
+            if recipe.overcast:
                 dataset += OVERCAST_TEXT.format(recipe.overcast)
             return TrainData(
                 train=train,

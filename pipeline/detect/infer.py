@@ -319,7 +319,7 @@ class Predictor:
         if self._checked is None:
             return [False] * len(tiles)
         with torch.inference_mode():
-            return overcast.needs_far_view(tiles, probs, self._checked, self.divisor, self._cloud).tolist()
+            return overcast.needs_far_view(tiles, probs, self._checked, self._cloud).tolist()
 
     def _far_views(self) -> None:
         """Run one batch of the waiting tiles' far views (padded with empty tiles when fewer wait); blend those

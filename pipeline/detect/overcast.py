@@ -1,4 +1,4 @@
-"""The overcast check: a second, far view of a bright tile that cloud may fill, adding the cloud its own view missed.
+"""The overcast check: a second, far view of a tile that cloud may fill, adding the cloud its own view missed.
 
 The starters normalise what they see tile by tile (the patch embedding's LayerNorm, then GroupNorm), which leaves a
 tile that one layer of cloud or haze fills with little but texture: its own view calls part of it clear (the L1C
@@ -9,22 +9,24 @@ starter chips' overcast windows (``pipeline/training/datasets/overcast.py``) -- 
 looked at again from afar: averaged 2 × 2 to half its side, in the middle of a nodata canvas of the tile's size,
 and that view's probabilities brought back to the tile's pixels (bilinear).
 
-Which tiles (:func:`needs_far_view`, all four conditions, so the check runs on few tiles and never where the own
-view can be trusted): every pixel valid (a tile with nodata has an edge already); a median blue (B02) reflectance
-of at least ``BRIGHT_BLUE`` (cloud and haze brighten blue; dark land and water stay below); a median NDSI
+Which tiles (:func:`needs_far_view`, all three conditions, so the check runs on few tiles and never where the own
+view can be trusted): every pixel valid (a tile with nodata has an edge already); a median NDSI
 ``(B03 − B11) / (B03 + B11)`` under ``SNOW_NDSI`` (Dozier's snow threshold: snow and ice are bright in blue and
 uniform too, but dark in the shortwave infrared, where cloud is bright; the starters' snow is their own
 limitation, which the check must not spread over a tile); and an own view that already calls at least
 ``SEEN_CLOUD`` of the tile cloud (the failure is a fully cloudy tile called *partly* clear; a tile called all clear
-is left as it is, so bright clear land is never looked at again).
+is left as it is, so bright clear land is never looked at again). There is no gate on brightness: one at a median
+blue (B02) reflectance of 0.10 held back no tile of any real scene here (``cloudmask benchmark overcast`` gives the
+same table without it), but it held back haze once atmospheric correction has taken its path radiance off (eo-learn
+scene 1 as simulated L2A: median blue 0.094), where the L2A starter needs the far view.
 
 What it changes (:func:`overcast_merge`): only when the far view calls at least ``OVERCAST`` of the tile cloud
 (thick or thin), i.e. sees an overcast tile, the own view's *clear* pixels that the far view calls cloud take the
 far view's probabilities. It only ever adds cloud: the own view's cloud, thick/thin split and shadow stay. The
 pixels it made cloud are counted per scene (``pct_overcast_check`` in the statistics table: pixels whose class is
 cloud where the tiles the check changed carry most of the blend weight; exact without tile overlap, close within
-the overlaps). ``--no-overcast-check`` turns it off; weights without Sentinel-2's ``B02``, ``B03`` and ``B11``
-(other sensors, whose DN have other scales) never run it, and their statistics leave the column empty. Measured on the real scenes (``docs/performance.md``, "The overcast check").
+the overlaps). ``--no-overcast-check`` turns it off; weights without Sentinel-2's ``B03`` and ``B11`` (other
+sensors) never run it, and their statistics leave the column empty. Measured on the real scenes (``docs/performance.md``, "The overcast check").
 
 Tensors here are on the model's device: tiles ``(N, band, T, T)`` float32 (DN / divisor, nodata 0), probabilities
 ``(N, class, T, T)`` float32.
@@ -34,17 +36,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.catalog.sensors import REFLECTANCE_DN
-
 if TYPE_CHECKING:  # imported where used: the job's client asks overcast_check_runs without loading torch
     import torch
 
-BRIGHT_BLUE = 0.10  # median B02 reflectance a tile needs to be looked at again
 SNOW_NDSI = 0.4  # a tile whose median NDSI reaches this is snow or ice, not looked at again
 SEEN_CLOUD = 0.25  # share of the tile its own view must already call cloud
 OVERCAST = 0.90  # share of the tile the far view must call cloud for its cloud to be taken
 FAR = 2  # the far view averages FAR × FAR pixels
-BANDS = ("B02", "B03", "B11")  # what the check reads (Sentinel-2 weights only: other sensors' DN differ in scale)
+BANDS = ("B03", "B11")  # what the check reads (Sentinel-2 weights only)
 
 
 def overcast_check_runs(meta, no_overcast_check: bool) -> bool:
@@ -57,19 +56,16 @@ def overcast_check_runs(meta, no_overcast_check: bool) -> bool:
     )
 
 
-def needs_far_view(
-    tiles: torch.Tensor, own: torch.Tensor, bands: tuple[int, int, int], divisor: float, cloud: list[int]
-) -> torch.Tensor:
-    """``(N,)`` bool: which of ``tiles`` (model input, DN = input × ``divisor``; ``bands`` the indices of B02, B03
-    and B11) with their own view's probabilities ``own`` get a far view (the module's four conditions)."""
+def needs_far_view(tiles: torch.Tensor, own: torch.Tensor, bands: tuple[int, int], cloud: list[int]) -> torch.Tensor:
+    """``(N,)`` bool: which of ``tiles`` (model input; ``bands`` the indices of B03 and B11) with their own view's
+    probabilities ``own`` get a far view (the module's three conditions)."""
     full = (tiles != 0).any(dim=1).flatten(1).all(dim=1)
     candidates = full & (_cloud(own, cloud).flatten(1).float().mean(dim=1) >= SEEN_CLOUD)
     if not bool(candidates.any()):  # most tiles: no medians to take
         return candidates
-    blue, green, swir = (tiles[:, b].flatten(1) for b in bands)
-    bright = blue.median(dim=1).values * divisor / REFLECTANCE_DN >= BRIGHT_BLUE
+    green, swir = (tiles[:, b].flatten(1) for b in bands)
     snow = ((green - swir) / (green + swir).clamp_min(1e-6)).median(dim=1).values >= SNOW_NDSI
-    return candidates & bright & ~snow
+    return candidates & ~snow
 
 
 def far_view_input(tiles: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, slice]]:

@@ -135,3 +135,33 @@ def test_simulated_visible_bands_sit_at_real_l2a_level():
     assert (boa[i02][veg] > 1).mean() > 0.99
     bright = toa[i02] > np.percentile(toa[i02], 99)
     assert np.median(boa[i02][bright]) > np.percentile(boa[i02][veg], 90)
+
+
+def test_cloud_and_haze_do_not_calibrate_the_simulated_map():
+    """Sen2Cor retrieves aerosol and water vapour over clear land only, so a chip's own calibration (B09's gain,
+    B01-B04's offsets) must come from its clear pixels. eo-learn's clear scene 3 beside its uniform haze (scene 1,
+    labelled thin cloud): the clear half comes out as it does alone, and the haze stays haze, brighter in blue than
+    the vegetation and with B09 above B8A as real L2A's cloud, where calibrating on every pixel took it off (the
+    haze passes for dark vegetation). A chip with no clear pixel gets the global map, the training chips too."""
+    from pipeline.training.pseudolabels import THIN
+
+    scenes = eolearn_scenes()
+    clear, haze = (l2a_bands(scenes[i], SENTINEL2_L1C.bands)[:, :, :50] for i in (3, 1))
+    both = np.concatenate([clear, haze], axis=2)
+    labels = np.zeros(both.shape[1:], np.uint8)
+    labels[:, 50:] = THIN
+    boa = simulate_boa(both, 1.0, clear=labels == 0)
+    np.testing.assert_array_equal(boa[:, :, :50], simulate_boa(clear, 1.0))
+    i02, i8a, i09 = (SENTINEL2_L2A.bands.index(b) for b in ("B02", "B8A", "B09"))
+    veg_blue = np.percentile(boa[i02][:, :50], 25)
+    assert np.median(boa[i02][:, 50:]) > veg_blue + 0.03 * 1e4  # the haze stays in blue
+    assert np.median(boa[i09][:, 50:] / boa[i8a][:, 50:]) > 1.2  # and above B8A in B09, as real L2A cloud
+    gains, offsets = (np.array([v[i] for v in BOA_MAP.values()], np.float32) for i in (0, 1))
+    none_clear = simulate_boa(haze, 1.0, clear=np.zeros(haze.shape[1:], bool))
+    np.testing.assert_allclose(none_clear[i02], haze[i02] * gains[i02] + offsets[i02] * 1e4, rtol=1e-5)
+    everything = simulate_boa(haze, 1.0)  # calibrated on every pixel: the haze passes for vegetation
+    assert np.median(everything[i02]) < np.median(none_clear[i02]) - 0.03 * 1e4
+    thin = np.full(haze.shape[1:], THIN, np.uint8)
+    chips = SimulatedBOAChips([(haze, thin)] * 4, SENTINEL2_L2A.bands, lam=(1.0, 1.0))
+    for dn, _ in chips:  # whatever each chip's jitter (+-8 % gain per band), B09 stays above B8A
+        assert np.median(dn.numpy()[i09] / dn.numpy()[i8a]) > 1.2

@@ -148,16 +148,19 @@ def test_chips_are_tile_filling_low_texture_cloud_or_haze(clouds):
 
 
 @pytest.mark.parametrize("recipe", ["starter", "starter-l2a"])
-def test_train_lays_the_layer_last_over_every_kind_of_chip_at_the_recipes_level(recipe, tmp_path):
-    """``cloudmask train --recipe RECIPE --overcast 1``'s data: every training chip (for the L2A starter: simulated
-    L2A and real L2A land alike) lies under a layer, in the recipe's bands, after every other transform; the
-    validation items are not touched; the dataset's description says so; without ``--overcast`` nothing changes."""
+def test_train_lays_the_layer_last_in_top_of_atmosphere_over_every_kind_of_chip(recipe, tmp_path):
+    """``cloudmask train --recipe RECIPE --overcast 1``'s data: every training chip lies under a layer laid after
+    every other top-of-atmosphere transform; for the L2A starter in TOA too, before the simulated map, which then
+    finds no clear pixel to calibrate on and leaves the layer a cloud (``test_l2a.py``); real L2A land gets the layer
+    as it gets any simulated chip's clouds; the validation items are not touched; the dataset's description says
+    so; without ``--overcast`` nothing changes."""
     import argparse
     from dataclasses import replace
 
     from factories import planted_label_cache
 
     from flows.train import RECIPES, load_data
+    from pipeline.training.datasets.boa import SimulatedBOAChips
 
     planted_label_cache(tmp_path)
     args = argparse.Namespace(
@@ -169,11 +172,17 @@ def test_train_lays_the_layer_last_over_every_kind_of_chip_at_the_recipes_level(
     assert data.dataset == plain.dataset + ", 1 of the chips under a tile-filling cloud or haze layer"
     assert data.bands == plain.bands and len(data.bands) == (13 if recipe == "starter" else 12)
     assert len(data.val) == len(plain.val) and all(np.array_equal(a[0], b[0]) for a, b in zip(data.val, plain.val))
-    assert isinstance(data.train, OvercastChips) and type(data.train.chips) is type(plain.train)  # laid last
+    if extra:  # real land | simulated L2A of (the layer over the TOA chips)
+        assert isinstance(data.train.main, SimulatedBOAChips) and isinstance(data.train.main.chips, OvercastChips)
+    else:
+        assert isinstance(data.train, OvercastChips) and type(data.train.chips) is type(plain.train)  # laid last
     for i in range(len(data.train)):
         dn, labels = (t.numpy() for t in data.train[i])
         dn0, labels0 = (t.numpy() for t in plain.train[i])
         valid = dn.any(axis=0)
+        if extra and data.train.from_extra(i):  # real land under the simulated chip's layer, where that chip has it
+            assert np.isin(labels[valid], (THICK, THIN)).any()
+            continue
         assert valid.any() and not (valid & ~dn0.any(axis=0)).any()  # nodata stays nodata (a window may add some)
         assert (dn[:, valid] != dn0[:, valid]).any(axis=0).mean() > 0.9  # the layer lies over the whole chip
         assert np.isin(labels[valid], (THICK, THIN, IGNORE)).all()  # overcast: no clear or shadow left

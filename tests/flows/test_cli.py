@@ -146,7 +146,7 @@ def test_weights_info_shows_what_a_user_needs_and_the_cards_figures(cli, monkeyp
     assert "runs/" not in out and "val_miou" not in out and "val_iou" not in out
     info = json.loads(cli("weights", "info", str(root / "weights" / l2a.file), "--json").stdout)
     assert info["level"] == "L2A" and info["also_levels"] == ["L1C"] and "B10" not in info["bands"]
-    assert "runs/" not in info["recipe"] and info["recipe"].startswith("blend 0.5 × e25cc4ec… + 0.5 × 417a087b…")
+    assert "runs/" not in info["recipe"] and info["recipe"].startswith("blend 0.16 × 73fb3877… + 0.84 × 9a2dbbe7…")
     assert info["card"]["file"] == l2a.file
     assert [t["command"] for t in info["card"]["tables"]] == [t.command for t in l2a.tables]
     reben = next(t for t in info["card"]["tables"] if "reben" in t["command"])
@@ -154,12 +154,12 @@ def test_weights_info_shows_what_a_user_needs_and_the_cards_figures(cli, monkeyp
         "row": "teacher labels",
         "figures": {
             "pixels": 142202,
-            "clear": 92.0,
-            "thick": 70.37,
-            "thin": 35.32,
-            "shadow": 26.78,
-            "miou": 56.12,
-            "agreement": 90.91,
+            "clear": 91.72,
+            "thick": 68.87,
+            "thin": 33.41,
+            "shadow": 27.16,
+            "miou": 55.29,
+            "agreement": 90.43,
         },
     }
 

@@ -5,17 +5,15 @@ The fully cloudy real scenes are eo-learn's scenes 0 (one thick cloud) and 1 (a 
 Sentinel-2 L1C (``tests/data``'s copy of eo-learn's ``REFERENCE_SCENES.npy``; SOURCES.md: "Scenes 0 and 1 are fully
 cloudy"). A tile that uniform cloud fills has no edge, so it is the hard case; mirroring the patch (``numpy.pad``,
 ``symmetric``) to the model's 256 px tile makes one. The L2A starter reads L1C too (without B10), as the job gives it
-L1C scenes, and its own level, simulated L2A (the map the card's figures use). Neither scene's spectra were used to
-make the training chips of tile-filling cloud (``pipeline/training/datasets/overcast.py``).
+L1C scenes, and its own level, simulated L2A (the map the card's figures use; with no clear pixel to calibrate on,
+as Sen2Cor retrieves aerosol and water vapour over clear land only, ``boa.py``). Neither scene's spectra were used
+to make the training chips of tile-filling cloud (``pipeline/training/datasets/overcast.py``).
 
 The files run as a job runs them, with the overcast check (``pipeline/detect/overcast.py``): a full tile is looked at
 again from afar, which is what calls the mirrored scenes cloud (``test_overcast_check.py`` shows it; without the
-check the L1C starter called them 67.4 and 80.9 % cloud). The cases not met yet are marked ``xfail(strict=True)``
-with the share they give: they fail the run the day they are met, so the mark is taken off then (the model cards'
-"Limitations" say the same). They are the L2A starter on the haze of scene 1: it calls about half of it clear even as
-the scene lies (an edge does not help), and simulated L2A takes most of the haze off the visible bands (their
-offsets are set per scene so that its dark vegetation reaches real L2A's, ``boa.py``), leaving little to see.
-``pytest tests/model/test_overcast_scenes.py -rxX -s`` prints every share.
+check the L1C starter called them 67.4 and 80.9 % cloud). The L2A starter learnt the haze of scene 1 once
+simulated L2A kept it (``docs/training-log.md``, "Haze kept in simulated L2A").
+``pytest tests/model/test_overcast_scenes.py -s`` prints every share.
 """
 
 from functools import cache
@@ -32,12 +30,6 @@ from pipeline.training.pseudolabels import THICK, THIN
 FULLY_CLOUDY = ("eolearn-0", "eolearn-1")
 PLACEMENTS = ("as it lies", "mirrored")
 READS = (("L1C", "L1C"), ("L2A", "L1C-no-B10"), ("L2A", "L2A"))  # (starter, the bands it is given)
-NOT_YET = {  # (starter, bands, scene, placement): what the shipped file gives (% cloud; fp32 on a CPU)
-    ("L2A", "L1C-no-B10", "eolearn-1", "as it lies"): 49.5,
-    ("L2A", "L1C-no-B10", "eolearn-1", "mirrored"): 54.3,
-    ("L2A", "L2A", "eolearn-1", "as it lies"): 23.7,
-    ("L2A", "L2A", "eolearn-1", "mirrored"): 41.2,
-}
 
 
 def scene(name: str, bands: str, placement: str) -> np.ndarray:
@@ -48,8 +40,8 @@ def scene(name: str, bands: str, placement: str) -> np.ndarray:
     dn = SCENES[name]().dn.astype(np.float32)
     if bands == "L1C-no-B10":
         dn = np.delete(dn, BANDS.index("B10"), axis=0)
-    elif bands == "L2A":
-        dn = simulate_boa(l2a_bands(dn, BANDS)).astype(np.float32)
+    elif bands == "L2A":  # fully cloudy: no clear pixel calibrates the map
+        dn = simulate_boa(l2a_bands(dn, BANDS), clear=np.zeros(dn.shape[1:], bool)).astype(np.float32)
     h, w = dn.shape[1:]
     return dn if placement == "as it lies" else np.pad(dn, ((0, 0), (0, 256 - h), (0, 256 - w)), "symmetric")
 
@@ -63,16 +55,7 @@ def predictor(level: str) -> Predictor:
 
 
 CASES = [
-    pytest.param(
-        starter,
-        bands,
-        name,
-        placement,
-        marks=[pytest.mark.xfail(strict=True, reason=f"{NOT_YET[key]} % cloud: not learnt yet")]
-        if (key := (starter, bands, name, placement)) in NOT_YET
-        else [],
-        id=f"{starter} starter-{bands}-{name}-{placement.replace(' ', '-')}",
-    )
+    pytest.param(starter, bands, name, placement, id=f"{starter} starter-{bands}-{name}-{placement.replace(' ', '-')}")
     for starter, bands in READS
     for name in FULLY_CLOUDY
     for placement in PLACEMENTS

@@ -21,7 +21,11 @@ B8A as B08), but B09, the water-vapour band, is not: Sen2Cor's L2A B09 equals B8
 tenth to a half of it, so its gain is set per scene from the scene's own land (:func:`b09_gain`; until
 2026-12-01 it was B08's, which left simulated L2A's B09 at TOA level: a cue that told simulated from real L2A), and
 B01-B04's offsets are set per scene too, so that its dark vegetation reaches real L2A's (:func:`visible_offsets`;
-the global offsets darkened it to nothing). One global map is only a centre: scenes differ in aerosol, water
+the global offsets darkened it to nothing). Both are measured over the chip's **clear** pixels only, where its
+labels are known (``clear``): Sen2Cor retrieves aerosol and water vapour over clear land, so cloud and haze keep
+their brightness and their B09 above B8A. Measured over every pixel, a chip that haze fills passed for dark
+vegetation and lost the haze (eo-learn scene 1: blue 0.150 TOA to 0.056, against 0.095 by the global map), while
+its labels still said cloud. One global map is only a centre: scenes differ in aerosol, water
 vapour and sun angle, so
 training chips move a random fraction ``λ ∈ [0, 1.25]`` of the way from TOA to the measured BOA, then get an
 independent per-band gain (±8 %) and offset (±0.015). ``λ = 0`` keeps L1C (the weights also suit L1C products
@@ -87,12 +91,15 @@ def l2a_bands(dn: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
     return dn[[bands.index(b) for b in BOA_MAP]]
 
 
-def b09_gain(dn: np.ndarray) -> float:
+def b09_gain(dn: np.ndarray, clear: np.ndarray | None = None) -> float:
     """The gain that takes TOA B09 of ``dn (12, y, x)`` (L2A band order) to L2A's level: ``L2A_B09_RATIO`` over the
-    median B09 / B8A of its dark land (B02 < 0.15, B8A > 0.05; ``TOA_B09_RATIO`` when under 100 such pixels), so its
-    land ends at B09 ≈ B8A as in real L2A and its clouds above it, as there."""
+    median B09 / B8A of its dark land (B02 < 0.15, B8A > 0.05, among the ``clear`` pixels ``(y, x)`` bool where
+    given; ``TOA_B09_RATIO`` when under 100 such pixels), so its land ends at B09 ≈ B8A as in real L2A and its
+    clouds above it, as there."""
     b02, b8a, b09 = (dn[_INDEX[b]].astype(np.float32) for b in ("B02", "B8A", "B09"))
     land = (b02 > 0) & (b02 < 0.15 * REFLECTANCE_DN) & (b8a > 0.05 * REFLECTANCE_DN)
+    if clear is not None:
+        land &= clear
     ratio = float(np.median(b09[land] / b8a[land])) if land.sum() >= 100 else TOA_B09_RATIO
     return L2A_B09_RATIO / max(ratio, 0.05)
 
@@ -104,11 +111,11 @@ def dark_vegetation(dn: np.ndarray) -> np.ndarray:
     return (b02 > 0) & (b02 < 0.15 * REFLECTANCE_DN) & (b8a > 0.2 * REFLECTANCE_DN) & (b8a > 2 * b04)
 
 
-def visible_offsets(dn: np.ndarray, gains: np.ndarray) -> dict[int, float]:
+def visible_offsets(dn: np.ndarray, gains: np.ndarray, clear: np.ndarray | None = None) -> dict[int, float]:
     """Band index -> offset (DN) for B01-B04 of TOA ``dn (12, y, x)`` (L2A band order) under ``gains`` (12,), such
-    that the ``VEGETATION_PERCENTILE`` of its dark vegetation reaches ``L2A_DARK_VEGETATION``; empty (the global
-    map's offsets stay) where the chip has under 100 pixels of it."""
-    veg = dark_vegetation(dn)
+    that the ``VEGETATION_PERCENTILE`` of its dark vegetation (among the ``clear`` pixels where given) reaches
+    ``L2A_DARK_VEGETATION``; empty (the global map's offsets stay) where the chip has under 100 pixels of it."""
+    veg = dark_vegetation(dn) if clear is None else dark_vegetation(dn) & clear
     if veg.sum() < 100:
         return {}
     return {
@@ -117,16 +124,17 @@ def visible_offsets(dn: np.ndarray, gains: np.ndarray) -> dict[int, float]:
     }
 
 
-def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np.ndarray:
+def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None, clear=None) -> np.ndarray:
     """TOA DN ``(12, y, x)`` (L2A band order) -> simulated BOA DN ``(12, y, x)`` float32: ``lam`` of the way to the
-    measured map (B09: to :func:`b09_gain`; B01-B04 offsets: to :func:`visible_offsets`), then ``gain``/``offset``
-    per band (arrays of 12; default 1 and 0). Pixels that are 0 in every band (nodata) stay 0; others are clipped
+    measured map (B09: to :func:`b09_gain`; B01-B04 offsets: to :func:`visible_offsets`, both measured over the
+    ``clear`` pixels ``(y, x)`` bool where given, e.g. ``labels == 0``), then ``gain``/``offset`` per band (arrays of
+    12; default 1 and 0). Pixels that are 0 in every band (nodata) stay 0; others are clipped
     to [1, 65535]."""
     g = np.array([v[0] for v in BOA_MAP.values()], np.float32)
     o = np.array([v[1] for v in BOA_MAP.values()], np.float32) * REFLECTANCE_DN
     if lam:
-        g[_INDEX["B09"]] = b09_gain(dn)
-        for i, value in visible_offsets(dn, g).items():
+        g[_INDEX["B09"]] = b09_gain(dn, clear)
+        for i, value in visible_offsets(dn, g, clear).items():
             o[i] = value
     g_all = (1 + lam * (g - 1)) * (1 if gain is None else np.asarray(gain, np.float32))
     o_all = lam * o + (0 if offset is None else np.asarray(offset, np.float32) * REFLECTANCE_DN)
@@ -139,8 +147,8 @@ def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None) -> np
 class SimulatedBOAChips(TransformedChips):
     """Chips of an L1C chip dataset (items ``(dn (13, S, S) float32, labels)``, 13 L1C bands in ``bands`` order)
     as simulated L2A: ``(dn (12, S, S) float32, labels)``, each with its own random ``λ`` in ``lam`` and per-band
-    jitter, reproducible per (seed, epoch, index) like the chips themselves. Given chips that are L2A already
-    (``bands`` without B10) and ``lam=(0, 0)``, only the jitter."""
+    jitter, calibrated on the pixels its labels call clear, reproducible per (seed, epoch, index) like the chips
+    themselves. Given chips that are L2A already (``bands`` without B10) and ``lam=(0, 0)``, only the jitter."""
 
     stream = 2
 
@@ -155,5 +163,6 @@ class SimulatedBOAChips(TransformedChips):
             float(rng.uniform(*self.lam)),
             1 + rng.uniform(-JITTER_GAIN, JITTER_GAIN, n),
             rng.uniform(-JITTER_OFFSET, JITTER_OFFSET, n),
+            clear=np.asarray(labels) == 0,
         )
         return torch.from_numpy(boa), labels
