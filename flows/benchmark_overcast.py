@@ -1,6 +1,6 @@
 """``cloudmask benchmark overcast``: what the overcast check does on every real scene, and what it costs.
 
-The overcast check (``pipeline/detect/overcast.py``) looks again from afar at bright tiles that the model calls
+The overcast check (``pipeline/detect/overcast.py``) looks again from afar at full tiles that the model calls
 partly cloud and adds the cloud of an overcast far view. For every real Sentinel-2 L1C scene here
 (``pipeline.training.datasets.scenes.SCENES``) and each shipped starter (the L2A starter on L1C without B10, as a
 job gives it L1C items), and for eo-learn's fully cloudy scenes 0 and 1 also mirrored to fill a 256 px tile (the

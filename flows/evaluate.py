@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--no-overcast-check",
         action="store_true",
-        help="score the model alone, without the job's second, far view of bright tiles called partly cloud "
+        help="score the model alone, without the job's second, far view of full tiles called partly cloud "
         "(pipeline/detect/overcast.py)",
     )
     p.add_argument("--json", type=output_file, metavar="FILE", help="also write the scores as JSON")

@@ -37,8 +37,9 @@ RECIPES = {
     # The same distillation for Level-2A (weights/README.md): the 12 bands without B10, every chip moved a random
     # part of the way from TOA to surface reflectance by the map measured in pipeline/training/datasets/boa.py, and
     # class-weighted CE (the first L1C starter, unweighted, scored thick-cloud IoU 0.0 and shadow 0.2). The first L2A
-    # starter was 40 epochs of it from scratch; the shipped one is the L1C starter fine-tuned in twelve stages with
-    # --real-l2a, --shadows, --translucent, --land-gain and --snow, and two weight-space blends (model card, "How it was trained").
+    # starter was 40 epochs of it from scratch; the shipped one is the L1C starter fine-tuned in fifteen stages with
+    # --real-l2a, --shadows, --translucent, --land-gain, --snow and --overcast, and four weight-space blends (model
+    # card, "How it was trained").
     "starter-l2a": Recipe(
         name="starter-l2a",
         model_kwargs={"norm": "group"},
@@ -167,7 +168,9 @@ def add_parser(sub) -> None:
         "opacity fills the whole chip over its land (real thick-cloud spectra of the training scenes, from "
         "faint haze to opaque; a quarter of them cut to a small image in a nodata canvas), labelled thick or "
         "thin by the blue the layer shows over dark ground, so that a tile that cloud fills is not called "
-        "clear, e.g. 0.2 (pipeline/training/datasets/overcast.py)",
+        "clear, e.g. 0.2; laid in top-of-atmosphere, before starter-l2a's simulated map (its real L2A land gets "
+        "the layer as it gets the simulated chips' clouds, e.g. translucently) "
+        "(pipeline/training/datasets/overcast.py)",
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
@@ -235,7 +238,8 @@ def load_data(args, recipe: Recipe) -> TrainData:
             from pipeline.training.datasets.shadows import ShadowedChips
 
             chips = ShadowedChips(chips, SENTINEL2_L1C.bands, recipe.shadows, recipe.seed)  # in TOA, before any BOA map
-        if recipe.overcast:  # last: the layer lies over everything below it (in TOA, before any BOA map, as cloud)
+        if recipe.overcast:  # last in TOA: over every TOA transform, before any BOA map (real cloud goes through it);
+            # starter-l2a's real L2A land gets the layer only as it gets the simulated chips' clouds (_with_real_l2a)
             chips = _with_overcast(chips, SENTINEL2_L1C.bands, train_scenes, recipe)
         counts = tuple(int(sum((lab == c).sum() for _, lab in train_scenes)) for c in range(4))
         split = json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes]))

@@ -62,7 +62,7 @@ class InferSpec:
     ``batch_size``: tiles per forward pass (None: 8 on CUDA; on CPU 2 for tiles up to 256 px, else 1). ``precision``: ``auto`` is bf16 autocast on CUDA and on CPUs with native bf16
     (AVX512-BF16, AMX), fp32 on other CPUs. ``threads``: torch CPU threads (None: the Dask worker's thread
     count inside a worker, torch's own choice elsewhere). ``no_overcast_check``: turn off the second, far view of
-    bright tiles the model calls partly cloud (``pipeline.detect.overcast``).
+    full tiles the model calls partly cloud (``pipeline.detect.overcast``).
     """
 
     tile: int | None = setting("whole", "tile side in pixels (default: the weights' own)", None, example=512)
@@ -88,7 +88,7 @@ class InferSpec:
     )
     no_overcast_check: bool = setting(
         "switch",
-        "do not look again from afar at bright tiles the model calls partly cloud (the overcast check, which "
+        "do not look again from afar at full tiles the model calls partly cloud (the overcast check, which "
         "adds the cloud of tiles that cloud fills; pct_overcast_check in the statistics says how much)",
         False,
     )

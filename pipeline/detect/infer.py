@@ -6,7 +6,7 @@ each block onto the model's device (its bands upsampled there from their native 
 cuts its tiles and fills every forward pass with the next ``batch_size`` tiles of whichever blocks are queued
 (empty tiles only when nothing else waits). Batches are always full, so a tile's result never depends on its
 neighbours in the batch or on how its scene was cut into blocks. Softmax, blending and argmax stay on the device;
-only uint8 classes (and probabilities when asked) come back. A bright tile its own view calls partly cloud is looked
+only uint8 classes (and probabilities when asked) come back. A full tile its own view calls partly cloud is looked
 at again from afar (``pipeline.detect.overcast``): those tiles wait for a full batch of far views (or for nothing
 else to be queued, when the last far batch runs padded) before they blend.
 """
@@ -127,7 +127,7 @@ class Predictor:
         classes = self.meta.classes
         self._clear = classes.index("clear") if "clear" in classes else None
         self._cloud = [classes.index(c) for c in ("thick_cloud", "thin_cloud") if c in classes]
-        self._checked = (  # the overcast check's bands (B02, B03, B11); None: the check is off
+        self._checked = (  # the overcast check's bands (B03, B11); None: the check is off
             tuple(self.meta.bands.index(b) for b in overcast.BANDS)
             if overcast.overcast_check_runs(self.meta, spec.no_overcast_check)
             else None

@@ -217,16 +217,19 @@ def test_a_blend_of_blends_records_and_shows_each_level(tmp_path, test_weights_f
     b = load_weights(tmp_path / "b.safetensors")
     save_weights(tmp_path / "inner.safetensors", *blend_weights(a, b, 0.8))
     inner = load_weights(tmp_path / "inner.safetensors")
-    _, meta = blend_weights(a, inner, 0.84)
+    save_weights(tmp_path / "c.safetensors", a.state, replace(a.meta, provenance={"recipe": "another"}))
+    c = load_weights(tmp_path / "c.safetensors")  # the outer blend's first file, not the inner one's
+    assert len({a.sha256, b.sha256, c.sha256, inner.sha256}) == 4
+    _, meta = blend_weights(c, inner, 0.84)
     assert meta.provenance["blend"] == {
         "alpha": 0.84,
-        "a_sha256": a.sha256,
+        "a_sha256": c.sha256,
         "b_sha256": inner.sha256,
         "b_blend": {"alpha": 0.8, "a_sha256": a.sha256, "b_sha256": b.sha256},
     }
     line = recipe_line(meta.provenance)
     assert line.startswith(
-        f"blend 0.16 × {a.sha256[:8]}… + 0.84 × {inner.sha256[:8]}… (cloudmask weights blend --alpha 0.84); "
+        f"blend 0.16 × {c.sha256[:8]}… + 0.84 × {inner.sha256[:8]}… (cloudmask weights blend --alpha 0.84); "
         f"blend 0.2 × {a.sha256[:8]}… + 0.8 × {b.sha256[:8]}… (cloudmask weights blend --alpha 0.8); "
         f"{b.sha256[:8]}… made by cloudmask train --recipe starter-l2a --epochs 3"
     ), line
