@@ -98,11 +98,9 @@ def load_items(args) -> tuple[list, tuple[str, ...] | None]:
 
             items = [brighten(dn, lab, args.brightness, SENTINEL2_L1C.bands.index("B02")) for dn, lab in items]
         if args.level == "l2a":
-            from pipeline.training.datasets.boa import BOA_MAP, l2a_bands, simulate_boa
+            from pipeline.training.datasets.boa import BOA_MAP, simulated_scene
 
-            return [
-                (simulate_boa(l2a_bands(dn, SENTINEL2_L1C.bands), clear=lab == 0), lab) for dn, lab in items
-            ], tuple(BOA_MAP)
+            return [(simulated_scene(dn, lab, SENTINEL2_L1C.bands), lab) for dn, lab in items], tuple(BOA_MAP)
         return items, SENTINEL2_L1C.bands
     if args.dataset in ("bigearthnet", "reben"):
         from pipeline.training.pseudolabels import l2a_teacher_labels

@@ -240,15 +240,18 @@ def load_data(args, recipe: Recipe) -> TrainData:
             chips = ShadowedChips(chips, SENTINEL2_L1C.bands, recipe.shadows, recipe.seed)  # in TOA, before any BOA map
         if recipe.overcast:  # last in TOA: over every TOA transform, before any BOA map (real cloud goes through it);
             # starter-l2a's real L2A land gets the layer only as it gets the simulated chips' clouds (_with_real_l2a)
-            chips = _with_overcast(chips, SENTINEL2_L1C.bands, train_scenes, recipe)
+            from pipeline.training.datasets.overcast import OvercastChips, training_clouds
+
+            clouds = training_clouds(train_scenes, SENTINEL2_L1C.bands)  # eo-learn's left out: the test cases
+            chips = OvercastChips(chips, SENTINEL2_L1C.bands, clouds, recipe.overcast, recipe.seed)
         counts = tuple(int(sum((lab == c).sum() for _, lab in train_scenes)) for c in range(4))
         split = json.dumps(dict(SPLITS, train=[s.name for s, _ in train_scenes]))
         if recipe.name == "starter-l2a":
-            from pipeline.training.datasets.boa import BOA_MAP, SimulatedBOAChips, l2a_bands, simulate_boa
+            from pipeline.training.datasets.boa import BOA_MAP, SimulatedBOAChips, simulated_scene
 
             bands = SENTINEL2_L1C.bands
             train = SimulatedBOAChips(chips, bands, recipe.seed)
-            val = [(simulate_boa(l2a_bands(dn, bands), clear=lab == 0), lab) for dn, lab in val]  # the measured map
+            val = [(simulated_scene(dn, lab, bands), lab) for dn, lab in val]  # the measured map
             dataset = "starter-l2a (real S2 L1C scenes as simulated L2A, teacher labels)"
             if recipe.real_l2a:
                 train, val, split = _with_real_l2a(train, val, split, args, recipe)
@@ -291,15 +294,6 @@ def load_data(args, recipe: Recipe) -> TrainData:
 
 
 OVERCAST_TEXT = ", {:g} of the chips under a tile-filling cloud or haze layer"
-
-
-def _with_overcast(chips, bands: tuple[str, ...], train_scenes, recipe: Recipe):
-    """``chips`` with ``recipe.overcast`` of them under a tile-filling cloud or haze layer whose spectra are the
-    thick cloud of the training scenes (eo-learn's left out: they are the fully cloudy test cases), in ``bands``
-    order."""
-    from pipeline.training.datasets.overcast import OvercastChips, training_clouds
-
-    return OvercastChips(chips, bands, training_clouds(train_scenes, bands), recipe.overcast, recipe.seed)
 
 
 def _with_real_l2a(train, val, split: str, args, recipe: Recipe):

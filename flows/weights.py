@@ -96,13 +96,11 @@ def recipe_line(provenance: dict) -> str | None:
     import shlex
 
     parts = []
-    blend = provenance.get("blend")
-    inner = blend
-    while inner:  # a blend of blends: each level, outermost first
-        a, b, alpha = inner["a_sha256"][:8], inner["b_sha256"][:8], inner["alpha"]
+    level, trained = provenance.get("blend"), None  # trained: the file the command below made (a blend's last b)
+    while level:  # a blend of blends: each level, outermost first
+        a, b, alpha = level["a_sha256"][:8], level["b_sha256"][:8], level["alpha"]
         parts.append(f"blend {1 - alpha:g} × {a}… + {alpha:g} × {b}… (cloudmask weights blend --alpha {alpha:g})")
-        inner = inner.get("b_blend")
-        blend = inner or blend  # the training command below made the innermost b
+        trained, level = b, level.get("b_blend")
     command = provenance.get("command")
     if command:
         words, out, i = shlex.split(command), [], 0
@@ -126,7 +124,7 @@ def recipe_line(provenance: dict) -> str | None:
         recorded = provenance.get("recipe")
         if isinstance(recorded, dict) and recorded.get("bf16") is False and "--bf16" not in out:
             out.append("--no-bf16")  # the recorded command leaves out options that are False
-        parts.append((f"{blend['b_sha256'][:8]}… made by " if blend else "") + " ".join(out))
+        parts.append((f"{trained}… made by " if trained else "") + " ".join(out))
     elif isinstance(provenance.get("recipe"), dict):
         parts.append(f"recipe {provenance['recipe'].get('name', '?')}")
     return "; ".join(parts) or None

@@ -115,7 +115,9 @@ def visible_offsets(dn: np.ndarray, gains: np.ndarray, clear: np.ndarray | None 
     """Band index -> offset (DN) for B01-B04 of TOA ``dn (12, y, x)`` (L2A band order) under ``gains`` (12,), such
     that the ``VEGETATION_PERCENTILE`` of its dark vegetation (among the ``clear`` pixels where given) reaches
     ``L2A_DARK_VEGETATION``; empty (the global map's offsets stay) where the chip has under 100 pixels of it."""
-    veg = dark_vegetation(dn) if clear is None else dark_vegetation(dn) & clear
+    veg = dark_vegetation(dn)
+    if clear is not None:
+        veg &= clear
     if veg.sum() < 100:
         return {}
     return {
@@ -124,7 +126,9 @@ def visible_offsets(dn: np.ndarray, gains: np.ndarray, clear: np.ndarray | None 
     }
 
 
-def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None, clear=None) -> np.ndarray:
+def simulate_boa(
+    dn: np.ndarray, lam: float = 1.0, gain=None, offset=None, clear: np.ndarray | None = None
+) -> np.ndarray:
     """TOA DN ``(12, y, x)`` (L2A band order) -> simulated BOA DN ``(12, y, x)`` float32: ``lam`` of the way to the
     measured map (B09: to :func:`b09_gain`; B01-B04 offsets: to :func:`visible_offsets`, both measured over the
     ``clear`` pixels ``(y, x)`` bool where given, e.g. ``labels == 0``), then ``gain``/``offset`` per band (arrays of
@@ -142,6 +146,12 @@ def simulate_boa(dn: np.ndarray, lam: float = 1.0, gain=None, offset=None, clear
     out = np.clip(x * g_all[:, None, None] + o_all[:, None, None], 1, 65535)
     out[:, ~(dn != 0).any(axis=0)] = 0
     return out
+
+
+def simulated_scene(dn: np.ndarray, labels: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """A whole labelled L1C scene ``dn (13, y, x)`` (``bands`` order) with its labels ``(y, x)`` as simulated L2A at
+    the measured map (λ = 1), calibrated over the pixels its labels call clear: ``(12, y, x)`` float32."""
+    return simulate_boa(l2a_bands(dn, bands), clear=np.asarray(labels) == 0)
 
 
 class SimulatedBOAChips(TransformedChips):
